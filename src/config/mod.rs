@@ -1,0 +1,239 @@
+//! Configuration: `plugin.toml` read into raw serde structs ([`raw`]), then validated into the
+//! domain model below, published as an immutable `Arc<Config>`; a reload builds a new one.
+//!
+//! Errors name the file, line, key and value ([`error`]). Relative paths are resolved against
+//! the directory of the configuration file.
+
+pub mod duration;
+pub mod error;
+pub mod raw;
+pub mod socket;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+pub use error::{ConfigError, Invalid};
+pub use socket::ListenAddr;
+
+use crate::milter::replies::ReplyTexts;
+
+/// A validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// The file it was read from.
+    pub file: PathBuf,
+    pub milter: MilterConfig,
+    pub organization: Organization,
+    pub state: StateConfig,
+    pub verdict: VerdictConfig,
+    pub notify: NotifyConfig,
+    pub log: LogConfig,
+    pub admin: AdminConfig,
+    pub replies: ReplyTexts,
+    pub policies: Policies,
+    pub groups: BTreeMap<String, Vec<String>>,
+}
+
+/// `[milter]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MilterConfig {
+    pub listen: ListenAddr,
+    pub on_internal_error: InternalErrorAction,
+    pub max_connections: usize,
+    pub io_timeout: Duration,
+    pub idle_timeout: Duration,
+    /// Permissions of a unix socket.
+    pub socket_mode: u32,
+}
+
+/// What the MTA is told when the filter cannot decide.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InternalErrorAction {
+    Tempfail,
+    Accept,
+}
+
+/// `[organization]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Organization {
+    /// Lower-case ASCII (IDNs in their `xn--` form).
+    pub local_domains: Vec<String>,
+    pub internal_networks: Vec<IpNet>,
+    pub strip_subaddress: bool,
+}
+
+/// `[state]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateConfig {
+    pub dir: PathBuf,
+    pub backend: Backend,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Backend {
+    Memory,
+    Redis { url: String },
+}
+
+/// `[verdict]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VerdictConfig {
+    pub headers: bool,
+    pub spamd: Option<String>,
+    pub rspamd: Option<String>,
+    pub timeout: Duration,
+    pub max_scan_bytes: usize,
+    pub rules: Vec<HeaderRule>,
+}
+
+/// An administrator's extra header rule.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeaderRule {
+    pub header: String,
+    pub pattern: Option<String>,
+    pub min_score: Option<f64>,
+}
+
+/// `[notify]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotifyConfig {
+    pub recipients: Vec<String>,
+    pub from: String,
+    pub smtp: String,
+    pub webhook: Option<String>,
+    pub language: Language,
+    pub templates_dir: Option<PathBuf>,
+    pub warn_at_percent: u8,
+    pub node_name: String,
+    /// Base URL of the admin page as administrators reach it, for the links in notifications.
+    pub admin_url: Option<String>,
+}
+
+/// Notification languages with built-in templates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Language {
+    En,
+    Sv,
+    Nl,
+    Da,
+}
+
+impl Language {
+    pub const ALL: [(&'static str, Language); 4] = [
+        ("en", Language::En),
+        ("sv", Language::Sv),
+        ("nl", Language::Nl),
+        ("da", Language::Da),
+    ];
+    pub fn code(self) -> &'static str {
+        Self::ALL
+            .iter()
+            .find(|(_, l)| *l == self)
+            .map_or("en", |(c, _)| c)
+    }
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A tracing filter directive such as `info` or `outbound_guard=debug`.
+    pub level: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// `[admin]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminConfig {
+    pub listen: std::net::SocketAddr,
+    pub token_file: PathBuf,
+}
+
+/// `[policy.default]` plus the `[[policy.rule]]`s sorted by priority.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Policies {
+    pub default: PolicySettings,
+    pub rules: Vec<Rule>,
+}
+
+/// What happens when a limit is reached or spam share exceeded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitAction {
+    BlockUntilTomorrow,
+    Block,
+    Alert,
+}
+
+/// What happens to one message judged spam.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpamMessageAction {
+    Accept,
+    Tag,
+    Quarantine,
+    Reject,
+}
+
+/// The keys of a policy. A limit of 0 means "no limit of this kind".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicySettings {
+    pub name: String,
+    pub recipient_limit_external_per_hour: u32,
+    pub recipient_limit_internal_per_hour: u32,
+    pub recipient_limit_per_day: u32,
+    pub max_recipients_per_message: u32,
+    pub action_when_threshold_reached: LimitAction,
+    pub spam_window: Duration,
+    pub spam_min_messages: u32,
+    pub spam_percent: u8,
+    pub spam_action: LimitAction,
+    pub spam_message_action: SpamMessageAction,
+    pub bcc_suspicious_to: Vec<String>,
+    pub notify_recipients: Vec<String>,
+}
+
+/// A custom policy and the accounts it applies to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    pub priority: i64,
+    pub from: Vec<String>,
+    pub from_member_of: Vec<String>,
+    pub sender_domain_is: Vec<String>,
+    pub except_if_from: Vec<String>,
+    pub except_if_from_member_of: Vec<String>,
+    pub except_if_sender_domain_is: Vec<String>,
+    /// The default's settings with this rule's overrides applied.
+    pub settings: PolicySettings,
+}
+
+impl Config {
+    /// Reads and validates a configuration file.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the file, line, key and value of the first problem.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let source = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: path.to_owned(),
+            source,
+        })?;
+        Self::parse(path, &source)
+    }
+
+    /// Validates configuration text as if read from `path`.
+    ///
+    /// # Errors
+    /// As [`Config::load`].
+    pub fn parse(path: &Path, source: &str) -> Result<Config, ConfigError> {
+        let raw: raw::RawConfig =
+            toml::from_str(source).map_err(|e| ConfigError::from_toml(path, source, &e))?;
+        validate::validate(path, source, raw)
+    }
+}

@@ -1,0 +1,19 @@
+//! outbound-guard: an outbound spam policy milter.
+//!
+//! # Layout
+//!
+//! The path of a message through the code follows the tree:
+//!
+//! - [`milter`]: the protocol — [`milter::frame`] (packets, size cap) → [`milter::command`] /
+//!   [`milter::reply`] (typed, nom-decoded) → [`milter::session`] (state machine, the one place
+//!   where a decision becomes a reply) → [`milter::connection`] (socket, timeouts) →
+//!   [`milter::server`] (accept loop, connection cap, drain on shutdown).
+//! - [`policy`]: decisions from plain facts (account, recipients, verdicts); knows nothing of
+//!   the protocol.
+//! - [`config`]: `plugin.toml` → raw structs → validated model with file/line/key errors.
+//! - [`daemon`]: wiring for `outbound-guard run`: logging, signals, the tasks.
+
+pub mod config;
+pub mod daemon;
+pub mod milter;
+pub mod policy;

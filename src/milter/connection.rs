@@ -1,0 +1,177 @@
+//! One milter connection: owns the socket and the buffers, reads whole packets under
+//! timeouts, feeds them to the [`Session`], and writes the replies.
+//!
+//! Two clocks apply: between commands the MTA may stay silent for `idle_timeout` (it holds the
+//! connection for the whole SMTP session); once a packet has started it must arrive whole within
+//! `io_timeout`. Every write is bounded by `io_timeout` too.
+
+use std::io;
+use std::time::Duration;
+
+use thiserror::Error;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::watch;
+use tokio::time::{Instant, timeout, timeout_at};
+
+use super::command::{Command, CommandError};
+use super::frame::{self, FrameError};
+use super::session::{Flow, Session, SessionError};
+use crate::policy::Policy;
+
+/// Bytes asked of the socket per read; Postfix's packets are small except body chunks.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// Limits of one connection.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    pub io: Duration,
+    pub idle: Duration,
+}
+
+/// How a connection ended badly. Each message says what happened in words a mail
+/// administrator can act on.
+#[derive(Debug, Error)]
+pub enum ConnectionError {
+    #[error("read failed: {0}")]
+    Read(#[source] io::Error),
+    #[error("write failed: {0}")]
+    Write(#[source] io::Error),
+    #[error("the MTA closed the connection in the middle of a packet ({0} bytes received)")]
+    Truncated(usize),
+    #[error("a packet was not received whole within {0:?} (io_timeout)")]
+    PacketTimeout(Duration),
+    #[error("a reply could not be written within {0:?} (io_timeout)")]
+    WriteTimeout(Duration),
+    #[error("no command for {0:?} (idle_timeout); closing the idle connection")]
+    Idle(Duration),
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    #[error(transparent)]
+    Command(#[from] CommandError),
+    #[error(transparent)]
+    Session(#[from] SessionError),
+}
+
+/// A stream the filter talks over; TCP needs a nudge after reads (see [`Transport::after_read`]).
+pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send {
+    /// Called after every successful read.
+    fn after_read(&self) {}
+}
+
+impl Transport for tokio::net::UnixStream {}
+
+impl Transport for tokio::net::TcpStream {
+    /// Acknowledge at once. When the MTA sends a packet we do not answer (macros, a no-reply
+    /// step) and then a small one, Nagle on its side holds the second until our delayed ACK
+    /// fires: ~40 ms per message. Linux resets QUICKACK after use, hence after every read.
+    fn after_read(&self) {
+        set_quickack(self);
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn set_quickack(stream: &tokio::net::TcpStream) {
+    use std::os::fd::AsRawFd;
+    let on: libc::c_int = 1;
+    // SAFETY: a valid socket descriptor and a c_int option value of the right size.
+    unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_QUICKACK,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn set_quickack(_: &tokio::net::TcpStream) {}
+
+/// Serves one connection until the MTA quits, an error ends it, or shutdown is requested while
+/// no message is in progress.
+///
+/// # Errors
+/// [`ConnectionError`] saying why the connection ended early.
+pub async fn serve<T: Transport, P: Policy>(
+    mut stream: T,
+    mut session: Session<P>,
+    timeouts: Timeouts,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), ConnectionError> {
+    let mut buf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
+    let mut start = 0usize;
+    let mut out: Vec<u8> = Vec::with_capacity(256);
+    // When the packet now in the buffer must be complete.
+    let mut packet_deadline: Option<Instant> = None;
+    loop {
+        // Every complete packet in the buffer first.
+        while let Some((frame, used)) = frame::decode(&buf[start..])? {
+            let command = Command::decode(frame)?;
+            let flow = session.handle(command, &mut out)?;
+            start += used;
+            if flow == Flow::Close {
+                flush(&mut stream, &mut out, timeouts.io).await?;
+                return Ok(());
+            }
+        }
+        flush(&mut stream, &mut out, timeouts.io).await?;
+        if start > 0 {
+            // A packet completed; whatever follows is a new one with its own deadline.
+            packet_deadline = None;
+        }
+        if start == buf.len() {
+            buf.clear();
+        } else if start > 0 {
+            buf.drain(..start);
+        }
+        start = 0;
+
+        let waiting_for_command = buf.is_empty();
+        if waiting_for_command {
+            packet_deadline = None;
+        }
+        if waiting_for_command && *shutdown.borrow() && !session.in_transaction() {
+            return Ok(());
+        }
+        if buf.capacity() - buf.len() < READ_CHUNK {
+            // Grow only as far as the packet being received needs.
+            let want =
+                frame::declared_length(&buf)?.map_or(READ_CHUNK, |n| n + frame::LENGTH_BYTES);
+            buf.reserve(want.max(READ_CHUNK));
+        }
+        let read = if waiting_for_command {
+            let deadline = Instant::now() + timeouts.idle;
+            tokio::select! {
+                r = timeout_at(deadline, stream.read_buf(&mut buf)) => r.map_err(|_| ConnectionError::Idle(timeouts.idle))?,
+                _ = shutdown.changed(), if !*shutdown.borrow() => continue,
+            }
+        } else {
+            let deadline = *packet_deadline.get_or_insert_with(|| Instant::now() + timeouts.io);
+            timeout_at(deadline, stream.read_buf(&mut buf))
+                .await
+                .map_err(|_| ConnectionError::PacketTimeout(timeouts.io))?
+        };
+        match read.map_err(ConnectionError::Read)? {
+            0 if buf.is_empty() => return Ok(()),
+            0 => return Err(ConnectionError::Truncated(buf.len())),
+            _ => stream.after_read(),
+        }
+    }
+}
+
+async fn flush<T: Transport>(
+    stream: &mut T,
+    out: &mut Vec<u8>,
+    limit: Duration,
+) -> Result<(), ConnectionError> {
+    if out.is_empty() {
+        return Ok(());
+    }
+    timeout(limit, stream.write_all(out))
+        .await
+        .map_err(|_| ConnectionError::WriteTimeout(limit))?
+        .map_err(ConnectionError::Write)?;
+    out.clear();
+    Ok(())
+}

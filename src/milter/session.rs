@@ -1,0 +1,383 @@
+//! One milter connection's logic: the state machine, the macros, the hand-over to the policy,
+//! and the single place where a policy [`Decision`] becomes a protocol [`Reply`].
+//!
+//! Pure and synchronous: it takes decoded commands and appends encoded replies to a buffer. The
+//! connection layer owns sockets and timeouts.
+//!
+//! # States
+//!
+//! ```text
+//! Negotiating --O--> Ready --M--> Message(Envelope) --R--> Message(Recipients) --T--> Data
+//!     --L--> Headers --N--> EndOfHeaders --B--> Body --E--> Ready
+//! ```
+//! Within a message the phase only moves forward (a RCPT after a header is out of order);
+//! `A` (abort) or a refused/accepted MAIL ends the message; `K` starts a new SMTP session on the
+//! same connection without a new negotiation; `Q` ends the connection. `D` (macros) and `U`
+//! (unknown SMTP command) may come at any time after negotiation. See [`transition`].
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use thiserror::Error;
+
+use super::command::{Command, printable};
+use super::macros::{Macro, Macros};
+use super::negotiate::{self, Negotiated, NegotiationError};
+use super::replies::ReplyTexts;
+use super::reply::Reply;
+use crate::policy::{Decision, MailFacts, MessageFacts, Policy, RcptFacts};
+
+/// Where in a message the MTA is; only moves forward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Phase {
+    Envelope,
+    Recipients,
+    Data,
+    Headers,
+    EndOfHeaders,
+    Body,
+}
+
+/// Where in the conversation a connection is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// Nothing but the negotiation may come first.
+    Negotiating,
+    /// Between messages (CONNECT and HELO belong here).
+    Ready,
+    /// Inside a message.
+    Message(Phase),
+    /// After QUIT.
+    Closed,
+}
+
+/// A command that may not come in the current state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+#[error("unexpected {} command {} while {}", describe(*.kind), printable(*.kind), state_words(*.state))]
+pub struct OutOfOrder {
+    pub kind: u8,
+    pub state: State,
+}
+
+fn describe(kind: u8) -> &'static str {
+    match kind {
+        b'O' => "OPTNEG",
+        b'D' => "MACRO",
+        b'C' => "CONNECT",
+        b'H' => "HELO",
+        b'M' => "MAIL",
+        b'R' => "RCPT",
+        b'T' => "DATA",
+        b'L' => "HEADER",
+        b'N' => "EOH",
+        b'B' => "BODY",
+        b'E' => "EOM",
+        b'A' => "ABORT",
+        b'Q' => "QUIT",
+        b'K' => "QUIT_NC",
+        b'U' => "UNKNOWN",
+        _ => "unknown",
+    }
+}
+
+fn state_words(state: State) -> &'static str {
+    match state {
+        State::Negotiating => "waiting for the option negotiation",
+        State::Ready => "no message is in progress (before MAIL)",
+        State::Message(Phase::Envelope | Phase::Recipients) => "in the envelope of a message",
+        State::Message(Phase::Data | Phase::Headers | Phase::EndOfHeaders) => {
+            "in the headers of a message"
+        }
+        State::Message(Phase::Body) => "in the body of a message",
+        State::Closed => "the connection is closing",
+    }
+}
+
+/// The transition table: the state after `kind` arrives in `state`.
+///
+/// # Errors
+/// [`OutOfOrder`] when `kind` may not come now.
+pub fn transition(state: State, kind: u8) -> Result<State, OutOfOrder> {
+    use State::*;
+    let out_of_order = Err(OutOfOrder { kind, state });
+    let within = |phase: Phase, to: Phase| {
+        if phase <= to {
+            Ok(Message(to))
+        } else {
+            out_of_order
+        }
+    };
+    match (state, kind) {
+        (Closed, _) => out_of_order,
+        (Negotiating, b'O') => Ok(Ready),
+        (Negotiating, b'Q') => Ok(Closed),
+        (Negotiating, _) => out_of_order,
+        (_, b'O') => out_of_order,
+        (_, b'Q') => Ok(Closed),
+        (_, b'K') => Ok(Ready),
+        (_, b'A') => Ok(Ready),
+        (s, b'D' | b'U') => Ok(s),
+        (_, b'M') => Ok(Message(Phase::Envelope)),
+        // HELO/EHLO resets an SMTP transaction; an MTA may not tell us with an abort first.
+        (Ready | Message(_), b'H') => Ok(Ready),
+        (Ready, b'C') => Ok(Ready),
+        (Ready, _) => out_of_order,
+        (Message(p), b'R') => within(p, Phase::Recipients),
+        (Message(p), b'T') => within(p, Phase::Data),
+        (Message(p), b'L') => within(p, Phase::Headers),
+        (Message(p), b'N') => within(p, Phase::EndOfHeaders),
+        (Message(p), b'B') => within(p, Phase::Body),
+        (Message(_), b'E') => Ok(Ready),
+        (Message(_), _) => out_of_order,
+    }
+}
+
+/// Why a session must end.
+#[derive(Debug, Error)]
+pub enum SessionError {
+    #[error(transparent)]
+    OutOfOrder(#[from] OutOfOrder),
+    #[error("option negotiation failed: {0}")]
+    Negotiation(#[from] NegotiationError),
+}
+
+/// What the connection should do after a command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    KeepOpen,
+    Close,
+}
+
+/// One connection's session.
+pub struct Session<P: Policy> {
+    policy: Arc<P>,
+    replies: Arc<ReplyTexts>,
+    state: State,
+    negotiated: Option<Negotiated>,
+    macros: Macros,
+    tx: P::Transaction,
+}
+
+impl<P: Policy> Session<P> {
+    pub fn new(policy: Arc<P>, replies: Arc<ReplyTexts>) -> Self {
+        Session {
+            policy,
+            replies,
+            state: State::Negotiating,
+            negotiated: None,
+            macros: Macros::default(),
+            tx: P::Transaction::default(),
+        }
+    }
+
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    /// Whether a message is in progress (graceful shutdown waits for it to end).
+    pub fn in_transaction(&self) -> bool {
+        matches!(self.state, State::Message(_))
+    }
+
+    /// Handles one command, appending any reply to `out`.
+    ///
+    /// # Errors
+    /// [`SessionError`] when the command is out of order or the negotiation cannot succeed;
+    /// the connection must then end.
+    pub fn handle(
+        &mut self,
+        command: Command<'_>,
+        out: &mut Vec<u8>,
+    ) -> Result<Flow, SessionError> {
+        let before = self.state;
+        self.state = transition(before, command.kind())?;
+        if matches!(before, State::Message(_))
+            && !matches!(self.state, State::Message(_))
+            && command.kind() != b'E'
+        {
+            self.policy.abort(&mut self.tx);
+        }
+        let reply = match command {
+            Command::Negotiate(offer) => {
+                let agreed = negotiate::answer(
+                    offer.version,
+                    offer.actions,
+                    offer.steps,
+                    self.policy.needs(),
+                )?;
+                agreed.encode_reply(out);
+                self.negotiated = Some(agreed);
+                return Ok(Flow::KeepOpen);
+            }
+            Command::Macros { stage, pairs } => {
+                self.macros.apply(stage, pairs.pairs());
+                None
+            }
+            Command::MailFrom(envelope) => {
+                if matches!(before, State::Message(_)) {
+                    // A new MAIL without an abort: the previous message was given up.
+                    self.policy.abort(&mut self.tx);
+                }
+                let facts = MailFacts {
+                    sender: envelope.bare_address(),
+                    auth_login: self.macros.get(Macro::AuthAuthen),
+                    client_addr: self.macros.get(Macro::ClientAddr).and_then(parse_ip),
+                    queue_id: self.macros.get(Macro::QueueId),
+                };
+                let decision = self.policy.mail_from(&mut self.tx, &facts);
+                if decision != Decision::Continue {
+                    // Accepted or refused: the MTA sends nothing more of this message.
+                    self.state = State::Ready;
+                    self.policy.abort(&mut self.tx);
+                }
+                Some(decision)
+            }
+            Command::RcptTo(envelope) => {
+                let facts = RcptFacts {
+                    recipient: envelope.bare_address(),
+                };
+                Some(self.policy.rcpt_to(&mut self.tx, &facts))
+            }
+            Command::EndOfMessage(_) => {
+                let facts = MessageFacts {
+                    queue_id: self.macros.get(Macro::QueueId),
+                };
+                let decision = self.policy.end_of_message(&mut self.tx, &facts);
+                self.tx = P::Transaction::default();
+                Some(decision)
+            }
+            Command::QuitNewConnection => {
+                self.macros.clear();
+                None
+            }
+            Command::Quit => return Ok(Flow::Close),
+            // Stages the policy does not read: answered with "continue" when the MTA waits.
+            Command::Connect { .. }
+            | Command::Helo { .. }
+            | Command::Data
+            | Command::Header { .. }
+            | Command::EndOfHeaders
+            | Command::Body(_)
+            | Command::Unknown(_) => Some(Decision::Continue),
+            Command::Abort => None,
+        };
+        if let Some(decision) = reply
+            && self.expects_reply(command.kind())
+        {
+            self.replies.reply_for(decision).encode(out);
+        }
+        Ok(Flow::KeepOpen)
+    }
+
+    fn expects_reply(&self, kind: u8) -> bool {
+        self.negotiated.is_none_or(|n| n.expects_reply(kind))
+    }
+}
+
+fn parse_ip(raw: &[u8]) -> Option<IpAddr> {
+    let text = std::str::from_utf8(raw).ok()?;
+    let text = text.strip_prefix("IPv6:").unwrap_or(text);
+    text.parse().ok()
+}
+
+impl ReplyTexts {
+    /// The one place where a decision becomes a reply.
+    pub fn reply_for(&self, decision: Decision) -> Reply<'_> {
+        match decision {
+            Decision::Continue => Reply::Continue,
+            Decision::Accept => Reply::Accept,
+            Decision::Refuse(refusal) => Reply::ReplyCode(self.text(refusal).as_bytes()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use State::*;
+
+    #[test]
+    fn transition_table() {
+        let ok = [
+            (Negotiating, b'O', Ready),
+            (Ready, b'C', Ready),
+            (Ready, b'H', Ready),
+            (Ready, b'D', Ready),
+            (Ready, b'M', Message(Phase::Envelope)),
+            (Message(Phase::Envelope), b'R', Message(Phase::Recipients)),
+            (Message(Phase::Recipients), b'R', Message(Phase::Recipients)),
+            (Message(Phase::Recipients), b'T', Message(Phase::Data)),
+            (Message(Phase::Envelope), b'L', Message(Phase::Headers)),
+            (Message(Phase::Headers), b'L', Message(Phase::Headers)),
+            (Message(Phase::Headers), b'N', Message(Phase::EndOfHeaders)),
+            (Message(Phase::EndOfHeaders), b'B', Message(Phase::Body)),
+            (Message(Phase::Body), b'B', Message(Phase::Body)),
+            (Message(Phase::Body), b'E', Ready),
+            (Message(Phase::Recipients), b'E', Ready),
+            (Message(Phase::Body), b'D', Message(Phase::Body)),
+            (Message(Phase::Headers), b'A', Ready),
+            (Message(Phase::Recipients), b'M', Message(Phase::Envelope)),
+            (Message(Phase::Recipients), b'H', Ready),
+            (Ready, b'K', Ready),
+            (Message(Phase::Body), b'K', Ready),
+            (Ready, b'Q', Closed),
+            (Negotiating, b'Q', Closed),
+            (Ready, b'U', Ready),
+        ];
+        for (from, kind, to) in ok {
+            assert_eq!(
+                transition(from, kind),
+                Ok(to),
+                "{from:?} --{}-->",
+                kind as char
+            );
+        }
+        let refused = [
+            (Negotiating, b'C'),
+            (Negotiating, b'M'),
+            (Negotiating, b'D'),
+            (Ready, b'O'),
+            (Ready, b'B'),
+            (Ready, b'R'),
+            (Ready, b'E'),
+            (Ready, b'T'),
+            (Message(Phase::Headers), b'R'),
+            (Message(Phase::Body), b'L'),
+            (Message(Phase::Body), b'N'),
+            (Message(Phase::Data), b'C'),
+            (Closed, b'M'),
+        ];
+        for (from, kind) in refused {
+            assert_eq!(
+                transition(from, kind),
+                Err(OutOfOrder { kind, state: from }),
+                "{from:?} --{}-->",
+                kind as char
+            );
+        }
+    }
+
+    #[test]
+    fn out_of_order_message_says_what_and_when() {
+        let err = transition(Ready, b'B').unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "unexpected BODY command 'B' while no message is in progress (before MAIL)"
+        );
+        let err = transition(Negotiating, b'C').unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "unexpected CONNECT command 'C' while waiting for the option negotiation"
+        );
+    }
+
+    #[test]
+    fn client_addresses_parse_with_and_without_ipv6_tag() {
+        assert_eq!(parse_ip(b"192.0.2.1"), Some("192.0.2.1".parse().unwrap()));
+        assert_eq!(
+            parse_ip(b"IPv6:2001:db8::1"),
+            Some("2001:db8::1".parse().unwrap())
+        );
+        assert_eq!(parse_ip(b"unknown"), None);
+    }
+}

@@ -1,0 +1,101 @@
+//! The policy seam: what the milter session asks, in plain facts, and what it is told.
+//!
+//! Nothing here knows the milter protocol. The session hands over the facts of each stage
+//! (envelope addresses, the SASL login, the client address) and maps the returned
+//! [`Decision`] to a protocol reply in one place (`milter::session`).
+
+use std::net::IpAddr;
+
+use crate::milter::negotiate::Needs;
+
+/// Facts of a MAIL FROM.
+#[derive(Debug, Clone, Copy)]
+pub struct MailFacts<'a> {
+    /// The envelope sender without angle brackets; empty for the null sender `<>`.
+    pub sender: &'a [u8],
+    /// The SASL login (`{auth_authen}`), when the client authenticated.
+    pub auth_login: Option<&'a [u8]>,
+    /// The SMTP client's address (`{client_addr}`), when the MTA told us.
+    pub client_addr: Option<IpAddr>,
+    /// The MTA's queue id (`i`), when known at this stage.
+    pub queue_id: Option<&'a [u8]>,
+}
+
+/// Facts of a RCPT TO.
+#[derive(Debug, Clone, Copy)]
+pub struct RcptFacts<'a> {
+    /// The recipient address without angle brackets.
+    pub recipient: &'a [u8],
+}
+
+/// Facts at end of message.
+#[derive(Debug, Clone, Copy)]
+pub struct MessageFacts<'a> {
+    pub queue_id: Option<&'a [u8]>,
+}
+
+/// What to do with the transaction at this stage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Go on with the transaction.
+    Continue,
+    /// Not our business (inbound mail): accept the message, no further events for it.
+    Accept,
+    /// Refuse, for the given reason; the session picks the reply text.
+    Refuse(Refusal),
+}
+
+/// Why a stage is refused. Each maps to one configurable SMTP reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// MAIL FROM of a restricted account (`550 5.1.8`).
+    AccountRestricted,
+    /// The recipient that reached a limit (`550 5.2.2`).
+    LimitReached,
+    /// Over the per-message recipient cap (`452 4.5.3`).
+    TooManyRecipients,
+}
+
+/// The policy engine as the milter session sees it.
+pub trait Policy: Send + Sync + 'static {
+    /// Per-transaction scratch state the engine keeps between stages.
+    type Transaction: Default + Send;
+
+    /// Which stages and actions the MTA must offer for the current configuration.
+    fn needs(&self) -> Needs;
+
+    /// MAIL FROM: is this outbound mail of an account that may send?
+    fn mail_from(&self, tx: &mut Self::Transaction, facts: &MailFacts<'_>) -> Decision;
+
+    /// RCPT TO: may this recipient be added?
+    fn rcpt_to(&self, tx: &mut Self::Transaction, facts: &RcptFacts<'_>) -> Decision;
+
+    /// End of message: the final word on the message.
+    fn end_of_message(&self, tx: &mut Self::Transaction, facts: &MessageFacts<'_>) -> Decision;
+
+    /// The transaction ended without a message (abort, RSET, a refused stage).
+    fn abort(&self, tx: &mut Self::Transaction) {
+        *tx = Self::Transaction::default();
+    }
+}
+
+/// A policy that lets everything through: the seam's pass-through, used where only the
+/// protocol is under test.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PassThrough;
+
+impl Policy for PassThrough {
+    type Transaction = ();
+    fn needs(&self) -> Needs {
+        Needs::default()
+    }
+    fn mail_from(&self, _: &mut (), _: &MailFacts<'_>) -> Decision {
+        Decision::Continue
+    }
+    fn rcpt_to(&self, _: &mut (), _: &RcptFacts<'_>) -> Decision {
+        Decision::Continue
+    }
+    fn end_of_message(&self, _: &mut (), _: &MessageFacts<'_>) -> Decision {
+        Decision::Continue
+    }
+}
