@@ -2,6 +2,7 @@
 //! [`reply`] type them, [`session`] holds the state machine and talks to the policy,
 //! [`connection`] owns a socket and its timeouts, [`server`] accepts connections.
 
+pub mod client;
 pub mod command;
 pub mod connection;
 pub mod frame;

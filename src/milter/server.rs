@@ -151,12 +151,11 @@ pub async fn run<P: Policy>(
         let timeouts = settings.timeouts;
         let shutdown = shutdown.clone();
         tasks.spawn(async move {
-            let result = match stream {
+            match stream {
                 Accepted::Tcp(s) => serve_logged(s, session, timeouts, shutdown, id, &peer).await,
                 Accepted::Unix(s) => serve_logged(s, session, timeouts, shutdown, id, &peer).await,
-            };
+            }
             drop(permit);
-            result
         });
     }
     drop(listener);
