@@ -60,7 +60,7 @@ fn codec(c: &mut Criterion) {
     let mut group = c.benchmark_group("session");
     group.throughput(Throughput::Elements(1));
     let policy = Arc::new(PassThrough);
-    let replies = Arc::new(ReplyTexts::default());
+    let replies = Arc::new(arc_swap::ArcSwap::from_pointee(ReplyTexts::default()));
     let mut replies_out = Vec::with_capacity(1024);
     group.bench_function("postfix_transaction_through_session", |b| {
         b.iter(|| {

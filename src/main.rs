@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 use outbound_guard::config::Config;
 use outbound_guard::daemon;
 use outbound_guard::milter::server::Listener;
+use outbound_guard::policy::clock::EngineClock;
 
 /// Outbound spam policy milter: per-account recipient limits, spam-share restriction,
 /// administrator notification and release.
@@ -153,14 +154,15 @@ fn run(path: &std::path::Path) -> ExitCode {
                 return ExitCode::from(EXIT_USAGE);
             }
         };
-        let shutdown = match daemon::shutdown_on_signals() {
+        let services = Arc::new(daemon::Services::new(config.clone(), EngineClock::System));
+        let shutdown = match daemon::handle_signals(services.clone(), path.to_owned()) {
             Ok(rx) => rx,
             Err(e) => {
                 tracing::error!("cannot install signal handlers: {e}");
                 return ExitCode::FAILURE;
             }
         };
-        daemon::run(listener, config, shutdown).await;
+        daemon::run(listener, services, shutdown).await;
         ExitCode::SUCCESS
     })
 }

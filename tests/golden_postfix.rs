@@ -91,7 +91,10 @@ fn the_captured_addresses_and_macros_read_as_postfix_meant_them() {
 fn postfix_sessions_replay_through_our_session() {
     for name in CAPTURES {
         let mta = fixture(&format!("{name}.mta.bin"));
-        let mut session = Session::new(Arc::new(PassThrough), Arc::new(ReplyTexts::default()));
+        let mut session = Session::new(
+            Arc::new(PassThrough),
+            Arc::new(arc_swap::ArcSwap::from_pointee(ReplyTexts::default())),
+        );
         let mut answered = String::new();
         let mut closed = false;
         for f in frames(&mta) {

@@ -18,6 +18,7 @@ use ipnet::IpNet;
 
 pub use error::{ConfigError, Invalid};
 pub use socket::ListenAddr;
+pub use validate::builtin_default_policy;
 
 use crate::milter::replies::ReplyTexts;
 

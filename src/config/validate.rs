@@ -392,6 +392,7 @@ pub(super) fn validate(file: &Path, source: &str, raw: RawConfig) -> Result<Conf
     let rp = raw.replies.unwrap_or_default();
     let defaults = ReplyTexts::default();
     let mut reply_texts = defaults.clone();
+    reply_texts.on_internal_error = milter.on_internal_error;
     for (name, value, slot, expected) in [
         (
             "account_restricted",

@@ -1,6 +1,7 @@
 //! The SMTP reply texts the filter sends when it refuses something. Each is configurable under
 //! `[replies]`; the defaults say what happened and what to do, in plain words.
 
+use crate::config::InternalErrorAction;
 use crate::policy::Refusal;
 
 /// Default for MAIL FROM of a restricted account.
@@ -19,6 +20,8 @@ pub struct ReplyTexts {
     pub account_restricted: String,
     pub limit_reached: String,
     pub too_many_recipients: String,
+    /// What the MTA is told when the filter cannot decide.
+    pub on_internal_error: InternalErrorAction,
 }
 
 impl Default for ReplyTexts {
@@ -27,6 +30,7 @@ impl Default for ReplyTexts {
             account_restricted: DEFAULT_ACCOUNT_RESTRICTED.to_owned(),
             limit_reached: DEFAULT_LIMIT_REACHED.to_owned(),
             too_many_recipients: DEFAULT_TOO_MANY_RECIPIENTS.to_owned(),
+            on_internal_error: InternalErrorAction::Tempfail,
         }
     }
 }

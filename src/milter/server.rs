@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
@@ -106,7 +107,7 @@ async fn remove_stale_socket(path: &Path) -> Result<(), BindError> {
 pub struct ServerSettings {
     pub timeouts: Timeouts,
     pub max_connections: usize,
-    pub replies: Arc<ReplyTexts>,
+    pub replies: Arc<ArcSwap<ReplyTexts>>,
 }
 
 /// Serves milter connections until `shutdown` turns true, then drains.

@@ -18,6 +18,7 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use thiserror::Error;
 
 use super::command::{Command, printable};
@@ -25,6 +26,7 @@ use super::macros::{Macro, Macros};
 use super::negotiate::{self, Negotiated, NegotiationError};
 use super::replies::ReplyTexts;
 use super::reply::Reply;
+use crate::config::InternalErrorAction;
 use crate::policy::{Decision, MailFacts, MessageFacts, Policy, RcptFacts};
 
 /// Where in a message the MTA is; only moves forward.
@@ -151,7 +153,7 @@ pub enum Flow {
 /// One connection's session.
 pub struct Session<P: Policy> {
     policy: Arc<P>,
-    replies: Arc<ReplyTexts>,
+    replies: Arc<ArcSwap<ReplyTexts>>,
     state: State,
     negotiated: Option<Negotiated>,
     macros: Macros,
@@ -159,7 +161,7 @@ pub struct Session<P: Policy> {
 }
 
 impl<P: Policy> Session<P> {
-    pub fn new(policy: Arc<P>, replies: Arc<ReplyTexts>) -> Self {
+    pub fn new(policy: Arc<P>, replies: Arc<ArcSwap<ReplyTexts>>) -> Self {
         Session {
             policy,
             replies,
@@ -195,7 +197,7 @@ impl<P: Policy> Session<P> {
             && !matches!(self.state, State::Message(_))
             && command.kind() != b'E'
         {
-            self.policy.abort(&mut self.tx);
+            self.policy.end_transaction(&mut self.tx);
         }
         let reply = match command {
             Command::Negotiate(offer) => {
@@ -216,7 +218,7 @@ impl<P: Policy> Session<P> {
             Command::MailFrom(envelope) => {
                 if matches!(before, State::Message(_)) {
                     // A new MAIL without an abort: the previous message was given up.
-                    self.policy.abort(&mut self.tx);
+                    self.policy.end_transaction(&mut self.tx);
                 }
                 let facts = MailFacts {
                     sender: envelope.bare_address(),
@@ -228,7 +230,7 @@ impl<P: Policy> Session<P> {
                 if decision != Decision::Continue {
                     // Accepted or refused: the MTA sends nothing more of this message.
                     self.state = State::Ready;
-                    self.policy.abort(&mut self.tx);
+                    self.policy.end_transaction(&mut self.tx);
                 }
                 Some(decision)
             }
@@ -243,7 +245,7 @@ impl<P: Policy> Session<P> {
                     queue_id: self.macros.get(Macro::QueueId),
                 };
                 let decision = self.policy.end_of_message(&mut self.tx, &facts);
-                self.tx = P::Transaction::default();
+                self.policy.end_transaction(&mut self.tx);
                 Some(decision)
             }
             Command::QuitNewConnection => {
@@ -264,7 +266,7 @@ impl<P: Policy> Session<P> {
         if let Some(decision) = reply
             && self.expects_reply(command.kind())
         {
-            self.replies.reply_for(decision).encode(out);
+            self.replies.load().reply_for(decision).encode(out);
         }
         Ok(Flow::KeepOpen)
     }
@@ -287,6 +289,10 @@ impl ReplyTexts {
             Decision::Continue => Reply::Continue,
             Decision::Accept => Reply::Accept,
             Decision::Refuse(refusal) => Reply::ReplyCode(self.text(refusal).as_bytes()),
+            Decision::InternalError => match self.on_internal_error {
+                InternalErrorAction::Tempfail => Reply::Tempfail,
+                InternalErrorAction::Accept => Reply::Accept,
+            },
         }
     }
 }

@@ -4,6 +4,14 @@
 //! (envelope addresses, the SASL login, the client address) and maps the returned
 //! [`Decision`] to a protocol reply in one place (`milter::session`).
 
+pub mod account;
+pub mod clock;
+pub mod engine;
+pub mod events;
+pub mod limits;
+pub mod restrictions;
+pub mod rules;
+
 use std::net::IpAddr;
 
 use crate::milter::negotiate::Needs;
@@ -43,6 +51,9 @@ pub enum Decision {
     Accept,
     /// Refuse, for the given reason; the session picks the reply text.
     Refuse(Refusal),
+    /// The engine could not decide (e.g. a restriction could not be recorded): the MTA gets
+    /// what `on_internal_error` says.
+    InternalError,
 }
 
 /// Why a stage is refused. Each maps to one configurable SMTP reply.
@@ -73,8 +84,8 @@ pub trait Policy: Send + Sync + 'static {
     /// End of message: the final word on the message.
     fn end_of_message(&self, tx: &mut Self::Transaction, facts: &MessageFacts<'_>) -> Decision;
 
-    /// The transaction ended without a message (abort, RSET, a refused stage).
-    fn abort(&self, tx: &mut Self::Transaction) {
+    /// The transaction ended (end of message, abort, RSET, a refused stage): forget it.
+    fn end_transaction(&self, tx: &mut Self::Transaction) {
         *tx = Self::Transaction::default();
     }
 }

@@ -5,15 +5,25 @@ use std::path::Path;
 use std::sync::Arc;
 
 use outbound_guard::config::{Config, ListenAddr};
-use outbound_guard::daemon;
+use outbound_guard::daemon::{self, Services};
 use outbound_guard::milter::server::Listener;
+use outbound_guard::policy::clock::EngineClock;
+use outbound_guard::policy::events::Event;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+
+/// 2026-11-22T10:00:00Z, where the manual clock of a test daemon starts.
+pub const START: u64 = 1_795_341_600;
 
 /// A running filter; dropping it without [`TestDaemon::stop`] aborts it.
 pub struct TestDaemon {
     pub addr: SocketAddr,
     pub config: Arc<Config>,
+    pub services: Arc<Services>,
+    /// The engine's clock: manual, starting at 2026-11-22T10:00:00Z.
+    pub clock: EngineClock,
+    /// Events the engine raised.
+    pub events: tokio::sync::mpsc::Receiver<Event>,
     shutdown: watch::Sender<bool>,
     task: Option<JoinHandle<()>>,
 }
@@ -31,14 +41,38 @@ impl TestDaemon {
             panic!("not an inet listener")
         };
         let config = Arc::new(config);
+        let clock =
+            EngineClock::manual(std::time::UNIX_EPOCH + std::time::Duration::from_secs(START));
+        let services = Arc::new(Services::new(config.clone(), clock.clone()));
+        let events = services.take_events().expect("events not taken yet");
         let (shutdown, rx) = watch::channel(false);
-        let task = tokio::spawn(daemon::run(listener, config.clone(), rx));
+        let task = tokio::spawn(daemon::run(listener, services.clone(), rx));
         TestDaemon {
             addr,
             config,
+            services,
+            clock,
+            events,
             shutdown,
             task: Some(task),
         }
+    }
+
+    /// The next event, waiting at most 5 s.
+    pub async fn next_event(&mut self) -> Option<Event> {
+        tokio::time::timeout(std::time::Duration::from_secs(5), self.events.recv())
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// Events already raised, without waiting.
+    pub fn drain_events(&mut self) -> Vec<Event> {
+        let mut out = Vec::new();
+        while let Ok(e) = self.events.try_recv() {
+            out.push(e);
+        }
+        out
     }
 
     /// Asks for a graceful shutdown (like SIGTERM) without waiting.

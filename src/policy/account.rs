@@ -1,0 +1,321 @@
+//! Who pays for a message, and in one canonical spelling.
+//!
+//! The account is the SASL login when the client authenticated, otherwise — for a client in
+//! `internal_networks` — the envelope sender. Never the From: header (a spoofed address must not
+//! spend or block someone else's quota). Everything else is inbound and not our business.
+//!
+//! Canonical form: lower case; a quoted local part loses its quotes when it does not need them;
+//! `+tag` folded away when `strip_subaddress`; the domain in its IDNA ASCII form, so
+//! `Ælfrida@Bücher.example`, `ælfrida@xn--bcher-kva.example` and `"ælfrida"@bücher.example` are
+//! one account. The common case — already canonical ASCII — is recognised without allocating.
+
+use std::borrow::Cow;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+/// Whether a transaction is the organisation's own outbound mail.
+pub fn is_outbound(
+    auth_login: Option<&[u8]>,
+    client_addr: Option<IpAddr>,
+    internal_networks: &[IpNet],
+) -> bool {
+    auth_login.is_some() || client_addr.is_some_and(|ip| is_internal_client(ip, internal_networks))
+}
+
+/// Whether `ip` is inside one of the networks (an IPv4-mapped IPv6 address counts as IPv4).
+pub fn is_internal_client(ip: IpAddr, internal_networks: &[IpNet]) -> bool {
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    };
+    internal_networks.iter().any(|net| net.contains(&ip))
+}
+
+/// The canonical account name of a login or address.
+///
+/// `None` for the null sender (`<>`) and for input that is not text.
+pub fn canonical(raw: &[u8], strip_subaddress: bool) -> Option<Cow<'_, str>> {
+    let text = std::str::from_utf8(raw).ok()?.trim();
+    if text.is_empty() || text == "<>" {
+        return None;
+    }
+    if is_canonical_fast(text, strip_subaddress) {
+        return Some(Cow::Borrowed(text));
+    }
+    Some(Cow::Owned(canonicalize_slow(text, strip_subaddress)))
+}
+
+/// Lower-case ASCII, no quotes or brackets, no `+tag` to strip, an ASCII domain: nothing to do.
+fn is_canonical_fast(text: &str, strip_subaddress: bool) -> bool {
+    let bytes = text.as_bytes();
+    let at = bytes.iter().rposition(|&b| b == b'@');
+    let local = at.map_or(bytes, |i| &bytes[..i]);
+    bytes.iter().all(|&b| {
+        b.is_ascii_graphic()
+            && !b.is_ascii_uppercase()
+            && !matches!(b, b'"' | b'<' | b'>' | b'\\' | b'[')
+    }) && !(strip_subaddress && local.contains(&b'+'))
+        && !text.ends_with('.')
+        && at.is_none_or(|i| i + 1 < bytes.len())
+}
+
+fn canonicalize_slow(text: &str, strip_subaddress: bool) -> String {
+    let text = text
+        .strip_prefix('<')
+        .and_then(|t| t.strip_suffix('>'))
+        .unwrap_or(text);
+    let (local, domain) = split_address(text);
+    let mut local = unquote(local);
+    if strip_subaddress
+        && let Some(plus) = local.find('+')
+        && plus > 0
+    {
+        local.truncate(plus);
+    }
+    let local = local.to_lowercase();
+    match domain {
+        None => local,
+        Some(domain) => format!("{}@{}", requote(&local), canonical_domain(domain)),
+    }
+}
+
+/// Splits at the last `@` outside quotes.
+fn split_address(text: &str) -> (&str, Option<&str>) {
+    let mut in_quotes = false;
+    let mut escaped = false;
+    let mut split = None;
+    for (i, c) in text.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if in_quotes => escaped = true,
+            '"' => in_quotes = !in_quotes,
+            '@' if !in_quotes => split = Some(i),
+            _ => {}
+        }
+    }
+    match split {
+        Some(i) => (&text[..i], Some(&text[i + 1..])),
+        None => (text, None),
+    }
+}
+
+/// The content of a quoted local part, escapes resolved; other local parts unchanged.
+fn unquote(local: &str) -> String {
+    let Some(inner) = local.strip_prefix('"').and_then(|l| l.strip_suffix('"')) else {
+        return local.to_owned();
+    };
+    let mut out = String::with_capacity(inner.len());
+    let mut chars = inner.chars();
+    while let Some(c) = chars.next() {
+        if c == '\\' {
+            if let Some(next) = chars.next() {
+                out.push(next);
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Quotes a local part again only if it needs quoting (RFC 5321 dot-atom otherwise).
+fn requote(local: &str) -> Cow<'_, str> {
+    let atext = |c: char| c.is_alphanumeric() || "!#$%&'*+-/=?^_`{|}~".contains(c) || !c.is_ascii();
+    let dot_atom = !local.is_empty()
+        && !local.starts_with('.')
+        && !local.ends_with('.')
+        && !local.contains("..")
+        && local.chars().all(|c| c == '.' || atext(c));
+    if dot_atom {
+        Cow::Borrowed(local)
+    } else {
+        let escaped: String = local
+            .chars()
+            .flat_map(|c| {
+                if c == '"' || c == '\\' {
+                    vec!['\\', c]
+                } else {
+                    vec![c]
+                }
+            })
+            .collect();
+        Cow::Owned(format!("\"{escaped}\""))
+    }
+}
+
+/// A domain in canonical form: IDNA ASCII lower case; address literals lower-cased as they are.
+pub fn canonical_domain(domain: &str) -> String {
+    let domain = domain.trim().trim_end_matches('.');
+    if domain.starts_with('[') {
+        return domain.to_ascii_lowercase();
+    }
+    idna::domain_to_ascii(domain).unwrap_or_else(|_| domain.to_lowercase())
+}
+
+/// The domain of a canonical account, if it has one (a login without `@` has none).
+pub fn domain_of(account: &str) -> Option<&str> {
+    let (_, domain) = split_address(account);
+    domain
+}
+
+/// Whether `domain` is `parent` or a subdomain of it (both canonical).
+pub fn is_same_or_subdomain(domain: &str, parent: &str) -> bool {
+    domain.len() >= parent.len()
+        && domain[domain.len() - parent.len()..].eq_ignore_ascii_case(parent)
+        && (domain.len() == parent.len()
+            || domain.as_bytes()[domain.len() - parent.len() - 1] == b'.')
+}
+
+/// Whether a recipient address is internal: its domain is one of `local_domains` or a
+/// subdomain of one. A recipient without a domain (`postmaster`) is local.
+pub fn recipient_is_internal(recipient: &[u8], local_domains: &[String]) -> bool {
+    let Ok(text) = std::str::from_utf8(recipient) else {
+        return false;
+    };
+    let text = text.trim().trim_start_matches('<').trim_end_matches('>');
+    let Some((_, domain)) = split_address(text).1.map(|d| ((), d)) else {
+        return true;
+    };
+    let domain = domain.trim_end_matches('.');
+    if domain.is_ascii() && !domain.contains("xn--") && !domain.starts_with('[') {
+        return local_domains
+            .iter()
+            .any(|p| is_same_or_subdomain(domain, p));
+    }
+    let canonical = canonical_domain(domain);
+    local_domains
+        .iter()
+        .any(|p| is_same_or_subdomain(&canonical, p))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn canon(s: &str) -> Option<String> {
+        canonical(s.as_bytes(), true).map(Cow::into_owned)
+    }
+
+    #[test]
+    fn case_and_subaddress_fold() {
+        assert_eq!(
+            canon("Alice@Example.COM").as_deref(),
+            Some("alice@example.com")
+        );
+        assert_eq!(
+            canon("alice+news@example.com").as_deref(),
+            Some("alice@example.com")
+        );
+        assert_eq!(
+            canonical(b"alice+news@example.com", false).as_deref(),
+            Some("alice+news@example.com")
+        );
+        assert_eq!(
+            canon("<bob@example.com>").as_deref(),
+            Some("bob@example.com")
+        );
+        assert_eq!(
+            canon("+leading@example.com").as_deref(),
+            Some("+leading@example.com")
+        );
+    }
+
+    #[test]
+    fn fast_path_borrows() {
+        assert!(matches!(
+            canonical(b"alice@example.com", true),
+            Some(Cow::Borrowed(_))
+        ));
+        assert!(matches!(
+            canonical(b"Alice@example.com", true),
+            Some(Cow::Owned(_))
+        ));
+    }
+
+    #[test]
+    fn null_sender_and_garbage_have_no_account() {
+        assert_eq!(canon(""), None);
+        assert_eq!(canon("<>"), None);
+        assert_eq!(canonical(b"\xff\xfe@x", true), None);
+    }
+
+    #[test]
+    fn quoted_local_parts() {
+        assert_eq!(
+            canon("\"alice\"@example.com").as_deref(),
+            Some("alice@example.com")
+        );
+        assert_eq!(
+            canon("\"John Doe\"@Example.com").as_deref(),
+            Some("\"john doe\"@example.com")
+        );
+        assert_eq!(
+            canon("\"a@b\"@example.com").as_deref(),
+            Some("\"a@b\"@example.com")
+        );
+        assert_eq!(
+            canon("\"x\\\"y\"@example.com").as_deref(),
+            Some("\"x\\\"y\"@example.com")
+        );
+    }
+
+    #[test]
+    fn internationalised_domains_compare_in_one_form() {
+        let a = canon("Ælfrida@Bücher.example").unwrap();
+        let b = canon("ælfrida@xn--bcher-kva.example").unwrap();
+        let c = canon("\"ælfrida\"@BÜCHER.example").unwrap();
+        assert_eq!(a, "ælfrida@xn--bcher-kva.example");
+        assert_eq!(a, b);
+        assert_eq!(a, c);
+    }
+
+    #[test]
+    fn address_literals_and_logins_without_domain() {
+        assert_eq!(
+            canon("user@[IPv6:2001:DB8::1]").as_deref(),
+            Some("user@[ipv6:2001:db8::1]")
+        );
+        assert_eq!(canon("Bob").as_deref(), Some("bob"));
+        assert_eq!(domain_of("bob"), None);
+        assert_eq!(domain_of("bob@example.com"), Some("example.com"));
+    }
+
+    #[test]
+    fn recipient_classes() {
+        let local = vec!["example.com".to_owned(), "xn--bcher-kva.example".to_owned()];
+        assert!(recipient_is_internal(b"a@example.com", &local));
+        assert!(recipient_is_internal(b"a@Sales.Example.com", &local));
+        assert!(recipient_is_internal(b"a@b\xc3\xbccher.example", &local));
+        assert!(recipient_is_internal(b"postmaster", &local));
+        assert!(!recipient_is_internal(b"a@notexample.com", &local));
+        assert!(!recipient_is_internal(b"a@example.com.evil.net", &local));
+        assert!(!recipient_is_internal(b"a@[192.0.2.1]", &local));
+    }
+
+    #[test]
+    fn direction() {
+        let nets: Vec<IpNet> = vec![
+            "127.0.0.0/8".parse().unwrap(),
+            "2001:db8::/32".parse().unwrap(),
+        ];
+        assert!(is_outbound(Some(b"alice"), None, &nets));
+        assert!(is_outbound(None, Some("127.0.0.5".parse().unwrap()), &nets));
+        assert!(is_outbound(
+            None,
+            Some("::ffff:127.0.0.1".parse().unwrap()),
+            &nets
+        ));
+        assert!(is_outbound(
+            None,
+            Some("2001:db8::7".parse().unwrap()),
+            &nets
+        ));
+        assert!(!is_outbound(
+            None,
+            Some("192.0.2.1".parse().unwrap()),
+            &nets
+        ));
+        assert!(!is_outbound(None, None, &nets));
+    }
+}

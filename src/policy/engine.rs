@@ -1,0 +1,543 @@
+//! The policy engine: from the facts of each stage to a [`Decision`], with the side effects —
+//! counting, restricting, events — that hang off it.
+//!
+//! MAIL FROM decides the direction and the account and refuses a restricted account; each
+//! RCPT TO is counted against the account's policy or reaches a limit, which, per the policy's
+//! action, restricts the account (`block`, `block_until_tomorrow`) or only raises an event
+//! (`alert`). The configuration in force is an `Arc` swapped on reload and picked up by the
+//! next transaction.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use dashmap::DashMap;
+use dashmap::mapref::one::RefMut;
+use time::OffsetDateTime;
+use tracing::{info, warn};
+
+use super::account::{self, canonical};
+use super::clock::{EngineClock, hour_number, next_utc_midnight_secs, utc_day};
+use super::events::{Event, EventKind, EventSink};
+use super::limits::{self, AccountRecord, LimitKind, Limiters};
+use super::restrictions::{Counters, Restriction, RestrictionStore, Source, StoreError};
+use super::rules::{CompiledPolicies, PolicyIndex};
+use super::{Decision, MailFacts, MessageFacts, Policy, RcptFacts, Refusal};
+use crate::config::{Config, LimitAction};
+use crate::milter::negotiate::Needs;
+
+type Accounts = DashMap<Box<str>, AccountRecord, ahash::RandomState>;
+
+/// One configuration, compiled for deciding.
+pub struct Compiled {
+    pub config: Arc<Config>,
+    pub policies: CompiledPolicies,
+    pub limiters: Limiters,
+    /// Senders never counted: the notifier's own address.
+    exempt: Vec<String>,
+}
+
+impl Compiled {
+    fn new(config: Arc<Config>, clock: &EngineClock) -> Compiled {
+        let strip = config.organization.strip_subaddress;
+        let policies = CompiledPolicies::new(&config.policies, &config.groups, strip);
+        let limiters = Limiters::new(policies.all(), clock);
+        let exempt = canonical(config.notify.from.as_bytes(), strip)
+            .map(|c| c.into_owned())
+            .into_iter()
+            .collect();
+        Compiled {
+            config,
+            policies,
+            limiters,
+            exempt,
+        }
+    }
+}
+
+/// Per-transaction state, reused across the transactions of a connection.
+#[derive(Default)]
+pub struct Transaction {
+    compiled: Option<Arc<Compiled>>,
+    account: String,
+    policy: PolicyIndex,
+    recipients: u32,
+    restricted: bool,
+}
+
+/// The engine shared by all milter connections.
+pub struct Engine {
+    current: ArcSwap<Compiled>,
+    accounts: Accounts,
+    restrictions: Arc<dyn RestrictionStore>,
+    events: EventSink,
+    clock: EngineClock,
+}
+
+fn to_datetime(secs: i64) -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp(secs).unwrap_or(OffsetDateTime::UNIX_EPOCH)
+}
+
+impl Engine {
+    pub fn new(
+        config: Arc<Config>,
+        restrictions: Arc<dyn RestrictionStore>,
+        events: EventSink,
+        clock: EngineClock,
+    ) -> Engine {
+        Engine {
+            current: ArcSwap::from_pointee(Compiled::new(config, &clock)),
+            accounts: Accounts::default(),
+            restrictions,
+            events,
+            clock,
+        }
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> Arc<Config> {
+        self.current.load().config.clone()
+    }
+
+    pub fn clock(&self) -> &EngineClock {
+        &self.clock
+    }
+
+    pub fn restrictions(&self) -> &Arc<dyn RestrictionStore> {
+        &self.restrictions
+    }
+
+    /// Puts a new configuration in force for the next transaction. Each account keeps the
+    /// recipients it has in use, re-expressed against its (possibly new) policy's limits.
+    pub fn reload(&self, config: Arc<Config>) {
+        let old = self.current.load_full();
+        let new = Compiled::new(config, &self.clock);
+        let now = self.clock.now_nanos();
+        for mut entry in self.accounts.iter_mut() {
+            let index = new.policies.select(entry.key());
+            let old_settings = old.policies.settings(entry.policy).clone();
+            limits::convert_for_reload(
+                entry.value_mut(),
+                &old_settings,
+                new.policies.settings(index),
+                index,
+                now,
+            );
+        }
+        self.current.store(Arc::new(new));
+    }
+
+    /// The canonical form of an account name as an administrator typed it.
+    pub fn canonical_account(&self, raw: &str) -> Option<String> {
+        let strip = self.current.load().config.organization.strip_subaddress;
+        canonical(raw.as_bytes(), strip).map(|c| c.into_owned())
+    }
+
+    /// Live counters of an account (zeros for one not seen recently).
+    pub fn counters(&self, account: &str) -> Counters {
+        let compiled = self.current.load();
+        let policy = compiled.policies.select(account);
+        let record = self
+            .accounts
+            .get(account)
+            .map(|r| r.clone())
+            .unwrap_or_default();
+        counters_of(&compiled, policy, &record, self.clock.now_nanos())
+    }
+
+    /// The name of the policy that applies to an account.
+    pub fn policy_name(&self, account: &str) -> String {
+        let compiled = self.current.load();
+        compiled
+            .policies
+            .settings(compiled.policies.select(account))
+            .name
+            .clone()
+    }
+
+    /// Accounts currently tracked.
+    pub fn tracked_accounts(&self) -> usize {
+        self.accounts.len()
+    }
+
+    /// Drops the account records with nothing left to remember.
+    pub fn evict_idle(&self) -> usize {
+        limits::evict_idle(&self.accounts, self.clock.now_nanos())
+    }
+
+    /// Releases a restricted account: it may send again at once, and a limit does not restrict
+    /// it again on the same UTC day. Returns the restriction lifted, if there was one.
+    ///
+    /// # Errors
+    /// When the release cannot be recorded.
+    pub fn release(
+        &self,
+        account: &str,
+        by: &str,
+        reason: Option<&str>,
+    ) -> Result<Option<Restriction>, StoreError> {
+        let now = self.clock.now_nanos();
+        let now_secs = self.clock.now_secs();
+        let released = self.restrictions.release(account, now_secs)?;
+        if let Some(r) = &released {
+            self.record_mut(account, self.current.load().policies.select(account))
+                .released_day = utc_day(now);
+            info!(
+                account,
+                by,
+                reason = reason.unwrap_or(""),
+                "account released"
+            );
+            let compiled = self.current.load();
+            self.events.emit(Event {
+                kind: EventKind::SenderReleased,
+                account: account.to_owned(),
+                reason: reason.map_or_else(|| format!("released by {by}"), str::to_owned),
+                policy: r.policy.clone(),
+                limit: None,
+                counters: self.counters(account),
+                since: r.created_at,
+                until: Some(to_datetime(now_secs)),
+                node: compiled.config.notify.node_name.clone(),
+                by: Some(by.to_owned()),
+            });
+        }
+        Ok(released)
+    }
+
+    /// Restricts an account by hand. Returns the restriction in force and whether it is new.
+    ///
+    /// # Errors
+    /// When the restriction cannot be recorded.
+    pub fn restrict_manually(
+        &self,
+        account: &str,
+        reason: &str,
+        until: Option<OffsetDateTime>,
+        by: &str,
+    ) -> Result<(Restriction, bool), StoreError> {
+        let now_secs = self.clock.now_secs();
+        let compiled = self.current.load_full();
+        let restriction = Restriction {
+            account: account.to_owned(),
+            reason: reason.to_owned(),
+            policy: compiled
+                .policies
+                .settings(compiled.policies.select(account))
+                .name
+                .clone(),
+            created_at: to_datetime(now_secs),
+            until,
+            counters: self.counters(account),
+            source: Source::Admin,
+        };
+        let created = self.restrictions.restrict(restriction.clone())?;
+        if created {
+            warn!(
+                account,
+                by, reason, "account restricted by an administrator"
+            );
+            self.emit_restricted(&compiled, &restriction, None, Some(by));
+        }
+        let current = self
+            .restrictions
+            .get(account, now_secs)
+            .unwrap_or(restriction);
+        Ok((current, created))
+    }
+
+    fn emit_restricted(
+        &self,
+        compiled: &Compiled,
+        r: &Restriction,
+        limit: Option<LimitKind>,
+        by: Option<&str>,
+    ) {
+        self.events.emit(Event {
+            kind: EventKind::SenderRestricted,
+            account: r.account.clone(),
+            reason: r.reason.clone(),
+            policy: r.policy.clone(),
+            limit,
+            counters: r.counters.clone(),
+            since: r.created_at,
+            until: r.until,
+            node: compiled.config.notify.node_name.clone(),
+            by: by.map(str::to_owned),
+        });
+    }
+
+    fn record_mut(
+        &self,
+        account: &str,
+        policy: PolicyIndex,
+    ) -> RefMut<'_, Box<str>, AccountRecord> {
+        match self.accounts.get_mut(account) {
+            Some(r) => r,
+            // Only a new account pays for the key's allocation.
+            None => self
+                .accounts
+                .entry(account.into())
+                .or_insert_with(|| AccountRecord {
+                    policy,
+                    ..Default::default()
+                }),
+        }
+    }
+
+    /// The recipient reached `kind`: restrict or alert per the policy's action.
+    fn limit_reached(
+        &self,
+        tx: &mut Transaction,
+        compiled: &Compiled,
+        kind: LimitKind,
+        now: u64,
+    ) -> Decision {
+        let settings = compiled.policies.settings(tx.policy);
+        let mut record = self.record_mut(&tx.account, tx.policy);
+        let counters = counters_of(compiled, tx.policy, &record, now);
+        let limit = kind.limit_in(settings);
+        let reason = format!(
+            "reached the limit of {limit} {} ({} counted in the last {})",
+            kind.describe(),
+            limit,
+            if kind == LimitKind::PerDay {
+                "24 hours"
+            } else {
+                "hour"
+            }
+        );
+        let in_grace = record.released_day == utc_day(now);
+        let action = if in_grace {
+            LimitAction::Alert
+        } else {
+            settings.action_when_threshold_reached
+        };
+        if action == LimitAction::Alert {
+            let hour = hour_number(now);
+            let first_this_hour =
+                std::mem::replace(&mut record.alerted_hour[kind as usize], hour) != hour;
+            drop(record);
+            tx.recipients += 1;
+            if first_this_hour {
+                warn!(account = %tx.account, policy = %settings.name, grace = in_grace, "{reason}; delivering (alert only)");
+                self.events.emit(Event {
+                    kind: EventKind::SendingLimitExceeded,
+                    account: tx.account.clone(),
+                    reason,
+                    policy: settings.name.clone(),
+                    limit: Some(kind),
+                    counters,
+                    since: to_datetime((now / 1_000_000_000) as i64),
+                    until: None,
+                    node: compiled.config.notify.node_name.clone(),
+                    by: None,
+                });
+            }
+            return Decision::Continue;
+        }
+        drop(record);
+        let now_secs = (now / 1_000_000_000) as i64;
+        let until = (action == LimitAction::BlockUntilTomorrow)
+            .then(|| to_datetime(next_utc_midnight_secs(now)));
+        let restriction = Restriction {
+            account: tx.account.clone(),
+            reason,
+            policy: settings.name.clone(),
+            created_at: to_datetime(now_secs),
+            until,
+            counters,
+            source: Source::Policy,
+        };
+        match self.restrictions.restrict(restriction.clone()) {
+            Ok(created) => {
+                tx.restricted = true;
+                if created {
+                    warn!(account = %tx.account, policy = %settings.name, until = ?until, "account restricted: {}", restriction.reason);
+                    self.emit_restricted(compiled, &restriction, Some(kind), None);
+                }
+                Decision::Refuse(Refusal::LimitReached)
+            }
+            Err(e) => {
+                // Never tell the MTA 5xx for a restriction that is not recorded.
+                tracing::error!(account = %tx.account, "cannot record restriction: {e}");
+                Decision::InternalError
+            }
+        }
+    }
+
+    fn warn_if_approaching(
+        &self,
+        tx: &Transaction,
+        compiled: &Compiled,
+        record: &mut AccountRecord,
+        hourly: LimitKind,
+        now: u64,
+    ) -> Option<Event> {
+        let percent = u32::from(compiled.config.notify.warn_at_percent);
+        if percent == 0 {
+            return None;
+        }
+        let hour = hour_number(now);
+        for kind in [hourly, LimitKind::PerDay] {
+            let Some((used, limit)) = compiled.limiters.usage(tx.policy, record, kind, now) else {
+                continue;
+            };
+            if u64::from(used) * 100 >= u64::from(limit) * u64::from(percent)
+                && record.warned_hour[kind as usize] != hour
+            {
+                record.warned_hour[kind as usize] = hour;
+                let settings = compiled.policies.settings(tx.policy);
+                return Some(Event {
+                    kind: EventKind::ApproachingLimit,
+                    account: tx.account.clone(),
+                    reason: format!(
+                        "{used} of {limit} {} in use ({percent}% warning level)",
+                        kind.describe()
+                    ),
+                    policy: settings.name.clone(),
+                    limit: Some(kind),
+                    counters: counters_of(compiled, tx.policy, record, now),
+                    since: to_datetime((now / 1_000_000_000) as i64),
+                    until: None,
+                    node: compiled.config.notify.node_name.clone(),
+                    by: None,
+                });
+            }
+        }
+        None
+    }
+}
+
+/// Counters of a record under a policy at `now`.
+fn counters_of(
+    compiled: &Compiled,
+    policy: PolicyIndex,
+    record: &AccountRecord,
+    now: u64,
+) -> Counters {
+    let usage = |kind| {
+        compiled
+            .limiters
+            .usage(policy, record, kind, now)
+            .unwrap_or((0, 0))
+    };
+    let (external_last_hour, external_limit_per_hour) = usage(LimitKind::ExternalPerHour);
+    let (internal_last_hour, internal_limit_per_hour) = usage(LimitKind::InternalPerHour);
+    let (last_day, limit_per_day) = usage(LimitKind::PerDay);
+    Counters {
+        external_last_hour,
+        external_limit_per_hour,
+        internal_last_hour,
+        internal_limit_per_hour,
+        last_day,
+        limit_per_day,
+        spam_messages: 0,
+        messages: 0,
+    }
+}
+
+impl Transaction {
+    fn reset(&mut self) {
+        self.compiled = None;
+        self.account.clear();
+        self.policy = 0;
+        self.recipients = 0;
+        self.restricted = false;
+    }
+}
+
+impl Policy for Engine {
+    type Transaction = Transaction;
+
+    fn needs(&self) -> Needs {
+        Needs::default()
+    }
+
+    fn mail_from(&self, tx: &mut Transaction, facts: &MailFacts<'_>) -> Decision {
+        tx.reset();
+        let compiled = self.current.load_full();
+        let org = &compiled.config.organization;
+        if !account::is_outbound(facts.auth_login, facts.client_addr, &org.internal_networks) {
+            return Decision::Accept;
+        }
+        // The null sender (bounces, notifications of delivery status) is never restricted.
+        if facts.sender.is_empty() || facts.sender == b"<>" {
+            return Decision::Accept;
+        }
+        let raw = facts.auth_login.unwrap_or(facts.sender);
+        let account = match canonical(raw, org.strip_subaddress) {
+            Some(a) => a,
+            None => match canonical(
+                String::from_utf8_lossy(raw).as_bytes(),
+                org.strip_subaddress,
+            ) {
+                Some(a) => std::borrow::Cow::Owned(a.into_owned()),
+                None => return Decision::Accept,
+            },
+        };
+        if compiled.exempt.iter().any(|e| *e == account) {
+            return Decision::Accept;
+        }
+        if self
+            .restrictions
+            .is_restricted(&account, self.clock.now_secs())
+        {
+            info!(account = %account, "MAIL FROM refused: account restricted");
+            return Decision::Refuse(Refusal::AccountRestricted);
+        }
+        tx.account.push_str(&account);
+        tx.policy = compiled.policies.select(&account);
+        tx.compiled = Some(compiled);
+        Decision::Continue
+    }
+
+    fn rcpt_to(&self, tx: &mut Transaction, facts: &RcptFacts<'_>) -> Decision {
+        let Some(compiled) = tx.compiled.clone() else {
+            return Decision::Continue;
+        };
+        if tx.restricted {
+            return Decision::Refuse(Refusal::AccountRestricted);
+        }
+        let settings = compiled.policies.settings(tx.policy);
+        let cap = settings.max_recipients_per_message;
+        if cap > 0 && tx.recipients >= cap {
+            return Decision::Refuse(Refusal::TooManyRecipients);
+        }
+        let hourly = if account::recipient_is_internal(
+            facts.recipient,
+            &compiled.config.organization.local_domains,
+        ) {
+            LimitKind::InternalPerHour
+        } else {
+            LimitKind::ExternalPerHour
+        };
+        let now = self.clock.now_nanos();
+        let mut record = self.record_mut(&tx.account, tx.policy);
+        match compiled
+            .limiters
+            .try_add_recipient(tx.policy, &mut record, hourly)
+        {
+            Ok(()) => {
+                tx.recipients += 1;
+                let warning = self.warn_if_approaching(tx, &compiled, &mut record, hourly, now);
+                drop(record);
+                if let Some(event) = warning {
+                    self.events.emit(event);
+                }
+                Decision::Continue
+            }
+            Err(kind) => {
+                drop(record);
+                self.limit_reached(tx, &compiled, kind, now)
+            }
+        }
+    }
+
+    fn end_of_message(&self, _tx: &mut Transaction, _facts: &MessageFacts<'_>) -> Decision {
+        Decision::Continue
+    }
+
+    fn end_transaction(&self, tx: &mut Transaction) {
+        tx.reset();
+    }
+}

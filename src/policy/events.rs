@@ -1,0 +1,94 @@
+//! Events for the administrators (restricted, limit exceeded in alert mode, approaching a
+//! limit, released), handed to the notifier over a bounded channel. Emitting never waits: the
+//! milter path must not stall because a notifier is slow; a full channel drops the event with
+//! a log line and a count.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::Serialize;
+use time::OffsetDateTime;
+use tokio::sync::mpsc;
+
+use super::limits::LimitKind;
+use super::restrictions::Counters;
+
+/// What happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    SenderRestricted,
+    SendingLimitExceeded,
+    ApproachingLimit,
+    SenderReleased,
+}
+
+impl EventKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            EventKind::SenderRestricted => "sender_restricted",
+            EventKind::SendingLimitExceeded => "sending_limit_exceeded",
+            EventKind::ApproachingLimit => "approaching_limit",
+            EventKind::SenderReleased => "sender_released",
+        }
+    }
+}
+
+/// One event with the facts a notification needs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Event {
+    pub kind: EventKind,
+    pub account: String,
+    pub reason: String,
+    pub policy: String,
+    /// The limit concerned, for limit events.
+    pub limit: Option<LimitKind>,
+    pub counters: Counters,
+    #[serde(with = "time::serde::rfc3339")]
+    pub since: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub until: Option<OffsetDateTime>,
+    pub node: String,
+    /// Who acted, for administrator actions.
+    pub by: Option<String>,
+}
+
+/// The sending side of the event channel.
+#[derive(Debug)]
+pub struct EventSink {
+    tx: mpsc::Sender<Event>,
+    dropped: AtomicU64,
+}
+
+impl EventSink {
+    /// A sink and the receiver the notifier reads.
+    pub fn channel(capacity: usize) -> (EventSink, mpsc::Receiver<Event>) {
+        let (tx, rx) = mpsc::channel(capacity);
+        (
+            EventSink {
+                tx,
+                dropped: AtomicU64::new(0),
+            },
+            rx,
+        )
+    }
+
+    /// Hands an event over without waiting.
+    pub fn emit(&self, event: Event) {
+        match self.tx.try_send(event) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(e)) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(event = e.kind.name(), account = %e.account, "event channel full; event dropped");
+            }
+            Err(mpsc::error::TrySendError::Closed(e)) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(event = e.kind.name(), account = %e.account, "no notifier running; event dropped");
+            }
+        }
+    }
+
+    /// Events dropped so far.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}

@@ -1,0 +1,485 @@
+//! Per-account recipient limits: GCRA (governor) with the state kept in our own account records.
+//!
+//! # Design
+//!
+//! governor's `RateLimiter` has one quota for all its keys (its issue #193) and keeps state in
+//! its own store without persistence (#179). We use its GCRA through its `StateStore` trait
+//! instead, with the state — one `u64` "theoretical arrival time" (TAT) per limit kind — living
+//! in *our* [`AccountRecord`], which sits in one `DashMap` keyed by the canonical account:
+//!
+//! - **One quota per policy and kind.** [`Limiters`] holds a `RateLimiter` for each
+//!   (policy, kind) with a non-zero limit. A check copies the record's TAT into a `Cell`, which
+//!   is the limiter's key; [`CellStore`] reads and writes that cell. So (a) every policy rule has
+//!   its own quotas over the same records.
+//! - **All or nothing.** A recipient is checked against its hourly kind and the daily limit on
+//!   local cells; only when every check passes are the cells written back. A refused recipient
+//!   spends nothing.
+//! - **Absolute time.** TATs are nanoseconds since the Unix epoch (see `policy::clock`), so they
+//!   mean the same to every limiter, before and after a reload, and in the next process.
+//! - **Reload keeps what was consumed** (b): [`convert_for_reload`] turns each TAT back into a
+//!   count of recipients under the old quota and re-expresses that count under the new one,
+//!   so 400 of 500 becomes 400 of 1000, not a rescaled time debt.
+//! - **Snapshots** (c): a record is plain numbers; [`AccountRecord::to_bytes`] and
+//!   [`AccountRecord::from_bytes`] give a fixed-size form for the snapshot file.
+//! - **Bounded memory** (d): a record whose TATs are all in the past is indistinguishable from
+//!   a fresh one; [`evict_idle`] drops those (and ones with no other state worth keeping), so
+//!   memory follows the accounts active within the last day, not all accounts ever seen.
+//!
+//! With a limit of N, N recipients pass and the N+1-th reaches the limit; after that one more is
+//! allowed every period/N (hourly: 3600/N s; daily: 86400/N s).
+
+use std::cell::Cell;
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use governor::middleware::NoOpMiddleware;
+use governor::nanos::Nanos;
+use governor::state::StateStore;
+use governor::{Quota, RateLimiter};
+
+use super::clock::{EngineClock, EpochInstant, utc_day};
+use super::rules::PolicyIndex;
+use crate::config::PolicySettings;
+
+/// The three counted limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LimitKind {
+    ExternalPerHour = 0,
+    InternalPerHour = 1,
+    PerDay = 2,
+}
+
+impl LimitKind {
+    pub const ALL: [LimitKind; 3] = [
+        LimitKind::ExternalPerHour,
+        LimitKind::InternalPerHour,
+        LimitKind::PerDay,
+    ];
+
+    /// The configuration key of this limit.
+    pub fn key(self) -> &'static str {
+        match self {
+            LimitKind::ExternalPerHour => "recipient_limit_external_per_hour",
+            LimitKind::InternalPerHour => "recipient_limit_internal_per_hour",
+            LimitKind::PerDay => "recipient_limit_per_day",
+        }
+    }
+
+    /// Words for messages: "external recipients per hour".
+    pub fn describe(self) -> &'static str {
+        match self {
+            LimitKind::ExternalPerHour => "external recipients per hour",
+            LimitKind::InternalPerHour => "internal recipients per hour",
+            LimitKind::PerDay => "recipients per day",
+        }
+    }
+
+    /// The configured limit (0 = none).
+    pub fn limit_in(self, s: &PolicySettings) -> u32 {
+        match self {
+            LimitKind::ExternalPerHour => s.recipient_limit_external_per_hour,
+            LimitKind::InternalPerHour => s.recipient_limit_internal_per_hour,
+            LimitKind::PerDay => s.recipient_limit_per_day,
+        }
+    }
+
+    /// The window the limit rolls over.
+    pub fn period(self) -> Duration {
+        match self {
+            LimitKind::PerDay => Duration::from_secs(86_400),
+            _ => Duration::from_secs(3600),
+        }
+    }
+}
+
+/// What the engine keeps per account between messages.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AccountRecord {
+    /// GCRA state per [`LimitKind`]; 0 = never used (or fully replenished).
+    pub tat: [u64; 3],
+    /// The policy the TATs were computed under.
+    pub policy: PolicyIndex,
+    /// Hour number of the last "limit exceeded" alert, per kind (alerts at most hourly).
+    pub alerted_hour: [u32; 3],
+    /// Hour number of the last "approaching the limit" warning, per kind.
+    pub warned_hour: [u32; 3],
+    /// UTC day an administrator last released the account (the day's grace), 0 = never.
+    pub released_day: u32,
+}
+
+/// Size of [`AccountRecord::to_bytes`].
+pub const RECORD_BYTES: usize = 3 * 8 + 2 + 3 * 4 + 3 * 4 + 4;
+
+impl AccountRecord {
+    /// Fixed-size little-endian form for snapshots.
+    pub fn to_bytes(&self) -> [u8; RECORD_BYTES] {
+        let mut out = [0u8; RECORD_BYTES];
+        let mut at = 0;
+        let mut put = |bytes: &[u8]| {
+            out[at..at + bytes.len()].copy_from_slice(bytes);
+            at += bytes.len();
+        };
+        self.tat.iter().for_each(|t| put(&t.to_le_bytes()));
+        put(&self.policy.to_le_bytes());
+        self.alerted_hour.iter().for_each(|h| put(&h.to_le_bytes()));
+        self.warned_hour.iter().for_each(|h| put(&h.to_le_bytes()));
+        put(&self.released_day.to_le_bytes());
+        out
+    }
+
+    /// The inverse of [`AccountRecord::to_bytes`].
+    pub fn from_bytes(b: &[u8; RECORD_BYTES]) -> AccountRecord {
+        let u64_at = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().expect("8 bytes"));
+        let u32_at = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().expect("4 bytes"));
+        AccountRecord {
+            tat: [u64_at(0), u64_at(8), u64_at(16)],
+            policy: u16::from_le_bytes([b[24], b[25]]),
+            alerted_hour: [u32_at(26), u32_at(30), u32_at(34)],
+            warned_hour: [u32_at(38), u32_at(42), u32_at(46)],
+            released_day: u32_at(50),
+        }
+    }
+
+    /// Whether nothing in the record still matters at `now`: every limit fully replenished, no
+    /// alert or warning within the current hour, no release today.
+    pub fn is_idle(&self, now_nanos: u64) -> bool {
+        let hour = super::clock::hour_number(now_nanos);
+        self.tat.iter().all(|&t| t <= now_nanos)
+            && self
+                .alerted_hour
+                .iter()
+                .chain(&self.warned_hour)
+                .all(|&h| h < hour)
+            && self.released_day < utc_day(now_nanos)
+    }
+}
+
+/// One limit's GCRA state, lent to governor as the key of a check.
+///
+/// governor's keyed checks want a hashable key; ours is never hashed (the store below reads the
+/// cell directly), but the trait bounds ask for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TatCell(Cell<u64>);
+
+impl std::hash::Hash for TatCell {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.get().hash(state);
+    }
+}
+
+/// governor's state store: the key *is* the state cell.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct CellStore;
+
+impl StateStore for CellStore {
+    type Key = TatCell;
+
+    fn measure_and_replace<T, F, E>(&self, key: &TatCell, f: F) -> Result<T, E>
+    where
+        F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
+    {
+        let old = key.0.get();
+        let (result, new) = f((old != 0).then(|| Nanos::from(old)))?;
+        key.0.set(new.as_u64());
+        Ok(result)
+    }
+}
+
+type Limiter = RateLimiter<TatCell, CellStore, EngineClock, NoOpMiddleware<EpochInstant>>;
+
+/// One limiter per (policy, kind) with a non-zero limit.
+pub struct Limiters {
+    by_policy: Vec<[Option<(Limiter, u32)>; 3]>,
+}
+
+impl Limiters {
+    /// Builds the limiters for `policies` (default first, then rules by priority).
+    pub fn new(policies: &[PolicySettings], clock: &EngineClock) -> Limiters {
+        let by_policy = policies
+            .iter()
+            .map(|p| {
+                LimitKind::ALL.map(|kind| {
+                    let n = NonZeroU32::new(kind.limit_in(p))?;
+                    let quota = Quota::with_period(kind.period() / n.get())?.allow_burst(n);
+                    Some((RateLimiter::new(quota, CellStore, clock.clone()), n.get()))
+                })
+            })
+            .collect();
+        Limiters { by_policy }
+    }
+
+    fn limiter(&self, policy: PolicyIndex, kind: LimitKind) -> Option<&(Limiter, u32)> {
+        self.by_policy
+            .get(policy as usize)
+            .and_then(|l| l[kind as usize].as_ref())
+    }
+
+    /// Tries to add one recipient of the given hourly kind (plus the daily limit). On success
+    /// the record is updated; on refusal nothing changes and the limit reached is returned.
+    pub fn try_add_recipient(
+        &self,
+        policy: PolicyIndex,
+        record: &mut AccountRecord,
+        hourly: LimitKind,
+    ) -> Result<(), LimitKind> {
+        let cells = [
+            TatCell(Cell::new(record.tat[hourly as usize])),
+            TatCell(Cell::new(record.tat[LimitKind::PerDay as usize])),
+        ];
+        for (cell, kind) in cells.iter().zip([hourly, LimitKind::PerDay]) {
+            if let Some((limiter, _)) = self.limiter(policy, kind) {
+                limiter.check_key(cell).map_err(|_| kind)?;
+            }
+        }
+        record.tat[hourly as usize] = cells[0].0.get();
+        record.tat[LimitKind::PerDay as usize] = cells[1].0.get();
+        Ok(())
+    }
+
+    /// Recipients counted against `kind` at `now` (how much of the burst is in use), and the
+    /// limit; `None` when the policy has no such limit.
+    pub fn usage(
+        &self,
+        policy: PolicyIndex,
+        record: &AccountRecord,
+        kind: LimitKind,
+        now_nanos: u64,
+    ) -> Option<(u32, u32)> {
+        let (_, limit) = self.limiter(policy, kind)?;
+        Some((
+            used(record.tat[kind as usize], now_nanos, kind.period(), *limit),
+            *limit,
+        ))
+    }
+}
+
+/// Recipients in use under a GCRA state: the time debt over the emission interval, rounded up.
+fn used(tat: u64, now_nanos: u64, period: Duration, limit: u32) -> u32 {
+    if tat <= now_nanos || limit == 0 {
+        return 0;
+    }
+    let interval = (period.as_nanos() as u64 / u64::from(limit)).max(1);
+    let debt = tat - now_nanos;
+    (debt.div_ceil(interval)).min(u64::from(limit)) as u32
+}
+
+/// The TAT that represents `count` recipients in use at `now` under a limit.
+fn tat_for(count: u32, now_nanos: u64, period: Duration, limit: u32) -> u64 {
+    if count == 0 || limit == 0 {
+        return 0;
+    }
+    let interval = (period.as_nanos() as u64 / u64::from(limit)).max(1);
+    now_nanos + u64::from(count) * interval
+}
+
+/// Re-expresses a record's consumption under a new policy after a reload: the same number of
+/// recipients in use, against the new limits.
+pub fn convert_for_reload(
+    record: &mut AccountRecord,
+    old: &PolicySettings,
+    new: &PolicySettings,
+    new_index: PolicyIndex,
+    now_nanos: u64,
+) {
+    for kind in LimitKind::ALL {
+        let (old_limit, new_limit) = (kind.limit_in(old), kind.limit_in(new));
+        let count = used(
+            record.tat[kind as usize],
+            now_nanos,
+            kind.period(),
+            old_limit,
+        );
+        record.tat[kind as usize] = tat_for(count, now_nanos, kind.period(), new_limit);
+    }
+    record.policy = new_index;
+}
+
+/// Drops the records with nothing left to remember; returns how many were dropped.
+pub fn evict_idle<S: std::hash::BuildHasher + Clone>(
+    map: &dashmap::DashMap<Box<str>, AccountRecord, S>,
+    now_nanos: u64,
+) -> usize {
+    let before = map.len();
+    map.retain(|_, r| !r.is_idle(now_nanos));
+    map.shrink_to_fit();
+    before - map.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::UNIX_EPOCH;
+
+    use super::*;
+    use crate::config::builtin_default_policy;
+
+    fn settings(ext: u32, int: u32, day: u32) -> PolicySettings {
+        let mut s = builtin_default_policy();
+        s.recipient_limit_external_per_hour = ext;
+        s.recipient_limit_internal_per_hour = int;
+        s.recipient_limit_per_day = day;
+        s
+    }
+
+    fn setup(ext: u32, int: u32, day: u32) -> (Limiters, EngineClock) {
+        let clock = EngineClock::manual(UNIX_EPOCH + Duration::from_secs(1_795_300_000));
+        (Limiters::new(&[settings(ext, int, day)], &clock), clock)
+    }
+
+    #[test]
+    fn n_recipients_pass_and_the_next_reaches_the_limit() {
+        let (l, _) = setup(5, 0, 0);
+        let mut r = AccountRecord::default();
+        for _ in 0..5 {
+            assert_eq!(
+                l.try_add_recipient(0, &mut r, LimitKind::ExternalPerHour),
+                Ok(())
+            );
+        }
+        assert_eq!(
+            l.try_add_recipient(0, &mut r, LimitKind::ExternalPerHour),
+            Err(LimitKind::ExternalPerHour)
+        );
+        // Internal recipients have no limit here.
+        assert_eq!(
+            l.try_add_recipient(0, &mut r, LimitKind::InternalPerHour),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn the_hourly_limit_rolls_one_recipient_per_interval() {
+        let (l, clock) = setup(4, 0, 0);
+        let mut r = AccountRecord::default();
+        for _ in 0..4 {
+            l.try_add_recipient(0, &mut r, LimitKind::ExternalPerHour)
+                .unwrap();
+        }
+        assert!(
+            l.try_add_recipient(0, &mut r, LimitKind::ExternalPerHour)
+                .is_err()
+        );
+        clock.advance(Duration::from_secs(899));
+        assert!(
+            l.try_add_recipient(0, &mut r, LimitKind::ExternalPerHour)
+                .is_err(),
+            "3600/4 s not yet over"
+        );
+        clock.advance(Duration::from_secs(1));
+        assert!(
+            l.try_add_recipient(0, &mut r, LimitKind::ExternalPerHour)
+                .is_ok()
+        );
+        assert!(
+            l.try_add_recipient(0, &mut r, LimitKind::ExternalPerHour)
+                .is_err()
+        );
+        clock.advance(Duration::from_secs(3600));
+        for _ in 0..4 {
+            l.try_add_recipient(0, &mut r, LimitKind::ExternalPerHour)
+                .unwrap();
+        }
+    }
+
+    #[test]
+    fn the_daily_limit_counts_both_classes_and_a_refusal_spends_nothing() {
+        let (l, clock) = setup(100, 100, 3);
+        let mut r = AccountRecord::default();
+        l.try_add_recipient(0, &mut r, LimitKind::ExternalPerHour)
+            .unwrap();
+        l.try_add_recipient(0, &mut r, LimitKind::InternalPerHour)
+            .unwrap();
+        l.try_add_recipient(0, &mut r, LimitKind::InternalPerHour)
+            .unwrap();
+        let before = r.clone();
+        assert_eq!(
+            l.try_add_recipient(0, &mut r, LimitKind::ExternalPerHour),
+            Err(LimitKind::PerDay)
+        );
+        assert_eq!(
+            r, before,
+            "the refused recipient must not count against the hourly limit"
+        );
+        let now = clock.now_nanos();
+        assert_eq!(l.usage(0, &r, LimitKind::PerDay, now), Some((3, 3)));
+        assert_eq!(
+            l.usage(0, &r, LimitKind::ExternalPerHour, now),
+            Some((1, 100))
+        );
+        assert_eq!(
+            l.usage(0, &r, LimitKind::InternalPerHour, now),
+            Some((2, 100))
+        );
+        clock.advance(Duration::from_secs(86_400 / 3));
+        assert!(
+            l.try_add_recipient(0, &mut r, LimitKind::ExternalPerHour)
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn reload_keeps_the_count_in_use() {
+        let (l, clock) = setup(500, 0, 0);
+        let mut r = AccountRecord::default();
+        for _ in 0..400 {
+            l.try_add_recipient(0, &mut r, LimitKind::ExternalPerHour)
+                .unwrap();
+        }
+        let now = clock.now_nanos();
+        let raised = settings(1000, 0, 0);
+        convert_for_reload(&mut r, &settings(500, 0, 0), &raised, 0, now);
+        let l2 = Limiters::new(&[raised], &clock);
+        assert_eq!(
+            l2.usage(0, &r, LimitKind::ExternalPerHour, now),
+            Some((400, 1000))
+        );
+        for _ in 0..600 {
+            l2.try_add_recipient(0, &mut r, LimitKind::ExternalPerHour)
+                .unwrap();
+        }
+        assert!(
+            l2.try_add_recipient(0, &mut r, LimitKind::ExternalPerHour)
+                .is_err()
+        );
+
+        // Lowered below what is in use: the account is at the new limit at once.
+        let lowered = settings(100, 0, 0);
+        convert_for_reload(&mut r, &settings(1000, 0, 0), &lowered, 0, now);
+        let l3 = Limiters::new(&[lowered], &clock);
+        assert_eq!(
+            l3.usage(0, &r, LimitKind::ExternalPerHour, now)
+                .map(|u| u.0 >= 100),
+            Some(true)
+        );
+        assert!(
+            l3.try_add_recipient(0, &mut r, LimitKind::ExternalPerHour)
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn records_round_trip_through_bytes_and_idle_ones_are_evicted() {
+        let r = AccountRecord {
+            tat: [1, 2, 3],
+            policy: 7,
+            alerted_hour: [4, 5, 6],
+            warned_hour: [7, 8, 9],
+            released_day: 10,
+        };
+        assert_eq!(AccountRecord::from_bytes(&r.to_bytes()), r);
+
+        let (l, clock) = setup(10, 10, 10);
+        let map: dashmap::DashMap<Box<str>, AccountRecord, ahash::RandomState> =
+            dashmap::DashMap::default();
+        let mut busy = AccountRecord::default();
+        l.try_add_recipient(0, &mut busy, LimitKind::ExternalPerHour)
+            .unwrap();
+        map.insert("busy@example.com".into(), busy);
+        map.insert("idle@example.com".into(), AccountRecord::default());
+        assert_eq!(evict_idle(&map, clock.now_nanos()), 1);
+        assert!(map.contains_key("busy@example.com"));
+        clock.advance(Duration::from_secs(86_400));
+        assert_eq!(evict_idle(&map, clock.now_nanos()), 1);
+        assert!(map.is_empty());
+    }
+}
