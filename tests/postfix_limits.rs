@@ -1,0 +1,103 @@
+//! Recipient limits enforced through a real Postfix: an internal client's sender and an
+//! authenticated submission reach the external limit and the SMTP client sees the 5xx replies,
+//! while mail from an outside client to the restricted account still reaches the sink.
+#![cfg(feature = "real-peers")]
+
+mod common;
+
+use std::time::Duration;
+
+use common::binary::GuardProcess;
+use common::postfix::{Postfix, PostfixOptions, SmtpSink, Swaks};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+const POLICY: &str = "[organization]\nlocal_domains = [\"example.com\"]\ninternal_networks = [\"127.0.0.1/32\"]\n\
+     [policy.default]\nrecipient_limit_external_per_hour = 2\n";
+
+fn setup(guard: &GuardProcess, sink: &SmtpSink) -> Postfix {
+    Postfix::start(
+        PostfixOptions::new()
+            .relay_to(sink)
+            .smtpd_milters(&guard.milter_address())
+            .milter_default_action("tempfail")
+            .sasl_user("alice@example.com", "s3cret"),
+    )
+}
+
+#[test]
+fn an_internal_sender_reaches_the_limit_and_inbound_mail_to_it_still_flows() {
+    let guard = GuardProcess::start("", POLICY);
+    let sink = SmtpSink::start();
+    let pf = setup(&guard, &sink);
+
+    let first = Swaks::new(pf.smtp_port())
+        .from("bob@example.com")
+        .tos(&["a@example.net", "b@example.net"])
+        .run();
+    assert!(first.success(), "{}", first.transcript);
+    // The third external recipient reaches the limit: Postfix relays our 550 5.2.2.
+    let second = Swaks::new(pf.smtp_port())
+        .from("bob@example.com")
+        .to("c@example.net")
+        .run();
+    assert!(!second.success());
+    assert!(second.has_reply("550 5.2.2"), "{}", second.transcript);
+    // Later mail from the account is refused at MAIL FROM.
+    let third = Swaks::new(pf.smtp_port())
+        .from("bob@example.com")
+        .to("d@example.net")
+        .run();
+    assert!(third.has_reply("550 5.1.8"), "{}", third.transcript);
+
+    // An outside client (127.0.0.2) writes to the restricted account: delivered.
+    let inbound = Swaks::new(pf.smtp_port())
+        .outside()
+        .from("friend@example.org")
+        .to("bob@example.com")
+        .run();
+    assert!(inbound.success(), "{}", inbound.transcript);
+    let delivered = sink.wait_for_messages(2, WAIT);
+    assert!(
+        delivered.iter().any(|m| m.rcpts == ["bob@example.com"]),
+        "{delivered:?}"
+    );
+    assert!(!delivered.iter().any(|m| {
+        m.rcpts
+            .iter()
+            .any(|r| r == "c@example.net" || r == "d@example.net")
+    }));
+    let (status, log) = guard.terminate();
+    assert!(status.success(), "{log}");
+    assert!(log.contains("account restricted"), "{log}");
+}
+
+#[test]
+fn an_authenticated_submission_reaches_the_limit() {
+    let guard = GuardProcess::start("", POLICY);
+    let sink = SmtpSink::start();
+    let pf = setup(&guard, &sink);
+    let send = |to: &[&str]| {
+        Swaks::new(pf.smtp_port())
+            .outside()
+            .auth_plain("alice@example.com", "s3cret")
+            .from("alice@example.com")
+            .tos(to)
+            .run()
+    };
+    let ok = send(&["x@example.net", "y@example.net"]);
+    assert!(ok.success(), "{}", ok.transcript);
+    let over = send(&["z@example.net"]);
+    assert!(over.has_reply("550 5.2.2"), "{}", over.transcript);
+    let after = send(&["w@example.net"]);
+    assert!(after.has_reply("550 5.1.8"), "{}", after.transcript);
+    // The spoofed sender trick does not help: another MAIL FROM, same login, same refusal.
+    let spoof = Swaks::new(pf.smtp_port())
+        .outside()
+        .auth_plain("alice@example.com", "s3cret")
+        .from("someone-else@example.com")
+        .to("v@example.net")
+        .run();
+    assert!(spoof.has_reply("550 5.1.8"), "{}", spoof.transcript);
+    assert_eq!(sink.wait_for_messages(1, WAIT).len(), 1);
+}
