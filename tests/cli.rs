@@ -1,0 +1,154 @@
+//! The command line as an administrator meets it: `check-config` on the shipped file and on
+//! broken ones, `run` refusing a bad configuration, unix sockets, exit codes.
+
+mod common;
+
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::binary::binary;
+use common::postfix::send_signal;
+
+fn guard(args: &[&str], config: &Path) -> Output {
+    Command::new(binary())
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run outbound-guard")
+}
+
+fn write(dir: &Path, text: &str) -> std::path::PathBuf {
+    let path = dir.join("plugin.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn the_shipped_configuration_is_valid() {
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("plugin.toml");
+    let out = guard(&["check-config"], &shipped);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json = guard(&["check-config", "--json"], &shipped);
+    assert_eq!(
+        String::from_utf8_lossy(&json.stdout).trim(),
+        format!(
+            "{{\"valid\":true,\"file\":{:?}}}",
+            shipped.display().to_string()
+        )
+    );
+}
+
+#[test]
+fn errors_name_file_line_key_and_value_and_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            "[milter]\nio_timeout = \"soon\"\n",
+            ":2: milter.io_timeout = \"soon\": is not a duration",
+        ),
+        (
+            "[milter]\nlisten = \"inet:127.0.0.1:7357\"\ncolour = \"blue\"\n",
+            ":3: milter.colour: unknown field `colour`",
+        ),
+        (
+            "[policy.default]\nrecipient_limit_per_day = \"many\"\n",
+            ":2: policy.default.recipient_limit_per_day = \"many\": invalid type",
+        ),
+        (
+            "[policy.default]\naction_when_threshold_reached = \"panic\"\n",
+            ":2: policy.default.action_when_threshold_reached = \"panic\": must be one of",
+        ),
+        (
+            "[organization]\ninternal_networks = [\"10.0.0.0/33\"]\n",
+            ":2: organization.internal_networks[0] = \"10.0.0.0/33\": is not a network",
+        ),
+        (
+            "[[policy.rule]]\nname = \"a\"\npriority = 1\nfrom = [\"x@example.com\"]\n[[policy.rule]]\nname = \"b\"\npriority = 1\nfrom = [\"y@example.com\"]\n",
+            ":7: policy.rule[1].priority = 1: is also the priority of rule \"a\"",
+        ),
+        (
+            "[replies]\naccount_restricted = \"250 2.0.0 fine\"\n",
+            ":2: replies.account_restricted = \"250 2.0.0 fine\": must start with a 4xx or 5xx",
+        ),
+    ];
+    for (text, expected) in cases {
+        let path = write(dir.path(), text);
+        let out = guard(&["check-config"], &path);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{text}: {stderr}");
+        let expected = format!("{}{expected}", path.display());
+        assert!(
+            stderr.contains(&expected),
+            "{text}\nexpected {expected}\ngot {stderr}"
+        );
+    }
+}
+
+#[test]
+fn run_refuses_to_start_with_a_bad_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), "[milter]\nmax_connections = 0\n");
+    let out = guard(&["run"], &path);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("milter.max_connections = 0: must be between 1 and 1000000")
+    );
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let out = Command::new(binary()).arg("frobnicate").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn a_unix_socket_replaces_a_stale_socket_but_never_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("milter.sock");
+    // A stale socket left by a crashed run.
+    drop(std::os::unix::net::UnixListener::bind(&sock).unwrap());
+    let path = write(
+        dir.path(),
+        "[milter]\nlisten = \"unix:milter.sock\"\nsocket_mode = \"0600\"\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+    );
+    let mut child = Command::new(binary())
+        .arg("--config")
+        .arg(&path)
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The relative path resolves next to the configuration file; wait until it answers.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::os::unix::net::UnixStream::connect(&sock).is_err() {
+        assert!(Instant::now() < deadline, "no socket");
+        assert!(child.try_wait().unwrap().is_none(), "exited early");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let meta = std::fs::metadata(&sock).unwrap();
+    assert!(meta.file_type().is_socket());
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    send_signal(child.id(), "TERM");
+    assert!(child.wait().unwrap().success());
+    assert!(!sock.exists(), "the socket is removed at exit");
+
+    // A regular file in its place is left alone and the start fails.
+    std::fs::write(&sock, "precious").unwrap();
+    let out = guard(&["run"], &path);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("exists and is not a socket"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(std::fs::read_to_string(&sock).unwrap(), "precious");
+}
