@@ -17,7 +17,7 @@ use crate::milter::server::{self, Listener, ServerSettings};
 use crate::policy::clock::EngineClock;
 use crate::policy::engine::Engine;
 use crate::policy::events::{Event, EventSink};
-use crate::policy::restrictions::MemoryRestrictions;
+use crate::state::restrictions::MemoryRestrictions;
 
 /// Events waiting for the notifier at most; beyond, new ones are dropped (and counted).
 const EVENT_QUEUE: usize = 10_000;

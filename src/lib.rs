@@ -17,3 +17,4 @@ pub mod config;
 pub mod daemon;
 pub mod milter;
 pub mod policy;
+pub mod state;

@@ -19,11 +19,11 @@ use super::account::{self, canonical};
 use super::clock::{EngineClock, hour_number, next_utc_midnight_secs, utc_day};
 use super::events::{Event, EventKind, EventSink};
 use super::limits::{self, AccountRecord, LimitKind, Limiters};
-use super::restrictions::{Counters, Restriction, RestrictionStore, Source, StoreError};
 use super::rules::{CompiledPolicies, PolicyIndex};
 use super::{Decision, MailFacts, MessageFacts, Policy, RcptFacts, Refusal};
 use crate::config::{Config, LimitAction};
 use crate::milter::negotiate::Needs;
+use crate::state::restrictions::{Counters, Restriction, RestrictionStore, Source, StoreError};
 
 type Accounts = DashMap<Box<str>, AccountRecord, ahash::RandomState>;
 

@@ -10,7 +10,7 @@ use time::OffsetDateTime;
 use tokio::sync::mpsc;
 
 use super::limits::LimitKind;
-use super::restrictions::Counters;
+use crate::state::restrictions::Counters;
 
 /// What happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
