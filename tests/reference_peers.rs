@@ -48,36 +48,23 @@ fn esc(bytes: &[u8], space: bool) -> String {
 /// ref-milter's log lines of connection `id`.
 fn lines_of(log: &str, id: u32) -> Vec<String> {
     let prefix = format!("{id} ");
-    log.lines()
-        .filter(|l| l.starts_with(&prefix))
-        .map(str::to_owned)
-        .collect()
+    log.lines().filter(|l| l.starts_with(&prefix)).map(str::to_owned).collect()
 }
 
 /// The decoded final reply of a stage the filter had to answer.
 fn final_reply(r: &StageResult) -> Reply<'_> {
-    r.reply
-        .as_ref()
-        .expect("the filter owes a reply here")
-        .decode()
-        .expect("the reply decodes")
+    r.reply.as_ref().expect("the filter owes a reply here").decode().expect("the reply decodes")
 }
 
 async fn expect_continue(c: &mut Client, command: Command<'_>) {
     let what = format!("{command:?}");
-    let r = c
-        .stage(command)
-        .await
-        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    let r = c.stage(command).await.unwrap_or_else(|e| panic!("{what}: {e}"));
     assert_eq!(final_reply(&r), Reply::Continue, "{what}");
     assert!(r.modifications.is_empty(), "{what}: {r:?}");
 }
 
 fn envelope<'a>(address: &'a str, raw_args: &'a [u8]) -> Envelope<'a> {
-    Envelope {
-        address: address.as_bytes(),
-        esmtp_args: NulStrings::new(raw_args).expect("well-formed argument list"),
-    }
+    Envelope { address: address.as_bytes(), esmtp_args: NulStrings::new(raw_args).expect("well-formed argument list") }
 }
 
 async fn negotiated(refm: &RefMilter) -> Client {
@@ -103,14 +90,8 @@ async fn libmilter_decodes_every_stage_of_our_client_exactly_as_sent() {
     assert_eq!(
         c.macro_requests,
         vec![
-            (
-                macro_stage::CONNECT,
-                "{client_addr} {daemon_name}".to_owned()
-            ),
-            (
-                macro_stage::MAIL,
-                "i {auth_authen} {auth_type} {mail_addr}".to_owned()
-            ),
+            (macro_stage::CONNECT, "{client_addr} {daemon_name}".to_owned()),
+            (macro_stage::MAIL, "i {auth_authen} {auth_type} {mail_addr}".to_owned()),
             (macro_stage::RCPT, "{rcpt_addr}".to_owned()),
             (macro_stage::END_OF_MESSAGE, "i".to_owned()),
         ]
@@ -121,25 +102,12 @@ async fn libmilter_decodes_every_stage_of_our_client_exactly_as_sent() {
     )];
 
     // CONNECT (inet4) with its macros; `j` was not asked for and must not shift the pairs.
-    c.macros(
-        b'C',
-        &[
-            ("j", "mail.example.com"),
-            ("{client_addr}", "192.0.2.1"),
-            ("{daemon_name}", "ORIGINATING"),
-        ],
-    )
-    .await
-    .unwrap();
+    c.macros(b'C', &[("j", "mail.example.com"), ("{client_addr}", "192.0.2.1"), ("{daemon_name}", "ORIGINATING")])
+        .await
+        .unwrap();
     expect_continue(
         &mut c,
-        Command::Connect {
-            hostname: b"client.example.com",
-            peer: Peer::Inet {
-                port: 4321,
-                address: b"192.0.2.1",
-            },
-        },
+        Command::Connect { hostname: b"client.example.com", peer: Peer::Inet { port: 4321, address: b"192.0.2.1" } },
     )
     .await;
     want.extend([
@@ -147,13 +115,7 @@ async fn libmilter_decodes_every_stage_of_our_client_exactly_as_sent() {
         "1 macro {client_addr}=192.0.2.1".to_owned(),
         "1 macro {daemon_name}=ORIGINATING".to_owned(),
     ]);
-    expect_continue(
-        &mut c,
-        Command::Helo {
-            name: b"client.example.com",
-        },
-    )
-    .await;
+    expect_continue(&mut c, Command::Helo { name: b"client.example.com" }).await;
     want.push("1 helo client.example.com".to_owned());
     expect_continue(&mut c, Command::Unknown(b"XFROB now please")).await;
     want.push("1 unknown XFROB now please".to_owned());
@@ -170,10 +132,7 @@ async fn libmilter_decodes_every_stage_of_our_client_exactly_as_sent() {
     )
     .await
     .unwrap();
-    let r = c
-        .mail_from("<alice@example.com>", &["SIZE=1234", "BODY=8BITMIME"])
-        .await
-        .unwrap();
+    let r = c.mail_from("<alice@example.com>", &["SIZE=1234", "BODY=8BITMIME"]).await.unwrap();
     assert_eq!(final_reply(&r), Reply::Continue);
     want.extend(
         [
@@ -187,10 +146,7 @@ async fn libmilter_decodes_every_stage_of_our_client_exactly_as_sent() {
     );
 
     let rcpts: [(&str, &[u8]); 3] = [
-        (
-            "bob@example.net",
-            b"NOTIFY=SUCCESS,FAILURE\0ORCPT=rfc822;bob@example.net\0",
-        ),
+        ("bob@example.net", b"NOTIFY=SUCCESS,FAILURE\0ORCPT=rfc822;bob@example.net\0"),
         ("carol@example.org", b""),
         ("dave@example.com", b""),
     ];
@@ -218,14 +174,7 @@ async fn libmilter_decodes_every_stage_of_our_client_exactly_as_sent() {
         ("Message-ID", b"<4AbC1dEfG1@example.com>"),
     ];
     for (name, value) in headers {
-        expect_continue(
-            &mut c,
-            Command::Header {
-                name: name.as_bytes(),
-                value,
-            },
-        )
-        .await;
+        expect_continue(&mut c, Command::Header { name: name.as_bytes(), value }).await;
         want.push(format!("1 header {name}: {}", esc(value, false)));
     }
     expect_continue(&mut c, Command::EndOfHeaders).await;
@@ -237,23 +186,14 @@ async fn libmilter_decodes_every_stage_of_our_client_exactly_as_sent() {
     ];
     for chunk in chunks {
         expect_continue(&mut c, Command::Body(chunk)).await;
-        want.push(format!(
-            "1 body len={} crc32={:08x} data={}",
-            chunk.len(),
-            crc32fast::hash(chunk),
-            esc(chunk, true)
-        ));
+        want.push(format!("1 body len={} crc32={:08x} data={}", chunk.len(), crc32fast::hash(chunk), esc(chunk, true)));
     }
     c.macros(b'E', &[("i", "4AbC1dEfG1")]).await.unwrap();
     let eom = c.stage(Command::EndOfMessage(b"")).await.unwrap();
     assert_eq!(final_reply(&eom), Reply::Continue);
     assert!(eom.modifications.is_empty(), "{eom:?}");
     let whole = chunks.concat();
-    want.push(format!(
-        "1 eom body_len={} body_crc32={:08x}",
-        whole.len(),
-        crc32fast::hash(&whole)
-    ));
+    want.push(format!("1 eom body_len={} body_crc32={:08x}", whole.len(), crc32fast::hash(&whole)));
     want.push("1 macro i=4AbC1dEfG1".to_owned());
 
     // Postfix ends every transaction with an abort. After end of message libmilter has no
@@ -263,16 +203,7 @@ async fn libmilter_decodes_every_stage_of_our_client_exactly_as_sent() {
 
     // Transaction 2: null sender, MAIL macros without {auth_type} and with an empty value,
     // aborted after RCPT: this abort reaches the filter.
-    c.macros(
-        b'M',
-        &[
-            ("i", "4AbC1dEfG2"),
-            ("{auth_authen}", "alice@example.com"),
-            ("{mail_addr}", ""),
-        ],
-    )
-    .await
-    .unwrap();
+    c.macros(b'M', &[("i", "4AbC1dEfG2"), ("{auth_authen}", "alice@example.com"), ("{mail_addr}", "")]).await.unwrap();
     let r = c.mail_from("<>", &[]).await.unwrap();
     assert_eq!(final_reply(&r), Reply::Continue);
     want.extend(
@@ -285,9 +216,7 @@ async fn libmilter_decodes_every_stage_of_our_client_exactly_as_sent() {
         ]
         .map(|l| format!("1 {l}")),
     );
-    c.macros(b'R', &[("{rcpt_addr}", "erin@example.net")])
-        .await
-        .unwrap();
+    c.macros(b'R', &[("{rcpt_addr}", "erin@example.net")]).await.unwrap();
     let r = c.rcpt_to("<erin@example.net>").await.unwrap();
     assert_eq!(final_reply(&r), Reply::Continue);
     want.push("1 envrcpt <erin@example.net>".to_owned());
@@ -315,26 +244,14 @@ async fn libmilter_decodes_every_stage_of_our_client_exactly_as_sent() {
     want.push("1 envrcpt <frank@example.net>".to_owned());
     want.push("1 macro {rcpt_addr} unset".to_owned());
     let body = b"second message\r\n";
-    let eom = c
-        .message(&[("Subject", "second")], body)
-        .await
-        .expect("message");
+    let eom = c.message(&[("Subject", "second")], body).await.expect("message");
     assert_eq!(final_reply(&eom), Reply::Continue);
     want.extend([
         "1 data".to_owned(),
         "1 header Subject: second".to_owned(),
         "1 eoh".to_owned(),
-        format!(
-            "1 body len={} crc32={:08x} data={}",
-            body.len(),
-            crc32fast::hash(body),
-            esc(body, true)
-        ),
-        format!(
-            "1 eom body_len={} body_crc32={:08x}",
-            body.len(),
-            crc32fast::hash(body)
-        ),
+        format!("1 body len={} crc32={:08x} data={}", body.len(), crc32fast::hash(body), esc(body, true)),
+        format!("1 eom body_len={} body_crc32={:08x}", body.len(), crc32fast::hash(body)),
         // No end-of-message macros were sent this time: libmilter looks `i` up in the
         // earlier stages and finds the MAIL one.
         "1 macro i=4AbC1dEfG3".to_owned(),
@@ -351,26 +268,14 @@ async fn libmilter_decodes_every_stage_of_our_client_exactly_as_sent() {
         (
             2,
             "v6.example.net",
-            Peer::Inet6 {
-                port: 2525,
-                address: b"2001:db8::25",
-            },
+            Peer::Inet6 { port: 2525, address: b"2001:db8::25" },
             "family=6 addr=2001:db8::25 port=2525",
         ),
         (3, "unknown", Peer::Unknown, "family=U addr=- port=-"),
     ] {
         let mut c = negotiated(&refm).await;
-        c.macros(b'C', &[("{client_addr}", "2001:db8::25")])
-            .await
-            .unwrap();
-        expect_continue(
-            &mut c,
-            Command::Connect {
-                hostname: host.as_bytes(),
-                peer,
-            },
-        )
-        .await;
+        c.macros(b'C', &[("{client_addr}", "2001:db8::25")]).await.unwrap();
+        expect_continue(&mut c, Command::Connect { hostname: host.as_bytes(), peer }).await;
         c.write(Command::Quit).await.unwrap();
         let close = format!("{id} close");
         let log = refm.wait_log_line(&close, WAIT);
@@ -395,12 +300,7 @@ async fn our_client_skips_declined_stages_and_waits_only_for_owed_replies() {
     // The filter declines CONNECT, HELO and unknown commands and waives the replies to MAIL,
     // RCPT, DATA, each header, EOH and body chunks: only end of message is answered.
     let declined = step::NO_CONNECT | step::NO_HELO | step::NO_UNKNOWN;
-    let waived = step::NR_MAIL
-        | step::NR_RCPT
-        | step::NR_DATA
-        | step::NR_HEADER
-        | step::NR_EOH
-        | step::NR_BODY;
+    let waived = step::NR_MAIL | step::NR_RCPT | step::NR_DATA | step::NR_HEADER | step::NR_EOH | step::NR_BODY;
     let refm = RefMilter::start(true, &["-P", &format!("{:#x}", declined | waived)]);
     let mut c = negotiated(&refm).await;
     let agreed = c.agreed.expect("negotiated");
@@ -410,19 +310,11 @@ async fn our_client_skips_declined_stages_and_waits_only_for_owed_replies() {
         (
             Command::Connect {
                 hostname: b"client.example.com",
-                peer: Peer::Inet {
-                    port: 4321,
-                    address: b"192.0.2.1",
-                },
+                peer: Peer::Inet { port: 4321, address: b"192.0.2.1" },
             },
             "connect",
         ),
-        (
-            Command::Helo {
-                name: b"client.example.com",
-            },
-            "helo",
-        ),
+        (Command::Helo { name: b"client.example.com" }, "helo"),
         (Command::Unknown(b"XFROB"), "unknown"),
     ] {
         let r = c.stage(command).await.unwrap();
@@ -432,10 +324,8 @@ async fn our_client_skips_declined_stages_and_waits_only_for_owed_replies() {
     // Two transactions; the second ends in DISCARD, so a stray reply to any waived stage
     // would be read in its place and show up here. (The abort after each one is what Postfix
     // sends; libmilter ignores an abort after end of message, so it is not in the log.)
-    for (n, sender, end) in [
-        (1, "<alice@example.com>", Reply::Continue),
-        (2, "<discard@example.com>", Reply::Discard),
-    ] {
+    for (n, sender, end) in [(1, "<alice@example.com>", Reply::Continue), (2, "<discard@example.com>", Reply::Discard)]
+    {
         let r = c.mail_from(sender, &[]).await.unwrap();
         assert_eq!(r.kind(), None, "transaction {n}: MAIL is not answered");
         let r = c.rcpt_to("<bob@example.net>").await.unwrap();
@@ -469,13 +359,7 @@ async fn libmilter_modifications_decode_to_our_replies() {
     let mut c = negotiated(&refm).await;
     expect_continue(
         &mut c,
-        Command::Connect {
-            hostname: b"client.example.com",
-            peer: Peer::Inet {
-                port: 4321,
-                address: b"192.0.2.1",
-            },
-        },
+        Command::Connect { hostname: b"client.example.com", peer: Peer::Inet { port: 4321, address: b"192.0.2.1" } },
     )
     .await;
     expect_continue(&mut c, Command::Helo { name: b"client" }).await;
@@ -483,43 +367,19 @@ async fn libmilter_modifications_decode_to_our_replies() {
     assert_eq!(final_reply(&r), Reply::Continue);
     let r = c.rcpt_to("<deleted@example.com>").await.unwrap();
     assert_eq!(final_reply(&r), Reply::Continue);
-    let eom = c
-        .message(&[("Subject", "original")], b"original body\r\n")
-        .await
-        .unwrap();
+    let eom = c.message(&[("Subject", "original")], b"original body\r\n").await.unwrap();
 
-    let mods: Vec<Reply<'_>> = eom
-        .modifications
-        .iter()
-        .map(|m| m.decode().expect("modification decodes"))
-        .collect();
+    let mods: Vec<Reply<'_>> = eom.modifications.iter().map(|m| m.decode().expect("modification decodes")).collect();
     assert_eq!(
         mods,
         vec![
-            Reply::AddHeader {
-                name: b"X-Ref-Added",
-                value: b"yes"
-            },
-            Reply::InsertHeader {
-                index: 1,
-                name: b"X-Ref-Inserted",
-                value: b"yes"
-            },
-            Reply::ChangeHeader {
-                index: 1,
-                name: b"Subject",
-                value: b"changed"
-            },
+            Reply::AddHeader { name: b"X-Ref-Added", value: b"yes" },
+            Reply::InsertHeader { index: 1, name: b"X-Ref-Inserted", value: b"yes" },
+            Reply::ChangeHeader { index: 1, name: b"Subject", value: b"changed" },
             Reply::AddRecipient(b"<added@example.com>"),
-            Reply::AddRecipientWithArgs {
-                recipient: b"<added2@example.com>",
-                args: Some(b"NOTIFY=NEVER"),
-            },
+            Reply::AddRecipientWithArgs { recipient: b"<added2@example.com>", args: Some(b"NOTIFY=NEVER") },
             Reply::DeleteRecipient(b"<deleted@example.com>"),
-            Reply::ChangeFrom {
-                sender: b"<new-from@example.com>",
-                args: None,
-            },
+            Reply::ChangeFrom { sender: b"<new-from@example.com>", args: None },
             Reply::ReplaceBody(b"Body replaced by ref-milter.\r\n"),
             Reply::Quarantine(b"ref quarantine"),
             Reply::Progress,
@@ -529,10 +389,7 @@ async fn libmilter_modifications_decode_to_our_replies() {
     c.write(Command::Quit).await.unwrap();
 
     let log = refm.wait_log_line("1 close", WAIT);
-    let mod_lines: Vec<String> = lines_of(&log, 1)
-        .into_iter()
-        .filter(|l| l.starts_with("1 mod "))
-        .collect();
+    let mod_lines: Vec<String> = lines_of(&log, 1).into_iter().filter(|l| l.starts_with("1 mod ")).collect();
     let ops = [
         "addheader",
         "insheader",
@@ -558,13 +415,7 @@ async fn libmilter_final_replies_decode_to_our_replies() {
     let mut c = negotiated(&refm).await;
     expect_continue(
         &mut c,
-        Command::Connect {
-            hostname: b"client.example.com",
-            peer: Peer::Inet {
-                port: 4321,
-                address: b"192.0.2.1",
-            },
-        },
+        Command::Connect { hostname: b"client.example.com", peer: Peer::Inet { port: 4321, address: b"192.0.2.1" } },
     )
     .await;
     expect_continue(&mut c, Command::Helo { name: b"client" }).await;
@@ -572,10 +423,7 @@ async fn libmilter_final_replies_decode_to_our_replies() {
     for (sender, want) in [
         ("<reject@example.com>", Reply::Reject),
         ("<tempfail@example.com>", Reply::Tempfail),
-        (
-            "<replycode@example.com>",
-            Reply::ReplyCode(b"550 5.7.1 ref says no"),
-        ),
+        ("<replycode@example.com>", Reply::ReplyCode(b"550 5.7.1 ref says no")),
         ("<accept@example.com>", Reply::Accept),
     ] {
         let r = c.mail_from(sender, &[]).await.unwrap();
@@ -596,21 +444,10 @@ async fn libmilter_final_replies_decode_to_our_replies() {
     let r = c.rcpt_to("<skipbody@example.net>").await.unwrap();
     assert_eq!(final_reply(&r), Reply::Continue);
     expect_continue(&mut c, Command::Data).await;
-    expect_continue(
-        &mut c,
-        Command::Header {
-            name: b"Subject",
-            value: b"skip",
-        },
-    )
-    .await;
+    expect_continue(&mut c, Command::Header { name: b"Subject", value: b"skip" }).await;
     expect_continue(&mut c, Command::EndOfHeaders).await;
     let r = c.stage(Command::Body(b"first chunk\r\n")).await.unwrap();
-    assert_eq!(
-        final_reply(&r),
-        Reply::Skip,
-        "first body chunk to skipbody@"
-    );
+    assert_eq!(final_reply(&r), Reply::Skip, "first body chunk to skipbody@");
     let eom = c.stage(Command::EndOfMessage(b"")).await.unwrap();
     assert_eq!(final_reply(&eom), Reply::Continue);
     c.write(Command::Quit).await.unwrap();
@@ -636,14 +473,8 @@ fn miltertest_against_guard(script: &str, defines: &[&str], config_tail: &str) {
     let (status, log) = guard.terminate();
     let context = format!("{}\n--- outbound-guard log\n{log}", run.transcript());
     assert!(run.success(), "{script} failed\n{context}");
-    assert!(
-        run.stdout.contains(&format!("{script}: ok")),
-        "{script} did not report ok\n{context}"
-    );
-    assert!(
-        status.success(),
-        "outbound-guard exit status {status}\n{context}"
-    );
+    assert!(run.stdout.contains(&format!("{script}: ok")), "{script} did not report ok\n{context}");
+    assert!(status.success(), "outbound-guard exit status {status}\n{context}");
 }
 
 #[test]

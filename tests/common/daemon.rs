@@ -47,7 +47,9 @@ impl TestDaemon {
         } else {
             format!("{config_text}\n[admin]\nlisten = \"127.0.0.1:0\"\n")
         };
-        let config = Config::parse(&dir.path().join("test.toml"), &text).expect("test configuration is valid");
+        let path = dir.path().join("test.toml");
+        std::fs::write(&path, &text).expect("write the test configuration");
+        let config = Config::parse(&path, &text).expect("test configuration is valid");
         let listener = Listener::bind(&ListenAddr::Inet("127.0.0.1:0".parse().unwrap()), 0o660)
             .await
             .expect("bind a loopback port");
@@ -73,6 +75,16 @@ impl TestDaemon {
             shutdown,
             task: Some(task),
         }
+    }
+
+    /// The configuration file (rewrite it, then reload).
+    pub fn config_path(&self) -> std::path::PathBuf {
+        self.config.file.clone()
+    }
+
+    /// The admin API's base URL.
+    pub fn admin_url(&self) -> String {
+        format!("http://{}", self.admin_addr)
     }
 
     /// The next event, waiting at most 5 s.

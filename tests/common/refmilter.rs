@@ -97,12 +97,7 @@ impl RefMilter {
         });
         let want = format!("ref-milter: listening on {spec}");
         match rx.recv_timeout(READY_WITHIN) {
-            Ok(line) if line.trim_end() == want => Ok(RefMilter {
-                child,
-                port,
-                dir,
-                log: log_path,
-            }),
+            Ok(line) if line.trim_end() == want => Ok(RefMilter { child, port, dir, log: log_path }),
             other => {
                 let _ = child.kill();
                 let _ = child.wait();
@@ -126,10 +121,7 @@ impl RefMilter {
 
     /// The callback log so far (empty when started without a log).
     pub fn log(&self) -> String {
-        self.log
-            .as_ref()
-            .and_then(|p| std::fs::read_to_string(p).ok())
-            .unwrap_or_default()
+        self.log.as_ref().and_then(|p| std::fs::read_to_string(p).ok()).unwrap_or_default()
     }
 
     /// Polls (bounded) until the log has `line` as a whole line; returns the log.
@@ -143,10 +135,7 @@ impl RefMilter {
             if log.lines().any(|l| l == line) {
                 return log;
             }
-            assert!(
-                Instant::now() < deadline,
-                "ref-milter did not log {line:?} within {within:?}; log:\n{log}"
-            );
+            assert!(Instant::now() < deadline, "ref-milter did not log {line:?} within {within:?}; log:\n{log}");
             std::thread::sleep(POLL);
         }
     }
@@ -159,10 +148,7 @@ impl RefMilter {
             if let Some(s) = self.child.try_wait().expect("wait for ref-milter") {
                 return s;
             }
-            assert!(
-                Instant::now() < deadline,
-                "ref-milter did not exit within 10 s of SIGTERM"
-            );
+            assert!(Instant::now() < deadline, "ref-milter did not exit within 10 s of SIGTERM");
             std::thread::sleep(POLL);
         }
     }
@@ -195,8 +181,7 @@ impl MiltertestRun {
     pub fn transcript(&self) -> String {
         format!(
             "miltertest exit status: {}\n--- stdout\n{}--- stderr\n{}",
-            self.status
-                .map_or_else(|| "killed after the time limit".into(), |s| s.to_string()),
+            self.status.map_or_else(|| "killed after the time limit".into(), |s| s.to_string()),
             self.stdout,
             self.stderr
         )
@@ -206,14 +191,9 @@ impl MiltertestRun {
 /// Runs `miltertest -s tests/peers/miltertest/<script> -D sock=<sock> -D <define>...`, killing
 /// it (by PID) if it runs longer than `within`.
 pub fn miltertest(script: &str, sock: &str, defines: &[&str], within: Duration) -> MiltertestRun {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/peers/miltertest")
-        .join(script);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/miltertest").join(script);
     let mut cmd = Command::new("miltertest");
-    cmd.arg("-s")
-        .arg(&path)
-        .arg("-D")
-        .arg(format!("sock={sock}"));
+    cmd.arg("-s").arg(&path).arg("-D").arg(format!("sock={sock}"));
     for d in defines {
         cmd.arg("-D").arg(d);
     }
@@ -247,9 +227,5 @@ pub fn miltertest(script: &str, sock: &str, defines: &[&str], within: Duration) 
             None => std::thread::sleep(POLL),
         }
     };
-    MiltertestRun {
-        status,
-        stdout: out.join().unwrap_or_default(),
-        stderr: err.join().unwrap_or_default(),
-    }
+    MiltertestRun { status, stdout: out.join().unwrap_or_default(), stderr: err.join().unwrap_or_default() }
 }
