@@ -27,6 +27,22 @@ impl GuardProcess {
             free_port()
         );
         std::fs::write(dir.path().join("plugin.toml"), config).expect("write config");
+        Self::spawn(dir, milter_port)
+    }
+
+    /// Starts the binary again on the same directory and configuration (after a crash or a
+    /// stop), waiting until it listens.
+    pub fn restart(mut old: GuardProcess) -> GuardProcess {
+        if let Ok(None) = old.child.try_wait() {
+            let _ = old.child.kill();
+        }
+        let _ = old.child.wait();
+        let dir = tempfile::TempDir::new().expect("temp dir");
+        let old_dir = std::mem::replace(&mut old.dir, dir);
+        Self::spawn(old_dir, old.milter_port)
+    }
+
+    fn spawn(dir: tempfile::TempDir, milter_port: u16) -> GuardProcess {
         let child = Command::new(binary())
             .arg("--config")
             .arg(dir.path().join("plugin.toml"))
@@ -56,6 +72,13 @@ impl GuardProcess {
     /// `inet:127.0.0.1:PORT` for Postfix's `smtpd_milters`.
     pub fn milter_address(&self) -> String {
         format!("inet:127.0.0.1:{}", self.milter_port)
+    }
+
+    /// Like [`GuardProcess::terminate`], handing back the directory (config, state) intact.
+    pub fn terminate_keeping_dir(mut self) -> (ExitStatus, String, tempfile::TempDir) {
+        let dir = std::mem::replace(&mut self.dir, tempfile::TempDir::new().expect("temp dir"));
+        let (status, log) = self.terminate();
+        (status, log, dir)
     }
 
     /// Sends SIGTERM and waits (bounded); returns the exit status and everything logged.

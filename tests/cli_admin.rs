@@ -1,0 +1,193 @@
+//! The administration CLI against the real running binary: restricted list / show / add /
+//! release, senders top, `--json`, the exit codes of SPEC §6; SIGHUP reload; and `kill -9` in
+//! the middle of load losing no acknowledged restriction or release.
+
+mod common;
+
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use common::binary::{GuardProcess, binary};
+use common::postfix::send_signal;
+use outbound_guard::milter::client::{MtaClient, POSTFIX_OFFER};
+use outbound_guard::milter::command::Command as Milter;
+
+const POLICY: &str = "[organization]\nlocal_domains = [\"example.com\"]\n\
+    [policy.default]\nrecipient_limit_external_per_hour = 2\naction_when_threshold_reached = \"block\"\n";
+
+fn cli(g: &GuardProcess, args: &[&str]) -> Output {
+    Command::new(binary())
+        .arg("--config")
+        .arg(g.config_path())
+        .args(args)
+        .env("USER", "tester")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run the CLI")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+/// Sends one message of `account` to `n` external recipients; returns the reply letters.
+async fn send(port: u16, account: &str, n: usize) -> Vec<u8> {
+    let mut c = MtaClient::connect(([127, 0, 0, 1], port).into()).await.unwrap();
+    c.negotiate(POSTFIX_OFFER).await.unwrap();
+    c.macros(b'M', &[("{auth_authen}", account)]).await.unwrap();
+    let mut codes = vec![c.mail_from(&format!("<{account}>"), &[]).await.unwrap().kind().unwrap()];
+    if codes[0] == b'c' {
+        for i in 0..n {
+            codes.push(c.rcpt_to(&format!("<r{i}@example.net>")).await.unwrap().kind().unwrap());
+        }
+    }
+    c.write(Milter::Quit).await.unwrap();
+    codes
+}
+
+#[test]
+fn restricted_and_senders_commands_with_their_exit_codes() {
+    let g = GuardProcess::start("", POLICY);
+    let rt = runtime();
+    assert_eq!(rt.block_on(send(g.milter_port, "alice@example.com", 3)), b"cccy");
+
+    let list = cli(&g, &["restricted", "list"]);
+    assert!(list.status.success());
+    assert!(stdout(&list).starts_with("ACCOUNT"), "{}", stdout(&list));
+    assert!(stdout(&list).contains("alice@example.com"));
+    let json: serde_json::Value = serde_json::from_slice(&cli(&g, &["restricted", "list", "--json"]).stdout).unwrap();
+    assert_eq!(json["restricted"][0]["account"], "alice@example.com");
+
+    let show = cli(&g, &["restricted", "show", "alice@example.com"]);
+    assert!(show.status.success());
+    assert!(stdout(&show).contains("external/hour 2/2"), "{}", stdout(&show));
+    assert!(stdout(&show).contains("until an administrator releases it"));
+    assert_eq!(cli(&g, &["restricted", "show", "nobody@example.com"]).status.code(), Some(1));
+
+    let top = cli(&g, &["senders", "top", "--limit", "5"]);
+    assert!(top.status.success());
+    assert!(stdout(&top).contains("alice@example.com"), "{}", stdout(&top));
+
+    let release = cli(&g, &["restricted", "release", "alice@example.com", "--reason", "password reset"]);
+    assert!(release.status.success(), "{}", String::from_utf8_lossy(&release.stderr));
+    assert_eq!(rt.block_on(send(g.milter_port, "alice@example.com", 1)), b"cc", "released for the next transaction");
+    assert_eq!(cli(&g, &["restricted", "release", "alice@example.com"]).status.code(), Some(1));
+
+    let add = cli(&g, &["restricted", "add", "bob@example.com", "--reason", "laptop stolen", "--json"]);
+    assert!(add.status.success());
+    let added: serde_json::Value = serde_json::from_slice(&add.stdout).unwrap();
+    assert_eq!(added["source"], "admin");
+    assert_eq!(rt.block_on(send(g.milter_port, "bob@example.com", 1)), b"y");
+    let bad_until = cli(&g, &["restricted", "add", "carol@example.com", "--until", "next week"]);
+    assert_eq!(bad_until.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad_until.stderr).contains("RFC 3339"));
+
+    // The audit trail names who acted.
+    let history: serde_json::Value =
+        serde_json::from_slice(&cli(&g, &["restricted", "show", "bob@example.com", "--json"]).stdout).unwrap();
+    assert_eq!(history["history"][0]["by"], "tester (cli)");
+
+    let (status, _) = g.terminate();
+    assert!(status.success());
+}
+
+#[test]
+fn a_cli_without_a_running_daemon_exits_2() {
+    let g = GuardProcess::start("", POLICY);
+    let config = g.config_path();
+    let (status, _, _dir) = g.terminate_keeping_dir();
+    assert!(status.success());
+    let out = Command::new(binary()).arg("--config").arg(config).args(["restricted", "list"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach"), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// The external limit `account` is measured against, as `senders top --json` shows it.
+fn limit_of(g: &GuardProcess, account: &str) -> Option<u64> {
+    let top: serde_json::Value = serde_json::from_slice(&cli(g, &["senders", "top", "--json"]).stdout).ok()?;
+    top["senders"].as_array()?.iter().find(|s| s["account"] == account)?["counters"]["external_limit_per_hour"].as_u64()
+}
+
+#[test]
+fn sighup_reloads_and_a_broken_file_keeps_the_running_policy() {
+    let g = GuardProcess::start("", POLICY);
+    let rt = runtime();
+    assert_eq!(rt.block_on(send(g.milter_port, "dave@example.com", 1)), b"cc");
+    assert_eq!(limit_of(&g, "dave@example.com"), Some(2));
+    let path = g.config_path();
+    let original = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        original.replace("recipient_limit_external_per_hour = 2", "recipient_limit_external_per_hour = 4"),
+    )
+    .unwrap();
+    send_signal(g.child.id(), "HUP");
+    // The reload happens in the daemon's own time: wait (bounded) until it shows.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while limit_of(&g, "dave@example.com") != Some(4) {
+        assert!(std::time::Instant::now() < deadline, "reload not applied within 10 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // One recipient in use before the reload, so three more pass and the fourth is refused.
+    assert_eq!(rt.block_on(send(g.milter_port, "dave@example.com", 4)), b"ccccy");
+
+    std::fs::write(&path, original.replace("recipient_limit_external_per_hour = 2", "bogus = 1")).unwrap();
+    send_signal(g.child.id(), "HUP");
+    // The CLI cannot read the broken file either; the milter shows the limit still at 4.
+    assert_eq!(rt.block_on(send(g.milter_port, "erin@example.com", 5)), b"cccccy", "the running policy stays");
+    let (status, log) = g.terminate();
+    assert!(status.success());
+    assert!(log.contains("SIGHUP: configuration reloaded"), "{log}");
+    assert!(log.contains("SIGHUP: configuration refused, the running policy stays"), "{log}");
+    assert!(log.contains("bogus"), "{log}");
+}
+
+#[test]
+fn kill_9_in_the_middle_of_load_loses_no_acknowledged_restriction_or_release() {
+    let g = GuardProcess::start("", POLICY);
+    let rt = runtime();
+    // Restrict 20 accounts; each 'y' on the third recipient was acknowledged to the MTA.
+    let mut acknowledged = Vec::new();
+    for i in 0..20 {
+        let account = format!("user{i}@example.com");
+        if rt.block_on(send(g.milter_port, &account, 3)) == b"cccy" {
+            acknowledged.push(account);
+        }
+    }
+    assert_eq!(acknowledged.len(), 20);
+    // Release five of them.
+    for account in &acknowledged[..5] {
+        assert!(cli(&g, &["restricted", "release", account]).status.success());
+    }
+    // More load in flight, then kill -9.
+    let port = g.milter_port;
+    let load = std::thread::spawn(move || {
+        let rt = runtime();
+        for i in 100..200 {
+            let _ = rt.block_on(send(port, &format!("load{i}@example.com"), 1));
+        }
+    });
+    send_signal(g.child.id(), "KILL");
+    let _ = load.join();
+    let mut g = g;
+    let _ = g.child.wait();
+
+    // Start again on the same state directory and configuration.
+    let restarted = GuardProcess::restart(g);
+    let list: serde_json::Value =
+        serde_json::from_slice(&cli(&restarted, &["restricted", "list", "--json"]).stdout).unwrap();
+    let restricted: Vec<&str> =
+        list["restricted"].as_array().unwrap().iter().map(|r| r["account"].as_str().unwrap()).collect();
+    for account in &acknowledged[5..] {
+        assert!(restricted.contains(&account.as_str()), "{account} lost: {restricted:?}");
+    }
+    for account in &acknowledged[..5] {
+        assert!(!restricted.contains(&account.as_str()), "release of {account} lost");
+    }
+    assert_eq!(rt.block_on(send(restarted.milter_port, &acknowledged[7], 1)), b"y");
+    assert_eq!(rt.block_on(send(restarted.milter_port, &acknowledged[1], 1)), b"cc");
+}
