@@ -12,10 +12,7 @@ use outbound_guard::milter::session::Session;
 use outbound_guard::policy::PassThrough;
 
 fn capture() -> Vec<u8> {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/fixtures/postfix/postfix-plain.mta.bin"
-    );
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/postfix/postfix-plain.mta.bin");
     std::fs::read(path).expect("fixture")
 }
 
@@ -35,9 +32,7 @@ fn codec(c: &mut Criterion) {
     let packets = decode_all(&bytes) as u64;
     let mut group = c.benchmark_group("codec");
     group.throughput(criterion::Throughput::Elements(packets));
-    group.bench_function("decode_postfix_transaction", |b| {
-        b.iter(|| decode_all(black_box(&bytes)))
-    });
+    group.bench_function("decode_postfix_transaction", |b| b.iter(|| decode_all(black_box(&bytes))));
 
     let mut rest = bytes.as_slice();
     let mut commands = Vec::new();

@@ -1,0 +1,124 @@
+//! Policy benches: the whole decision for one outbound message with three recipients (MAIL
+//! FROM, 3 × RCPT TO, end of message) against one million resident accounts, single-threaded
+//! and with two threads contending; and one governor check on an account record.
+//!
+//! The setup also prints the resident memory each tracked account costs.
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::{Duration, Instant, UNIX_EPOCH};
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use outbound_guard::config::{Config, builtin_default_policy};
+use outbound_guard::metrics::Metrics;
+use outbound_guard::policy::clock::EngineClock;
+use outbound_guard::policy::engine::{Engine, Transaction};
+use outbound_guard::policy::events::EventSink;
+use outbound_guard::policy::limits::{AccountRecord, LimitKind, Limiters};
+use outbound_guard::policy::{MailFacts, MessageFacts, Policy, RcptFacts};
+use outbound_guard::state::restrictions::MemoryRestrictions;
+
+const ACCOUNTS: usize = 1_000_000;
+const CONFIG: &str = "[organization]\nlocal_domains = [\"example.com\"]\n\
+    [policy.default]\nrecipient_limit_external_per_hour = 100000\nrecipient_limit_internal_per_hour = 100000\n\
+    recipient_limit_per_day = 100000\n";
+
+fn rss_bytes() -> usize {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    statm.split_whitespace().nth(1).and_then(|p| p.parse::<usize>().ok()).unwrap_or(0) * 4096
+}
+
+fn engine() -> (Engine, tokio::sync::mpsc::Receiver<outbound_guard::policy::events::Event>) {
+    let config = Arc::new(Config::parse(std::path::Path::new("bench.toml"), CONFIG).unwrap());
+    let (sink, rx) = EventSink::channel(1024);
+    let clock = EngineClock::manual(UNIX_EPOCH + Duration::from_secs(1_795_341_600));
+    let engine = Engine::new(config, Arc::new(MemoryRestrictions::default()), sink, clock, Arc::new(Metrics::new()));
+    (engine, rx)
+}
+
+fn accounts() -> Vec<String> {
+    (0..ACCOUNTS).map(|i| format!("user{i}@example.com")).collect()
+}
+
+fn one_message(engine: &Engine, tx: &mut Transaction, account: &str) {
+    let facts = MailFacts {
+        sender: account.as_bytes(),
+        auth_login: Some(account.as_bytes()),
+        client_addr: None,
+        queue_id: None,
+    };
+    black_box(engine.mail_from(tx, &facts));
+    for to in [&b"a@example.net"[..], b"b@example.org", b"c@example.com"] {
+        black_box(engine.rcpt_to(tx, &RcptFacts { recipient: to }));
+    }
+    black_box(engine.end_of_message(tx, &MessageFacts { queue_id: None }));
+    engine.end_transaction(tx);
+}
+
+fn decision(c: &mut Criterion) {
+    let (engine, _events) = engine();
+    let names = accounts();
+    let before = rss_bytes();
+    let mut tx = Transaction::default();
+    for name in &names {
+        one_message(&engine, &mut tx, name);
+    }
+    let after = rss_bytes();
+    eprintln!(
+        "tracked accounts: {}, resident memory per account: {} bytes",
+        engine.tracked_accounts(),
+        (after.saturating_sub(before)) / ACCOUNTS
+    );
+
+    let mut group = c.benchmark_group("policy");
+    group.throughput(Throughput::Elements(1));
+    let mut i = 0usize;
+    group.bench_function("message_3_rcpts_1m_accounts", |b| {
+        b.iter(|| {
+            // A stride through the accounts defeats the cache, as real traffic would.
+            i = (i + 7919) % ACCOUNTS;
+            one_message(&engine, &mut tx, &names[i]);
+        })
+    });
+    let engine = Arc::new(engine);
+    let names = Arc::new(names);
+    group.bench_function("message_3_rcpts_1m_accounts_2_threads", |b| {
+        b.iter_custom(|iters| {
+            let started = Instant::now();
+            std::thread::scope(|s| {
+                for t in 0..2usize {
+                    let engine = engine.clone();
+                    let names = names.clone();
+                    s.spawn(move || {
+                        let mut tx = Transaction::default();
+                        let mut i = t * 500_000;
+                        for _ in 0..iters / 2 {
+                            i = (i + 7919) % ACCOUNTS;
+                            one_message(&engine, &mut tx, &names[i]);
+                        }
+                    });
+                }
+            });
+            started.elapsed()
+        })
+    });
+    group.finish();
+}
+
+fn limiter(c: &mut Criterion) {
+    let mut settings = builtin_default_policy();
+    settings.recipient_limit_external_per_hour = u32::MAX / 2;
+    settings.recipient_limit_per_day = u32::MAX / 2;
+    let clock = EngineClock::manual(UNIX_EPOCH + Duration::from_secs(1_795_341_600));
+    let limiters = Limiters::new(&[settings], &clock);
+    let mut record = AccountRecord::default();
+    let mut group = c.benchmark_group("limiter");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("check_external_and_day", |b| {
+        b.iter(|| black_box(limiters.try_add_recipient(0, &mut record, LimitKind::ExternalPerHour)))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, decision, limiter);
+criterion_main!(benches);
