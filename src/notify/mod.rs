@@ -177,6 +177,16 @@ pub struct NotifierHandle {
     spool_dir: PathBuf,
 }
 
+/// Checks what the notifier would refuse at start — the relay URL and the administrator's
+/// templates — for `check-config`.
+///
+/// # Errors
+/// The first problem found, naming the file or the URL.
+pub fn check(config: &Config) -> Result<(), NotifyError> {
+    email::RelayUrl::parse(&config.notify.smtp)?;
+    templates::check(config)
+}
+
 /// Starts the notifier with the default [`Tuning`]. Must be called inside a tokio runtime.
 ///
 /// Opens the spool (`state.dir/spool/`) and reads what is pending before returning, so
@@ -275,13 +285,28 @@ impl NotifierHandle {
 
     /// Stops the notifier: events already handed over are spooled, what is due is
     /// attempted for at most [`Tuning::flush_timeout`], the rest stays in the spool for the
-    /// next start.
-    pub async fn join(self) {
+    /// next start. Returns the counters as they ended, for a last log line.
+    pub async fn join(self) -> NotifyStats {
         let _ = self.stop.send(true);
         if let Err(e) = self.task.await
             && e.is_panic()
         {
             tracing::error!("notifier task panicked: {e}");
         }
+        self.stats.snapshot()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_starts_within_ten_seconds_and_caps_at_ten_minutes() {
+        let t = Tuning::default();
+        assert!(t.backoff(1) <= Duration::from_secs(10));
+        let delays: Vec<u64> = (1..=10).map(|n| t.backoff(n).as_secs()).collect();
+        assert_eq!(delays, [5, 10, 20, 40, 80, 160, 320, 600, 600, 600]);
+        assert_eq!(t.backoff(u32::MAX), Duration::from_secs(600));
     }
 }

@@ -418,11 +418,20 @@ pub fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
 }
 
+/// The longest subject we send, in characters. A header line may not exceed 998 octets
+/// and lettre can fold only at spaces and inside encoded words; a long ASCII account has
+/// neither, so the subject is cut well below that (the body carries the full account).
+const MAX_SUBJECT_CHARS: usize = 300;
+
 /// A subject is one line: any line break or control character an override (or an account)
-/// brings becomes a space.
+/// brings becomes a space; over [`MAX_SUBJECT_CHARS`] it is cut with an ellipsis.
 fn one_line(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
-    for c in s.trim().chars() {
+    for (i, c) in s.trim().chars().enumerate() {
+        if i == MAX_SUBJECT_CHARS {
+            out.push('…');
+            break;
+        }
         if c.is_control() {
             if !out.ends_with(' ') {
                 out.push(' ');

@@ -86,15 +86,21 @@ impl Worker {
                 break;
             }
             self.launch_due();
-            let next_due = self
-                .pending
-                .values()
-                .filter(|p| !p.in_flight)
-                .map(|p| p.due)
-                .min();
+            // At the in-flight cap a due entry must wait for a finished attempt, not wake
+            // the loop at once (and forever).
+            let next_due = if self.attempts.len() >= self.tuning.max_in_flight {
+                None
+            } else {
+                self.pending
+                    .values()
+                    .filter(|p| !p.in_flight)
+                    .map(|p| p.due)
+                    .min()
+            };
             tokio::select! {
-                _ = shutdown.changed() => {}
-                _ = stop.changed() => {}
+                // A dropped sender means the owner is gone: stop as for the signal itself.
+                changed = shutdown.changed() => if changed.is_err() { break },
+                changed = stop.changed() => if changed.is_err() { break },
                 Some(done) = self.attempts.join_next(), if !self.attempts.is_empty() => {
                     self.finished(done).await;
                 }

@@ -4,4 +4,5 @@
 
 pub mod binary;
 pub mod daemon;
+pub mod notify_peers;
 pub mod postfix;
