@@ -57,6 +57,8 @@ pub enum NotifyError {
     Smtp { relay: String, message: String },
     #[error("webhook \"{url}\": {message}")]
     Webhook { url: String, message: String },
+    #[error("webhook client cannot be set up: {0}")]
+    HttpClient(String),
 }
 
 /// Timing of deliveries and retries. SPEC §5 fixes the defaults (first retry within 10 s,
@@ -168,7 +170,8 @@ pub(crate) struct Current {
     pub templates: Arc<Templates>,
 }
 
-/// The running notifier.
+/// The running notifier. Dropping it stops the notifier as [`NotifierHandle::join`] does,
+/// without waiting for it.
 pub struct NotifierHandle {
     current: watch::Sender<Arc<Current>>,
     stats: Arc<Stats>,

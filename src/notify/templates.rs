@@ -367,13 +367,10 @@ pub fn admin_url(config: &Config, account: &str) -> String {
 pub fn printable(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
-        if c.is_control() || is_bidi_or_invisible(c) {
+        if c.is_control() {
             out.extend(c.escape_debug());
-            if !c.is_control() && out.ends_with(c) {
-                // escape_debug leaves some format characters as they are
-                out.pop();
-                out.push_str(&format!("\\u{{{:x}}}", c as u32));
-            }
+        } else if is_bidi_or_invisible(c) {
+            out.push_str(&format!("\\u{{{:x}}}", c as u32));
         } else {
             out.push(c);
         }

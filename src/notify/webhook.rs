@@ -62,7 +62,7 @@ impl<'a> Payload<'a> {
 /// A client for webhook posts; one per notifier so connections can be reused.
 ///
 /// # Errors
-/// [`NotifyError::Webhook`] when the TLS backend cannot be set up.
+/// [`NotifyError::HttpClient`] when the TLS backend cannot be set up.
 pub fn client(timeout: Duration) -> Result<reqwest::Client, NotifyError> {
     reqwest::Client::builder()
         .timeout(timeout)
@@ -71,10 +71,7 @@ pub fn client(timeout: Duration) -> Result<reqwest::Client, NotifyError> {
         .redirect(reqwest::redirect::Policy::none())
         .user_agent(concat!("outbound-guard/", env!("CARGO_PKG_VERSION")))
         .build()
-        .map_err(|e| NotifyError::Webhook {
-            url: String::new(),
-            message: e.to_string(),
-        })
+        .map_err(|e| NotifyError::HttpClient(e.to_string()))
 }
 
 /// Posts `payload` to `url`.

@@ -38,6 +38,8 @@ pub(super) struct Worker {
     http: reqwest::Client,
     pending: HashMap<String, Pending>,
     attempts: JoinSet<(String, Outcome)>,
+    /// Which notice each attempt task carries, to reschedule it should the task panic.
+    attempt_ids: HashMap<tokio::task::Id, String>,
 }
 
 impl Worker {
@@ -71,6 +73,7 @@ impl Worker {
             http,
             pending,
             attempts: JoinSet::new(),
+            attempt_ids: HashMap::new(),
         }
     }
 
@@ -101,7 +104,7 @@ impl Worker {
                 // A dropped sender means the owner is gone: stop as for the signal itself.
                 changed = shutdown.changed() => if changed.is_err() { break },
                 changed = stop.changed() => if changed.is_err() { break },
-                Some(done) = self.attempts.join_next(), if !self.attempts.is_empty() => {
+                Some(done) = self.attempts.join_next_with_id(), if !self.attempts.is_empty() => {
                     self.finished(done).await;
                 }
                 event = events.recv(), if events_open => match event {
@@ -134,7 +137,7 @@ impl Worker {
                 break;
             }
             tokio::select! {
-                Some(done) = self.attempts.join_next() => self.finished(done).await,
+                Some(done) = self.attempts.join_next_with_id() => self.finished(done).await,
                 () = tokio::time::sleep_until(deadline) => break,
             }
         }
@@ -217,23 +220,33 @@ impl Worker {
             let current = self.current.borrow().clone();
             let http = self.http.clone();
             let tuning = self.tuning.clone();
-            self.attempts.spawn(async move {
+            let id = entry.id.clone();
+            let task = self.attempts.spawn(async move {
                 let outcome = attempt(&entry, &current, &http, &tuning).await;
                 (entry.id, outcome)
             });
+            self.attempt_ids.insert(task.id(), id);
         }
     }
 
-    async fn finished(&mut self, done: Result<(String, Outcome), tokio::task::JoinError>) {
+    async fn finished(
+        &mut self,
+        done: Result<(tokio::task::Id, (String, Outcome)), tokio::task::JoinError>,
+    ) {
         let (id, outcome) = match done {
-            Ok(r) => r,
+            Ok((task, r)) => {
+                self.attempt_ids.remove(&task);
+                r
+            }
             Err(e) => {
-                // A panic in an attempt: the entry stays in flight forever unless found.
-                error!("notification attempt failed unexpectedly: {e}");
-                for p in self.pending.values_mut() {
-                    p.in_flight = false;
-                }
-                return;
+                // A panicking attempt is a failed attempt: retried like any other.
+                let Some(id) = self.attempt_ids.remove(&e.id()) else {
+                    return;
+                };
+                (
+                    id,
+                    Outcome::Failed(NotifyError::Message(format!("attempt aborted: {e}"))),
+                )
             }
         };
         let Some(p) = self.pending.get_mut(&id) else {
