@@ -1,8 +1,8 @@
-//! Wiring of the running daemon: the services (engine, reply texts, event consumer), logging,
-//! signals, reload, and [`run`], which tests drive directly with a listener bound to port 0,
-//! their own clock and their own shutdown channel.
+//! Wiring of the running daemon: the services (engine, durable restrictions, reply texts,
+//! events), logging, signals, reload, the admin API, and [`run`], which tests drive directly
+//! with listeners bound to port 0, their own clock and their own shutdown channel.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,42 +10,70 @@ use arc_swap::ArcSwap;
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
+use crate::admin::api::{self, AdminState};
 use crate::config::{Config, ConfigError, LogFormat};
+use crate::metrics::Metrics;
 use crate::milter::connection::Timeouts;
 use crate::milter::replies::ReplyTexts;
 use crate::milter::server::{self, Listener, ServerSettings};
 use crate::policy::clock::EngineClock;
 use crate::policy::engine::Engine;
 use crate::policy::events::{Event, EventSink};
-use crate::policy::restrictions::MemoryRestrictions;
+use crate::state::durable::DurableRestrictions;
+use crate::state::restrictions::StoreError;
+use crate::state::snapshot;
 
 /// Events waiting for the notifier at most; beyond, new ones are dropped (and counted).
 const EVENT_QUEUE: usize = 10_000;
 /// How often idle account records are dropped.
 const EVICT_EVERY: Duration = Duration::from_secs(600);
+/// The counters snapshot inside `state.dir`.
+const SNAPSHOT_FILE: &str = "counters.snapshot";
+
+/// Why the daemon cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Token(#[from] crate::admin::token::TokenError),
+    #[error("cannot listen on {addr} for the admin API: {source}")]
+    AdminBind { addr: String, source: std::io::Error },
+}
 
 /// Everything a running filter shares between connections.
 pub struct Services {
     pub engine: Arc<Engine>,
     pub replies: Arc<ArcSwap<ReplyTexts>>,
+    config_path: PathBuf,
     events: std::sync::Mutex<Option<mpsc::Receiver<Event>>>,
 }
 
 impl Services {
-    pub fn new(config: Arc<Config>, clock: EngineClock) -> Services {
+    /// Opens the state directory (restrictions journal, audit log, counters snapshot) and builds
+    /// the engine.
+    ///
+    /// # Errors
+    /// When the state directory cannot be used.
+    pub fn new(config: Arc<Config>, clock: EngineClock) -> Result<Services, StartError> {
         let (sink, events) = EventSink::channel(EVENT_QUEUE);
         let replies = Arc::new(ArcSwap::from_pointee(config.replies.clone()));
-        let engine = Arc::new(Engine::new(
-            config,
-            Arc::new(MemoryRestrictions::default()),
-            sink,
-            clock,
-        ));
-        Services {
-            engine,
-            replies,
-            events: std::sync::Mutex::new(Some(events)),
+        let store = DurableRestrictions::open(&config.state.dir, clock.now_secs())?;
+        let metrics = Arc::new(Metrics::new());
+        let snapshot_path = config.state.dir.join(SNAPSHOT_FILE);
+        let config_path = config.file.clone();
+        let engine = Arc::new(Engine::new(config, Arc::new(store), sink, clock, metrics));
+        match snapshot::read(&snapshot_path) {
+            Ok(Some(records)) => {
+                let restored = engine.restore_records(records);
+                info!(accounts = restored, "counters restored from the last graceful shutdown");
+            }
+            Ok(None) => {}
+            Err(e) => warn!("{e}; counters start empty"),
         }
+        // A snapshot is only valid once: after a crash it would hand back stale counters.
+        let _ = std::fs::remove_file(&snapshot_path);
+        Ok(Services { engine, replies, config_path, events: std::sync::Mutex::new(Some(events)) })
     }
 
     /// Takes the event receiver (once), for a notifier or a test.
@@ -59,18 +87,9 @@ impl Services {
         let old = self.engine.config();
         for (key, changed) in [
             ("milter.listen", old.milter.listen != config.milter.listen),
-            (
-                "milter.max_connections",
-                old.milter.max_connections != config.milter.max_connections,
-            ),
-            (
-                "milter.io_timeout",
-                old.milter.io_timeout != config.milter.io_timeout,
-            ),
-            (
-                "milter.idle_timeout",
-                old.milter.idle_timeout != config.milter.idle_timeout,
-            ),
+            ("milter.max_connections", old.milter.max_connections != config.milter.max_connections),
+            ("milter.io_timeout", old.milter.io_timeout != config.milter.io_timeout),
+            ("milter.idle_timeout", old.milter.idle_timeout != config.milter.idle_timeout),
             ("state", old.state != config.state),
             ("admin", old.admin != config.admin),
             ("log", old.log != config.log),
@@ -93,18 +112,57 @@ impl Services {
         self.reload(Arc::new(config));
         Ok(())
     }
+
+    /// Writes the counters snapshot (graceful shutdown).
+    pub fn save_counters(&self) {
+        let path = self.engine.config().state.dir.join(SNAPSHOT_FILE);
+        match snapshot::write(&path, self.engine.records()) {
+            Ok(n) => info!(accounts = n, file = %path.display(), "counters saved"),
+            Err(e) => warn!(file = %path.display(), "cannot save counters: {e}"),
+        }
+    }
+
+    /// The state the admin API works on.
+    pub fn admin_state(self: &Arc<Self>, token: String) -> AdminState {
+        let services = self.clone();
+        AdminState {
+            engine: self.engine.clone(),
+            token: token.into(),
+            reload: Arc::new(move || {
+                let path = services.config_path.clone();
+                services.reload_from(&path).map_err(|e| e.to_string())
+            }),
+            on_scrape: None,
+        }
+    }
 }
 
-/// Serves the milter on `listener` until `shutdown` turns true.
-pub async fn run(listener: Listener, services: Arc<Services>, shutdown: watch::Receiver<bool>) {
+/// Binds the admin API listener and loads (or creates) its token.
+///
+/// # Errors
+/// When the address cannot be bound or the token file is unusable.
+pub async fn bind_admin(config: &Config) -> Result<(tokio::net::TcpListener, String), StartError> {
+    let token = crate::admin::token::load_or_create(&config.admin.token_file)?;
+    let listener = tokio::net::TcpListener::bind(config.admin.listen)
+        .await
+        .map_err(|source| StartError::AdminBind { addr: config.admin.listen.to_string(), source })?;
+    Ok((listener, token))
+}
+
+/// Serves the milter on `listener` (and the admin API on `admin`, when given) until
+/// `shutdown` turns true; then drains, saves the counters and returns.
+pub async fn run(
+    listener: Listener,
+    admin: Option<(tokio::net::TcpListener, AdminState)>,
+    services: Arc<Services>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let config = services.engine.config();
     let settings = ServerSettings {
-        timeouts: Timeouts {
-            io: config.milter.io_timeout,
-            idle: config.milter.idle_timeout,
-        },
+        timeouts: Timeouts { io: config.milter.io_timeout, idle: config.milter.idle_timeout },
         max_connections: config.milter.max_connections,
         replies: services.replies.clone(),
+        metrics: services.engine.metrics().clone(),
     };
     if let Some(events) = services.take_events() {
         tokio::spawn(log_events(events));
@@ -117,20 +175,36 @@ pub async fn run(listener: Listener, services: Arc<Services>, shutdown: watch::R
             loop {
                 tick.tick().await;
                 let dropped = engine.evict_idle();
-                tracing::debug!(
-                    dropped,
-                    tracked = engine.tracked_accounts(),
-                    "idle account records dropped"
-                );
+                tracing::debug!(dropped, tracked = engine.tracked_accounts(), "idle account records dropped");
             }
         }
+    });
+    let admin_task = admin.map(|(l, state)| {
+        if let Ok(addr) = l.local_addr() {
+            info!(listen = %addr, "admin API listening");
+        }
+        let app = api::router(state);
+        let mut stop = shutdown.clone();
+        tokio::spawn(async move {
+            let served = axum::serve(l, app).with_graceful_shutdown(async move {
+                let _ = stop.wait_for(|s| *s).await;
+            });
+            if let Err(e) = served.await {
+                warn!("admin API stopped: {e}");
+            }
+        })
     });
     if let Ok(addr) = listener.local_addr() {
         info!(listen = %addr, "outbound-guard milter listening");
     }
-    server::run(listener, services.engine.clone(), settings, shutdown).await;
+    server::run(listener, services.engine.clone(), settings, shutdown.clone()).await;
+    let _ = shutdown.wait_for(|s| *s).await;
     evictor.abort();
-    info!("milter stopped");
+    if let Some(task) = admin_task {
+        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+    }
+    services.save_counters();
+    info!("stopped");
 }
 
 /// Until the notifier exists: every event goes to the log.
@@ -145,9 +219,7 @@ async fn log_events(mut events: mpsc::Receiver<Event>) {
 pub fn init_logging(format: LogFormat, level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
@@ -158,10 +230,7 @@ pub fn init_logging(format: LogFormat, level: &str) {
 ///
 /// # Errors
 /// When the signal handlers cannot be installed.
-pub fn handle_signals(
-    services: Arc<Services>,
-    config_path: std::path::PathBuf,
-) -> std::io::Result<watch::Receiver<bool>> {
+pub fn handle_signals(services: Arc<Services>, config_path: PathBuf) -> std::io::Result<watch::Receiver<bool>> {
     use tokio::signal::unix::{SignalKind, signal};
     let (tx, rx) = watch::channel(false);
     let mut term = signal(SignalKind::terminate())?;

@@ -15,8 +15,11 @@
 //! - [`config`]: `plugin.toml` → raw structs → validated model with file/line/key errors.
 //! - [`daemon`]: wiring for `outbound-guard run`: logging, signals, the tasks.
 
+pub mod admin;
 pub mod config;
 pub mod daemon;
+pub mod metrics;
 pub mod milter;
 pub mod notify;
 pub mod policy;
+pub mod state;

@@ -2,16 +2,18 @@
 //! bind, hand over to the library, map failures to exit codes (0 ok, 1 unknown/not restricted
 //! account, 2 usage, configuration or connection errors).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 
+use outbound_guard::admin::client::{self, AdminClient, ClientError, path_segment, query_value};
 use outbound_guard::config::Config;
 use outbound_guard::daemon;
 use outbound_guard::milter::server::Listener;
 use outbound_guard::policy::clock::EngineClock;
+use reqwest::Method;
 
 /// Outbound spam policy milter: per-account recipient limits, spam-share restriction,
 /// administrator notification and release.
@@ -19,12 +21,7 @@ use outbound_guard::policy::clock::EngineClock;
 #[command(name = "outbound-guard", version, about, propagate_version = true)]
 struct Cli {
     /// The configuration file.
-    #[arg(
-        long,
-        global = true,
-        env = "OUTBOUND_GUARD_CONFIG",
-        default_value = "/etc/outbound-guard/plugin.toml"
-    )]
+    #[arg(long, global = true, env = "OUTBOUND_GUARD_CONFIG", default_value = "/etc/outbound-guard/plugin.toml")]
     config: PathBuf,
     /// Machine-readable JSON output.
     #[arg(long, global = true)]
@@ -89,25 +86,18 @@ fn main() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { EXIT_USAGE } else { 0 });
         }
     };
-    match cli.command.unwrap_or(Command::Run) {
-        Command::Run => run(&cli.config),
-        Command::CheckConfig => check_config(&cli.config, cli.json),
-        Command::Restricted(_) | Command::Senders(_) => {
-            eprintln!(
-                "outbound-guard: the administration API is not available in this version yet"
-            );
-            ExitCode::from(EXIT_USAGE)
-        }
+    match cli.command {
+        None | Some(Command::Run) => run(&cli.config),
+        Some(Command::CheckConfig) => check_config(&cli.config, cli.json),
+        Some(Command::Restricted(c)) => admin(&cli.config, cli.json, Admin::Restricted(c)),
+        Some(Command::Senders(c)) => admin(&cli.config, cli.json, Admin::Senders(c)),
     }
 }
 
-fn check_config(path: &std::path::Path, json: bool) -> ExitCode {
+fn check_config(path: &Path, json: bool) -> ExitCode {
     match Config::load(path) {
         Ok(_) if json => {
-            println!(
-                "{{\"valid\":true,\"file\":{:?}}}",
-                path.display().to_string()
-            );
+            println!("{}", serde_json::json!({"valid": true, "file": path.display().to_string()}));
             ExitCode::SUCCESS
         }
         Ok(_) => {
@@ -116,7 +106,7 @@ fn check_config(path: &std::path::Path, json: bool) -> ExitCode {
         }
         Err(e) => {
             if json {
-                println!("{{\"valid\":false,\"error\":{:?}}}", e.to_string());
+                println!("{}", serde_json::json!({"valid": false, "error": e.to_string()}));
             }
             eprintln!("outbound-guard: {e}");
             ExitCode::from(EXIT_USAGE)
@@ -124,7 +114,7 @@ fn check_config(path: &std::path::Path, json: bool) -> ExitCode {
     }
 }
 
-fn run(path: &std::path::Path) -> ExitCode {
+fn run(path: &Path) -> ExitCode {
     let config = match Config::load(path) {
         Ok(c) => Arc::new(c),
         Err(e) => {
@@ -135,10 +125,7 @@ fn run(path: &std::path::Path) -> ExitCode {
     daemon::init_logging(config.log.format, &config.log.level);
     // One thread: on small machines a second worker costs more CPU in wake-ups than it
     // gains; the work per message is microseconds.
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("outbound-guard: cannot start the runtime: {e}");
@@ -146,15 +133,27 @@ fn run(path: &std::path::Path) -> ExitCode {
         }
     };
     runtime.block_on(async {
-        let listener = match Listener::bind(&config.milter.listen, config.milter.socket_mode).await
-        {
+        let services = match daemon::Services::new(config.clone(), EngineClock::System) {
+            Ok(s) => Arc::new(s),
+            Err(e) => {
+                tracing::error!("{e}");
+                return ExitCode::from(EXIT_USAGE);
+            }
+        };
+        let listener = match Listener::bind(&config.milter.listen, config.milter.socket_mode).await {
             Ok(l) => l,
             Err(e) => {
                 tracing::error!("{e}");
                 return ExitCode::from(EXIT_USAGE);
             }
         };
-        let services = Arc::new(daemon::Services::new(config.clone(), EngineClock::System));
+        let admin = match daemon::bind_admin(&config).await {
+            Ok((l, token)) => (l, services.admin_state(token)),
+            Err(e) => {
+                tracing::error!("{e}");
+                return ExitCode::from(EXIT_USAGE);
+            }
+        };
         let shutdown = match daemon::handle_signals(services.clone(), path.to_owned()) {
             Ok(rx) => rx,
             Err(e) => {
@@ -162,7 +161,77 @@ fn run(path: &std::path::Path) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        daemon::run(listener, services, shutdown).await;
+        daemon::run(listener, Some(admin), services, shutdown).await;
         ExitCode::SUCCESS
     })
+}
+
+enum Admin {
+    Restricted(RestrictedCommand),
+    Senders(SendersCommand),
+}
+
+/// Who is acting, for the audit trail.
+fn operator() -> String {
+    let user = std::env::var("SUDO_USER").or_else(|_| std::env::var("USER")).unwrap_or_else(|_| "cli".into());
+    format!("{user} (cli)")
+}
+
+fn admin(path: &Path, json: bool, command: Admin) -> ExitCode {
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("outbound-guard: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("outbound-guard: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        let client = AdminClient::from_config(&config)?;
+        let by = query_value(&operator());
+        let (value, render): (_, fn(&serde_json::Value) -> String) = match command {
+            Admin::Restricted(RestrictedCommand::List) => {
+                (client.request(Method::GET, "/api/v1/restricted", None).await?, client::render_restricted_list)
+            }
+            Admin::Restricted(RestrictedCommand::Show { account }) => {
+                let path = format!("/api/v1/restricted/{}", path_segment(&account));
+                (client.request(Method::GET, &path, None).await?, client::render_restriction)
+            }
+            Admin::Restricted(RestrictedCommand::Release { account, reason }) => {
+                let mut path = format!("/api/v1/restricted/{}?by={by}", path_segment(&account));
+                if let Some(r) = reason {
+                    path.push_str(&format!("&reason={}", query_value(&r)));
+                }
+                let v = client.request(Method::DELETE, &path, None).await?;
+                (v, |v| {
+                    format!("Released {}: it may send outbound mail again.\n", v["account"].as_str().unwrap_or("?"))
+                })
+            }
+            Admin::Restricted(RestrictedCommand::Add { account, until, reason }) => {
+                let body = serde_json::json!({"account": account, "reason": reason, "until": until, "by": operator()});
+                (client.request(Method::POST, "/api/v1/restricted", Some(body)).await?, client::render_restriction)
+            }
+            Admin::Senders(SendersCommand::Top { limit }) => {
+                let path = format!("/api/v1/senders?top={limit}");
+                (client.request(Method::GET, &path, None).await?, client::render_senders)
+            }
+        };
+        Ok::<_, ClientError>(if json { format!("{value}\n") } else { render(&value) })
+    });
+    match result {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("outbound-guard: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
 }

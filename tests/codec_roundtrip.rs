@@ -35,14 +35,8 @@ fn input() -> impl Strategy<Value = Input> {
     prop_oneof![
         (any::<u32>(), any::<u32>(), any::<u32>()).prop_map(|(a, b, c)| Input::Negotiate(a, b, c)),
         (any::<u8>(), texts()).prop_map(|(s, l)| Input::Macros(s, l)),
-        (
-            text(),
-            prop::sample::select(vec![b'U', b'L', b'4', b'6']),
-            any::<u16>(),
-            text()
-        )
-            .prop_filter("no IPv6: tag (it is stripped on decode)", |(_, f, _, a)| *f
-                != b'6'
+        (text(), prop::sample::select(vec![b'U', b'L', b'4', b'6']), any::<u16>(), text())
+            .prop_filter("no IPv6: tag (it is stripped on decode)", |(_, f, _, a)| *f != b'6'
                 || !a.starts_with(b"IPv6:"))
             .prop_map(|(h, f, p, a)| Input::Connect(h, f, p, a)),
         text().prop_map(Input::Helo),
@@ -59,46 +53,28 @@ fn input() -> impl Strategy<Value = Input> {
 fn check_command(input: &Input) {
     let (list_a, list_b);
     let command = match input {
-        Input::Negotiate(version, actions, steps) => Command::Negotiate(Offer {
-            version: *version,
-            actions: *actions,
-            steps: *steps,
-        }),
+        Input::Negotiate(version, actions, steps) => {
+            Command::Negotiate(Offer { version: *version, actions: *actions, steps: *steps })
+        }
         Input::Macros(stage, items) => {
             list_a = NulStrings::encode(items.iter().map(Vec::as_slice));
-            Command::Macros {
-                stage: *stage,
-                pairs: NulStrings::new(&list_a).unwrap(),
-            }
+            Command::Macros { stage: *stage, pairs: NulStrings::new(&list_a).unwrap() }
         }
         Input::Connect(host, family, port, address) => {
             let (port, address) = (*port, address.as_slice());
             let peer = match family {
                 b'U' => Peer::Unknown,
-                b'L' => Peer::Local {
-                    port,
-                    path: address,
-                },
+                b'L' => Peer::Local { port, path: address },
                 b'4' => Peer::Inet { port, address },
                 _ => Peer::Inet6 { port, address },
             };
-            Command::Connect {
-                hostname: host,
-                peer,
-            }
+            Command::Connect { hostname: host, peer }
         }
         Input::Helo(name) => Command::Helo { name },
         Input::Mail(address, args) | Input::Rcpt(address, args) => {
             list_b = NulStrings::encode(args.iter().map(Vec::as_slice));
-            let env = Envelope {
-                address,
-                esmtp_args: NulStrings::new(&list_b).unwrap(),
-            };
-            if matches!(input, Input::Mail(..)) {
-                Command::MailFrom(env)
-            } else {
-                Command::RcptTo(env)
-            }
+            let env = Envelope { address, esmtp_args: NulStrings::new(&list_b).unwrap() };
+            if matches!(input, Input::Mail(..)) { Command::MailFrom(env) } else { Command::RcptTo(env) }
         }
         Input::Header(name, value) => Command::Header { name, value },
         Input::Body(chunk) => Command::Body(chunk),

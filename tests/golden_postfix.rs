@@ -11,17 +11,10 @@ use outbound_guard::milter::reply::Reply;
 use outbound_guard::milter::session::{Flow, Session};
 use outbound_guard::policy::PassThrough;
 
-const CAPTURES: [&str; 4] = [
-    "postfix-plain",
-    "postfix-auth",
-    "postfix-two-messages",
-    "postfix-rset",
-];
+const CAPTURES: [&str; 4] = ["postfix-plain", "postfix-auth", "postfix-two-messages", "postfix-rset"];
 
 fn fixture(name: &str) -> Vec<u8> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures/postfix")
-        .join(name);
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/postfix").join(name);
     std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
@@ -29,9 +22,7 @@ fn frames(bytes: &[u8]) -> Vec<Frame<'_>> {
     let mut rest = bytes;
     let mut out = Vec::new();
     while !rest.is_empty() {
-        let (f, used) = frame::decode(rest)
-            .expect("valid framing")
-            .expect("whole packets only");
+        let (f, used) = frame::decode(rest).expect("valid framing").expect("whole packets only");
         out.push(f);
         rest = &rest[used..];
     }
@@ -44,11 +35,7 @@ fn every_postfix_packet_decodes() {
         let mta = fixture(&format!("{name}.mta.bin"));
         let kinds: String = frames(&mta)
             .into_iter()
-            .map(|f| {
-                Command::decode(f)
-                    .unwrap_or_else(|e| panic!("{name}: {e}"))
-                    .kind() as char
-            })
+            .map(|f| Command::decode(f).unwrap_or_else(|e| panic!("{name}: {e}")).kind() as char)
             .collect();
         assert!(kinds.starts_with('O'), "{name}: {kinds}");
         assert!(kinds.ends_with('Q'), "{name}: {kinds}");
@@ -77,9 +64,7 @@ fn the_captured_addresses_and_macros_read_as_postfix_meant_them() {
                     }
                 }
             }
-            Command::MailFrom(env) => {
-                senders.push(String::from_utf8_lossy(env.bare_address()).into_owned())
-            }
+            Command::MailFrom(env) => senders.push(String::from_utf8_lossy(env.bare_address()).into_owned()),
             _ => {}
         }
     }
@@ -91,18 +76,14 @@ fn the_captured_addresses_and_macros_read_as_postfix_meant_them() {
 fn postfix_sessions_replay_through_our_session() {
     for name in CAPTURES {
         let mta = fixture(&format!("{name}.mta.bin"));
-        let mut session = Session::new(
-            Arc::new(PassThrough),
-            Arc::new(arc_swap::ArcSwap::from_pointee(ReplyTexts::default())),
-        );
+        let mut session =
+            Session::new(Arc::new(PassThrough), Arc::new(arc_swap::ArcSwap::from_pointee(ReplyTexts::default())));
         let mut answered = String::new();
         let mut closed = false;
         for f in frames(&mta) {
             let command = Command::decode(f).unwrap();
             let mut out = Vec::new();
-            let flow = session
-                .handle(command, &mut out)
-                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            let flow = session.handle(command, &mut out).unwrap_or_else(|e| panic!("{name}: {e}"));
             for r in frames(&out) {
                 answered.push(r.kind as char);
             }
@@ -111,14 +92,8 @@ fn postfix_sessions_replay_through_our_session() {
         assert!(closed, "{name}: the session did not end at QUIT");
         // Negotiation first, then only "continue".
         assert!(answered.starts_with('O'), "{name}: {answered}");
-        assert!(
-            answered[1..].chars().all(|c| c == 'c'),
-            "{name}: {answered}"
-        );
+        assert!(answered[1..].chars().all(|c| c == 'c'), "{name}: {answered}");
         let messages = frames(&mta).iter().filter(|f| f.kind == b'E').count();
-        assert!(
-            answered.matches('c').count() >= messages,
-            "{name}: {answered}"
-        );
+        assert!(answered.matches('c').count() >= messages, "{name}: {answered}");
     }
 }

@@ -20,25 +20,15 @@ async fn daemon_with(extra: &str) -> TestDaemon {
 async fn negotiated(d: &TestDaemon) -> MtaClient<tokio::net::TcpStream> {
     let mut c = MtaClient::connect(d.addr).await.expect("connect");
     c.negotiate(POSTFIX_OFFER).await.expect("negotiate");
-    c.macros(b'C', &[("{client_addr}", "127.0.0.1")])
-        .await
-        .expect("macros");
+    c.macros(b'C', &[("{client_addr}", "127.0.0.1")]).await.expect("macros");
     c
 }
 
 /// Proves the filter is still serving: a fresh connection completes a transaction.
 async fn assert_serving(d: &TestDaemon) {
     let mut c = negotiated(d).await;
-    c.macros(b'M', &[("{auth_authen}", "alice@example.com")])
-        .await
-        .unwrap();
-    assert_eq!(
-        c.mail_from("<alice@example.com>", &[])
-            .await
-            .unwrap()
-            .kind(),
-        Some(b'c')
-    );
+    c.macros(b'M', &[("{auth_authen}", "alice@example.com")]).await.unwrap();
+    assert_eq!(c.mail_from("<alice@example.com>", &[]).await.unwrap().kind(), Some(b'c'));
 }
 
 #[tokio::test]
@@ -47,34 +37,13 @@ async fn negotiation_asks_only_for_what_the_policy_needs() {
     let mut c = MtaClient::connect(d.addr).await.unwrap();
     let agreed = c.negotiate(POSTFIX_OFFER).await.unwrap();
     assert_eq!(agreed.version, 6);
-    for skipped in [
-        step::NO_CONNECT,
-        step::NO_HELO,
-        step::NO_DATA,
-        step::NO_UNKNOWN,
-    ] {
-        assert_ne!(
-            agreed.steps & skipped,
-            0,
-            "step {skipped:#x} should be skipped"
-        );
+    for skipped in [step::NO_CONNECT, step::NO_HELO, step::NO_DATA, step::NO_UNKNOWN] {
+        assert_ne!(agreed.steps & skipped, 0, "step {skipped:#x} should be skipped");
     }
-    assert_eq!(
-        agreed.steps & (step::NO_MAIL | step::NO_RCPT),
-        0,
-        "MAIL and RCPT are needed"
-    );
-    let mail = c
-        .macro_requests
-        .iter()
-        .find(|(s, _)| *s == macro_stage::MAIL)
-        .expect("MAIL macros requested");
+    assert_eq!(agreed.steps & (step::NO_MAIL | step::NO_RCPT), 0, "MAIL and RCPT are needed");
+    let mail = c.macro_requests.iter().find(|(s, _)| *s == macro_stage::MAIL).expect("MAIL macros requested");
     for name in ["{auth_authen}", "{client_addr}", "{daemon_name}", "i"] {
-        assert!(
-            mail.1.split(' ').any(|n| n == name),
-            "{name} missing from {:?}",
-            mail.1
-        );
+        assert!(mail.1.split(' ').any(|n| n == name), "{name} missing from {:?}", mail.1);
     }
     d.stop().await;
 }
@@ -84,58 +53,18 @@ async fn a_whole_transaction_continues_and_the_session_is_reusable() {
     let d = daemon_with("").await;
     let mut c = negotiated(&d).await;
     // Postfix sends macros even for stages the filter declined.
-    c.macros(
-        b'C',
-        &[("{client_addr}", "127.0.0.1"), ("{daemon_name}", "smtpd")],
-    )
-    .await
-    .unwrap();
-    let connect = Command::Connect {
-        hostname: b"localhost",
-        peer: Peer::Inet {
-            port: 4321,
-            address: b"127.0.0.1",
-        },
-    };
-    assert_eq!(
-        c.stage(connect).await.unwrap().kind(),
-        None,
-        "CONNECT skipped"
-    );
+    c.macros(b'C', &[("{client_addr}", "127.0.0.1"), ("{daemon_name}", "smtpd")]).await.unwrap();
+    let connect = Command::Connect { hostname: b"localhost", peer: Peer::Inet { port: 4321, address: b"127.0.0.1" } };
+    assert_eq!(c.stage(connect).await.unwrap().kind(), None, "CONNECT skipped");
     for round in 0..2 {
-        c.macros(
-            b'M',
-            &[("{auth_authen}", "alice@example.com"), ("i", "ABC")],
-        )
-        .await
-        .unwrap();
-        assert_eq!(
-            c.mail_from("<alice@example.com>", &["SIZE=100"])
-                .await
-                .unwrap()
-                .kind(),
-            Some(b'c')
-        );
-        for rcpt in [
-            "<bob@example.com>",
-            "<carol@example.org>",
-            "<dave@example.net>",
-        ] {
+        c.macros(b'M', &[("{auth_authen}", "alice@example.com"), ("i", "ABC")]).await.unwrap();
+        assert_eq!(c.mail_from("<alice@example.com>", &["SIZE=100"]).await.unwrap().kind(), Some(b'c'));
+        for rcpt in ["<bob@example.com>", "<carol@example.org>", "<dave@example.net>"] {
             c.macros(b'R', &[("{rcpt_addr}", rcpt)]).await.unwrap();
-            assert_eq!(
-                c.rcpt_to(rcpt).await.unwrap().kind(),
-                Some(b'c'),
-                "round {round}"
-            );
+            assert_eq!(c.rcpt_to(rcpt).await.unwrap().kind(), Some(b'c'), "round {round}");
         }
         c.macros(b'T', &[("i", "ABC")]).await.unwrap();
-        let eom = c
-            .message(
-                &[("Subject", " hello"), ("X-Folded", " a\n\tb")],
-                b"body\r\n",
-            )
-            .await
-            .unwrap();
+        let eom = c.message(&[("Subject", " hello"), ("X-Folded", " a\n\tb")], b"body\r\n").await.unwrap();
         assert_eq!(eom.kind(), Some(b'c'));
         assert!(eom.modifications.is_empty());
     }
@@ -155,13 +84,8 @@ async fn quit_nc_starts_a_new_smtp_session_without_negotiation() {
     let mut c = negotiated(&d).await;
     c.mail_from("<a@example.com>", &[]).await.unwrap();
     c.write(Command::QuitNewConnection).await.unwrap();
-    c.macros(b'C', &[("{client_addr}", "127.0.0.1")])
-        .await
-        .unwrap();
-    assert_eq!(
-        c.mail_from("<b@example.com>", &[]).await.unwrap().kind(),
-        Some(b'c')
-    );
+    c.macros(b'C', &[("{client_addr}", "127.0.0.1")]).await.unwrap();
+    assert_eq!(c.mail_from("<b@example.com>", &[]).await.unwrap().kind(), Some(b'c'));
     drop(c);
     d.stop().await;
 }
@@ -170,48 +94,15 @@ async fn quit_nc_starts_a_new_smtp_session_without_negotiation() {
 async fn an_old_mta_that_cannot_skip_stages_gets_answers_for_all() {
     let d = daemon_with("").await;
     let mut c = MtaClient::connect(d.addr).await.unwrap();
-    let agreed = c
-        .negotiate(Offer {
-            version: 6,
-            actions: 0x1ff,
-            steps: 0,
-        })
-        .await
-        .unwrap();
+    let agreed = c.negotiate(Offer { version: 6, actions: 0x1ff, steps: 0 }).await.unwrap();
     assert_eq!(agreed.steps, 0);
     c.macros(b'C', &[("{client_addr}", "::1")]).await.unwrap();
-    let connect = Command::Connect {
-        hostname: b"h",
-        peer: Peer::Inet6 {
-            port: 25,
-            address: b"::1",
-        },
-    };
+    let connect = Command::Connect { hostname: b"h", peer: Peer::Inet6 { port: 25, address: b"::1" } };
     assert_eq!(c.stage(connect).await.unwrap().kind(), Some(b'c'));
-    assert_eq!(
-        c.stage(Command::Helo {
-            name: b"client.example"
-        })
-        .await
-        .unwrap()
-        .kind(),
-        Some(b'c')
-    );
-    assert_eq!(
-        c.mail_from("<a@example.com>", &[]).await.unwrap().kind(),
-        Some(b'c')
-    );
-    assert_eq!(
-        c.rcpt_to("<b@example.com>").await.unwrap().kind(),
-        Some(b'c')
-    );
-    assert_eq!(
-        c.message(&[("Subject", "x")], b"hi\r\n")
-            .await
-            .unwrap()
-            .kind(),
-        Some(b'c')
-    );
+    assert_eq!(c.stage(Command::Helo { name: b"client.example" }).await.unwrap().kind(), Some(b'c'));
+    assert_eq!(c.mail_from("<a@example.com>", &[]).await.unwrap().kind(), Some(b'c'));
+    assert_eq!(c.rcpt_to("<b@example.com>").await.unwrap().kind(), Some(b'c'));
+    assert_eq!(c.message(&[("Subject", "x")], b"hi\r\n").await.unwrap().kind(), Some(b'c'));
     d.stop().await;
 }
 
@@ -221,10 +112,7 @@ async fn assert_closed_after(d: &TestDaemon, bytes: &[u8], negotiate_first: bool
         c.negotiate(POSTFIX_OFFER).await.unwrap();
     }
     c.write_raw(bytes).await.unwrap();
-    assert!(
-        c.closed_by_filter(Duration::from_secs(5)).await.unwrap(),
-        "filter should close after {bytes:?}"
-    );
+    assert!(c.closed_by_filter(Duration::from_secs(5)).await.unwrap(), "filter should close after {bytes:?}");
     assert_serving(d).await;
 }
 
@@ -241,11 +129,7 @@ async fn bad_input_ends_only_that_connection() {
     assert_closed_after(&d, b"\0\0\0\x05Mab\0c", true).await;
     // CONNECT before negotiation.
     let mut connect = Vec::new();
-    Command::Connect {
-        hostname: b"h",
-        peer: Peer::Unknown,
-    }
-    .encode(&mut connect);
+    Command::Connect { hostname: b"h", peer: Peer::Unknown }.encode(&mut connect);
     assert_closed_after(&d, &connect, false).await;
     // BODY before MAIL.
     let mut body = Vec::new();
@@ -253,31 +137,14 @@ async fn bad_input_ends_only_that_connection() {
     assert_closed_after(&d, &body, true).await;
     // RCPT after a header: the message phase went backwards.
     let mut late = Vec::new();
-    Command::MailFrom(outbound_guard::milter::command::Envelope {
-        address: b"<a@b>",
-        esmtp_args: Default::default(),
-    })
-    .encode(&mut late);
-    Command::Header {
-        name: b"A",
-        value: b"b",
-    }
-    .encode(&mut late);
-    Command::RcptTo(outbound_guard::milter::command::Envelope {
-        address: b"<c@d>",
-        esmtp_args: Default::default(),
-    })
-    .encode(&mut late);
+    Command::MailFrom(outbound_guard::milter::command::Envelope { address: b"<a@b>", esmtp_args: Default::default() })
+        .encode(&mut late);
+    Command::Header { name: b"A", value: b"b" }.encode(&mut late);
+    Command::RcptTo(outbound_guard::milter::command::Envelope { address: b"<c@d>", esmtp_args: Default::default() })
+        .encode(&mut late);
     assert_closed_after(&d, &late, true).await;
     // The bystander never noticed.
-    assert_eq!(
-        bystander
-            .mail_from("<x@example.com>", &[])
-            .await
-            .unwrap()
-            .kind(),
-        Some(b'c')
-    );
+    assert_eq!(bystander.mail_from("<x@example.com>", &[]).await.unwrap().kind(), Some(b'c'));
     // Shutdown would wait for the bystander's message in flight; end it first.
     drop(bystander);
     d.stop().await;
@@ -288,9 +155,7 @@ async fn an_oversized_packet_is_refused_from_its_length_alone() {
     let d = daemon_with("").await;
     let mut c = negotiated(&d).await;
     // Claim 1 MiB + 2 bytes and send nothing more: the filter must not wait for the rest.
-    c.write_raw(&(1024 * 1024 + 2u32).to_be_bytes())
-        .await
-        .unwrap();
+    c.write_raw(&(1024 * 1024 + 2u32).to_be_bytes()).await.unwrap();
     assert!(c.closed_by_filter(Duration::from_secs(5)).await.unwrap());
     assert_serving(&d).await;
     d.stop().await;
@@ -303,10 +168,7 @@ async fn a_packet_half_sent_longer_than_io_timeout_ends_the_connection() {
     let started = Instant::now();
     c.write_raw(b"\0\0\0\x10Mhalf").await.unwrap();
     assert!(c.closed_by_filter(Duration::from_secs(5)).await.unwrap());
-    assert!(
-        started.elapsed() >= Duration::from_millis(200),
-        "closed before io_timeout"
-    );
+    assert!(started.elapsed() >= Duration::from_millis(200), "closed before io_timeout");
     assert_serving(&d).await;
     d.stop().await;
 }
@@ -316,15 +178,8 @@ async fn an_idle_connection_outlives_io_timeout_and_ends_at_idle_timeout() {
     let d = daemon_with("io_timeout = \"100ms\"\nidle_timeout = \"600ms\"\n").await;
     let mut c = negotiated(&d).await;
     // Silent between commands for several io_timeouts: still open.
-    assert!(
-        !c.closed_by_filter(Duration::from_millis(350))
-            .await
-            .unwrap()
-    );
-    assert_eq!(
-        c.mail_from("<a@example.com>", &[]).await.unwrap().kind(),
-        Some(b'c')
-    );
+    assert!(!c.closed_by_filter(Duration::from_millis(350)).await.unwrap());
+    assert_eq!(c.mail_from("<a@example.com>", &[]).await.unwrap().kind(), Some(b'c'));
     // Then silent past idle_timeout: closed.
     let started = Instant::now();
     assert!(c.closed_by_filter(Duration::from_secs(5)).await.unwrap());
@@ -337,17 +192,11 @@ async fn shutdown_stops_accepting_and_lets_the_message_in_flight_finish() {
     let mut d = daemon_with("").await;
     let mut idle = negotiated(&d).await;
     let mut busy = negotiated(&d).await;
-    assert_eq!(
-        busy.mail_from("<a@example.com>", &[]).await.unwrap().kind(),
-        Some(b'c')
-    );
+    assert_eq!(busy.mail_from("<a@example.com>", &[]).await.unwrap().kind(), Some(b'c'));
     d.request_shutdown();
     // The idle connection is closed at once; the busy one is not.
     assert!(idle.closed_by_filter(Duration::from_secs(5)).await.unwrap());
-    assert!(
-        !d.finished(Duration::from_millis(100)).await,
-        "daemon must wait for the message in flight"
-    );
+    assert!(!d.finished(Duration::from_millis(100)).await, "daemon must wait for the message in flight");
     // No new connections are taken.
     let refused = match MtaClient::connect(d.addr).await {
         Err(_) => true,
@@ -355,14 +204,8 @@ async fn shutdown_stops_accepting_and_lets_the_message_in_flight_finish() {
     };
     assert!(refused, "a new connection was served during shutdown");
     // The message in flight completes, then the filter closes and stops.
-    assert_eq!(
-        busy.rcpt_to("<b@example.com>").await.unwrap().kind(),
-        Some(b'c')
-    );
-    assert_eq!(
-        busy.message(&[], b"x\r\n").await.unwrap().kind(),
-        Some(b'c')
-    );
+    assert_eq!(busy.rcpt_to("<b@example.com>").await.unwrap().kind(), Some(b'c'));
+    assert_eq!(busy.message(&[], b"x\r\n").await.unwrap().kind(), Some(b'c'));
     assert!(busy.closed_by_filter(Duration::from_secs(5)).await.unwrap());
     assert!(d.finished(Duration::from_secs(5)).await);
 }
@@ -385,14 +228,9 @@ async fn max_connections_holds_further_connections_until_one_ends() {
         }
     })
     .await;
-    assert!(
-        waited.is_err(),
-        "second connection was served while the limit was reached"
-    );
+    assert!(waited.is_err(), "second connection was served while the limit was reached");
     first.write(Command::Quit).await.unwrap();
-    let served = tokio::time::timeout(Duration::from_secs(5), second)
-        .await
-        .expect("served after the first ended");
+    let served = tokio::time::timeout(Duration::from_secs(5), second).await.expect("served after the first ended");
     served.unwrap().expect("negotiation succeeded");
     d.stop().await;
 }

@@ -13,7 +13,7 @@ use mail_parser::MessageParser;
 use outbound_guard::config::Config;
 use outbound_guard::notify::{self, Tuning};
 use outbound_guard::policy::events::{Event, EventKind};
-use outbound_guard::policy::restrictions::Counters;
+use outbound_guard::state::restrictions::Counters;
 use time::macros::datetime;
 use tokio::sync::{mpsc, watch};
 
@@ -41,10 +41,7 @@ async fn smtp_sink_receives_a_restriction_notice_per_language() {
         let config = Arc::new(Config::parse(&dir.path().join("plugin.toml"), &text).unwrap());
         let (tx, rx) = mpsc::channel(4);
         let (_stop, stop_rx) = watch::channel(false);
-        let tuning = Tuning {
-            retry_first: Duration::from_millis(100),
-            ..Tuning::default()
-        };
+        let tuning = Tuning { retry_first: Duration::from_millis(100), ..Tuning::default() };
         let n = notify::spawn_with(config, rx, stop_rx, tuning).unwrap();
         tx.send(Event {
             kind: EventKind::SenderRestricted,
@@ -61,28 +58,17 @@ async fn smtp_sink_receives_a_restriction_notice_per_language() {
         .await
         .unwrap();
         // SmtpSink polls the dump directory with its own bounded wait.
-        let messages =
-            tokio::task::block_in_place(|| sink.wait_for_messages(i + 1, Duration::from_secs(20)));
-        assert_eq!(
-            messages.len(),
-            i + 1,
-            "{lang}: smtp-sink log:\n{}",
-            sink.log()
-        );
+        let messages = tokio::task::block_in_place(|| sink.wait_for_messages(i + 1, Duration::from_secs(20)));
+        assert_eq!(messages.len(), i + 1, "{lang}: smtp-sink log:\n{}", sink.log());
         let m = &messages[i];
         assert_eq!(m.mail_from, "guard@example.com");
         assert_eq!(m.rcpts, ["postmaster@example.com"], "no injected recipient");
-        let msg = MessageParser::default()
-            .parse(&m.data[..])
-            .expect("parsable");
+        let msg = MessageParser::default().parse(&m.data[..]).expect("parsable");
         let subject = msg.subject().unwrap();
         assert!(subject.starts_with(prefix), "{lang}: {subject}");
         assert!(subject.contains(SHOWN), "{lang}: {subject}");
         assert!(msg.header_raw("Bcc").is_none());
-        assert_eq!(
-            msg.header_raw("Auto-Submitted").map(str::trim),
-            Some("auto-generated")
-        );
+        assert_eq!(msg.header_raw("Auto-Submitted").map(str::trim), Some("auto-generated"));
         let body = msg.body_text(0).unwrap();
         assert!(body.contains(SHOWN), "{lang}: {body}");
         assert!(body.contains("(admin)"), "{lang}: {body}");

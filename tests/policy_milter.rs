@@ -11,7 +11,7 @@ use outbound_guard::milter::client::{MtaClient, POSTFIX_OFFER, StageResult};
 use outbound_guard::milter::command::Command;
 use outbound_guard::policy::events::EventKind;
 use outbound_guard::policy::limits::LimitKind;
-use outbound_guard::policy::restrictions::Source;
+use outbound_guard::state::restrictions::Source;
 use tokio::net::TcpStream;
 
 type Client = MtaClient<TcpStream>;
@@ -32,9 +32,7 @@ async fn start(policy: &str) -> TestDaemon {
 async fn client(d: &TestDaemon, client_addr: &str) -> Client {
     let mut c = MtaClient::connect(d.addr).await.unwrap();
     c.negotiate(POSTFIX_OFFER).await.unwrap();
-    c.macros(b'C', &[("{client_addr}", client_addr)])
-        .await
-        .unwrap();
+    c.macros(b'C', &[("{client_addr}", client_addr)]).await.unwrap();
     c
 }
 
@@ -83,36 +81,13 @@ async fn inbound_mail_is_accepted_at_mail_from_and_never_counted() {
     let mut outside = client(&d, "192.0.2.10").await;
     // A spoofed local sender from outside: accepted, no further events, nobody's quota spent.
     for _ in 0..3 {
-        assert_eq!(
-            mail(&mut outside, None, "alice@example.com").await.kind(),
-            Some(b'a')
-        );
+        assert_eq!(mail(&mut outside, None, "alice@example.com").await.kind(), Some(b'a'));
     }
-    assert_eq!(
-        d.services
-            .engine
-            .counters("alice@example.com")
-            .external_last_hour,
-        0
-    );
+    assert_eq!(d.services.engine.counters("alice@example.com").external_last_hour, 0);
     // Alice is then restricted; mail *to* her from outside still flows.
     let mut inside = client(&d, "127.0.0.1").await;
-    assert_eq!(
-        send_external(
-            &mut inside,
-            Some("alice@example.com"),
-            "alice@example.com",
-            2
-        )
-        .await,
-        ["c", "550 5.2.2"]
-    );
-    assert_eq!(
-        mail(&mut outside, None, "stranger@example.org")
-            .await
-            .kind(),
-        Some(b'a')
-    );
+    assert_eq!(send_external(&mut inside, Some("alice@example.com"), "alice@example.com", 2).await, ["c", "550 5.2.2"]);
+    assert_eq!(mail(&mut outside, None, "stranger@example.org").await.kind(), Some(b'a'));
     drop((outside, inside));
     d.stop().await;
 }
@@ -126,20 +101,11 @@ async fn block_until_tomorrow_refuses_the_limit_recipient_and_later_mail_until_m
     let codes = send_external(&mut c, Some("alice@example.com"), "alice@example.com", 5).await;
     assert_eq!(codes, ["c", "c", "c", "550 5.2.2", "550 5.1.8"]);
     assert_eq!(
-        mail(&mut c, Some("alice@example.com"), "alice@example.com")
-            .await
-            .text()
-            .unwrap()
-            .get(..9),
+        mail(&mut c, Some("alice@example.com"), "alice@example.com").await.text().unwrap().get(..9),
         Some("550 5.1.8")
     );
 
-    let r = d
-        .services
-        .engine
-        .restrictions()
-        .get("alice@example.com", d.clock.now_secs())
-        .expect("restricted");
+    let r = d.services.engine.restrictions().get("alice@example.com", d.clock.now_secs()).expect("restricted");
     assert_eq!(r.source, Source::Policy);
     assert_eq!(r.policy, "default");
     assert_eq!(r.counters.external_last_hour, 3);
@@ -152,109 +118,57 @@ async fn block_until_tomorrow_refuses_the_limit_recipient_and_later_mail_until_m
     assert_eq!(e.account, "alice@example.com");
 
     // Still refused just before midnight, free just after.
-    d.clock
-        .advance(Duration::from_secs(1_795_392_000 - START - 1));
-    assert_eq!(
-        code(&mail(&mut c, Some("alice@example.com"), "alice@example.com").await),
-        "550 5.1.8"
-    );
+    d.clock.advance(Duration::from_secs(1_795_392_000 - START - 1));
+    assert_eq!(code(&mail(&mut c, Some("alice@example.com"), "alice@example.com").await), "550 5.1.8");
     d.clock.advance(Duration::from_secs(1));
-    assert_eq!(
-        send_external(&mut c, Some("alice@example.com"), "alice@example.com", 1).await,
-        ["c"]
-    );
+    assert_eq!(send_external(&mut c, Some("alice@example.com"), "alice@example.com", 1).await, ["c"]);
     drop(c);
     d.stop().await;
 }
 
 #[tokio::test]
 async fn block_holds_until_released_and_the_day_of_release_is_a_grace_day() {
-    let mut d = start("[policy.default]\nrecipient_limit_external_per_hour = 2\naction_when_threshold_reached = \"block\"\n").await;
+    let mut d =
+        start("[policy.default]\nrecipient_limit_external_per_hour = 2\naction_when_threshold_reached = \"block\"\n")
+            .await;
     let mut c = client(&d, "127.0.0.1").await;
-    assert_eq!(
-        send_external(&mut c, Some("bob@example.com"), "bob@example.com", 3).await,
-        ["c", "c", "550 5.2.2"]
-    );
-    let r = d
-        .services
-        .engine
-        .restrictions()
-        .get("bob@example.com", d.clock.now_secs())
-        .unwrap();
+    assert_eq!(send_external(&mut c, Some("bob@example.com"), "bob@example.com", 3).await, ["c", "c", "550 5.2.2"]);
+    let r = d.services.engine.restrictions().get("bob@example.com", d.clock.now_secs()).unwrap();
     assert_eq!(r.until, None, "block means until released");
     d.clock.advance(Duration::from_secs(3 * 86_400));
-    assert_eq!(
-        code(&mail(&mut c, Some("bob@example.com"), "bob@example.com").await),
-        "550 5.1.8"
-    );
+    assert_eq!(code(&mail(&mut c, Some("bob@example.com"), "bob@example.com").await), "550 5.1.8");
     d.drain_events();
 
-    let released = d
-        .services
-        .engine
-        .release("bob@example.com", "admin", Some("password changed"))
-        .unwrap();
+    let released = d.services.engine.release("bob@example.com", "admin", Some("password changed")).unwrap();
     assert!(released.is_some());
-    assert_eq!(
-        d.next_event().await.unwrap().kind,
-        EventKind::SenderReleased
-    );
+    assert_eq!(d.next_event().await.unwrap().kind, EventKind::SenderReleased);
     // The very next transaction passes; reaching the limit again the same UTC day only alerts.
-    assert_eq!(
-        send_external(&mut c, Some("bob@example.com"), "bob@example.com", 4).await,
-        ["c", "c", "c", "c"]
-    );
-    assert!(
-        !d.services
-            .engine
-            .restrictions()
-            .is_restricted("bob@example.com", d.clock.now_secs())
-    );
+    assert_eq!(send_external(&mut c, Some("bob@example.com"), "bob@example.com", 4).await, ["c", "c", "c", "c"]);
+    assert!(!d.services.engine.restrictions().is_restricted("bob@example.com", d.clock.now_secs()));
     let alert = d.next_event().await.unwrap();
     assert_eq!(alert.kind, EventKind::SendingLimitExceeded);
     // The next day the limit restricts again.
     d.clock.advance(Duration::from_secs(86_400));
-    assert_eq!(
-        send_external(&mut c, Some("bob@example.com"), "bob@example.com", 3).await,
-        ["c", "c", "550 5.2.2"]
-    );
+    assert_eq!(send_external(&mut c, Some("bob@example.com"), "bob@example.com", 3).await, ["c", "c", "550 5.2.2"]);
     drop(c);
     d.stop().await;
 }
 
 #[tokio::test]
 async fn alert_delivers_and_notifies_once_per_hour_per_limit() {
-    let mut d = start("[policy.default]\nrecipient_limit_external_per_hour = 2\naction_when_threshold_reached = \"alert\"\n").await;
+    let mut d =
+        start("[policy.default]\nrecipient_limit_external_per_hour = 2\naction_when_threshold_reached = \"alert\"\n")
+            .await;
     let mut c = client(&d, "127.0.0.1").await;
-    assert_eq!(
-        send_external(&mut c, Some("carol@example.com"), "carol@example.com", 5).await,
-        ["c"; 5]
-    );
-    assert_eq!(
-        send_external(&mut c, Some("carol@example.com"), "carol@example.com", 2).await,
-        ["c"; 2]
-    );
+    assert_eq!(send_external(&mut c, Some("carol@example.com"), "carol@example.com", 5).await, ["c"; 5]);
+    assert_eq!(send_external(&mut c, Some("carol@example.com"), "carol@example.com", 2).await, ["c"; 2]);
     let events = d.drain_events();
-    let alerts: Vec<_> = events
-        .iter()
-        .filter(|e| e.kind == EventKind::SendingLimitExceeded)
-        .collect();
+    let alerts: Vec<_> = events.iter().filter(|e| e.kind == EventKind::SendingLimitExceeded).collect();
     assert_eq!(alerts.len(), 1, "{events:?}");
-    assert!(
-        !d.services
-            .engine
-            .restrictions()
-            .is_restricted("carol@example.com", d.clock.now_secs())
-    );
+    assert!(!d.services.engine.restrictions().is_restricted("carol@example.com", d.clock.now_secs()));
     d.clock.advance(Duration::from_secs(3600));
-    assert_eq!(
-        send_external(&mut c, Some("carol@example.com"), "carol@example.com", 3).await,
-        ["c"; 3]
-    );
-    assert_eq!(
-        d.next_event().await.unwrap().kind,
-        EventKind::SendingLimitExceeded
-    );
+    assert_eq!(send_external(&mut c, Some("carol@example.com"), "carol@example.com", 3).await, ["c"; 3]);
+    assert_eq!(d.next_event().await.unwrap().kind, EventKind::SendingLimitExceeded);
     drop(c);
     d.stop().await;
 }
@@ -265,18 +179,9 @@ async fn recipients_over_the_message_cap_are_deferred_and_not_counted() {
     let mut c = client(&d, "127.0.0.1").await;
     let codes = send_external(&mut c, Some("dan@example.com"), "dan@example.com", 4).await;
     assert_eq!(codes, ["c", "c", "452 4.5.3", "452 4.5.3"]);
-    assert_eq!(
-        d.services
-            .engine
-            .counters("dan@example.com")
-            .external_last_hour,
-        2
-    );
+    assert_eq!(d.services.engine.counters("dan@example.com").external_last_hour, 2);
     // The cap is per message: the next message starts afresh.
-    assert_eq!(
-        send_external(&mut c, Some("dan@example.com"), "dan@example.com", 2).await,
-        ["c", "c"]
-    );
+    assert_eq!(send_external(&mut c, Some("dan@example.com"), "dan@example.com", 2).await, ["c", "c"]);
     drop(c);
     d.stop().await;
 }
@@ -288,47 +193,28 @@ async fn internal_and_external_hours_are_separate_and_the_day_counts_both() {
     )
     .await;
     let mut c = client(&d, "127.0.0.1").await;
-    assert_eq!(
-        code(&mail(&mut c, Some("erin@example.com"), "erin@example.com").await),
-        "c"
-    );
+    assert_eq!(code(&mail(&mut c, Some("erin@example.com"), "erin@example.com").await), "c");
     assert_eq!(code(&rcpt(&mut c, "a@example.net").await), "c");
     assert_eq!(code(&rcpt(&mut c, "b@sales.example.com").await), "c");
     assert_eq!(code(&rcpt(&mut c, "c@example.com").await), "c");
-    assert_eq!(
-        code(&rcpt(&mut c, "d@example.com").await),
-        "550 5.2.2",
-        "fourth recipient of the day"
-    );
+    assert_eq!(code(&rcpt(&mut c, "d@example.com").await), "550 5.2.2", "fourth recipient of the day");
     let counters = d.services.engine.counters("erin@example.com");
-    assert_eq!(
-        (
-            counters.external_last_hour,
-            counters.internal_last_hour,
-            counters.last_day
-        ),
-        (1, 2, 3)
-    );
+    assert_eq!((counters.external_last_hour, counters.internal_last_hour, counters.last_day), (1, 2, 3));
     drop(c);
     d.stop().await;
 }
 
 #[tokio::test]
 async fn the_null_sender_is_never_restricted() {
-    let d = start("[policy.default]\nrecipient_limit_external_per_hour = 1\naction_when_threshold_reached = \"block\"\n").await;
+    let d =
+        start("[policy.default]\nrecipient_limit_external_per_hour = 1\naction_when_threshold_reached = \"block\"\n")
+            .await;
     let mut c = client(&d, "127.0.0.1").await;
     for _ in 0..3 {
-        c.macros(b'M', &[("{auth_authen}", "frank@example.com")])
-            .await
-            .unwrap();
+        c.macros(b'M', &[("{auth_authen}", "frank@example.com")]).await.unwrap();
         assert_eq!(c.mail_from("<>", &[]).await.unwrap().kind(), Some(b'a'));
     }
-    assert!(
-        !d.services
-            .engine
-            .restrictions()
-            .is_restricted("frank@example.com", d.clock.now_secs())
-    );
+    assert!(!d.services.engine.restrictions().is_restricted("frank@example.com", d.clock.now_secs()));
     drop(c);
     d.stop().await;
 }
@@ -342,43 +228,15 @@ async fn the_login_pays_not_the_mail_from_and_case_and_tags_fold() {
     .await;
     let mut c = client(&d, "192.0.2.50").await;
     // Authenticated as gina, claiming the newsletter's address: gina's policy applies.
-    assert_eq!(
-        send_external(&mut c, Some("Gina@Example.com"), "news@example.com", 3).await,
-        ["c", "c", "550 5.2.2"]
-    );
-    assert!(
-        d.services
-            .engine
-            .restrictions()
-            .is_restricted("gina@example.com", d.clock.now_secs())
-    );
-    assert!(
-        !d.services
-            .engine
-            .restrictions()
-            .is_restricted("news@example.com", d.clock.now_secs())
-    );
+    assert_eq!(send_external(&mut c, Some("Gina@Example.com"), "news@example.com", 3).await, ["c", "c", "550 5.2.2"]);
+    assert!(d.services.engine.restrictions().is_restricted("gina@example.com", d.clock.now_secs()));
+    assert!(!d.services.engine.restrictions().is_restricted("news@example.com", d.clock.now_secs()));
     // The newsletter itself, from an internal client without AUTH: its own generous quota,
     // with +tags folded into it.
     let mut inside = client(&d, "10.1.2.3").await;
-    assert_eq!(
-        send_external(&mut inside, None, "News+weekly@example.com", 10).await,
-        ["c"; 10]
-    );
-    assert_eq!(
-        d.services
-            .engine
-            .counters("news@example.com")
-            .external_last_hour,
-        10
-    );
-    assert_eq!(
-        d.services
-            .engine
-            .counters("news@example.com")
-            .external_limit_per_hour,
-        100
-    );
+    assert_eq!(send_external(&mut inside, None, "News+weekly@example.com", 10).await, ["c"; 10]);
+    assert_eq!(d.services.engine.counters("news@example.com").external_last_hour, 10);
+    assert_eq!(d.services.engine.counters("news@example.com").external_limit_per_hour, 100);
     drop((c, inside));
     d.stop().await;
 }
@@ -391,18 +249,9 @@ async fn approaching_the_limit_warns_once() {
     )
     .await;
     let mut c = client(&d, "127.0.0.1").await;
-    assert_eq!(
-        send_external(&mut c, Some("hal@example.com"), "hal@example.com", 1).await,
-        ["c"]
-    );
-    assert!(
-        d.drain_events().is_empty(),
-        "25% is below the warning level"
-    );
-    assert_eq!(
-        send_external(&mut c, Some("hal@example.com"), "hal@example.com", 2).await,
-        ["c", "c"]
-    );
+    assert_eq!(send_external(&mut c, Some("hal@example.com"), "hal@example.com", 1).await, ["c"]);
+    assert!(d.drain_events().is_empty(), "25% is below the warning level");
+    assert_eq!(send_external(&mut c, Some("hal@example.com"), "hal@example.com", 2).await, ["c", "c"]);
     let events = d.drain_events();
     assert_eq!(events.len(), 1, "{events:?}");
     assert_eq!(events[0].kind, EventKind::ApproachingLimit);
@@ -415,10 +264,7 @@ async fn approaching_the_limit_warns_once() {
 async fn reload_mid_window_keeps_what_was_sent_against_the_new_limit() {
     let d = start("[policy.default]\nrecipient_limit_external_per_hour = 4\n").await;
     let mut c = client(&d, "127.0.0.1").await;
-    assert_eq!(
-        send_external(&mut c, Some("ivy@example.com"), "ivy@example.com", 3).await,
-        ["c"; 3]
-    );
+    assert_eq!(send_external(&mut c, Some("ivy@example.com"), "ivy@example.com", 3).await, ["c"; 3]);
     // Raised to 6: three more pass, not six.
     let raised = outbound_guard::config::Config::parse(
         std::path::Path::new("t.toml"),
@@ -444,16 +290,10 @@ async fn reply_texts_are_configurable() {
     let mut c = client(&d, "127.0.0.1").await;
     mail(&mut c, Some("jo@example.com"), "jo@example.com").await;
     rcpt(&mut c, "a@example.net").await;
-    assert_eq!(
-        rcpt(&mut c, "b@example.net").await.text().as_deref(),
-        Some("550 5.2.2 Slow down, friend")
-    );
+    assert_eq!(rcpt(&mut c, "b@example.net").await.text().as_deref(), Some("550 5.2.2 Slow down, friend"));
     c.write(Command::Abort).await.unwrap();
     assert_eq!(
-        mail(&mut c, Some("jo@example.com"), "jo@example.com")
-            .await
-            .text()
-            .as_deref(),
+        mail(&mut c, Some("jo@example.com"), "jo@example.com").await.text().as_deref(),
         Some("550 5.1.8 Ask IT")
     );
     drop(c);

@@ -14,9 +14,7 @@ const WAIT: Duration = Duration::from_secs(20);
 
 /// Postfix log lines that mean the milter conversation went wrong.
 fn milter_trouble(log: &str) -> Vec<&str> {
-    log.lines()
-        .filter(|l| l.contains("milter") && (l.contains("warning") || l.contains("error")))
-        .collect()
+    log.lines().filter(|l| l.contains("milter") && (l.contains("warning") || l.contains("error"))).collect()
 }
 
 #[test]
@@ -51,42 +49,19 @@ fn postfix_delivers_through_the_milter() {
     assert!(authenticated.success(), "{}", authenticated.transcript);
 
     let delivered = sink.wait_for_messages(2, WAIT);
-    assert_eq!(
-        delivered.len(),
-        2,
-        "sink got {delivered:?}\nmaillog:\n{}",
-        pf.log()
-    );
-    let subjects: Vec<_> = delivered
-        .iter()
-        .filter_map(|m| m.header("Subject"))
-        .collect();
-    assert!(
-        subjects.iter().any(|s| s == "through the milter"),
-        "{subjects:?}"
-    );
-    assert!(
-        subjects.iter().any(|s| s == "authenticated"),
-        "{subjects:?}"
-    );
+    assert_eq!(delivered.len(), 2, "sink got {delivered:?}\nmaillog:\n{}", pf.log());
+    let subjects: Vec<_> = delivered.iter().filter_map(|m| m.header("Subject")).collect();
+    assert!(subjects.iter().any(|s| s == "through the milter"), "{subjects:?}");
+    assert!(subjects.iter().any(|s| s == "authenticated"), "{subjects:?}");
 
     let log = pf.log();
-    assert!(
-        milter_trouble(&log).is_empty(),
-        "Postfix logged milter trouble:\n{log}"
-    );
+    assert!(milter_trouble(&log).is_empty(), "Postfix logged milter trouble:\n{log}");
 
     let (status, guard_log) = guard.terminate();
-    assert!(
-        status.success(),
-        "exit status {status} after SIGTERM; log:\n{guard_log}"
-    );
+    assert!(status.success(), "exit status {status} after SIGTERM; log:\n{guard_log}");
     assert!(guard_log.contains("SIGTERM received"), "{guard_log}");
     // The filter really was in the path: it logged the MTA's connections.
-    assert!(
-        guard_log.contains("milter connection opened"),
-        "{guard_log}"
-    );
+    assert!(guard_log.contains("milter connection opened"), "{guard_log}");
 }
 
 #[test]
@@ -96,24 +71,9 @@ fn a_filter_that_is_down_makes_postfix_tempfail_so_the_test_above_is_meaningful(
     let (status, _) = guard.terminate();
     assert!(status.success());
     let sink = SmtpSink::start();
-    let pf = Postfix::start(
-        PostfixOptions::new()
-            .relay_to(&sink)
-            .smtpd_milters(&address)
-            .milter_default_action("tempfail"),
-    );
-    let r = Swaks::new(pf.smtp_port())
-        .from("bob@example.com")
-        .to("one@example.net")
-        .run();
-    assert!(
-        !r.success(),
-        "delivery succeeded without the milter:\n{}",
-        r.transcript
-    );
-    assert!(
-        r.codes().iter().any(|c| (400..500).contains(c)),
-        "{}",
-        r.transcript
-    );
+    let pf =
+        Postfix::start(PostfixOptions::new().relay_to(&sink).smtpd_milters(&address).milter_default_action("tempfail"));
+    let r = Swaks::new(pf.smtp_port()).from("bob@example.com").to("one@example.net").run();
+    assert!(!r.success(), "delivery succeeded without the milter:\n{}", r.transcript);
+    assert!(r.codes().iter().any(|c| (400..500).contains(c)), "{}", r.transcript);
 }

@@ -31,22 +31,11 @@ fn relays_mynetworks_client_to_sink() {
     // qmgr does not keep the RCPT order.
     let mut rcpts = m.rcpts.clone();
     rcpts.sort();
-    assert_eq!(
-        rcpts,
-        ["bob@example.net", "carol@example.org", "dave@example.com"]
-    );
+    assert_eq!(rcpts, ["bob@example.net", "carol@example.org", "dave@example.com"]);
     assert_eq!(m.header("Subject").as_deref(), Some("harness check"));
-    assert!(
-        m.body().contains("hello from the harness"),
-        "{}",
-        m.data_str()
-    );
+    assert!(m.body().contains("hello from the harness"), "{}", m.data_str());
     let qid = r.queue_id().expect("queue id");
-    assert!(
-        pf.wait_log(&format!("{qid}: removed"), WAIT),
-        "{}",
-        pf.log()
-    );
+    assert!(pf.wait_log(&format!("{qid}: removed"), WAIT), "{}", pf.log());
     assert!(pf.wait_queue_empty(WAIT));
 }
 
@@ -55,10 +44,7 @@ fn relays_mynetworks_client_to_sink() {
 fn sasl_auth_good_and_bad_password() {
     let sink = SmtpSink::start();
     let pf = Postfix::start(
-        PostfixOptions::new()
-            .relay_to(&sink)
-            .sasl_user("alice@example.com", "s3cret")
-            .sasl_user("bob", "hunter2"),
+        PostfixOptions::new().relay_to(&sink).sasl_user("alice@example.com", "s3cret").sasl_user("bob", "hunter2"),
     );
     // From outside mynetworks, so only the AUTH allows relaying.
     let good = Swaks::new(pf.smtp_port())
@@ -99,23 +85,11 @@ fn sasl_auth_good_and_bad_password() {
 #[test]
 fn outside_client_only_to_our_domain() {
     let sink = SmtpSink::start();
-    let pf = Postfix::start(
-        PostfixOptions::new()
-            .relay_to(&sink)
-            .relay_domains(&["example.com"]),
-    );
-    let ours = Swaks::new(pf.smtp_port())
-        .outside()
-        .from("stranger@example.net")
-        .to("postmaster@example.com")
-        .run();
+    let pf = Postfix::start(PostfixOptions::new().relay_to(&sink).relay_domains(&["example.com"]));
+    let ours = Swaks::new(pf.smtp_port()).outside().from("stranger@example.net").to("postmaster@example.com").run();
     assert!(ours.success(), "{}", ours.transcript);
 
-    let relay = Swaks::new(pf.smtp_port())
-        .outside()
-        .from("stranger@example.net")
-        .to("victim@example.org")
-        .run();
+    let relay = Swaks::new(pf.smtp_port()).outside().from("stranger@example.net").to("victim@example.org").run();
     assert!(!relay.success());
     assert!(relay.has_reply("554 5.7.1"), "{}", relay.transcript);
     assert!(pf.log().contains("Relay access denied"));
@@ -132,25 +106,12 @@ fn unreachable_milter_tempfails() {
     let sink = SmtpSink::start();
     let nobody_listens = free_port();
     let pf = Postfix::start(
-        PostfixOptions::new()
-            .relay_to(&sink)
-            .milter_port(nobody_listens)
-            .milter_default_action("tempfail"),
+        PostfixOptions::new().relay_to(&sink).milter_port(nobody_listens).milter_default_action("tempfail"),
     );
-    let r = Swaks::new(pf.smtp_port())
-        .from("alice@example.com")
-        .to("bob@example.net")
-        .run();
+    let r = Swaks::new(pf.smtp_port()).from("alice@example.com").to("bob@example.net").run();
     assert!(!r.success());
-    assert!(
-        r.codes().iter().any(|c| (400..500).contains(c)),
-        "{}",
-        r.transcript
-    );
+    assert!(r.codes().iter().any(|c| (400..500).contains(c)), "{}", r.transcript);
     assert!(r.has_reply("451 4.7.1"), "{}", r.transcript);
-    assert!(pf.wait_log(
-        &format!("connect to Milter service inet:127.0.0.1:{nobody_listens}"),
-        WAIT
-    ));
+    assert!(pf.wait_log(&format!("connect to Milter service inet:127.0.0.1:{nobody_listens}"), WAIT));
     assert!(sink.messages().is_empty());
 }

@@ -31,42 +31,22 @@ fn an_internal_sender_reaches_the_limit_and_inbound_mail_to_it_still_flows() {
     let sink = SmtpSink::start();
     let pf = setup(&guard, &sink);
 
-    let first = Swaks::new(pf.smtp_port())
-        .from("bob@example.com")
-        .tos(&["a@example.net", "b@example.net"])
-        .run();
+    let first = Swaks::new(pf.smtp_port()).from("bob@example.com").tos(&["a@example.net", "b@example.net"]).run();
     assert!(first.success(), "{}", first.transcript);
     // The third external recipient reaches the limit: Postfix relays our 550 5.2.2.
-    let second = Swaks::new(pf.smtp_port())
-        .from("bob@example.com")
-        .to("c@example.net")
-        .run();
+    let second = Swaks::new(pf.smtp_port()).from("bob@example.com").to("c@example.net").run();
     assert!(!second.success());
     assert!(second.has_reply("550 5.2.2"), "{}", second.transcript);
     // Later mail from the account is refused at MAIL FROM.
-    let third = Swaks::new(pf.smtp_port())
-        .from("bob@example.com")
-        .to("d@example.net")
-        .run();
+    let third = Swaks::new(pf.smtp_port()).from("bob@example.com").to("d@example.net").run();
     assert!(third.has_reply("550 5.1.8"), "{}", third.transcript);
 
     // An outside client (127.0.0.2) writes to the restricted account: delivered.
-    let inbound = Swaks::new(pf.smtp_port())
-        .outside()
-        .from("friend@example.org")
-        .to("bob@example.com")
-        .run();
+    let inbound = Swaks::new(pf.smtp_port()).outside().from("friend@example.org").to("bob@example.com").run();
     assert!(inbound.success(), "{}", inbound.transcript);
     let delivered = sink.wait_for_messages(2, WAIT);
-    assert!(
-        delivered.iter().any(|m| m.rcpts == ["bob@example.com"]),
-        "{delivered:?}"
-    );
-    assert!(!delivered.iter().any(|m| {
-        m.rcpts
-            .iter()
-            .any(|r| r == "c@example.net" || r == "d@example.net")
-    }));
+    assert!(delivered.iter().any(|m| m.rcpts == ["bob@example.com"]), "{delivered:?}");
+    assert!(!delivered.iter().any(|m| { m.rcpts.iter().any(|r| r == "c@example.net" || r == "d@example.net") }));
     let (status, log) = guard.terminate();
     assert!(status.success(), "{log}");
     assert!(log.contains("account restricted"), "{log}");

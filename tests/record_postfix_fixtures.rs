@@ -20,9 +20,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use common::postfix::{
-    Postfix, PostfixOptions, SmtpClient, SmtpSink, Swaks, free_port, tcp_listening, wait_child,
-};
+use common::postfix::{Postfix, PostfixOptions, SmtpClient, SmtpSink, Swaks, free_port, tcp_listening, wait_child};
 
 const WAIT: Duration = Duration::from_secs(30);
 const HELO: &str = "client.outbound-guard.test";
@@ -32,9 +30,7 @@ fn repo() -> PathBuf {
 }
 
 fn out_dir() -> PathBuf {
-    std::env::var_os("OG_FIXTURE_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join("fixtures").join("postfix"))
+    std::env::var_os("OG_FIXTURE_DIR").map(PathBuf::from).unwrap_or_else(|| repo().join("fixtures").join("postfix"))
 }
 
 fn enabled() -> bool {
@@ -114,13 +110,7 @@ impl Recording {
             assert!(Instant::now() < deadline, "record-milter not listening");
             std::thread::sleep(Duration::from_millis(20));
         }
-        Recording {
-            name,
-            work,
-            ref_milter,
-            recorder,
-            record_port,
-        }
+        Recording { name, work, ref_milter, recorder, record_port }
     }
 
     fn options(&self, sink: &SmtpSink) -> PostfixOptions {
@@ -138,27 +128,14 @@ impl Recording {
             assert!(Instant::now() < deadline, "record-milter did not finish");
             std::thread::sleep(Duration::from_millis(20));
         }
-        assert!(
-            self.recorder.wait().unwrap().success(),
-            "record-milter failed"
-        );
+        assert!(self.recorder.wait().unwrap().success(), "record-milter failed");
         std::thread::sleep(Duration::from_millis(200)); // let ref-milter log its close
         let _ = self.ref_milter.kill();
         wait_child(&mut self.ref_milter, Duration::from_secs(5));
-        fs::write(
-            self.work.path().join(format!("{}.smtp.txt", self.name)),
-            smtp_transcript,
-        )
-        .unwrap();
+        fs::write(self.work.path().join(format!("{}.smtp.txt", self.name)), smtp_transcript).unwrap();
         let out = out_dir();
         fs::create_dir_all(&out).unwrap();
-        for ext in [
-            "mta.bin",
-            "filter.bin",
-            "decoded.txt",
-            "ref-milter.log",
-            "smtp.txt",
-        ] {
+        for ext in ["mta.bin", "filter.bin", "decoded.txt", "ref-milter.log", "smtp.txt"] {
             let f = format!("{}.{ext}", self.name);
             let src = self.work.path().join(&f);
             assert!(src.exists(), "missing {f}");
@@ -283,10 +260,7 @@ fn record_postfix_rset() {
     let pf = Postfix::start(rec.options(&sink));
     let mut c = SmtpClient::connect(pf.smtp_port()).unwrap();
     assert_eq!(c.ehlo(HELO).unwrap().code, 250);
-    assert_eq!(
-        c.command("MAIL FROM:<alice@example.com>").unwrap().code,
-        250
-    );
+    assert_eq!(c.command("MAIL FROM:<alice@example.com>").unwrap().code, 250);
     assert_eq!(c.command("RCPT TO:<bob@example.net>").unwrap().code, 250);
     assert_eq!(c.command("RCPT TO:<carol@example.org>").unwrap().code, 250);
     assert_eq!(c.command("RSET").unwrap().code, 250);

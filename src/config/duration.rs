@@ -22,9 +22,7 @@ fn part(input: &str) -> IResult<&str, Duration> {
             "h" => 3600,
             _ => 86_400,
         };
-        n.checked_mul(seconds_per_unit)
-            .map(Duration::from_secs)
-            .ok_or("too large")
+        n.checked_mul(seconds_per_unit).map(Duration::from_secs).ok_or("too large")
     })
     .parse(input)
 }
@@ -37,14 +35,10 @@ pub fn parse(text: &str) -> Result<Duration, &'static str> {
     let parsed = all_consuming(delimited(space0, many1(part), space0)).parse(text);
     match parsed {
         Ok((_, parts)) => {
-            let total = parts
-                .into_iter()
-                .try_fold(Duration::ZERO, Duration::checked_add);
+            let total = parts.into_iter().try_fold(Duration::ZERO, Duration::checked_add);
             total.ok_or("is too large")
         }
-        Err(_) => Err(
-            "is not a duration; write a number and a unit (ms, s, m, h, d), e.g. \"90s\", \"15m\", \"1h\"",
-        ),
+        Err(_) => Err("is not a duration; write a number and a unit (ms, s, m, h, d), e.g. \"90s\", \"15m\", \"1h\""),
     }
 }
 

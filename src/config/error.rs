@@ -49,10 +49,7 @@ impl fmt::Display for KeyPath {
 #[derive(Debug)]
 pub enum ConfigError {
     /// The file could not be read.
-    Read {
-        file: PathBuf,
-        source: std::io::Error,
-    },
+    Read { file: PathBuf, source: std::io::Error },
     /// The file says something wrong or impossible.
     Invalid(Box<Invalid>),
 }
@@ -112,20 +109,11 @@ impl ConfigError {
     pub fn from_toml(file: &Path, source: &str, err: &toml::de::Error) -> Self {
         let span = err.span();
         let located = span.clone().and_then(|s| key_at(source, s));
-        let value = span
-            .as_ref()
-            .and_then(|s| source.get(s.clone()))
-            .map(|v| shorten(v.trim()));
+        let value = span.as_ref().and_then(|s| source.get(s.clone())).map(|v| shorten(v.trim()));
         // toml's own message is its first line; position and snippet are ours to give.
-        let message = err
-            .message()
-            .lines()
-            .next()
-            .unwrap_or("invalid TOML")
-            .trim();
-        let message = message
-            .replace("expected i64", "expected an integer")
-            .replace("expected f64", "expected a number");
+        let message = err.message().lines().next().unwrap_or("invalid TOML").trim();
+        let message =
+            message.replace("expected i64", "expected an integer").replace("expected f64", "expected a number");
         let value = match &located {
             // For an unknown key the span is the key itself; showing it as a value says nothing.
             Some(k) if value.as_deref() == Some(k.rsplit('.').next().unwrap_or(k)) => None,
@@ -143,10 +131,7 @@ impl ConfigError {
     /// An error for a value that parsed but cannot be used.
     pub fn at(file: &Path, source: &str, path: &KeyPath, message: impl Into<String>) -> Self {
         let span = span_of(source, path);
-        let value = span
-            .as_ref()
-            .and_then(|s| source.get(s.clone()))
-            .map(|v| shorten(v.trim()));
+        let value = span.as_ref().and_then(|s| source.get(s.clone())).map(|v| shorten(v.trim()));
         ConfigError::Invalid(Box::new(Invalid {
             file: file.to_owned(),
             line: span.map(|s| line_of(source, s.start)),
@@ -167,11 +152,7 @@ fn shorten(text: &str) -> String {
 
 /// 1-based line of a byte offset.
 pub fn line_of(source: &str, offset: usize) -> usize {
-    source.as_bytes()[..offset.min(source.len())]
-        .iter()
-        .filter(|&&b| b == b'\n')
-        .count()
-        + 1
+    source.as_bytes()[..offset.min(source.len())].iter().filter(|&&b| b == b'\n').count() + 1
 }
 
 /// The span of the value at `path` (or of the key itself for a table), if present in the text.
@@ -188,11 +169,7 @@ pub fn span_of(source: &str, path: &KeyPath) -> Option<Range<usize>> {
                     Some(v) => v.as_table()?,
                 };
                 let (key, value) = t.get_key_value(k.as_str())?;
-                found = Some(if value.get_ref().is_table() {
-                    key.span()
-                } else {
-                    value.span()
-                });
+                found = Some(if value.get_ref().is_table() { key.span() } else { value.span() });
                 table = t;
                 current = Some(value.get_ref());
             }

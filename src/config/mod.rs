@@ -124,17 +124,10 @@ pub enum Language {
 }
 
 impl Language {
-    pub const ALL: [(&'static str, Language); 4] = [
-        ("en", Language::En),
-        ("sv", Language::Sv),
-        ("nl", Language::Nl),
-        ("da", Language::Da),
-    ];
+    pub const ALL: [(&'static str, Language); 4] =
+        [("en", Language::En), ("sv", Language::Sv), ("nl", Language::Nl), ("da", Language::Da)];
     pub fn code(self) -> &'static str {
-        Self::ALL
-            .iter()
-            .find(|(_, l)| *l == self)
-            .map_or("en", |(c, _)| c)
+        Self::ALL.iter().find(|(_, l)| *l == self).map_or("en", |(c, _)| c)
     }
 }
 
@@ -221,10 +214,8 @@ impl Config {
     /// # Errors
     /// [`ConfigError`] naming the file, line, key and value of the first problem.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let source = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            file: path.to_owned(),
-            source,
-        })?;
+        let source =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { file: path.to_owned(), source })?;
         Self::parse(path, &source)
     }
 
@@ -233,8 +224,7 @@ impl Config {
     /// # Errors
     /// As [`Config::load`].
     pub fn parse(path: &Path, source: &str) -> Result<Config, ConfigError> {
-        let raw: raw::RawConfig =
-            toml::from_str(source).map_err(|e| ConfigError::from_toml(path, source, &e))?;
+        let raw: raw::RawConfig = toml::from_str(source).map_err(|e| ConfigError::from_toml(path, source, &e))?;
         validate::validate(path, source, raw)
     }
 }

@@ -17,20 +17,14 @@ impl FromStr for ListenAddr {
     type Err = &'static str;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        const HELP: &str =
-            "must be \"inet:HOST:PORT\" (e.g. \"inet:127.0.0.1:7357\") or \"unix:PATH\"";
+        const HELP: &str = "must be \"inet:HOST:PORT\" (e.g. \"inet:127.0.0.1:7357\") or \"unix:PATH\"";
         if let Some(path) = s.strip_prefix("unix:").or_else(|| s.strip_prefix("local:")) {
             if path.is_empty() {
-                return Err(
-                    "names no socket path; write e.g. \"unix:/run/outbound-guard/milter.sock\"",
-                );
+                return Err("names no socket path; write e.g. \"unix:/run/outbound-guard/milter.sock\"");
             }
             return Ok(ListenAddr::Unix(PathBuf::from(path)));
         }
-        let rest = s
-            .strip_prefix("inet:")
-            .or_else(|| s.strip_prefix("inet6:"))
-            .ok_or(HELP)?;
+        let rest = s.strip_prefix("inet:").or_else(|| s.strip_prefix("inet6:")).ok_or(HELP)?;
         if let Ok(addr) = rest.parse::<SocketAddr>() {
             return Ok(ListenAddr::Inet(addr));
         }
@@ -60,29 +54,11 @@ mod tests {
 
     #[test]
     fn forms() {
-        assert_eq!(
-            "inet:127.0.0.1:7357".parse(),
-            Ok(ListenAddr::Inet("127.0.0.1:7357".parse().unwrap()))
-        );
-        assert_eq!(
-            "inet:[::1]:7357".parse(),
-            Ok(ListenAddr::Inet("[::1]:7357".parse().unwrap()))
-        );
-        assert_eq!(
-            "inet:7357@127.0.0.1".parse(),
-            Ok(ListenAddr::Inet("127.0.0.1:7357".parse().unwrap()))
-        );
-        assert_eq!(
-            "unix:/run/x.sock".parse(),
-            Ok(ListenAddr::Unix("/run/x.sock".into()))
-        );
-        for bad in [
-            "127.0.0.1:7357",
-            "inet:localhost",
-            "inet:1.2.3.4:99999",
-            "unix:",
-            "tcp:1.2.3.4:1",
-        ] {
+        assert_eq!("inet:127.0.0.1:7357".parse(), Ok(ListenAddr::Inet("127.0.0.1:7357".parse().unwrap())));
+        assert_eq!("inet:[::1]:7357".parse(), Ok(ListenAddr::Inet("[::1]:7357".parse().unwrap())));
+        assert_eq!("inet:7357@127.0.0.1".parse(), Ok(ListenAddr::Inet("127.0.0.1:7357".parse().unwrap())));
+        assert_eq!("unix:/run/x.sock".parse(), Ok(ListenAddr::Unix("/run/x.sock".into())));
+        for bad in ["127.0.0.1:7357", "inet:localhost", "inet:1.2.3.4:99999", "unix:", "tcp:1.2.3.4:1"] {
             assert!(bad.parse::<ListenAddr>().is_err(), "{bad}");
         }
     }

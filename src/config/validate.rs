@@ -33,12 +33,7 @@ impl Validator<'_> {
         ConfigError::at(self.file, self.source, path, message)
     }
 
-    fn duration(
-        &self,
-        path: &KeyPath,
-        value: Option<&String>,
-        default: Duration,
-    ) -> Result<Duration> {
+    fn duration(&self, path: &KeyPath, value: Option<&String>, default: Duration) -> Result<Duration> {
         let Some(text) = value else {
             return Ok(default);
         };
@@ -58,51 +53,29 @@ impl Validator<'_> {
     ) -> Result<u32> {
         let Some(v) = value else { return Ok(default) };
         if !range.contains(&v) {
-            return Err(self.err(
-                path,
-                format!("must be between {} and {}", range.start(), range.end()),
-            ));
+            return Err(self.err(path, format!("must be between {} and {}", range.start(), range.end())));
         }
         Ok(v as u32)
     }
 
-    fn choice<T: Copy>(
-        &self,
-        path: &KeyPath,
-        value: Option<&String>,
-        default: T,
-        choices: &[(&str, T)],
-    ) -> Result<T> {
+    fn choice<T: Copy>(&self, path: &KeyPath, value: Option<&String>, default: T, choices: &[(&str, T)]) -> Result<T> {
         let Some(text) = value else {
             return Ok(default);
         };
-        choices
-            .iter()
-            .find(|(name, _)| name == text)
-            .map(|(_, v)| *v)
-            .ok_or_else(|| {
-                let names: Vec<String> = choices.iter().map(|(n, _)| format!("\"{n}\"")).collect();
-                self.err(path, format!("must be one of {}", names.join(", ")))
-            })
+        choices.iter().find(|(name, _)| name == text).map(|(_, v)| *v).ok_or_else(|| {
+            let names: Vec<String> = choices.iter().map(|(n, _)| format!("\"{n}\"")).collect();
+            self.err(path, format!("must be one of {}", names.join(", ")))
+        })
     }
 
     fn path(&self, text: &str) -> PathBuf {
         let p = Path::new(text);
-        if p.is_absolute() {
-            p.to_owned()
-        } else {
-            self.base.join(p)
-        }
+        if p.is_absolute() { p.to_owned() } else { self.base.join(p) }
     }
 
     fn address(&self, path: &KeyPath, text: &str) -> Result<String> {
-        let (local, domain) = text
-            .rsplit_once('@')
-            .ok_or_else(|| self.err(path, "is not an email address"))?;
-        if local.is_empty()
-            || domain.is_empty()
-            || text.chars().any(|c| c.is_control() || c.is_whitespace())
-        {
+        let (local, domain) = text.rsplit_once('@').ok_or_else(|| self.err(path, "is not an email address"))?;
+        if local.is_empty() || domain.is_empty() || text.chars().any(|c| c.is_control() || c.is_whitespace()) {
             return Err(self.err(path, "is not an email address"));
         }
         Ok(text.to_owned())
@@ -118,8 +91,7 @@ impl Validator<'_> {
 
     fn domain(&self, path: &KeyPath, text: &str) -> Result<String> {
         let trimmed = text.trim().trim_start_matches('@').trim_end_matches('.');
-        let ascii = idna::domain_to_ascii(trimmed)
-            .map_err(|_| self.err(path, "is not a valid domain name"))?;
+        let ascii = idna::domain_to_ascii(trimmed).map_err(|_| self.err(path, "is not a valid domain name"))?;
         if ascii.is_empty() || !ascii.contains(|c: char| c.is_ascii_alphanumeric()) {
             return Err(self.err(path, "is not a valid domain name"));
         }
@@ -138,19 +110,12 @@ impl Validator<'_> {
 /// Validates a parsed file.
 pub(super) fn validate(file: &Path, source: &str, raw: RawConfig) -> Result<Config> {
     let base = file.parent().map(Path::to_owned).unwrap_or_default();
-    let base = if base.as_os_str().is_empty() {
-        PathBuf::from(".")
-    } else {
-        base
-    };
+    let base = if base.as_os_str().is_empty() { PathBuf::from(".") } else { base };
     let v = Validator { file, source, base };
 
     let m = raw.milter.unwrap_or_default();
     let listen_text = m.listen.as_deref().unwrap_or("inet:127.0.0.1:7357");
-    let listen = match listen_text
-        .parse::<ListenAddr>()
-        .map_err(|e| v.err(&key("milter.listen"), e))?
-    {
+    let listen = match listen_text.parse::<ListenAddr>().map_err(|e| v.err(&key("milter.listen"), e))? {
         ListenAddr::Unix(p) => ListenAddr::Unix(v.path(&p.to_string_lossy())),
         inet => inet,
     };
@@ -159,12 +124,7 @@ pub(super) fn validate(file: &Path, source: &str, raw: RawConfig) -> Result<Conf
         Some(text) => u32::from_str_radix(text.trim_start_matches("0o"), 8)
             .ok()
             .filter(|mode| *mode <= 0o777)
-            .ok_or_else(|| {
-                v.err(
-                    &key("milter.socket_mode"),
-                    "must be an octal file mode such as \"0660\"",
-                )
-            })?,
+            .ok_or_else(|| v.err(&key("milter.socket_mode"), "must be an octal file mode such as \"0660\""))?,
     };
     let milter = MilterConfig {
         listen,
@@ -172,27 +132,11 @@ pub(super) fn validate(file: &Path, source: &str, raw: RawConfig) -> Result<Conf
             &key("milter.on_internal_error"),
             m.on_internal_error.as_ref(),
             InternalErrorAction::Tempfail,
-            &[
-                ("tempfail", InternalErrorAction::Tempfail),
-                ("accept", InternalErrorAction::Accept),
-            ],
+            &[("tempfail", InternalErrorAction::Tempfail), ("accept", InternalErrorAction::Accept)],
         )?,
-        max_connections: v.int(
-            &key("milter.max_connections"),
-            m.max_connections,
-            1024,
-            1..=1_000_000,
-        )? as usize,
-        io_timeout: v.duration(
-            &key("milter.io_timeout"),
-            m.io_timeout.as_ref(),
-            Duration::from_secs(30),
-        )?,
-        idle_timeout: v.duration(
-            &key("milter.idle_timeout"),
-            m.idle_timeout.as_ref(),
-            Duration::from_secs(3600),
-        )?,
+        max_connections: v.int(&key("milter.max_connections"), m.max_connections, 1024, 1..=1_000_000)? as usize,
+        io_timeout: v.duration(&key("milter.io_timeout"), m.io_timeout.as_ref(), Duration::from_secs(30))?,
+        idle_timeout: v.duration(&key("milter.idle_timeout"), m.idle_timeout.as_ref(), Duration::from_secs(3600))?,
         socket_mode,
     };
 
@@ -201,16 +145,11 @@ pub(super) fn validate(file: &Path, source: &str, raw: RawConfig) -> Result<Conf
         None => vec!["example.com".to_owned()],
         Some(list) => v.domains(&key("organization.local_domains"), Some(list))?,
     };
-    let networks_text = o
-        .internal_networks
-        .clone()
-        .unwrap_or_else(|| vec!["127.0.0.0/8".into(), "::1/128".into()]);
+    let networks_text = o.internal_networks.clone().unwrap_or_else(|| vec!["127.0.0.0/8".into(), "::1/128".into()]);
     let mut internal_networks = Vec::new();
     for (i, text) in networks_text.iter().enumerate() {
-        let net = text
-            .parse::<IpNet>()
-            .or_else(|_| text.parse::<std::net::IpAddr>().map(IpNet::from))
-            .map_err(|_| {
+        let net =
+            text.parse::<IpNet>().or_else(|_| text.parse::<std::net::IpAddr>().map(IpNet::from)).map_err(|_| {
                 v.err(
                     &key("organization.internal_networks").index(i),
                     "is not a network; write e.g. \"192.0.2.0/24\" or \"2001:db8::/32\"",
@@ -218,43 +157,27 @@ pub(super) fn validate(file: &Path, source: &str, raw: RawConfig) -> Result<Conf
             })?;
         internal_networks.push(net.trunc());
     }
-    let organization = Organization {
-        local_domains,
-        internal_networks,
-        strip_subaddress: o.strip_subaddress.unwrap_or(true),
-    };
+    let organization =
+        Organization { local_domains, internal_networks, strip_subaddress: o.strip_subaddress.unwrap_or(true) };
 
     let s = raw.state.unwrap_or_default();
-    let backend = v.choice(
-        &key("state.backend"),
-        s.backend.as_ref(),
-        "memory",
-        &[("memory", "memory"), ("redis", "redis")],
-    )?;
+    let backend =
+        v.choice(&key("state.backend"), s.backend.as_ref(), "memory", &[("memory", "memory"), ("redis", "redis")])?;
     let backend = match backend {
         "redis" => {
-            let url = s
-                .redis_url
-                .clone()
-                .unwrap_or_else(|| "redis://127.0.0.1:6379/0".into());
+            let url = s.redis_url.clone().unwrap_or_else(|| "redis://127.0.0.1:6379/0".into());
             if !(url.starts_with("redis://")
                 || url.starts_with("rediss://")
                 || url.starts_with("redis+unix://")
                 || url.starts_with("unix://"))
             {
-                return Err(v.err(
-                    &key("state.redis_url"),
-                    "must be a redis:// or rediss:// URL",
-                ));
+                return Err(v.err(&key("state.redis_url"), "must be a redis:// or rediss:// URL"));
             }
             Backend::Redis { url }
         }
         _ => Backend::Memory,
     };
-    let state = StateConfig {
-        dir: v.path(s.dir.as_deref().unwrap_or("state")),
-        backend,
-    };
+    let state = StateConfig { dir: v.path(s.dir.as_deref().unwrap_or("state")), backend };
 
     let vr = raw.verdict.unwrap_or_default();
     let sources = vr.sources.clone().unwrap_or_else(|| vec!["headers".into()]);
@@ -268,48 +191,29 @@ pub(super) fn validate(file: &Path, source: &str, raw: RawConfig) -> Result<Conf
             return Err(v.err(&path, "is listed twice"));
         }
     }
-    let spamd = sources
+    let spamd =
+        sources.iter().any(|s| s == "spamd").then(|| vr.spamd.clone().unwrap_or_else(|| "127.0.0.1:783".into()));
+    let rspamd = sources
         .iter()
-        .any(|s| s == "spamd")
-        .then(|| vr.spamd.clone().unwrap_or_else(|| "127.0.0.1:783".into()));
-    let rspamd = sources.iter().any(|s| s == "rspamd").then(|| {
-        vr.rspamd
-            .clone()
-            .unwrap_or_else(|| "http://127.0.0.1:11333".into())
-    });
+        .any(|s| s == "rspamd")
+        .then(|| vr.rspamd.clone().unwrap_or_else(|| "http://127.0.0.1:11333".into()));
     let mut rules = Vec::new();
     for (i, r) in vr.rule.iter().flatten().enumerate() {
         let path = key("verdict.rule").index(i);
-        let header = r
-            .header
-            .clone()
-            .filter(|h| !h.is_empty() && h.bytes().all(|b| b.is_ascii_graphic() && b != b':'));
-        let header =
-            header.ok_or_else(|| v.err(&path.key("header"), "must name a header field"))?;
+        let header = r.header.clone().filter(|h| !h.is_empty() && h.bytes().all(|b| b.is_ascii_graphic() && b != b':'));
+        let header = header.ok_or_else(|| v.err(&path.key("header"), "must name a header field"))?;
         if r.pattern.is_none() == r.min_score.is_none() {
             return Err(v.err(&path, "needs exactly one of `pattern` or `min_score`"));
         }
-        rules.push(HeaderRule {
-            header,
-            pattern: r.pattern.clone(),
-            min_score: r.min_score,
-        });
+        rules.push(HeaderRule { header, pattern: r.pattern.clone(), min_score: r.min_score });
     }
     let verdict = VerdictConfig {
         headers: sources.iter().any(|s| s == "headers"),
         spamd,
         rspamd,
-        timeout: v.duration(
-            &key("verdict.timeout"),
-            vr.timeout.as_ref(),
-            Duration::from_secs(10),
-        )?,
-        max_scan_bytes: v.int(
-            &key("verdict.max_scan_bytes"),
-            vr.max_scan_bytes,
-            512 * 1024,
-            1024..=64 * 1024 * 1024,
-        )? as usize,
+        timeout: v.duration(&key("verdict.timeout"), vr.timeout.as_ref(), Duration::from_secs(10))?,
+        max_scan_bytes: v.int(&key("verdict.max_scan_bytes"), vr.max_scan_bytes, 512 * 1024, 1024..=64 * 1024 * 1024)?
+            as usize,
         rules,
     };
 
@@ -318,14 +222,8 @@ pub(super) fn validate(file: &Path, source: &str, raw: RawConfig) -> Result<Conf
         None => vec!["postmaster@example.com".to_owned()],
         Some(list) => v.addresses(&key("notify.recipients"), Some(list))?,
     };
-    let from = v.address(
-        &key("notify.from"),
-        n.from.as_deref().unwrap_or("outbound-guard@example.com"),
-    )?;
-    let smtp = n
-        .smtp
-        .clone()
-        .unwrap_or_else(|| "smtp://127.0.0.1:25".into());
+    let from = v.address(&key("notify.from"), n.from.as_deref().unwrap_or("outbound-guard@example.com"))?;
+    let smtp = n.smtp.clone().unwrap_or_else(|| "smtp://127.0.0.1:25".into());
     if !(smtp.starts_with("smtp://") || smtp.starts_with("smtps://")) {
         return Err(v.err(&key("notify.smtp"), "must be an smtp:// or smtps:// URL"));
     }
@@ -339,19 +237,9 @@ pub(super) fn validate(file: &Path, source: &str, raw: RawConfig) -> Result<Conf
         from,
         smtp,
         webhook: n.webhook.clone(),
-        language: v.choice(
-            &key("notify.language"),
-            n.language.as_ref(),
-            Language::En,
-            &Language::ALL,
-        )?,
+        language: v.choice(&key("notify.language"), n.language.as_ref(), Language::En, &Language::ALL)?,
         templates_dir: n.templates_dir.as_deref().map(|d| v.path(d)),
-        warn_at_percent: v.int(
-            &key("notify.warn_at_percent"),
-            n.warn_at_percent,
-            80,
-            0..=100,
-        )? as u8,
+        warn_at_percent: v.int(&key("notify.warn_at_percent"), n.warn_at_percent, 80, 0..=100)? as u8,
         node_name: n.node_name.clone().unwrap_or_else(local_hostname),
         admin_url: n.admin_url.clone(),
     };
@@ -367,25 +255,14 @@ pub(super) fn validate(file: &Path, source: &str, raw: RawConfig) -> Result<Conf
         level: l.level.clone().unwrap_or_else(|| "info".into()),
     };
     if tracing_subscriber::EnvFilter::try_new(&log.level).is_err() {
-        return Err(v.err(
-            &key("log.level"),
-            "is not a log level or filter (e.g. \"info\", \"debug\")",
-        ));
+        return Err(v.err(&key("log.level"), "is not a log level or filter (e.g. \"info\", \"debug\")"));
     }
 
     let a = raw.admin.unwrap_or_default();
     let admin = AdminConfig {
-        listen: a
-            .listen
-            .as_deref()
-            .unwrap_or("127.0.0.1:7358")
-            .parse()
-            .map_err(|_| {
-                v.err(
-                    &key("admin.listen"),
-                    "must be HOST:PORT with an IP address, e.g. \"127.0.0.1:7358\"",
-                )
-            })?,
+        listen: a.listen.as_deref().unwrap_or("127.0.0.1:7358").parse().map_err(|_| {
+            v.err(&key("admin.listen"), "must be HOST:PORT with an IP address, e.g. \"127.0.0.1:7358\"")
+        })?,
         token_file: v.path(a.token_file.as_deref().unwrap_or("state/admin.token")),
     };
 
@@ -394,24 +271,9 @@ pub(super) fn validate(file: &Path, source: &str, raw: RawConfig) -> Result<Conf
     let mut reply_texts = defaults.clone();
     reply_texts.on_internal_error = milter.on_internal_error;
     for (name, value, slot, expected) in [
-        (
-            "account_restricted",
-            &rp.account_restricted,
-            &mut reply_texts.account_restricted,
-            '5',
-        ),
-        (
-            "limit_reached",
-            &rp.limit_reached,
-            &mut reply_texts.limit_reached,
-            '5',
-        ),
-        (
-            "too_many_recipients",
-            &rp.too_many_recipients,
-            &mut reply_texts.too_many_recipients,
-            '4',
-        ),
+        ("account_restricted", &rp.account_restricted, &mut reply_texts.account_restricted, '5'),
+        ("limit_reached", &rp.limit_reached, &mut reply_texts.limit_reached, '5'),
+        ("too_many_recipients", &rp.too_many_recipients, &mut reply_texts.too_many_recipients, '4'),
     ] {
         if let Some(text) = value {
             let path = key("replies").key(name);
@@ -449,10 +311,7 @@ fn local_hostname() -> String {
         .unwrap_or_else(|| "localhost".into())
 }
 
-fn validate_groups(
-    v: &Validator<'_>,
-    raw: BTreeMap<String, Vec<String>>,
-) -> Result<BTreeMap<String, Vec<String>>> {
+fn validate_groups(v: &Validator<'_>, raw: BTreeMap<String, Vec<String>>) -> Result<BTreeMap<String, Vec<String>>> {
     let mut groups = BTreeMap::new();
     for (name, members) in raw {
         let path = key("groups").key(&name);
@@ -506,9 +365,7 @@ fn settings(
     base: &PolicySettings,
     name: String,
 ) -> Result<PolicySettings> {
-    let limit = |k: &str, value: Option<i64>, default: u32| {
-        v.int(&at.key(k), value, default, 0..=u32::MAX as i64)
-    };
+    let limit = |k: &str, value: Option<i64>, default: u32| v.int(&at.key(k), value, default, 0..=u32::MAX as i64);
     Ok(PolicySettings {
         name,
         recipient_limit_external_per_hour: limit(
@@ -537,28 +394,10 @@ fn settings(
             base.action_when_threshold_reached,
             &LIMIT_ACTIONS,
         )?,
-        spam_window: v.duration(
-            &at.key("spam_window"),
-            p.spam_window.as_ref(),
-            base.spam_window,
-        )?,
-        spam_min_messages: limit(
-            "spam_min_messages",
-            p.spam_min_messages,
-            base.spam_min_messages,
-        )?,
-        spam_percent: v.int(
-            &at.key("spam_percent"),
-            p.spam_percent,
-            base.spam_percent.into(),
-            0..=100,
-        )? as u8,
-        spam_action: v.choice(
-            &at.key("spam_action"),
-            p.spam_action.as_ref(),
-            base.spam_action,
-            &LIMIT_ACTIONS,
-        )?,
+        spam_window: v.duration(&at.key("spam_window"), p.spam_window.as_ref(), base.spam_window)?,
+        spam_min_messages: limit("spam_min_messages", p.spam_min_messages, base.spam_min_messages)?,
+        spam_percent: v.int(&at.key("spam_percent"), p.spam_percent, base.spam_percent.into(), 0..=100)? as u8,
+        spam_action: v.choice(&at.key("spam_action"), p.spam_action.as_ref(), base.spam_action, &LIMIT_ACTIONS)?,
         spam_message_action: v.choice(
             &at.key("spam_message_action"),
             p.spam_message_action.as_ref(),
@@ -609,10 +448,9 @@ fn validate_policies(
     let default_raw = raw.default.unwrap_or_default();
     let default_path = key("policy.default");
     if let Some(k) = rule_only_keys_present(&default_raw) {
-        return Err(v.err(
-            &default_path.key(k),
-            "belongs in a [[policy.rule]]; [policy.default] applies to every account",
-        ));
+        return Err(
+            v.err(&default_path.key(k), "belongs in a [[policy.rule]]; [policy.default] applies to every account")
+        );
     }
     let default = settings(v, &default_path, &default_raw, &builtin, "default".into())?;
 
@@ -621,23 +459,12 @@ fn validate_policies(
     let mut priorities = BTreeMap::new();
     for (i, r) in raw.rule.unwrap_or_default().iter().enumerate() {
         let at = key("policy.rule").index(i);
-        let name = r
-            .name
-            .clone()
-            .filter(|n| !n.trim().is_empty())
-            .ok_or_else(|| v.err(&at, "needs a `name`"))?;
+        let name = r.name.clone().filter(|n| !n.trim().is_empty()).ok_or_else(|| v.err(&at, "needs a `name`"))?;
         if name == "default" || !names.insert(name.clone()) {
-            return Err(v.err(
-                &at.key("name"),
-                "is used twice (\"default\" is taken by [policy.default])",
-            ));
+            return Err(v.err(&at.key("name"), "is used twice (\"default\" is taken by [policy.default])"));
         }
-        let priority = r.priority.ok_or_else(|| {
-            v.err(
-                &at,
-                format!("rule \"{name}\" needs a `priority` (lowest wins)"),
-            )
-        })?;
+        let priority =
+            r.priority.ok_or_else(|| v.err(&at, format!("rule \"{name}\" needs a `priority` (lowest wins)")))?;
         if let Some(other) = priorities.insert(priority, name.clone()) {
             return Err(v.err(
                 &at.key("priority"),
@@ -656,19 +483,13 @@ fn validate_policies(
         };
         let from = list("from", &r.from)?;
         let from_member_of = list("from_member_of", &r.from_member_of)?;
-        let sender_domain_is =
-            v.domains(&at.key("sender_domain_is"), r.sender_domain_is.as_ref())?;
+        let sender_domain_is = v.domains(&at.key("sender_domain_is"), r.sender_domain_is.as_ref())?;
         let except_if_from = list("except_if_from", &r.except_if_from)?;
-        let except_if_from_member_of =
-            list("except_if_from_member_of", &r.except_if_from_member_of)?;
-        let except_if_sender_domain_is = v.domains(
-            &at.key("except_if_sender_domain_is"),
-            r.except_if_sender_domain_is.as_ref(),
-        )?;
-        for (k, names) in [
-            ("from_member_of", &from_member_of),
-            ("except_if_from_member_of", &except_if_from_member_of),
-        ] {
+        let except_if_from_member_of = list("except_if_from_member_of", &r.except_if_from_member_of)?;
+        let except_if_sender_domain_is =
+            v.domains(&at.key("except_if_sender_domain_is"), r.except_if_sender_domain_is.as_ref())?;
+        for (k, names) in [("from_member_of", &from_member_of), ("except_if_from_member_of", &except_if_from_member_of)]
+        {
             for (j, g) in names.iter().enumerate() {
                 if !groups.contains_key(g) {
                     return Err(v.err(
@@ -679,7 +500,10 @@ fn validate_policies(
             }
         }
         if from.is_empty() && from_member_of.is_empty() && sender_domain_is.is_empty() {
-            return Err(v.err(&at, format!("rule \"{name}\" has no condition: give `from`, `from_member_of` or `sender_domain_is`")));
+            return Err(v.err(
+                &at,
+                format!("rule \"{name}\" has no condition: give `from`, `from_member_of` or `sender_domain_is`"),
+            ));
         }
         let settings = settings(v, &at, r, &default, name)?;
         rules.push(Rule {

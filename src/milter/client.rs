@@ -16,11 +16,7 @@ use super::negotiate::{Negotiated, action, step};
 use super::reply::Reply;
 
 /// What Postfix 3.7 offers: every action, every step it knows.
-pub const POSTFIX_OFFER: Offer = Offer {
-    version: 6,
-    actions: 0x1ff,
-    steps: 0x1f_ffff,
-};
+pub const POSTFIX_OFFER: Offer = Offer { version: 6, actions: 0x1ff, steps: 0x1f_ffff };
 
 /// A reply as received, owned.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,11 +31,8 @@ impl ReceivedReply {
     /// # Errors
     /// When the filter sent a malformed packet.
     pub fn decode(&self) -> io::Result<Reply<'_>> {
-        Reply::decode(frame::Frame {
-            kind: self.kind,
-            payload: &self.payload,
-        })
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+        Reply::decode(frame::Frame { kind: self.kind, payload: &self.payload })
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
     }
 
     /// For `y` replies, the SMTP text.
@@ -119,10 +112,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> MtaClient<S> {
         self.write(Command::Negotiate(offer)).await?;
         let reply = self.read_reply().await?;
         let Reply::Negotiate(n) = reply.decode()? else {
-            return Err(invalid(format!(
-                "expected a negotiation reply, got {}",
-                reply.kind as char
-            )));
+            return Err(invalid(format!("expected a negotiation reply, got {}", reply.kind as char)));
         };
         let agreed = Negotiated {
             version: n.version,
@@ -130,11 +120,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> MtaClient<S> {
             steps: n.steps,
             symbol_list: n.actions & action::SET_SYMBOL_LIST != 0,
         };
-        self.macro_requests = n
-            .macros
-            .iter()
-            .map(|(stage, names)| (stage, String::from_utf8_lossy(names).into_owned()))
-            .collect();
+        self.macro_requests =
+            n.macros.iter().map(|(stage, names)| (stage, String::from_utf8_lossy(names).into_owned())).collect();
         self.agreed = Some(agreed);
         Ok(agreed)
     }
@@ -200,11 +187,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> MtaClient<S> {
     pub async fn mail_from(&mut self, address: &str, args: &[&str]) -> io::Result<StageResult> {
         let raw = NulStrings::encode(args.iter().map(|a| a.as_bytes()));
         let esmtp_args = NulStrings::new(&raw).expect("encoded list is well formed");
-        self.stage(Command::MailFrom(Envelope {
-            address: address.as_bytes(),
-            esmtp_args,
-        }))
-        .await
+        self.stage(Command::MailFrom(Envelope { address: address.as_bytes(), esmtp_args })).await
     }
 
     /// RCPT TO.
@@ -212,11 +195,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> MtaClient<S> {
     /// # Errors
     /// As [`MtaClient::stage`].
     pub async fn rcpt_to(&mut self, address: &str) -> io::Result<StageResult> {
-        self.stage(Command::RcptTo(Envelope {
-            address: address.as_bytes(),
-            esmtp_args: NulStrings::default(),
-        }))
-        .await
+        self.stage(Command::RcptTo(Envelope { address: address.as_bytes(), esmtp_args: NulStrings::default() })).await
     }
 
     /// DATA, the headers, end of headers, the body in one chunk, end of message: what an MTA
@@ -225,17 +204,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> MtaClient<S> {
     ///
     /// # Errors
     /// As [`MtaClient::stage`].
-    pub async fn message(
-        &mut self,
-        headers: &[(&str, &str)],
-        body: &[u8],
-    ) -> io::Result<StageResult> {
+    pub async fn message(&mut self, headers: &[(&str, &str)], body: &[u8]) -> io::Result<StageResult> {
         let mut stages: Vec<Command<'_>> = vec![Command::Data];
         for (name, value) in headers {
-            stages.push(Command::Header {
-                name: name.as_bytes(),
-                value: value.as_bytes(),
-            });
+            stages.push(Command::Header { name: name.as_bytes(), value: value.as_bytes() });
         }
         stages.push(Command::EndOfHeaders);
         if !body.is_empty() {
@@ -283,23 +255,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> MtaClient<S> {
     pub async fn read_reply(&mut self) -> io::Result<ReceivedReply> {
         loop {
             if let Some((f, used)) = frame::decode(&self.buf).map_err(|e| invalid(e.to_string()))? {
-                let reply = ReceivedReply {
-                    kind: f.kind,
-                    payload: f.payload.to_vec(),
-                };
+                let reply = ReceivedReply { kind: f.kind, payload: f.payload.to_vec() };
                 self.buf.drain(..used);
                 return Ok(reply);
             }
             let n = tokio::time::timeout(self.timeout, self.stream.read_buf(&mut self.buf))
                 .await
-                .map_err(|_| {
-                    io::Error::new(io::ErrorKind::TimedOut, "no reply from the filter")
-                })??;
+                .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no reply from the filter"))??;
             if n == 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "the filter closed the connection",
-                ));
+                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the filter closed the connection"));
             }
         }
     }

@@ -116,8 +116,7 @@ impl<'a> NulStrings<'a> {
     pub fn iter(&self) -> impl Iterator<Item = &'a [u8]> + 'a {
         let raw = self.0;
         let body = raw.strip_suffix(&[0]).unwrap_or(raw);
-        body.split(|&b| b == 0)
-            .take(if raw.is_empty() { 0 } else { usize::MAX })
+        body.split(|&b| b == 0).take(if raw.is_empty() { 0 } else { usize::MAX })
     }
 
     /// Consecutive pairs, as macro `name, value` lists are sent.
@@ -139,9 +138,7 @@ impl<'a> NulStrings<'a> {
 
 impl std::fmt::Debug for NulStrings<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_list()
-            .entries(self.iter().map(|s| String::from_utf8_lossy(s)))
-            .finish()
+        f.debug_list().entries(self.iter().map(|s| String::from_utf8_lossy(s))).finish()
     }
 }
 
@@ -156,11 +153,7 @@ pub enum CommandError {
 
 /// Renders a command letter for messages: `'M'`, or its code when not printable.
 pub fn printable(kind: u8) -> String {
-    if kind.is_ascii_graphic() {
-        format!("'{}'", kind as char)
-    } else {
-        format!("0x{kind:02x}")
-    }
+    if kind.is_ascii_graphic() { format!("'{}'", kind as char) } else { format!("0x{kind:02x}") }
 }
 
 type Res<'a, T> = IResult<&'a [u8], T>;
@@ -172,49 +165,28 @@ fn cstr(input: &[u8]) -> Res<'_, &[u8]> {
 fn nul_strings(input: &[u8]) -> Res<'_, NulStrings<'_>> {
     match NulStrings::new(input) {
         Some(list) => Ok((&input[input.len()..], list)),
-        None => Err(nom::Err::Error(nom::error::Error::new(
-            input,
-            nom::error::ErrorKind::Verify,
-        ))),
+        None => Err(nom::Err::Error(nom::error::Error::new(input, nom::error::ErrorKind::Verify))),
     }
 }
 
 fn offer(input: &[u8]) -> Res<'_, Offer> {
-    (be_u32, be_u32, be_u32)
-        .map(|(version, actions, steps)| Offer {
-            version,
-            actions,
-            steps,
-        })
-        .parse(input)
+    (be_u32, be_u32, be_u32).map(|(version, actions, steps)| Offer { version, actions, steps }).parse(input)
 }
 
 fn macros(input: &[u8]) -> Res<'_, Command<'_>> {
-    (byte, nul_strings)
-        .map(|(stage, pairs)| Command::Macros { stage, pairs })
-        .parse(input)
+    (byte, nul_strings).map(|(stage, pairs)| Command::Macros { stage, pairs }).parse(input)
 }
 
 fn peer(input: &[u8]) -> Res<'_, Peer<'_>> {
     let (input, family) = byte(input)?;
     match family {
         b'U' => Ok((input, Peer::Unknown)),
-        b'L' => (be_u16, cstr)
-            .map(|(port, path)| Peer::Local { port, path })
-            .parse(input),
-        b'4' => (be_u16, cstr)
-            .map(|(port, address)| Peer::Inet { port, address })
-            .parse(input),
+        b'L' => (be_u16, cstr).map(|(port, path)| Peer::Local { port, path }).parse(input),
+        b'4' => (be_u16, cstr).map(|(port, address)| Peer::Inet { port, address }).parse(input),
         b'6' => (be_u16, cstr)
-            .map(|(port, address): (u16, &[u8])| Peer::Inet6 {
-                port,
-                address: strip_ipv6_tag(address),
-            })
+            .map(|(port, address): (u16, &[u8])| Peer::Inet6 { port, address: strip_ipv6_tag(address) })
             .parse(input),
-        _ => Err(nom::Err::Error(nom::error::Error::new(
-            input,
-            nom::error::ErrorKind::Alt,
-        ))),
+        _ => Err(nom::Err::Error(nom::error::Error::new(input, nom::error::ErrorKind::Alt))),
     }
 }
 
@@ -227,12 +199,7 @@ fn strip_ipv6_tag(address: &[u8]) -> &[u8] {
 }
 
 fn envelope(input: &[u8]) -> Res<'_, Envelope<'_>> {
-    (cstr, nul_strings)
-        .map(|(address, esmtp_args)| Envelope {
-            address,
-            esmtp_args,
-        })
-        .parse(input)
+    (cstr, nul_strings).map(|(address, esmtp_args)| Envelope { address, esmtp_args }).parse(input)
 }
 
 impl<'a> Command<'a> {
@@ -249,10 +216,7 @@ impl<'a> Command<'a> {
             if p.is_empty() {
                 Ok(c)
             } else {
-                Err(CommandError::Malformed {
-                    kind,
-                    what: "unexpected data after the command",
-                })
+                Err(CommandError::Malformed { kind, what: "unexpected data after the command" })
             }
         };
         match kind {
@@ -260,20 +224,15 @@ impl<'a> Command<'a> {
                 all_consuming(offer).map(Command::Negotiate).parse(p),
                 "expected version, actions and steps (12 bytes)",
             ),
-            b'D' => whole(
-                all_consuming(macros).parse(p),
-                "expected a stage letter and NUL-terminated name/value pairs",
-            ),
+            b'D' => {
+                whole(all_consuming(macros).parse(p), "expected a stage letter and NUL-terminated name/value pairs")
+            }
             b'C' => whole(
-                all_consuming((cstr, peer))
-                    .map(|(hostname, peer)| Command::Connect { hostname, peer })
-                    .parse(p),
+                all_consuming((cstr, peer)).map(|(hostname, peer)| Command::Connect { hostname, peer }).parse(p),
                 "expected hostname, family (U, L, 4, 6), port and address",
             ),
             b'H' => whole(
-                all_consuming(cstr)
-                    .map(|name| Command::Helo { name })
-                    .parse(p),
+                all_consuming(cstr).map(|name| Command::Helo { name }).parse(p),
                 "expected a NUL-terminated HELO name",
             ),
             b'M' => whole(
@@ -286,9 +245,7 @@ impl<'a> Command<'a> {
             ),
             b'T' => empty(Command::Data),
             b'L' => whole(
-                all_consuming((cstr, cstr))
-                    .map(|(name, value)| Command::Header { name, value })
-                    .parse(p),
+                all_consuming((cstr, cstr)).map(|(name, value)| Command::Header { name, value }).parse(p),
                 "expected a NUL-terminated header name and value",
             ),
             b'N' => empty(Command::EndOfHeaders),
@@ -297,10 +254,7 @@ impl<'a> Command<'a> {
             b'A' => empty(Command::Abort),
             b'Q' => empty(Command::Quit),
             b'K' => empty(Command::QuitNewConnection),
-            b'U' => whole(
-                all_consuming(cstr).map(Command::Unknown).parse(p),
-                "expected a NUL-terminated SMTP command",
-            ),
+            b'U' => whole(all_consuming(cstr).map(Command::Unknown).parse(p), "expected a NUL-terminated SMTP command"),
             other => Err(CommandError::UnknownKind(other)),
         }
     }
@@ -330,11 +284,7 @@ impl<'a> Command<'a> {
     pub fn encode(&self, out: &mut Vec<u8>) {
         let start = frame::begin(self.kind(), out);
         match *self {
-            Command::Negotiate(Offer {
-                version,
-                actions,
-                steps,
-            }) => {
+            Command::Negotiate(Offer { version, actions, steps }) => {
                 for v in [version, actions, steps] {
                     out.extend_from_slice(&v.to_be_bytes());
                 }
@@ -363,11 +313,7 @@ impl<'a> Command<'a> {
             }
             Command::Body(chunk) | Command::EndOfMessage(chunk) => out.extend_from_slice(chunk),
             Command::Unknown(line) => push_cstr(out, line),
-            Command::Data
-            | Command::EndOfHeaders
-            | Command::Abort
-            | Command::Quit
-            | Command::QuitNewConnection => {}
+            Command::Data | Command::EndOfHeaders | Command::Abort | Command::Quit | Command::QuitNewConnection => {}
         }
         frame::finish(start, out);
     }
@@ -395,26 +341,17 @@ mod tests {
     #[test]
     fn mail_from_with_brackets_and_esmtp_args() {
         let cmd = decode(b'M', b"<a@example.com>\0SIZE=100\0BODY=8BITMIME\0").unwrap();
-        let Command::MailFrom(env) = cmd else {
-            panic!("{cmd:?}")
-        };
+        let Command::MailFrom(env) = cmd else { panic!("{cmd:?}") };
         assert_eq!(env.bare_address(), b"a@example.com");
-        assert_eq!(
-            env.esmtp_args.iter().collect::<Vec<_>>(),
-            vec![&b"SIZE=100"[..], b"BODY=8BITMIME"]
-        );
+        assert_eq!(env.esmtp_args.iter().collect::<Vec<_>>(), vec![&b"SIZE=100"[..], b"BODY=8BITMIME"]);
     }
 
     #[test]
     fn null_sender_and_address_without_brackets() {
-        let Command::MailFrom(env) = decode(b'M', b"<>\0").unwrap() else {
-            panic!()
-        };
+        let Command::MailFrom(env) = decode(b'M', b"<>\0").unwrap() else { panic!() };
         assert_eq!(env.bare_address(), b"");
         assert!(env.esmtp_args.is_empty());
-        let Command::RcptTo(env) = decode(b'R', b"b@example.org\0").unwrap() else {
-            panic!()
-        };
+        let Command::RcptTo(env) = decode(b'R', b"b@example.org\0").unwrap() else { panic!() };
         assert_eq!(env.bare_address(), b"b@example.org");
     }
 
@@ -423,105 +360,46 @@ mod tests {
         let c = decode(b'C', b"mx.example\x004\x00\x19192.0.2.1\0").unwrap();
         assert_eq!(
             c,
-            Command::Connect {
-                hostname: b"mx.example",
-                peer: Peer::Inet {
-                    port: 25,
-                    address: b"192.0.2.1"
-                }
-            }
+            Command::Connect { hostname: b"mx.example", peer: Peer::Inet { port: 25, address: b"192.0.2.1" } }
         );
         let c = decode(b'C', b"h\x006\x01\xbbIPv6:2001:db8::1\0").unwrap();
-        assert_eq!(
-            c,
-            Command::Connect {
-                hostname: b"h",
-                peer: Peer::Inet6 {
-                    port: 443,
-                    address: b"2001:db8::1"
-                }
-            }
-        );
+        assert_eq!(c, Command::Connect { hostname: b"h", peer: Peer::Inet6 { port: 443, address: b"2001:db8::1" } });
         let c = decode(b'C', b"localhost\0L\0\0/run/x.sock\0").unwrap();
-        assert_eq!(
-            c,
-            Command::Connect {
-                hostname: b"localhost",
-                peer: Peer::Local {
-                    port: 0,
-                    path: b"/run/x.sock"
-                }
-            }
-        );
-        assert_eq!(
-            decode(b'C', b"h\0U").unwrap(),
-            Command::Connect {
-                hostname: b"h",
-                peer: Peer::Unknown
-            }
-        );
+        assert_eq!(c, Command::Connect { hostname: b"localhost", peer: Peer::Local { port: 0, path: b"/run/x.sock" } });
+        assert_eq!(decode(b'C', b"h\0U").unwrap(), Command::Connect { hostname: b"h", peer: Peer::Unknown });
         assert!(decode(b'C', b"h\0X").is_err());
     }
 
     #[test]
     fn macros_pairs() {
-        let Command::Macros { stage, pairs } =
-            decode(b'D', b"M{auth_authen}\0alice\0i\0ABC123\0").unwrap()
-        else {
+        let Command::Macros { stage, pairs } = decode(b'D', b"M{auth_authen}\0alice\0i\0ABC123\0").unwrap() else {
             panic!()
         };
         assert_eq!(stage, b'M');
         let pairs: Vec<_> = pairs.pairs().collect();
-        assert_eq!(
-            pairs,
-            vec![(&b"{auth_authen}"[..], &b"alice"[..]), (b"i", b"ABC123")]
-        );
-        assert_eq!(
-            decode(b'D', b"C").unwrap(),
-            Command::Macros {
-                stage: b'C',
-                pairs: NulStrings::default()
-            }
-        );
+        assert_eq!(pairs, vec![(&b"{auth_authen}"[..], &b"alice"[..]), (b"i", b"ABC123")]);
+        assert_eq!(decode(b'D', b"C").unwrap(), Command::Macros { stage: b'C', pairs: NulStrings::default() });
     }
 
     #[test]
     fn end_of_message_with_and_without_body() {
         assert_eq!(decode(b'E', b"").unwrap(), Command::EndOfMessage(b""));
-        assert_eq!(
-            decode(b'E', b"tail").unwrap(),
-            Command::EndOfMessage(b"tail")
-        );
+        assert_eq!(decode(b'E', b"tail").unwrap(), Command::EndOfMessage(b"tail"));
     }
 
     #[test]
     fn malformed_packets_name_the_command() {
         let err = decode(b'M', b"no terminator").unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "malformed 'M' packet: expected a NUL-terminated sender and ESMTP arguments"
-        );
+        assert_eq!(err.to_string(), "malformed 'M' packet: expected a NUL-terminated sender and ESMTP arguments");
         assert!(decode(b'O', b"\0\0\0\x06").is_err());
         assert!(decode(b'T', b"x").is_err());
-        assert_eq!(
-            decode(b'Z', b"").unwrap_err(),
-            CommandError::UnknownKind(b'Z')
-        );
-        assert_eq!(
-            decode(0x01, b"").unwrap_err().to_string(),
-            "unknown milter command 0x01"
-        );
+        assert_eq!(decode(b'Z', b"").unwrap_err(), CommandError::UnknownKind(b'Z'));
+        assert_eq!(decode(0x01, b"").unwrap_err().to_string(), "unknown milter command 0x01");
     }
 
     #[test]
     fn header_keeps_value_bytes_verbatim() {
         let c = decode(b'L', b"Subject\0 folded\n\tvalue\0").unwrap();
-        assert_eq!(
-            c,
-            Command::Header {
-                name: b"Subject",
-                value: b" folded\n\tvalue"
-            }
-        );
+        assert_eq!(c, Command::Header { name: b"Subject", value: b" folded\n\tvalue" });
     }
 }

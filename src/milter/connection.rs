@@ -136,8 +136,7 @@ pub async fn serve<T: Transport, P: Policy>(
         }
         if buf.capacity() - buf.len() < READ_CHUNK {
             // Grow only as far as the packet being received needs.
-            let want =
-                frame::declared_length(&buf)?.map_or(READ_CHUNK, |n| n + frame::LENGTH_BYTES);
+            let want = frame::declared_length(&buf)?.map_or(READ_CHUNK, |n| n + frame::LENGTH_BYTES);
             buf.reserve(want.max(READ_CHUNK));
         }
         let read = if waiting_for_command {
@@ -160,11 +159,7 @@ pub async fn serve<T: Transport, P: Policy>(
     }
 }
 
-async fn flush<T: Transport>(
-    stream: &mut T,
-    out: &mut Vec<u8>,
-    limit: Duration,
-) -> Result<(), ConnectionError> {
+async fn flush<T: Transport>(stream: &mut T, out: &mut Vec<u8>, limit: Duration) -> Result<(), ConnectionError> {
     if out.is_empty() {
         return Ok(());
     }

@@ -45,10 +45,7 @@ pub fn decode(buf: &[u8]) -> Result<Option<(Frame<'_>, usize)>, FrameError> {
     if buf.len() < total {
         return Ok(None);
     }
-    let frame = Frame {
-        kind: buf[LENGTH_BYTES],
-        payload: &buf[LENGTH_BYTES + 1..total],
-    };
+    let frame = Frame { kind: buf[LENGTH_BYTES], payload: &buf[LENGTH_BYTES + 1..total] };
     Ok(Some((frame, total)))
 }
 
@@ -113,10 +110,7 @@ mod tests {
     fn oversized_length_is_refused_from_the_prefix_alone() {
         let too_big = (MAX_PACKET as u32 + 1).to_be_bytes();
         assert_eq!(decode(&too_big), Err(FrameError::TooLarge(MAX_PACKET + 1)));
-        assert_eq!(
-            decode(&[0xff, 0xff, 0xff, 0xff]),
-            Err(FrameError::TooLarge(u32::MAX as usize))
-        );
+        assert_eq!(decode(&[0xff, 0xff, 0xff, 0xff]), Err(FrameError::TooLarge(u32::MAX as usize)));
     }
 
     #[test]

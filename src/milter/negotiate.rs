@@ -76,8 +76,7 @@ pub struct Needs {
 
 /// Macros asked for at MAIL FROM: everything that identifies the account and the client.
 /// Asking for them at this stage lets us skip CONNECT and HELO entirely.
-pub const MAIL_MACROS: &str =
-    "{auth_authen} {auth_type} {client_addr} {client_name} {daemon_name} i {mail_addr}";
+pub const MAIL_MACROS: &str = "{auth_authen} {auth_type} {client_addr} {client_name} {daemon_name} i {mail_addr}";
 /// Macros asked for at RCPT TO.
 pub const RCPT_MACROS: &str = "{rcpt_addr} i";
 /// Macros asked for at end of message (the queue id is only certain to exist by then).
@@ -114,10 +113,7 @@ pub fn answer(
     }
     let missing_actions = actions & !offered_actions;
     if missing_actions != 0 {
-        return Err(NegotiationError::Actions {
-            wanted: actions,
-            offered: offered_actions,
-        });
+        return Err(NegotiationError::Actions { wanted: actions, offered: offered_actions });
     }
 
     let mut skip = step::NO_CONNECT | step::NO_HELO | step::NO_UNKNOWN | step::NO_DATA;
@@ -182,11 +178,7 @@ impl Negotiated {
 
     /// Encodes our `O` reply into `out`.
     pub fn encode_reply(&self, out: &mut Vec<u8>) {
-        let list = if self.symbol_list {
-            MacroRequests::encode_list(&symbol_list())
-        } else {
-            Vec::new()
-        };
+        let list = if self.symbol_list { MacroRequests::encode_list(&symbol_list()) } else { Vec::new() };
         Reply::Negotiate(NegotiateReply {
             version: self.version,
             actions: self.actions,
@@ -210,9 +202,7 @@ fn symbol_list() -> [(u32, &'static [u8]); 3] {
 pub enum NegotiationError {
     #[error("the MTA offers milter protocol version {0}; version 2 or later is required")]
     Version(u32),
-    #[error(
-        "the MTA does not offer the actions this policy needs (wanted {wanted:#x}, offered {offered:#x})"
-    )]
+    #[error("the MTA does not offer the actions this policy needs (wanted {wanted:#x}, offered {offered:#x})")]
     Actions { wanted: u32, offered: u32 },
 }
 
@@ -226,14 +216,7 @@ mod tests {
     #[test]
     fn without_verdicts_only_mail_rcpt_and_eom_are_asked_for() {
         let n = answer(6, POSTFIX_ACTIONS, POSTFIX_STEPS, Needs::default()).unwrap();
-        for skipped in [
-            step::NO_CONNECT,
-            step::NO_HELO,
-            step::NO_HEADERS,
-            step::NO_EOH,
-            step::NO_BODY,
-            step::NO_DATA,
-        ] {
+        for skipped in [step::NO_CONNECT, step::NO_HELO, step::NO_HEADERS, step::NO_EOH, step::NO_BODY, step::NO_DATA] {
             assert_ne!(n.steps & skipped, 0, "stage {skipped:#x} should be skipped");
         }
         assert_eq!(n.steps & (step::NO_MAIL | step::NO_RCPT), 0);
@@ -244,11 +227,7 @@ mod tests {
 
     #[test]
     fn header_verdicts_keep_headers_and_waive_their_replies() {
-        let needs = Needs {
-            headers: true,
-            add_headers: true,
-            ..Needs::default()
-        };
+        let needs = Needs { headers: true, add_headers: true, ..Needs::default() };
         let n = answer(6, POSTFIX_ACTIONS, POSTFIX_STEPS, needs).unwrap();
         assert_eq!(n.steps & step::NO_HEADERS, 0);
         assert_ne!(n.steps & step::NR_HEADER, 0);
@@ -264,17 +243,8 @@ mod tests {
 
     #[test]
     fn missing_action_is_refused() {
-        let needs = Needs {
-            quarantine: true,
-            ..Needs::default()
-        };
-        assert!(matches!(
-            answer(6, 0x1df, POSTFIX_STEPS, needs),
-            Err(NegotiationError::Actions { .. })
-        ));
-        assert_eq!(
-            answer(1, 0x1ff, 0, Needs::default()),
-            Err(NegotiationError::Version(1))
-        );
+        let needs = Needs { quarantine: true, ..Needs::default() };
+        assert!(matches!(answer(6, 0x1df, POSTFIX_STEPS, needs), Err(NegotiationError::Actions { .. })));
+        assert_eq!(answer(1, 0x1ff, 0, Needs::default()), Err(NegotiationError::Version(1)));
     }
 }

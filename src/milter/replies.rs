@@ -57,10 +57,7 @@ pub fn validate(text: &str) -> Result<(), &'static str> {
     let status = parts.next().unwrap_or_default();
     let words = parts.next().unwrap_or_default();
     let class = code.as_bytes().first().copied();
-    if code.len() != 3
-        || !code.bytes().all(|b| b.is_ascii_digit())
-        || !matches!(class, Some(b'4' | b'5'))
-    {
+    if code.len() != 3 || !code.bytes().all(|b| b.is_ascii_digit()) || !matches!(class, Some(b'4' | b'5')) {
         return Err("must start with a 4xx or 5xx reply code");
     }
     let mut fields = status.split('.');
@@ -68,9 +65,7 @@ pub fn validate(text: &str) -> Result<(), &'static str> {
         && fields.clone().count() == 2
         && fields.all(|f| !f.is_empty() && f.len() <= 3 && f.bytes().all(|b| b.is_ascii_digit()));
     if !status_ok {
-        return Err(
-            "the reply code must be followed by an enhanced status code of the same class, e.g. 550 5.7.1",
-        );
+        return Err("the reply code must be followed by an enhanced status code of the same class, e.g. 550 5.7.1");
     }
     if words.trim().is_empty() {
         return Err("must have text after the status code");

@@ -40,31 +40,17 @@ pub enum Reply<'a> {
     /// `h`: append a header.
     AddHeader { name: &'a [u8], value: &'a [u8] },
     /// `i`: insert a header at an index.
-    InsertHeader {
-        index: u32,
-        name: &'a [u8],
-        value: &'a [u8],
-    },
+    InsertHeader { index: u32, name: &'a [u8], value: &'a [u8] },
     /// `m`: change (or with an empty value, delete) the index-th header of that name.
-    ChangeHeader {
-        index: u32,
-        name: &'a [u8],
-        value: &'a [u8],
-    },
+    ChangeHeader { index: u32, name: &'a [u8], value: &'a [u8] },
     /// `+`: add a recipient.
     AddRecipient(&'a [u8]),
     /// `2`: add a recipient with ESMTP arguments.
-    AddRecipientWithArgs {
-        recipient: &'a [u8],
-        args: Option<&'a [u8]>,
-    },
+    AddRecipientWithArgs { recipient: &'a [u8], args: Option<&'a [u8]> },
     /// `-`: remove a recipient.
     DeleteRecipient(&'a [u8]),
     /// `e`: change the envelope sender.
-    ChangeFrom {
-        sender: &'a [u8],
-        args: Option<&'a [u8]>,
-    },
+    ChangeFrom { sender: &'a [u8], args: Option<&'a [u8]> },
     /// `b`: replace (a chunk of) the body.
     ReplaceBody(&'a [u8]),
 }
@@ -143,10 +129,7 @@ fn cstr(input: &[u8]) -> Res<'_, &[u8]> {
 fn macro_requests(input: &[u8]) -> Res<'_, MacroRequests<'_>> {
     match MacroRequests::new(input) {
         Some(list) => Ok((&input[input.len()..], list)),
-        None => Err(nom::Err::Error(nom::error::Error::new(
-            input,
-            nom::error::ErrorKind::Verify,
-        ))),
+        None => Err(nom::Err::Error(nom::error::Error::new(input, nom::error::ErrorKind::Verify))),
     }
 }
 
@@ -208,20 +191,12 @@ impl<'a> Reply<'a> {
                 push_cstr(out, name);
                 push_cstr(out, value);
             }
-            Reply::InsertHeader { index, name, value }
-            | Reply::ChangeHeader { index, name, value } => {
+            Reply::InsertHeader { index, name, value } | Reply::ChangeHeader { index, name, value } => {
                 out.extend_from_slice(&index.to_be_bytes());
                 push_cstr(out, name);
                 push_cstr(out, value);
             }
-            Reply::AddRecipientWithArgs {
-                recipient: first,
-                args,
-            }
-            | Reply::ChangeFrom {
-                sender: first,
-                args,
-            } => {
+            Reply::AddRecipientWithArgs { recipient: first, args } | Reply::ChangeFrom { sender: first, args } => {
                 push_cstr(out, first);
                 if let Some(args) = args {
                     push_cstr(out, args);
@@ -246,33 +221,20 @@ impl<'a> Reply<'a> {
     pub fn decode(frame: Frame<'a>) -> Result<Self, ReplyError> {
         let kind = frame.kind;
         let p = frame.payload;
-        let whole = |r: Res<'a, Reply<'a>>, what| {
-            r.map(|(_, c)| c)
-                .map_err(|_| ReplyError::Malformed { kind, what })
-        };
+        let whole = |r: Res<'a, Reply<'a>>, what| r.map(|(_, c)| c).map_err(|_| ReplyError::Malformed { kind, what });
         let empty = |r: Reply<'a>| {
             if p.is_empty() {
                 Ok(r)
             } else {
-                Err(ReplyError::Malformed {
-                    kind,
-                    what: "unexpected data after the reply",
-                })
+                Err(ReplyError::Malformed { kind, what: "unexpected data after the reply" })
             }
         };
-        let text = |ctor: fn(&'a [u8]) -> Reply<'a>, what| {
-            whole(all_consuming(cstr).map(ctor).parse(p), what)
-        };
+        let text = |ctor: fn(&'a [u8]) -> Reply<'a>, what| whole(all_consuming(cstr).map(ctor).parse(p), what);
         match kind {
             b'O' => whole(
                 all_consuming((be_u32, be_u32, be_u32, macro_requests))
                     .map(|(version, actions, steps, macros)| {
-                        Reply::Negotiate(NegotiateReply {
-                            version,
-                            actions,
-                            steps,
-                            macros,
-                        })
+                        Reply::Negotiate(NegotiateReply { version, actions, steps, macros })
                     })
                     .parse(p),
                 "expected version, actions, steps and a symbol list",
@@ -287,14 +249,9 @@ impl<'a> Reply<'a> {
             b'y' => text(Reply::ReplyCode, "expected a NUL-terminated SMTP reply"),
             b'q' => text(Reply::Quarantine, "expected a NUL-terminated reason"),
             b'+' => text(Reply::AddRecipient, "expected a NUL-terminated recipient"),
-            b'-' => text(
-                Reply::DeleteRecipient,
-                "expected a NUL-terminated recipient",
-            ),
+            b'-' => text(Reply::DeleteRecipient, "expected a NUL-terminated recipient"),
             b'h' => whole(
-                all_consuming((cstr, cstr))
-                    .map(|(name, value)| Reply::AddHeader { name, value })
-                    .parse(p),
+                all_consuming((cstr, cstr)).map(|(name, value)| Reply::AddHeader { name, value }).parse(p),
                 "expected a NUL-terminated header name and value",
             ),
             b'i' => whole(
@@ -316,9 +273,7 @@ impl<'a> Reply<'a> {
                 "expected a NUL-terminated recipient and arguments",
             ),
             b'e' => whole(
-                all_consuming((cstr, opt(cstr)))
-                    .map(|(sender, args)| Reply::ChangeFrom { sender, args })
-                    .parse(p),
+                all_consuming((cstr, opt(cstr))).map(|(sender, args)| Reply::ChangeFrom { sender, args }).parse(p),
                 "expected a NUL-terminated sender and arguments",
             ),
             b'b' => whole(rest.map(Reply::ReplaceBody).parse(p), "unreachable"),
@@ -370,38 +325,15 @@ mod tests {
             Reply::Progress,
             Reply::ReplyCode(b"452 4.5.3 too many"),
             Reply::Quarantine(b"spam"),
-            Reply::AddHeader {
-                name: b"X-A",
-                value: b"1",
-            },
-            Reply::InsertHeader {
-                index: 0,
-                name: b"X-B",
-                value: b"2",
-            },
-            Reply::ChangeHeader {
-                index: 1,
-                name: b"Subject",
-                value: b"",
-            },
+            Reply::AddHeader { name: b"X-A", value: b"1" },
+            Reply::InsertHeader { index: 0, name: b"X-B", value: b"2" },
+            Reply::ChangeHeader { index: 1, name: b"Subject", value: b"" },
             Reply::AddRecipient(b"<c@example.com>"),
-            Reply::AddRecipientWithArgs {
-                recipient: b"<d@example.com>",
-                args: Some(b"NOTIFY=NEVER"),
-            },
-            Reply::AddRecipientWithArgs {
-                recipient: b"<d@example.com>",
-                args: None,
-            },
+            Reply::AddRecipientWithArgs { recipient: b"<d@example.com>", args: Some(b"NOTIFY=NEVER") },
+            Reply::AddRecipientWithArgs { recipient: b"<d@example.com>", args: None },
             Reply::DeleteRecipient(b"<e@example.com>"),
-            Reply::ChangeFrom {
-                sender: b"<f@example.com>",
-                args: None,
-            },
-            Reply::ChangeFrom {
-                sender: b"<f@example.com>",
-                args: Some(b"SIZE=1"),
-            },
+            Reply::ChangeFrom { sender: b"<f@example.com>", args: None },
+            Reply::ChangeFrom { sender: b"<f@example.com>", args: Some(b"SIZE=1") },
             Reply::ReplaceBody(b"new body\r\n"),
         ] {
             roundtrip(reply);

@@ -18,6 +18,7 @@ use super::connection::{self, Timeouts, Transport};
 use super::replies::ReplyTexts;
 use super::session::Session;
 use crate::config::ListenAddr;
+use crate::metrics::Metrics;
 use crate::policy::Policy;
 
 /// How long shutdown waits for connections with a message in flight.
@@ -26,10 +27,7 @@ pub const DRAIN_LIMIT: Duration = Duration::from_secs(60);
 /// A bound milter socket.
 pub enum Listener {
     Tcp(TcpListener),
-    Unix {
-        listener: UnixListener,
-        path: PathBuf,
-    },
+    Unix { listener: UnixListener, path: PathBuf },
 }
 
 /// Why the milter socket cannot be bound.
@@ -50,21 +48,14 @@ impl Listener {
     /// # Errors
     /// [`BindError`] naming the address.
     pub async fn bind(addr: &ListenAddr, socket_mode: u32) -> Result<Listener, BindError> {
-        let io_err = |source| BindError::Io {
-            addr: addr.to_string(),
-            source,
-        };
+        let io_err = |source| BindError::Io { addr: addr.to_string(), source };
         match addr {
             ListenAddr::Inet(sa) => Ok(Listener::Tcp(TcpListener::bind(sa).await.map_err(io_err)?)),
             ListenAddr::Unix(path) => {
                 remove_stale_socket(path).await?;
                 let listener = UnixListener::bind(path).map_err(io_err)?;
-                std::fs::set_permissions(path, std::fs::Permissions::from_mode(socket_mode))
-                    .map_err(io_err)?;
-                Ok(Listener::Unix {
-                    listener,
-                    path: path.clone(),
-                })
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(socket_mode)).map_err(io_err)?;
+                Ok(Listener::Unix { listener, path: path.clone() })
             }
         }
     }
@@ -96,18 +87,16 @@ async fn remove_stale_socket(path: &Path) -> Result<(), BindError> {
     if tokio::net::UnixStream::connect(path).await.is_ok() {
         return Err(BindError::InUse(path.to_owned()));
     }
-    std::fs::remove_file(path).map_err(|source| BindError::Io {
-        addr: format!("unix:{}", path.display()),
-        source,
-    })
+    std::fs::remove_file(path).map_err(|source| BindError::Io { addr: format!("unix:{}", path.display()), source })
 }
 
 /// Connection settings shared by every session.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ServerSettings {
     pub timeouts: Timeouts,
     pub max_connections: usize,
     pub replies: Arc<ArcSwap<ReplyTexts>>,
+    pub metrics: Arc<Metrics>,
 }
 
 /// Serves milter connections until `shutdown` turns true, then drains.
@@ -151,30 +140,29 @@ pub async fn run<P: Policy>(
         let session = Session::new(policy.clone(), settings.replies.clone());
         let timeouts = settings.timeouts;
         let shutdown = shutdown.clone();
+        let metrics = settings.metrics.clone();
+        metrics.milter_connections.inc();
+        metrics.milter_connections_open.inc();
         tasks.spawn(async move {
-            match stream {
+            let ok = match stream {
                 Accepted::Tcp(s) => serve_logged(s, session, timeouts, shutdown, id, &peer).await,
                 Accepted::Unix(s) => serve_logged(s, session, timeouts, shutdown, id, &peer).await,
+            };
+            if !ok {
+                metrics.milter_connection_errors.inc();
             }
+            metrics.milter_connections_open.dec();
             drop(permit);
         });
     }
     drop(listener);
+    while tasks.try_join_next().is_some() {}
     if !tasks.is_empty() {
-        info!(
-            connections = tasks.len(),
-            "waiting for messages in flight to finish"
-        );
+        info!(connections = tasks.len(), "waiting for messages in flight to finish");
     }
-    let drained = tokio::time::timeout(DRAIN_LIMIT, async {
-        while tasks.join_next().await.is_some() {}
-    })
-    .await;
+    let drained = tokio::time::timeout(DRAIN_LIMIT, async { while tasks.join_next().await.is_some() {} }).await;
     if drained.is_err() {
-        warn!(
-            connections = tasks.len(),
-            "connections still busy after {DRAIN_LIMIT:?}; closing them"
-        );
+        warn!(connections = tasks.len(), "connections still busy after {DRAIN_LIMIT:?}; closing them");
         tasks.shutdown().await;
     }
 }
@@ -204,10 +192,16 @@ async fn serve_logged<T: Transport, P: Policy>(
     shutdown: watch::Receiver<bool>,
     id: u64,
     peer: &str,
-) {
+) -> bool {
     debug!(conn = id, peer, "milter connection opened");
     match connection::serve(stream, session, timeouts, shutdown).await {
-        Ok(()) => debug!(conn = id, peer, "milter connection closed"),
-        Err(e) => warn!(conn = id, peer, "milter connection ended: {e}"),
+        Ok(()) => {
+            debug!(conn = id, peer, "milter connection closed");
+            true
+        }
+        Err(e) => {
+            warn!(conn = id, peer, "milter connection ended: {e}");
+            false
+        }
     }
 }

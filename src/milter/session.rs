@@ -87,9 +87,7 @@ fn state_words(state: State) -> &'static str {
         State::Negotiating => "waiting for the option negotiation",
         State::Ready => "no message is in progress (before MAIL)",
         State::Message(Phase::Envelope | Phase::Recipients) => "in the envelope of a message",
-        State::Message(Phase::Data | Phase::Headers | Phase::EndOfHeaders) => {
-            "in the headers of a message"
-        }
+        State::Message(Phase::Data | Phase::Headers | Phase::EndOfHeaders) => "in the headers of a message",
         State::Message(Phase::Body) => "in the body of a message",
         State::Closed => "the connection is closing",
     }
@@ -103,11 +101,7 @@ pub fn transition(state: State, kind: u8) -> Result<State, OutOfOrder> {
     use State::*;
     let out_of_order = Err(OutOfOrder { kind, state });
     let within = |phase: Phase, to: Phase| {
-        if phase <= to {
-            Ok(Message(to))
-        } else {
-            out_of_order
-        }
+        if phase <= to { Ok(Message(to)) } else { out_of_order }
     };
     match (state, kind) {
         (Closed, _) => out_of_order,
@@ -186,27 +180,15 @@ impl<P: Policy> Session<P> {
     /// # Errors
     /// [`SessionError`] when the command is out of order or the negotiation cannot succeed;
     /// the connection must then end.
-    pub fn handle(
-        &mut self,
-        command: Command<'_>,
-        out: &mut Vec<u8>,
-    ) -> Result<Flow, SessionError> {
+    pub fn handle(&mut self, command: Command<'_>, out: &mut Vec<u8>) -> Result<Flow, SessionError> {
         let before = self.state;
         self.state = transition(before, command.kind())?;
-        if matches!(before, State::Message(_))
-            && !matches!(self.state, State::Message(_))
-            && command.kind() != b'E'
-        {
+        if matches!(before, State::Message(_)) && !matches!(self.state, State::Message(_)) && command.kind() != b'E' {
             self.policy.end_transaction(&mut self.tx);
         }
         let reply = match command {
             Command::Negotiate(offer) => {
-                let agreed = negotiate::answer(
-                    offer.version,
-                    offer.actions,
-                    offer.steps,
-                    self.policy.needs(),
-                )?;
+                let agreed = negotiate::answer(offer.version, offer.actions, offer.steps, self.policy.needs())?;
                 agreed.encode_reply(out);
                 self.negotiated = Some(agreed);
                 return Ok(Flow::KeepOpen);
@@ -235,15 +217,11 @@ impl<P: Policy> Session<P> {
                 Some(decision)
             }
             Command::RcptTo(envelope) => {
-                let facts = RcptFacts {
-                    recipient: envelope.bare_address(),
-                };
+                let facts = RcptFacts { recipient: envelope.bare_address() };
                 Some(self.policy.rcpt_to(&mut self.tx, &facts))
             }
             Command::EndOfMessage(_) => {
-                let facts = MessageFacts {
-                    queue_id: self.macros.get(Macro::QueueId),
-                };
+                let facts = MessageFacts { queue_id: self.macros.get(Macro::QueueId) };
                 let decision = self.policy.end_of_message(&mut self.tx, &facts);
                 self.policy.end_transaction(&mut self.tx);
                 Some(decision)
@@ -331,12 +309,7 @@ mod tests {
             (Ready, b'U', Ready),
         ];
         for (from, kind, to) in ok {
-            assert_eq!(
-                transition(from, kind),
-                Ok(to),
-                "{from:?} --{}-->",
-                kind as char
-            );
+            assert_eq!(transition(from, kind), Ok(to), "{from:?} --{}-->", kind as char);
         }
         let refused = [
             (Negotiating, b'C'),
@@ -354,36 +327,22 @@ mod tests {
             (Closed, b'M'),
         ];
         for (from, kind) in refused {
-            assert_eq!(
-                transition(from, kind),
-                Err(OutOfOrder { kind, state: from }),
-                "{from:?} --{}-->",
-                kind as char
-            );
+            assert_eq!(transition(from, kind), Err(OutOfOrder { kind, state: from }), "{from:?} --{}-->", kind as char);
         }
     }
 
     #[test]
     fn out_of_order_message_says_what_and_when() {
         let err = transition(Ready, b'B').unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "unexpected BODY command 'B' while no message is in progress (before MAIL)"
-        );
+        assert_eq!(err.to_string(), "unexpected BODY command 'B' while no message is in progress (before MAIL)");
         let err = transition(Negotiating, b'C').unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "unexpected CONNECT command 'C' while waiting for the option negotiation"
-        );
+        assert_eq!(err.to_string(), "unexpected CONNECT command 'C' while waiting for the option negotiation");
     }
 
     #[test]
     fn client_addresses_parse_with_and_without_ipv6_tag() {
         assert_eq!(parse_ip(b"192.0.2.1"), Some("192.0.2.1".parse().unwrap()));
-        assert_eq!(
-            parse_ip(b"IPv6:2001:db8::1"),
-            Some("2001:db8::1".parse().unwrap())
-        );
+        assert_eq!(parse_ip(b"IPv6:2001:db8::1"), Some("2001:db8::1".parse().unwrap()));
         assert_eq!(parse_ip(b"unknown"), None);
     }
 }

@@ -62,10 +62,7 @@ impl RelayUrl {
     /// # Errors
     /// [`NotifyError::SmtpUrl`] quoting the URL (password masked) and what is wrong.
     pub fn parse(text: &str) -> Result<RelayUrl, NotifyError> {
-        let err = |why: &str| NotifyError::SmtpUrl {
-            url: mask_password(text),
-            why: why.to_owned(),
-        };
+        let err = |why: &str| NotifyError::SmtpUrl { url: mask_password(text), why: why.to_owned() };
         let url = url::Url::parse(text).map_err(|e| err(&e.to_string()))?;
         let host = match url.host() {
             Some(url::Host::Ipv6(ip)) => ip.to_string(),
@@ -105,26 +102,15 @@ impl RelayUrl {
             (user, Some(pass)) => Some((decode(user)?, decode(pass)?)),
             (_, None) => return Err(err("a user needs a password (user:password@host)")),
         };
-        Ok(RelayUrl {
-            host,
-            port: url.port().unwrap_or(default_port),
-            security,
-            credentials,
-        })
+        Ok(RelayUrl { host, port: url.port().unwrap_or(default_port), security, credentials })
     }
 
     /// A transport for one attempt. Built per attempt (no pool): notifications are rare and
     /// a fresh connection never trips over one the relay closed meanwhile.
-    fn transport(
-        &self,
-        helo: &str,
-        timeout: Duration,
-    ) -> Result<AsyncSmtpTransport<Tokio1Executor>, NotifyError> {
+    fn transport(&self, helo: &str, timeout: Duration) -> Result<AsyncSmtpTransport<Tokio1Executor>, NotifyError> {
         let tls_params = || {
-            TlsParameters::new(self.host.clone()).map_err(|e| NotifyError::SmtpUrl {
-                url: self.host.clone(),
-                why: format!("tls: {e}"),
-            })
+            TlsParameters::new(self.host.clone())
+                .map_err(|e| NotifyError::SmtpUrl { url: self.host.clone(), why: format!("tls: {e}") })
         };
         let tls = match self.security {
             Security::Plain => Tls::None,
@@ -223,15 +209,8 @@ pub fn build(
         .notify
         .from
         .parse()
-        .map_err(|e| NotifyError::Address {
-            address: config.notify.from.clone(),
-            why: format!("{e}"),
-        })?;
-    let domain = config
-        .notify
-        .from
-        .rsplit_once('@')
-        .map_or("localhost", |(_, d)| d);
+        .map_err(|e| NotifyError::Address { address: config.notify.from.clone(), why: format!("{e}") })?;
+    let domain = config.notify.from.rsplit_once('@').map_or("localhost", |(_, d)| d);
     let mut b = Message::builder()
         .from(from)
         .subject(rendered.subject.clone())
@@ -251,34 +230,24 @@ pub fn build(
         }
     }
     if !any {
-        return Err(NotifyError::Address {
-            address: to.join(", "),
-            why: "no usable notification recipient".into(),
-        });
+        return Err(NotifyError::Address { address: to.join(", "), why: "no usable notification recipient".into() });
     }
-    b.singlepart(SinglePart::plain(rendered.body.clone()))
-        .map_err(|e| NotifyError::Message(e.to_string()))
+    b.singlepart(SinglePart::plain(rendered.body.clone())).map_err(|e| NotifyError::Message(e.to_string()))
 }
 
 /// Sends one message through the relay.
 ///
 /// # Errors
 /// [`NotifyError::Smtp`] with the relay's reply or the connection error.
-pub async fn send(
-    relay: &RelayUrl,
-    helo: &str,
-    timeout: Duration,
-    message: Message,
-) -> Result<(), NotifyError> {
+pub async fn send(relay: &RelayUrl, helo: &str, timeout: Duration, message: Message) -> Result<(), NotifyError> {
     let transport = relay.transport(helo, timeout)?;
     // lettre's own timeout covers each command; this bounds the whole transaction, so a
     // relay that trickles bytes cannot hold a delivery slot forever.
     match tokio::time::timeout(timeout * 4, transport.send(message)).await {
         Ok(Ok(_)) => Ok(()),
-        Ok(Err(e)) => Err(NotifyError::Smtp {
-            relay: format!("{}:{}", relay.host, relay.port),
-            message: error_chain(&e),
-        }),
+        Ok(Err(e)) => {
+            Err(NotifyError::Smtp { relay: format!("{}:{}", relay.host, relay.port), message: error_chain(&e) })
+        }
         Err(_) => Err(NotifyError::Smtp {
             relay: format!("{}:{}", relay.host, relay.port),
             message: format!("no answer within {:?}", timeout * 4),
@@ -304,20 +273,14 @@ mod tests {
     #[test]
     fn relay_url_forms() {
         let r = RelayUrl::parse("smtp://127.0.0.1:25").unwrap();
-        assert_eq!(
-            (r.host.as_str(), r.port, r.security),
-            ("127.0.0.1", 25, Security::Plain)
-        );
+        assert_eq!((r.host.as_str(), r.port, r.security), ("127.0.0.1", 25, Security::Plain));
         assert_eq!(r.credentials, None);
         let r = RelayUrl::parse("smtp://relay.example.com").unwrap();
         assert_eq!(r.port, 25);
         let r = RelayUrl::parse("smtp://u%40x:p%3Ass@relay.example.com?tls=starttls").unwrap();
         assert_eq!((r.port, r.security), (587, Security::StartTls));
         assert_eq!(r.credentials, Some(("u@x".into(), "p:ss".into())));
-        assert!(
-            !format!("{r:?}").contains("p:ss"),
-            "password kept out of Debug"
-        );
+        assert!(!format!("{r:?}").contains("p:ss"), "password kept out of Debug");
         let r = RelayUrl::parse("smtp://relay.example.com:2525?tls=opportunistic").unwrap();
         assert_eq!((r.port, r.security), (2525, Security::Opportunistic));
         let r = RelayUrl::parse("smtps://relay.example.com").unwrap();
@@ -339,9 +302,7 @@ mod tests {
             assert!(e.contains(needle), "{url}: {e}");
             assert!(e.contains(url.split('?').next().unwrap()), "{url}: {e}");
         }
-        let e = RelayUrl::parse("ftp://u:secret@relay")
-            .unwrap_err()
-            .to_string();
+        let e = RelayUrl::parse("ftp://u:secret@relay").unwrap_err().to_string();
         assert!(!e.contains("secret"), "{e}");
     }
 }

@@ -36,15 +36,9 @@ use templates::Templates;
 #[derive(Debug, thiserror::Error)]
 pub enum NotifyError {
     #[error("notification spool \"{path}\": {source}")]
-    Spool {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Spool { path: PathBuf, source: std::io::Error },
     #[error("notification template \"{path}\" cannot be read: {source}")]
-    TemplateRead {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    TemplateRead { path: PathBuf, source: std::io::Error },
     #[error("notification template \"{name}\": {message}")]
     Template { name: String, message: String },
     #[error("notify.smtp \"{url}\": {why}")]
@@ -157,10 +151,7 @@ impl Stats {
                 pending: p.load(Ordering::Relaxed),
             }
         };
-        NotifyStats {
-            email: of(Channel::Email),
-            webhook: of(Channel::Webhook),
-        }
+        NotifyStats { email: of(Channel::Email), webhook: of(Channel::Webhook) }
     }
 }
 
@@ -242,13 +233,7 @@ pub fn spawn_with(
     let (stop, stop_rx) = watch::channel(false);
     let worker = worker::Worker::new(current_rx, spool, stats.clone(), tuning, http, pending);
     let task = tokio::spawn(worker.run(events, shutdown, stop_rx));
-    Ok(NotifierHandle {
-        current,
-        stats,
-        stop,
-        task,
-        spool_dir,
-    })
+    Ok(NotifierHandle { current, stats, stop, task, spool_dir })
 }
 
 impl NotifierHandle {
@@ -260,19 +245,15 @@ impl NotifierHandle {
     /// configuration is still used, with the templates that were in force.
     pub fn reload(&self, config: Arc<Config>) -> Result<(), NotifyError> {
         let old = self.current.borrow().templates.clone();
-        let checked = Templates::load(&config)
-            .and_then(|t| email::RelayUrl::parse(&config.notify.smtp).map(|_| t));
+        let checked = Templates::load(&config).and_then(|t| email::RelayUrl::parse(&config.notify.smtp).map(|_| t));
         let (templates, result) = match checked {
             Ok(t) => (Arc::new(t), Ok(())),
             Err(e) => {
-                tracing::error!(
-                    "notification settings partly refused, keeping the previous templates: {e}"
-                );
+                tracing::error!("notification settings partly refused, keeping the previous templates: {e}");
                 (old, Err(e))
             }
         };
-        self.current
-            .send_replace(Arc::new(Current { config, templates }));
+        self.current.send_replace(Arc::new(Current { config, templates }));
         result
     }
 

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::policy::events::{Event, EventKind};
-use crate::policy::restrictions::Counters;
+use crate::state::restrictions::Counters;
 
 /// Which event a notice reports. Mirrors [`EventKind`] with a serde shape we own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -135,12 +135,7 @@ impl Notice {
             // ambiguously: ("ab","c") and ("a","bc") must differ.
             h.write(&[0xff]);
         }
-        format!(
-            "{}-{}-{:016x}",
-            self.kind.name(),
-            channel.name(),
-            h.finish()
-        )
+        format!("{}-{}-{:016x}", self.kind.name(), channel.name(), h.finish())
     }
 }
 

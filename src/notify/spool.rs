@@ -34,14 +34,7 @@ pub struct Entry {
 
 impl Entry {
     pub fn new(notice: Notice, channel: Channel) -> Entry {
-        Entry {
-            version: VERSION,
-            id: notice.id(channel),
-            channel,
-            notice,
-            attempts: 0,
-            last_error: None,
-        }
+        Entry { version: VERSION, id: notice.id(channel), channel, notice, attempts: 0, last_error: None }
     }
 }
 
@@ -57,9 +50,7 @@ impl Spool {
     /// # Errors
     /// [`NotifyError::Spool`] when the directories cannot be created or read.
     pub fn open(dir: &Path) -> Result<Spool, NotifyError> {
-        let spool = Spool {
-            dir: dir.to_owned(),
-        };
+        let spool = Spool { dir: dir.to_owned() };
         for d in [spool.dir.clone(), spool.done_dir(), spool.bad_dir()] {
             fs::create_dir_all(&d).map_err(|source| NotifyError::Spool { path: d, source })?;
         }
@@ -143,10 +134,7 @@ impl Spool {
     pub fn write(&self, entry: &Entry) -> Result<(), NotifyError> {
         let path = self.path_of(&entry.id);
         let tmp = self.dir.join(format!(".tmp-{}", entry.id));
-        let io = |source| NotifyError::Spool {
-            path: path.clone(),
-            source,
-        };
+        let io = |source| NotifyError::Spool { path: path.clone(), source };
         let bytes = serde_json::to_vec_pretty(entry).map_err(|e| io(e.into()))?;
         let mut f = File::create(&tmp).map_err(io)?;
         f.write_all(&bytes).map_err(io)?;
@@ -164,10 +152,7 @@ impl Spool {
     pub fn complete(&self, id: &str) -> Result<(), NotifyError> {
         let from = self.path_of(id);
         let to = self.done_dir().join(id);
-        let io = |source| NotifyError::Spool {
-            path: from.clone(),
-            source,
-        };
+        let io = |source| NotifyError::Spool { path: from.clone(), source };
         match fs::rename(&from, &to) {
             Ok(()) => {}
             // Not durable in the first place (the write failed); a marker still prevents a
@@ -178,10 +163,7 @@ impl Spool {
             Err(e) => return Err(io(e)),
         }
         // Touch, so pruning counts from delivery rather than from the last write.
-        let _ = File::options()
-            .write(true)
-            .open(&to)
-            .and_then(|f| f.set_modified(SystemTime::now()));
+        let _ = File::options().write(true).open(&to).and_then(|f| f.set_modified(SystemTime::now()));
         sync_dir(&self.done_dir()).map_err(io)?;
         sync_dir(&self.dir).map_err(io)
     }
@@ -210,10 +192,7 @@ impl Spool {
 }
 
 fn read_dir(dir: &Path) -> Result<Vec<fs::DirEntry>, NotifyError> {
-    let rd = fs::read_dir(dir).map_err(|source| NotifyError::Spool {
-        path: dir.to_owned(),
-        source,
-    })?;
+    let rd = fs::read_dir(dir).map_err(|source| NotifyError::Spool { path: dir.to_owned(), source })?;
     Ok(rd.flatten().filter(|e| e.path().is_file()).collect())
 }
 
@@ -264,9 +243,6 @@ mod tests {
         assert!(!dir.join(".tmp-x").exists());
         assert!(spool.load().unwrap().is_empty());
         assert!(dir.join("bad/garbage.json").exists());
-        assert!(
-            dir.join("bad/other-id.json").exists(),
-            "id must match the name"
-        );
+        assert!(dir.join("bad/other-id.json").exists(), "id must match the name");
     }
 }

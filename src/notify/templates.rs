@@ -18,7 +18,7 @@ use time::format_description::well_known::Rfc3339;
 use super::NotifyError;
 use super::notice::{Notice, NoticeKind};
 use crate::config::{Config, Language};
-use crate::policy::restrictions::Counters;
+use crate::state::restrictions::Counters;
 
 /// Which text of a notification a template makes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,11 +41,7 @@ macro_rules! builtin {
         [
             (
                 concat!($lang, "/sender_restricted.subject.txt"),
-                include_str!(concat!(
-                    "templates/",
-                    $lang,
-                    "/sender_restricted.subject.txt"
-                )),
+                include_str!(concat!("templates/", $lang, "/sender_restricted.subject.txt")),
             ),
             (
                 concat!($lang, "/sender_restricted.body.txt"),
@@ -53,27 +49,15 @@ macro_rules! builtin {
             ),
             (
                 concat!($lang, "/sending_limit_exceeded.subject.txt"),
-                include_str!(concat!(
-                    "templates/",
-                    $lang,
-                    "/sending_limit_exceeded.subject.txt"
-                )),
+                include_str!(concat!("templates/", $lang, "/sending_limit_exceeded.subject.txt")),
             ),
             (
                 concat!($lang, "/sending_limit_exceeded.body.txt"),
-                include_str!(concat!(
-                    "templates/",
-                    $lang,
-                    "/sending_limit_exceeded.body.txt"
-                )),
+                include_str!(concat!("templates/", $lang, "/sending_limit_exceeded.body.txt")),
             ),
             (
                 concat!($lang, "/approaching_limit.subject.txt"),
-                include_str!(concat!(
-                    "templates/",
-                    $lang,
-                    "/approaching_limit.subject.txt"
-                )),
+                include_str!(concat!("templates/", $lang, "/approaching_limit.subject.txt")),
             ),
             (
                 concat!($lang, "/approaching_limit.body.txt"),
@@ -92,12 +76,7 @@ macro_rules! builtin {
 }
 
 /// The built-in templates, `<lang>/<event>.<subject|body>.txt`.
-const BUILTIN: [[(&str, &str); 8]; 4] = [
-    builtin!("en"),
-    builtin!("sv"),
-    builtin!("nl"),
-    builtin!("da"),
-];
+const BUILTIN: [[(&str, &str); 8]; 4] = [builtin!("en"), builtin!("sv"), builtin!("nl"), builtin!("da")];
 
 /// A rendered notification text.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -142,10 +121,7 @@ impl Templates {
         for set in BUILTIN {
             for (name, source) in set {
                 env.add_template(name, source)
-                    .map_err(|e| NotifyError::Template {
-                        name: name.to_owned(),
-                        message: e.to_string(),
-                    })?;
+                    .map_err(|e| NotifyError::Template { name: name.to_owned(), message: e.to_string() })?;
             }
         }
         let mut custom = Vec::new();
@@ -154,34 +130,20 @@ impl Templates {
             for kind in NoticeKind::ALL {
                 for part in [Part::Subject, Part::Body] {
                     let file = format!("{}.{}", kind.name(), part.suffix());
-                    let Some(path) = [dir.join(lang).join(&file), dir.join(&file)]
-                        .into_iter()
-                        .find(|p| p.is_file())
+                    let Some(path) = [dir.join(lang).join(&file), dir.join(&file)].into_iter().find(|p| p.is_file())
                     else {
                         continue;
                     };
-                    let source = std::fs::read_to_string(&path).map_err(|source| {
-                        NotifyError::TemplateRead {
-                            path: path.clone(),
-                            source,
-                        }
-                    })?;
+                    let source = std::fs::read_to_string(&path)
+                        .map_err(|source| NotifyError::TemplateRead { path: path.clone(), source })?;
                     let name = format!("custom/{file}");
-                    env.add_template_owned(name.clone(), source).map_err(|e| {
-                        NotifyError::Template {
-                            name: display(&path),
-                            message: e.to_string(),
-                        }
-                    })?;
+                    env.add_template_owned(name.clone(), source)
+                        .map_err(|e| NotifyError::Template { name: display(&path), message: e.to_string() })?;
                     custom.push((kind, part, name));
                 }
             }
         }
-        Ok(Templates {
-            env,
-            language: config.notify.language,
-            custom,
-        })
+        Ok(Templates { env, language: config.notify.language, custom })
     }
 
     /// Renders the subject and body of `notice` in the configured language.
@@ -195,23 +157,11 @@ impl Templates {
         let vars = Vars::new(notice, config);
         let subject = self.render_part(notice.kind, Part::Subject, &vars)?;
         let body = self.render_part(notice.kind, Part::Body, &vars)?;
-        Ok(Rendered {
-            subject: one_line(&subject),
-            body,
-        })
+        Ok(Rendered { subject: one_line(&subject), body })
     }
 
-    fn render_part(
-        &self,
-        kind: NoticeKind,
-        part: Part,
-        vars: &Vars,
-    ) -> Result<String, NotifyError> {
-        if let Some((_, _, name)) = self
-            .custom
-            .iter()
-            .find(|(k, p, _)| *k == kind && *p == part)
-        {
+    fn render_part(&self, kind: NoticeKind, part: Part, vars: &Vars) -> Result<String, NotifyError> {
+        if let Some((_, _, name)) = self.custom.iter().find(|(k, p, _)| *k == kind && *p == part) {
             match self.env.get_template(name).and_then(|t| t.render(vars)) {
                 Ok(text) => return Ok(text),
                 Err(e) => tracing::error!(
@@ -224,10 +174,7 @@ impl Templates {
         self.env
             .get_template(&name)
             .and_then(|t| t.render(vars))
-            .map_err(|e| NotifyError::Template {
-                name,
-                message: format!("{e:#}"),
-            })
+            .map_err(|e| NotifyError::Template { name, message: format!("{e:#}") })
     }
 }
 
@@ -270,21 +217,16 @@ impl Vars {
     pub fn new(notice: &Notice, config: &Config) -> Vars {
         let c = &notice.counters;
         let (used, allowed) = match notice.limit.as_deref() {
-            Some("recipient_limit_external_per_hour") => {
-                (Some(c.external_last_hour), Some(c.external_limit_per_hour))
-            }
-            Some("recipient_limit_internal_per_hour") => {
-                (Some(c.internal_last_hour), Some(c.internal_limit_per_hour))
-            }
+            Some("recipient_limit_external_per_hour") => (Some(c.external_last_hour), Some(c.external_limit_per_hour)),
+            Some("recipient_limit_internal_per_hour") => (Some(c.internal_last_hour), Some(c.internal_limit_per_hour)),
             Some("recipient_limit_per_day") => (Some(c.last_day), Some(c.limit_per_day)),
             _ => (None, None),
         };
         let config_file = config_file(&config.file);
         let account_arg = shell_quote(&notice.account);
         let config_arg = shell_quote(&config_file);
-        let queue_list_command = format!(
-            "postqueue -j | jq -r --arg s {account_arg} 'select(.sender == $s) | .queue_id'"
-        );
+        let queue_list_command =
+            format!("postqueue -j | jq -r --arg s {account_arg} 'select(.sender == $s) | .queue_id'");
         Vars {
             event: notice.kind.name(),
             severity: notice.kind.severity(),
@@ -299,12 +241,8 @@ impl Vars {
             until: notice.until.map(rfc3339),
             node: printable(&notice.node),
             by: notice.by.as_deref().map(printable),
-            release_command: format!(
-                "outbound-guard --config {config_arg} restricted release {account_arg}"
-            ),
-            restrict_command: format!(
-                "outbound-guard --config {config_arg} restricted add {account_arg}"
-            ),
+            release_command: format!("outbound-guard --config {config_arg} restricted release {account_arg}"),
+            restrict_command: format!("outbound-guard --config {config_arg} restricted add {account_arg}"),
             admin_url: admin_url(config, &notice.account),
             queue_delete_command: format!("{queue_list_command} | postsuper -d -"),
             queue_list_command,
@@ -319,29 +257,18 @@ impl Vars {
 
 /// UTC, RFC 3339, whole seconds: what the API shows too.
 pub fn rfc3339(t: OffsetDateTime) -> String {
-    let t = t
-        .to_offset(time::UtcOffset::UTC)
-        .replace_nanosecond(0)
-        .unwrap_or(t);
+    let t = t.to_offset(time::UtcOffset::UTC).replace_nanosecond(0).unwrap_or(t);
     t.format(&Rfc3339).unwrap_or_else(|_| t.to_string())
 }
 
 /// The config file as the release command must name it: absolute, because the
 /// administrator runs the command from wherever they are.
 fn config_file(path: &Path) -> String {
-    std::path::absolute(path)
-        .unwrap_or_else(|_| PathBuf::from(path))
-        .to_string_lossy()
-        .into_owned()
+    std::path::absolute(path).unwrap_or_else(|_| PathBuf::from(path)).to_string_lossy().into_owned()
 }
 
 /// Characters kept as they are in the `#account=` fragment.
-const FRAGMENT: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'@')
-    .remove(b'.')
-    .remove(b'-')
-    .remove(b'_')
-    .remove(b'+');
+const FRAGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'@').remove(b'.').remove(b'-').remove(b'_').remove(b'+');
 
 /// The web page with the account preselected. The account goes in the fragment, which the
 /// browser keeps to itself: account names stay out of proxy and access logs.
@@ -453,9 +380,7 @@ mod tests {
     pub(crate) fn config(extra_notify: &str) -> Config {
         Config::parse(
             Path::new("/etc/outbound-guard/plugin.toml"),
-            &format!(
-                "[notify]\nnode_name = \"mx1\"\n{extra_notify}\n[admin]\nlisten = \"127.0.0.1:7358\"\n"
-            ),
+            &format!("[notify]\nnode_name = \"mx1\"\n{extra_notify}\n[admin]\nlisten = \"127.0.0.1:7358\"\n"),
         )
         .expect("valid test configuration")
     }
@@ -467,51 +392,16 @@ mod tests {
 
     /// Words each language's restriction mail must contain besides the facts.
     const WORDS: [(&str, &[&str]); 4] = [
-        (
-            "en",
-            &[
-                "external recipients per hour",
-                "still delivered",
-                "password",
-                "release it",
-            ],
-        ),
-        (
-            "sv",
-            &[
-                "externa mottagare per timme",
-                "levereras som vanligt",
-                "lösenord",
-                "häv spärren",
-            ],
-        ),
-        (
-            "nl",
-            &[
-                "externe ontvangers per uur",
-                "gewoon bezorgd",
-                "wachtwoord",
-                "Hef de blokkade op",
-            ],
-        ),
-        (
-            "da",
-            &[
-                "eksterne modtagere i timen",
-                "leveres stadig",
-                "adgangskode",
-                "ophæv spærringen",
-            ],
-        ),
+        ("en", &["external recipients per hour", "still delivered", "password", "release it"]),
+        ("sv", &["externa mottagare per timme", "levereras som vanligt", "lösenord", "häv spärren"]),
+        ("nl", &["externe ontvangers per uur", "gewoon bezorgd", "wachtwoord", "Hef de blokkade op"]),
+        ("da", &["eksterne modtagere i timen", "leveres stadig", "adgangskode", "ophæv spærringen"]),
     ];
 
     #[test]
     fn english_subject_is_the_specified_one() {
         let r = render("en", &restricted("alice@example.com"));
-        assert_eq!(
-            r.subject,
-            "Outbound spam notification - alice@example.com blocked from sending outbound mail"
-        );
+        assert_eq!(r.subject, "Outbound spam notification - alice@example.com blocked from sending outbound mail");
     }
 
     #[test]
@@ -519,11 +409,7 @@ mod tests {
         let n = restricted("alice@example.com");
         for (lang, words) in WORDS {
             let r = render(lang, &n);
-            assert!(
-                r.subject.contains("alice@example.com"),
-                "{lang}: {}",
-                r.subject
-            );
+            assert!(r.subject.contains("alice@example.com"), "{lang}: {}", r.subject);
             let b = &r.body;
             for needle in [
                 "alice@example.com",
@@ -547,10 +433,7 @@ mod tests {
             for w in words {
                 assert!(b.contains(w), "{lang}: {w:?} missing from\n{b}");
             }
-            assert!(
-                !b.contains("{{") && !b.contains("{%"),
-                "{lang}: unrendered\n{b}"
-            );
+            assert!(!b.contains("{{") && !b.contains("{%"), "{lang}: unrendered\n{b}");
             assert!(!b.starts_with('\n'), "{lang}: leading blank line");
         }
     }
@@ -600,24 +483,15 @@ mod tests {
         let n = restricted("evil\r\nBcc: x@example.net\u{202e}'$(rm -rf /)");
         let r = render("en", &n);
         assert!(!r.subject.contains('\r') && !r.subject.contains('\n'));
-        assert!(
-            r.subject
-                .contains("evil\\r\\nBcc: x@example.net\\u{202e}'$(rm -rf /)"),
-            "{}",
-            r.subject
-        );
+        assert!(r.subject.contains("evil\\r\\nBcc: x@example.net\\u{202e}'$(rm -rf /)"), "{}", r.subject);
         assert!(!r.body.contains("evil\r") && !r.body.contains('\u{202e}'));
         assert!(
-            r.body.contains(
-                "restricted release $'evil\\r\\nBcc: x@example.net\\xe2\\x80\\xae\\'$(rm -rf /)'"
-            ),
+            r.body.contains("restricted release $'evil\\r\\nBcc: x@example.net\\xe2\\x80\\xae\\'$(rm -rf /)'"),
             "{}",
             r.body
         );
         assert!(
-            r.body.contains(
-                "#account=evil%0D%0ABcc%3A%20x@example.net%E2%80%AE%27%24%28rm%20-rf%20%2F%29"
-            ),
+            r.body.contains("#account=evil%0D%0ABcc%3A%20x@example.net%E2%80%AE%27%24%28rm%20-rf%20%2F%29"),
             "{}",
             r.body
         );
@@ -636,10 +510,7 @@ mod tests {
     #[test]
     fn admin_url_forms() {
         let c = config("admin_url = \"https://mail.example.com/guard/#x\"");
-        assert_eq!(
-            admin_url(&c, "a+b@example.com"),
-            "https://mail.example.com/guard/#account=a+b@example.com"
-        );
+        assert_eq!(admin_url(&c, "a+b@example.com"), "https://mail.example.com/guard/#account=a+b@example.com");
         let c = Config::parse(
             Path::new("p.toml"),
             "[notify]\nnode_name = \"mx1.example.com\"\n[admin]\nlisten = \"0.0.0.0:7358\"\n",
@@ -652,29 +523,14 @@ mod tests {
     fn overrides_per_language_and_for_all() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("sv")).unwrap();
-        std::fs::write(
-            dir.path().join("sender_restricted.subject.txt"),
-            "[ALL] {{ account }} {{ event }}",
-        )
-        .unwrap();
-        std::fs::write(
-            dir.path().join("sv/sender_restricted.subject.txt"),
-            "[SV] {{ account }}\n",
-        )
-        .unwrap();
-        std::fs::write(
-            dir.path().join("sender_released.body.txt"),
-            "{{ no_such_variable }}",
-        )
-        .unwrap();
+        std::fs::write(dir.path().join("sender_restricted.subject.txt"), "[ALL] {{ account }} {{ event }}").unwrap();
+        std::fs::write(dir.path().join("sv/sender_restricted.subject.txt"), "[SV] {{ account }}\n").unwrap();
+        std::fs::write(dir.path().join("sender_released.body.txt"), "{{ no_such_variable }}").unwrap();
         let tdir = dir.path().display();
         let n = restricted("a@example.com");
         let c = config(&format!("templates_dir = \"{tdir}\"\nlanguage = \"en\""));
         let t = Templates::load(&c).unwrap();
-        assert_eq!(
-            t.render(&n, &c).unwrap().subject,
-            "[ALL] a@example.com sender_restricted"
-        );
+        assert_eq!(t.render(&n, &c).unwrap().subject, "[ALL] a@example.com sender_restricted");
         let c = config(&format!("templates_dir = \"{tdir}\"\nlanguage = \"sv\""));
         let t = Templates::load(&c).unwrap();
         assert_eq!(t.render(&n, &c).unwrap().subject, "[SV] a@example.com");

@@ -11,7 +11,7 @@ use super::NotifyError;
 use super::notice::Notice;
 use super::templates::{Vars, rfc3339};
 use crate::config::Config;
-use crate::policy::restrictions::Counters;
+use crate::state::restrictions::Counters;
 
 /// The JSON body (documented in docs/notifications.md).
 #[derive(Debug, Serialize)]
@@ -78,15 +78,8 @@ pub fn client(timeout: Duration) -> Result<reqwest::Client, NotifyError> {
 ///
 /// # Errors
 /// [`NotifyError::Webhook`] with the status or the connection error.
-pub async fn post(
-    client: &reqwest::Client,
-    url: &str,
-    payload: &Payload<'_>,
-) -> Result<(), NotifyError> {
-    let err = |message: String| NotifyError::Webhook {
-        url: redact(url),
-        message,
-    };
+pub async fn post(client: &reqwest::Client, url: &str, payload: &Payload<'_>) -> Result<(), NotifyError> {
+    let err = |message: String| NotifyError::Webhook { url: redact(url), message };
     let response = client
         .post(url)
         // Receivers that keep state can drop a retried duplicate by this key.
@@ -96,11 +89,7 @@ pub async fn post(
         .await
         .map_err(|e| err(error_chain(&e)))?;
     let status = response.status();
-    if status.is_success() {
-        Ok(())
-    } else {
-        Err(err(format!("answered {status}")))
-    }
+    if status.is_success() { Ok(()) } else { Err(err(format!("answered {status}"))) }
 }
 
 /// A webhook URL usually carries its secret in the path; logs get scheme, host and port.
@@ -133,10 +122,7 @@ mod tests {
 
     #[test]
     fn redact_keeps_the_secret_out() {
-        assert_eq!(
-            redact("https://chat.example.com/hooks/abc123"),
-            "https://chat.example.com/…"
-        );
+        assert_eq!(redact("https://chat.example.com/hooks/abc123"), "https://chat.example.com/…");
         assert_eq!(redact("http://127.0.0.1:8080/x"), "http://127.0.0.1:8080/…");
     }
 }

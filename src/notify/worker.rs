@@ -52,29 +52,9 @@ impl Worker {
         loaded: Vec<Entry>,
     ) -> Worker {
         let now = Instant::now();
-        let pending = loaded
-            .into_iter()
-            .map(|entry| {
-                (
-                    entry.id.clone(),
-                    Pending {
-                        entry,
-                        due: now,
-                        in_flight: false,
-                    },
-                )
-            })
-            .collect();
-        Worker {
-            current,
-            spool,
-            stats,
-            tuning,
-            http,
-            pending,
-            attempts: JoinSet::new(),
-            attempt_ids: HashMap::new(),
-        }
+        let pending =
+            loaded.into_iter().map(|entry| (entry.id.clone(), Pending { entry, due: now, in_flight: false })).collect();
+        Worker { current, spool, stats, tuning, http, pending, attempts: JoinSet::new(), attempt_ids: HashMap::new() }
     }
 
     pub(super) async fn run(
@@ -94,11 +74,7 @@ impl Worker {
             let next_due = if self.attempts.len() >= self.tuning.max_in_flight {
                 None
             } else {
-                self.pending
-                    .values()
-                    .filter(|p| !p.in_flight)
-                    .map(|p| p.due)
-                    .min()
+                self.pending.values().filter(|p| !p.in_flight).map(|p| p.due).min()
             };
             tokio::select! {
                 // A dropped sender means the owner is gone: stop as for the signal itself.
@@ -183,14 +159,7 @@ impl Worker {
                 Err(e) => error!(%id, "notification not spooled, delivering from memory only: {e}"),
             }
             self.stats.queued(channel);
-            self.pending.insert(
-                id,
-                Pending {
-                    entry,
-                    due: Instant::now(),
-                    in_flight: false,
-                },
-            );
+            self.pending.insert(id, Pending { entry, due: Instant::now(), in_flight: false });
         }
     }
 
@@ -200,17 +169,9 @@ impl Worker {
     }
 
     fn launch_where(&mut self, ready: impl Fn(&Pending) -> bool) {
-        let mut ready: Vec<&mut Pending> = self
-            .pending
-            .values_mut()
-            .filter(|p| !p.in_flight && ready(p))
-            .collect();
+        let mut ready: Vec<&mut Pending> = self.pending.values_mut().filter(|p| !p.in_flight && ready(p)).collect();
         // Oldest events first when the in-flight cap makes some wait.
-        ready.sort_by(|a, b| {
-            a.due
-                .cmp(&b.due)
-                .then(a.entry.notice.since.cmp(&b.entry.notice.since))
-        });
+        ready.sort_by(|a, b| a.due.cmp(&b.due).then(a.entry.notice.since.cmp(&b.entry.notice.since)));
         for p in ready {
             if self.attempts.len() >= self.tuning.max_in_flight {
                 break;
@@ -229,10 +190,7 @@ impl Worker {
         }
     }
 
-    async fn finished(
-        &mut self,
-        done: Result<(tokio::task::Id, (String, Outcome)), tokio::task::JoinError>,
-    ) {
+    async fn finished(&mut self, done: Result<(tokio::task::Id, (String, Outcome)), tokio::task::JoinError>) {
         let (id, outcome) = match done {
             Ok((task, r)) => {
                 self.attempt_ids.remove(&task);
@@ -243,10 +201,7 @@ impl Worker {
                 let Some(id) = self.attempt_ids.remove(&e.id()) else {
                     return;
                 };
-                (
-                    id,
-                    Outcome::Failed(NotifyError::Message(format!("attempt aborted: {e}"))),
-                )
+                (id, Outcome::Failed(NotifyError::Message(format!("attempt aborted: {e}"))))
             }
         };
         let Some(p) = self.pending.get_mut(&id) else {
@@ -302,12 +257,7 @@ impl Worker {
 }
 
 /// One delivery attempt, rendered with the configuration in force now.
-async fn attempt(
-    entry: &Entry,
-    current: &Current,
-    http: &reqwest::Client,
-    tuning: &Tuning,
-) -> Outcome {
+async fn attempt(entry: &Entry, current: &Current, http: &reqwest::Client, tuning: &Tuning) -> Outcome {
     let config = &current.config;
     let rendered = match current.templates.render(&entry.notice, config) {
         Ok(r) => r,
@@ -323,19 +273,11 @@ async fn attempt(
                 Ok(r) => r,
                 Err(e) => return Outcome::Failed(e),
             };
-            let message =
-                match email::build(config, &to, &rendered, entry.notice.kind.name(), &entry.id) {
-                    Ok(m) => m,
-                    Err(e) => return Outcome::Failed(e),
-                };
-            match email::send(
-                &relay,
-                &config.notify.node_name,
-                tuning.smtp_timeout,
-                message,
-            )
-            .await
-            {
+            let message = match email::build(config, &to, &rendered, entry.notice.kind.name(), &entry.id) {
+                Ok(m) => m,
+                Err(e) => return Outcome::Failed(e),
+            };
+            match email::send(&relay, &config.notify.node_name, tuning.smtp_timeout, message).await {
                 Ok(()) => Outcome::Delivered,
                 Err(e) => Outcome::Failed(e),
             }
@@ -344,8 +286,7 @@ async fn attempt(
             let Some(url) = &config.notify.webhook else {
                 return Outcome::Dropped("notify.webhook is no longer configured");
             };
-            let payload =
-                webhook::Payload::new(&entry.id, &entry.notice, &rendered.subject, config);
+            let payload = webhook::Payload::new(&entry.id, &entry.notice, &rendered.subject, config);
             match webhook::post(http, url, &payload).await {
                 Ok(()) => Outcome::Delivered,
                 Err(e) => Outcome::Failed(e),

@@ -15,11 +15,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 
 /// Whether a transaction is the organisation's own outbound mail.
-pub fn is_outbound(
-    auth_login: Option<&[u8]>,
-    client_addr: Option<IpAddr>,
-    internal_networks: &[IpNet],
-) -> bool {
+pub fn is_outbound(auth_login: Option<&[u8]>, client_addr: Option<IpAddr>, internal_networks: &[IpNet]) -> bool {
     auth_login.is_some() || client_addr.is_some_and(|ip| is_internal_client(ip, internal_networks))
 }
 
@@ -51,20 +47,16 @@ fn is_canonical_fast(text: &str, strip_subaddress: bool) -> bool {
     let bytes = text.as_bytes();
     let at = bytes.iter().rposition(|&b| b == b'@');
     let local = at.map_or(bytes, |i| &bytes[..i]);
-    bytes.iter().all(|&b| {
-        b.is_ascii_graphic()
-            && !b.is_ascii_uppercase()
-            && !matches!(b, b'"' | b'<' | b'>' | b'\\' | b'[')
-    }) && !(strip_subaddress && local.contains(&b'+'))
+    bytes
+        .iter()
+        .all(|&b| b.is_ascii_graphic() && !b.is_ascii_uppercase() && !matches!(b, b'"' | b'<' | b'>' | b'\\' | b'['))
+        && !(strip_subaddress && local.contains(&b'+'))
         && !text.ends_with('.')
         && at.is_none_or(|i| i + 1 < bytes.len())
 }
 
 fn canonicalize_slow(text: &str, strip_subaddress: bool) -> String {
-    let text = text
-        .strip_prefix('<')
-        .and_then(|t| t.strip_suffix('>'))
-        .unwrap_or(text);
+    let text = text.strip_prefix('<').and_then(|t| t.strip_suffix('>')).unwrap_or(text);
     let (local, domain) = split_address(text);
     let mut local = unquote(local);
     if strip_subaddress
@@ -130,16 +122,8 @@ fn requote(local: &str) -> Cow<'_, str> {
     if dot_atom {
         Cow::Borrowed(local)
     } else {
-        let escaped: String = local
-            .chars()
-            .flat_map(|c| {
-                if c == '"' || c == '\\' {
-                    vec!['\\', c]
-                } else {
-                    vec![c]
-                }
-            })
-            .collect();
+        let escaped: String =
+            local.chars().flat_map(|c| if c == '"' || c == '\\' { vec!['\\', c] } else { vec![c] }).collect();
         Cow::Owned(format!("\"{escaped}\""))
     }
 }
@@ -163,8 +147,7 @@ pub fn domain_of(account: &str) -> Option<&str> {
 pub fn is_same_or_subdomain(domain: &str, parent: &str) -> bool {
     domain.len() >= parent.len()
         && domain[domain.len() - parent.len()..].eq_ignore_ascii_case(parent)
-        && (domain.len() == parent.len()
-            || domain.as_bytes()[domain.len() - parent.len() - 1] == b'.')
+        && (domain.len() == parent.len() || domain.as_bytes()[domain.len() - parent.len() - 1] == b'.')
 }
 
 /// Whether a recipient address is internal: its domain is one of `local_domains` or a
@@ -179,14 +162,10 @@ pub fn recipient_is_internal(recipient: &[u8], local_domains: &[String]) -> bool
     };
     let domain = domain.trim_end_matches('.');
     if domain.is_ascii() && !domain.contains("xn--") && !domain.starts_with('[') {
-        return local_domains
-            .iter()
-            .any(|p| is_same_or_subdomain(domain, p));
+        return local_domains.iter().any(|p| is_same_or_subdomain(domain, p));
     }
     let canonical = canonical_domain(domain);
-    local_domains
-        .iter()
-        .any(|p| is_same_or_subdomain(&canonical, p))
+    local_domains.iter().any(|p| is_same_or_subdomain(&canonical, p))
 }
 
 #[cfg(test)]
@@ -199,38 +178,17 @@ mod tests {
 
     #[test]
     fn case_and_subaddress_fold() {
-        assert_eq!(
-            canon("Alice@Example.COM").as_deref(),
-            Some("alice@example.com")
-        );
-        assert_eq!(
-            canon("alice+news@example.com").as_deref(),
-            Some("alice@example.com")
-        );
-        assert_eq!(
-            canonical(b"alice+news@example.com", false).as_deref(),
-            Some("alice+news@example.com")
-        );
-        assert_eq!(
-            canon("<bob@example.com>").as_deref(),
-            Some("bob@example.com")
-        );
-        assert_eq!(
-            canon("+leading@example.com").as_deref(),
-            Some("+leading@example.com")
-        );
+        assert_eq!(canon("Alice@Example.COM").as_deref(), Some("alice@example.com"));
+        assert_eq!(canon("alice+news@example.com").as_deref(), Some("alice@example.com"));
+        assert_eq!(canonical(b"alice+news@example.com", false).as_deref(), Some("alice+news@example.com"));
+        assert_eq!(canon("<bob@example.com>").as_deref(), Some("bob@example.com"));
+        assert_eq!(canon("+leading@example.com").as_deref(), Some("+leading@example.com"));
     }
 
     #[test]
     fn fast_path_borrows() {
-        assert!(matches!(
-            canonical(b"alice@example.com", true),
-            Some(Cow::Borrowed(_))
-        ));
-        assert!(matches!(
-            canonical(b"Alice@example.com", true),
-            Some(Cow::Owned(_))
-        ));
+        assert!(matches!(canonical(b"alice@example.com", true), Some(Cow::Borrowed(_))));
+        assert!(matches!(canonical(b"Alice@example.com", true), Some(Cow::Owned(_))));
     }
 
     #[test]
@@ -242,22 +200,10 @@ mod tests {
 
     #[test]
     fn quoted_local_parts() {
-        assert_eq!(
-            canon("\"alice\"@example.com").as_deref(),
-            Some("alice@example.com")
-        );
-        assert_eq!(
-            canon("\"John Doe\"@Example.com").as_deref(),
-            Some("\"john doe\"@example.com")
-        );
-        assert_eq!(
-            canon("\"a@b\"@example.com").as_deref(),
-            Some("\"a@b\"@example.com")
-        );
-        assert_eq!(
-            canon("\"x\\\"y\"@example.com").as_deref(),
-            Some("\"x\\\"y\"@example.com")
-        );
+        assert_eq!(canon("\"alice\"@example.com").as_deref(), Some("alice@example.com"));
+        assert_eq!(canon("\"John Doe\"@Example.com").as_deref(), Some("\"john doe\"@example.com"));
+        assert_eq!(canon("\"a@b\"@example.com").as_deref(), Some("\"a@b\"@example.com"));
+        assert_eq!(canon("\"x\\\"y\"@example.com").as_deref(), Some("\"x\\\"y\"@example.com"));
     }
 
     #[test]
@@ -272,10 +218,7 @@ mod tests {
 
     #[test]
     fn address_literals_and_logins_without_domain() {
-        assert_eq!(
-            canon("user@[IPv6:2001:DB8::1]").as_deref(),
-            Some("user@[ipv6:2001:db8::1]")
-        );
+        assert_eq!(canon("user@[IPv6:2001:DB8::1]").as_deref(), Some("user@[ipv6:2001:db8::1]"));
         assert_eq!(canon("Bob").as_deref(), Some("bob"));
         assert_eq!(domain_of("bob"), None);
         assert_eq!(domain_of("bob@example.com"), Some("example.com"));
@@ -295,27 +238,12 @@ mod tests {
 
     #[test]
     fn direction() {
-        let nets: Vec<IpNet> = vec![
-            "127.0.0.0/8".parse().unwrap(),
-            "2001:db8::/32".parse().unwrap(),
-        ];
+        let nets: Vec<IpNet> = vec!["127.0.0.0/8".parse().unwrap(), "2001:db8::/32".parse().unwrap()];
         assert!(is_outbound(Some(b"alice"), None, &nets));
         assert!(is_outbound(None, Some("127.0.0.5".parse().unwrap()), &nets));
-        assert!(is_outbound(
-            None,
-            Some("::ffff:127.0.0.1".parse().unwrap()),
-            &nets
-        ));
-        assert!(is_outbound(
-            None,
-            Some("2001:db8::7".parse().unwrap()),
-            &nets
-        ));
-        assert!(!is_outbound(
-            None,
-            Some("192.0.2.1".parse().unwrap()),
-            &nets
-        ));
+        assert!(is_outbound(None, Some("::ffff:127.0.0.1".parse().unwrap()), &nets));
+        assert!(is_outbound(None, Some("2001:db8::7".parse().unwrap()), &nets));
+        assert!(!is_outbound(None, Some("192.0.2.1".parse().unwrap()), &nets));
         assert!(!is_outbound(None, None, &nets));
     }
 }

@@ -52,10 +52,7 @@ pub enum EngineClock {
 impl EngineClock {
     /// A manual clock starting at `start`.
     pub fn manual(start: SystemTime) -> EngineClock {
-        let nanos = start
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos() as u64;
+        let nanos = start.duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos() as u64;
         EngineClock::Manual(Arc::new(AtomicU64::new(nanos)))
     }
 
@@ -69,20 +66,14 @@ impl EngineClock {
     /// Sets a manual clock; no effect on the system clock.
     pub fn set(&self, to: SystemTime) {
         if let EngineClock::Manual(n) = self {
-            n.store(
-                to.duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos() as u64,
-                Ordering::SeqCst,
-            );
+            n.store(to.duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos() as u64, Ordering::SeqCst);
         }
     }
 
     /// Nanoseconds since the epoch.
     pub fn now_nanos(&self) -> u64 {
         match self {
-            EngineClock::System => SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_nanos() as u64,
+            EngineClock::System => SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos() as u64,
             EngineClock::Manual(n) => n.load(Ordering::SeqCst),
         }
     }

@@ -19,11 +19,12 @@ use super::account::{self, canonical};
 use super::clock::{EngineClock, hour_number, next_utc_midnight_secs, utc_day};
 use super::events::{Event, EventKind, EventSink};
 use super::limits::{self, AccountRecord, LimitKind, Limiters};
-use super::restrictions::{Counters, Restriction, RestrictionStore, Source, StoreError};
 use super::rules::{CompiledPolicies, PolicyIndex};
 use super::{Decision, MailFacts, MessageFacts, Policy, RcptFacts, Refusal};
 use crate::config::{Config, LimitAction};
+use crate::metrics::Metrics;
 use crate::milter::negotiate::Needs;
+use crate::state::restrictions::{Counters, Restriction, RestrictionStore, Source, StoreError};
 
 type Accounts = DashMap<Box<str>, AccountRecord, ahash::RandomState>;
 
@@ -41,17 +42,18 @@ impl Compiled {
         let strip = config.organization.strip_subaddress;
         let policies = CompiledPolicies::new(&config.policies, &config.groups, strip);
         let limiters = Limiters::new(policies.all(), clock);
-        let exempt = canonical(config.notify.from.as_bytes(), strip)
-            .map(|c| c.into_owned())
-            .into_iter()
-            .collect();
-        Compiled {
-            config,
-            policies,
-            limiters,
-            exempt,
-        }
+        let exempt = canonical(config.notify.from.as_bytes(), strip).map(|c| c.into_owned()).into_iter().collect();
+        Compiled { config, policies, limiters, exempt }
     }
+}
+
+/// An account's live counters as the API shows them.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SenderInfo {
+    pub account: String,
+    pub policy: String,
+    pub counters: Counters,
+    pub restricted: bool,
 }
 
 /// Per-transaction state, reused across the transactions of a connection.
@@ -66,6 +68,7 @@ pub struct Transaction {
 
 /// The engine shared by all milter connections.
 pub struct Engine {
+    metrics: Arc<Metrics>,
     current: ArcSwap<Compiled>,
     accounts: Accounts,
     restrictions: Arc<dyn RestrictionStore>,
@@ -83,8 +86,10 @@ impl Engine {
         restrictions: Arc<dyn RestrictionStore>,
         events: EventSink,
         clock: EngineClock,
+        metrics: Arc<Metrics>,
     ) -> Engine {
         Engine {
+            metrics,
             current: ArcSwap::from_pointee(Compiled::new(config, &clock)),
             accounts: Accounts::default(),
             restrictions,
@@ -96,6 +101,15 @@ impl Engine {
     /// The configuration in force.
     pub fn config(&self) -> Arc<Config> {
         self.current.load().config.clone()
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Events dropped because the notifier could not keep up.
+    pub fn events_dropped(&self) -> u64 {
+        self.events.dropped()
     }
 
     pub fn clock(&self) -> &EngineClock {
@@ -115,13 +129,7 @@ impl Engine {
         for mut entry in self.accounts.iter_mut() {
             let index = new.policies.select(entry.key());
             let old_settings = old.policies.settings(entry.policy).clone();
-            limits::convert_for_reload(
-                entry.value_mut(),
-                &old_settings,
-                new.policies.settings(index),
-                index,
-                now,
-            );
+            limits::convert_for_reload(entry.value_mut(), &old_settings, new.policies.settings(index), index, now);
         }
         self.current.store(Arc::new(new));
     }
@@ -136,27 +144,83 @@ impl Engine {
     pub fn counters(&self, account: &str) -> Counters {
         let compiled = self.current.load();
         let policy = compiled.policies.select(account);
-        let record = self
-            .accounts
-            .get(account)
-            .map(|r| r.clone())
-            .unwrap_or_default();
+        let record = self.accounts.get(account).map(|r| r.clone()).unwrap_or_default();
         counters_of(&compiled, policy, &record, self.clock.now_nanos())
     }
 
     /// The name of the policy that applies to an account.
     pub fn policy_name(&self, account: &str) -> String {
         let compiled = self.current.load();
-        compiled
-            .policies
-            .settings(compiled.policies.select(account))
-            .name
-            .clone()
+        compiled.policies.settings(compiled.policies.select(account)).name.clone()
     }
 
     /// Accounts currently tracked.
     pub fn tracked_accounts(&self) -> usize {
         self.accounts.len()
+    }
+
+    /// Live counters of one account, if it is tracked or restricted.
+    pub fn sender(&self, account: &str) -> Option<SenderInfo> {
+        let compiled = self.current.load();
+        let now = self.clock.now_nanos();
+        let restriction = self.restrictions.get(account, self.clock.now_secs());
+        let record = self.accounts.get(account).map(|r| r.clone());
+        if record.is_none() && restriction.is_none() {
+            return None;
+        }
+        let policy = compiled.policies.select(account);
+        Some(SenderInfo {
+            account: account.to_owned(),
+            policy: compiled.policies.settings(policy).name.clone(),
+            counters: counters_of(&compiled, policy, &record.unwrap_or_default(), now),
+            restricted: restriction.is_some(),
+        })
+    }
+
+    /// The `n` busiest accounts: most recipients in the last day, then in the last hour.
+    pub fn top_senders(&self, n: usize) -> Vec<SenderInfo> {
+        let compiled = self.current.load();
+        let now = self.clock.now_nanos();
+        let now_secs = self.clock.now_secs();
+        let mut all: Vec<SenderInfo> = self
+            .accounts
+            .iter()
+            .map(|entry| {
+                let counters = counters_of(&compiled, entry.policy, entry.value(), now);
+                SenderInfo {
+                    account: entry.key().to_string(),
+                    policy: compiled.policies.settings(entry.policy).name.clone(),
+                    counters,
+                    restricted: self.restrictions.is_restricted(entry.key(), now_secs),
+                }
+            })
+            .filter(|s| s.counters.last_day + s.counters.external_last_hour + s.counters.internal_last_hour > 0)
+            .collect();
+        let busy =
+            |s: &SenderInfo| (s.counters.last_day, s.counters.external_last_hour + s.counters.internal_last_hour);
+        all.sort_by(|a, b| busy(b).cmp(&busy(a)).then_with(|| a.account.cmp(&b.account)));
+        all.truncate(n);
+        all
+    }
+
+    /// Every tracked account's record (for the snapshot).
+    pub fn records(&self) -> impl Iterator<Item = (String, AccountRecord)> + '_ {
+        self.accounts.iter().map(|e| (e.key().to_string(), e.value().clone()))
+    }
+
+    /// Puts back records from a snapshot, under the policy each account has now.
+    pub fn restore_records(&self, records: Vec<(String, AccountRecord)>) -> usize {
+        let compiled = self.current.load();
+        let now = self.clock.now_nanos();
+        let mut restored = 0;
+        for (account, mut record) in records {
+            record.policy = compiled.policies.select(&account);
+            if !record.is_idle(now) {
+                self.accounts.insert(account.into_boxed_str(), record);
+                restored += 1;
+            }
+        }
+        restored
     }
 
     /// Drops the account records with nothing left to remember.
@@ -169,24 +233,17 @@ impl Engine {
     ///
     /// # Errors
     /// When the release cannot be recorded.
-    pub fn release(
-        &self,
-        account: &str,
-        by: &str,
-        reason: Option<&str>,
-    ) -> Result<Option<Restriction>, StoreError> {
+    pub fn release(&self, account: &str, by: &str, reason: Option<&str>) -> Result<Option<Restriction>, StoreError> {
         let now = self.clock.now_nanos();
         let now_secs = self.clock.now_secs();
-        let released = self.restrictions.release(account, now_secs)?;
+        let released = self.restrictions.release(account, now_secs, by, reason.unwrap_or(""))?;
         if let Some(r) = &released {
-            self.record_mut(account, self.current.load().policies.select(account))
-                .released_day = utc_day(now);
-            info!(
-                account,
-                by,
-                reason = reason.unwrap_or(""),
-                "account released"
-            );
+            self.metrics.released(match r.source {
+                Source::Policy => "policy",
+                Source::Admin => "admin",
+            });
+            self.record_mut(account, self.current.load().policies.select(account)).released_day = utc_day(now);
+            info!(account, by, reason = reason.unwrap_or(""), "account released");
             let compiled = self.current.load();
             self.events.emit(Event {
                 kind: EventKind::SenderReleased,
@@ -220,38 +277,22 @@ impl Engine {
         let restriction = Restriction {
             account: account.to_owned(),
             reason: reason.to_owned(),
-            policy: compiled
-                .policies
-                .settings(compiled.policies.select(account))
-                .name
-                .clone(),
+            policy: compiled.policies.settings(compiled.policies.select(account)).name.clone(),
             created_at: to_datetime(now_secs),
             until,
             counters: self.counters(account),
             source: Source::Admin,
         };
-        let created = self.restrictions.restrict(restriction.clone())?;
+        let created = self.restrictions.restrict(restriction.clone(), by)?;
         if created {
-            warn!(
-                account,
-                by, reason, "account restricted by an administrator"
-            );
+            warn!(account, by, reason, "account restricted by an administrator");
             self.emit_restricted(&compiled, &restriction, None, Some(by));
         }
-        let current = self
-            .restrictions
-            .get(account, now_secs)
-            .unwrap_or(restriction);
+        let current = self.restrictions.get(account, now_secs).unwrap_or(restriction);
         Ok((current, created))
     }
 
-    fn emit_restricted(
-        &self,
-        compiled: &Compiled,
-        r: &Restriction,
-        limit: Option<LimitKind>,
-        by: Option<&str>,
-    ) {
+    fn emit_restricted(&self, compiled: &Compiled, r: &Restriction, limit: Option<LimitKind>, by: Option<&str>) {
         self.events.emit(Event {
             kind: EventKind::SenderRestricted,
             account: r.account.clone(),
@@ -266,32 +307,18 @@ impl Engine {
         });
     }
 
-    fn record_mut(
-        &self,
-        account: &str,
-        policy: PolicyIndex,
-    ) -> RefMut<'_, Box<str>, AccountRecord> {
+    fn record_mut(&self, account: &str, policy: PolicyIndex) -> RefMut<'_, Box<str>, AccountRecord> {
         match self.accounts.get_mut(account) {
             Some(r) => r,
             // Only a new account pays for the key's allocation.
-            None => self
-                .accounts
-                .entry(account.into())
-                .or_insert_with(|| AccountRecord {
-                    policy,
-                    ..Default::default()
-                }),
+            None => {
+                self.accounts.entry(account.into()).or_insert_with(|| AccountRecord { policy, ..Default::default() })
+            }
         }
     }
 
     /// The recipient reached `kind`: restrict or alert per the policy's action.
-    fn limit_reached(
-        &self,
-        tx: &mut Transaction,
-        compiled: &Compiled,
-        kind: LimitKind,
-        now: u64,
-    ) -> Decision {
+    fn limit_reached(&self, tx: &mut Transaction, compiled: &Compiled, kind: LimitKind, now: u64) -> Decision {
         let settings = compiled.policies.settings(tx.policy);
         let mut record = self.record_mut(&tx.account, tx.policy);
         let counters = counters_of(compiled, tx.policy, &record, now);
@@ -300,22 +327,13 @@ impl Engine {
             "reached the limit of {limit} {} ({} counted in the last {})",
             kind.describe(),
             limit,
-            if kind == LimitKind::PerDay {
-                "24 hours"
-            } else {
-                "hour"
-            }
+            if kind == LimitKind::PerDay { "24 hours" } else { "hour" }
         );
         let in_grace = record.released_day == utc_day(now);
-        let action = if in_grace {
-            LimitAction::Alert
-        } else {
-            settings.action_when_threshold_reached
-        };
+        let action = if in_grace { LimitAction::Alert } else { settings.action_when_threshold_reached };
         if action == LimitAction::Alert {
             let hour = hour_number(now);
-            let first_this_hour =
-                std::mem::replace(&mut record.alerted_hour[kind as usize], hour) != hour;
+            let first_this_hour = std::mem::replace(&mut record.alerted_hour[kind as usize], hour) != hour;
             drop(record);
             tx.recipients += 1;
             if first_this_hour {
@@ -337,8 +355,7 @@ impl Engine {
         }
         drop(record);
         let now_secs = (now / 1_000_000_000) as i64;
-        let until = (action == LimitAction::BlockUntilTomorrow)
-            .then(|| to_datetime(next_utc_midnight_secs(now)));
+        let until = (action == LimitAction::BlockUntilTomorrow).then(|| to_datetime(next_utc_midnight_secs(now)));
         let restriction = Restriction {
             account: tx.account.clone(),
             reason,
@@ -348,10 +365,11 @@ impl Engine {
             counters,
             source: Source::Policy,
         };
-        match self.restrictions.restrict(restriction.clone()) {
+        match self.restrictions.restrict(restriction.clone(), "policy") {
             Ok(created) => {
                 tx.restricted = true;
                 if created {
+                    self.metrics.restricted(kind.key());
                     warn!(account = %tx.account, policy = %settings.name, until = ?until, "account restricted: {}", restriction.reason);
                     self.emit_restricted(compiled, &restriction, Some(kind), None);
                 }
@@ -390,10 +408,7 @@ impl Engine {
                 return Some(Event {
                     kind: EventKind::ApproachingLimit,
                     account: tx.account.clone(),
-                    reason: format!(
-                        "{used} of {limit} {} in use ({percent}% warning level)",
-                        kind.describe()
-                    ),
+                    reason: format!("{used} of {limit} {} in use ({percent}% warning level)", kind.describe()),
                     policy: settings.name.clone(),
                     limit: Some(kind),
                     counters: counters_of(compiled, tx.policy, record, now),
@@ -409,18 +424,8 @@ impl Engine {
 }
 
 /// Counters of a record under a policy at `now`.
-fn counters_of(
-    compiled: &Compiled,
-    policy: PolicyIndex,
-    record: &AccountRecord,
-    now: u64,
-) -> Counters {
-    let usage = |kind| {
-        compiled
-            .limiters
-            .usage(policy, record, kind, now)
-            .unwrap_or((0, 0))
-    };
+fn counters_of(compiled: &Compiled, policy: PolicyIndex, record: &AccountRecord, now: u64) -> Counters {
+    let usage = |kind| compiled.limiters.usage(policy, record, kind, now).unwrap_or((0, 0));
     let (external_last_hour, external_limit_per_hour) = usage(LimitKind::ExternalPerHour);
     let (internal_last_hour, internal_limit_per_hour) = usage(LimitKind::InternalPerHour);
     let (last_day, limit_per_day) = usage(LimitKind::PerDay);
@@ -446,52 +451,45 @@ impl Transaction {
     }
 }
 
-impl Policy for Engine {
-    type Transaction = Transaction;
-
-    fn needs(&self) -> Needs {
-        Needs::default()
-    }
-
-    fn mail_from(&self, tx: &mut Transaction, facts: &MailFacts<'_>) -> Decision {
+impl Engine {
+    fn decide_mail(&self, tx: &mut Transaction, facts: &MailFacts<'_>) -> Decision {
         tx.reset();
         let compiled = self.current.load_full();
         let org = &compiled.config.organization;
         if !account::is_outbound(facts.auth_login, facts.client_addr, &org.internal_networks) {
+            self.metrics.messages.inbound_accepted.inc();
             return Decision::Accept;
         }
         // The null sender (bounces, notifications of delivery status) is never restricted.
         if facts.sender.is_empty() || facts.sender == b"<>" {
+            self.metrics.messages.outbound_exempt.inc();
             return Decision::Accept;
         }
         let raw = facts.auth_login.unwrap_or(facts.sender);
         let account = match canonical(raw, org.strip_subaddress) {
             Some(a) => a,
-            None => match canonical(
-                String::from_utf8_lossy(raw).as_bytes(),
-                org.strip_subaddress,
-            ) {
+            None => match canonical(String::from_utf8_lossy(raw).as_bytes(), org.strip_subaddress) {
                 Some(a) => std::borrow::Cow::Owned(a.into_owned()),
                 None => return Decision::Accept,
             },
         };
         if compiled.exempt.iter().any(|e| *e == account) {
+            self.metrics.messages.outbound_exempt.inc();
             return Decision::Accept;
         }
-        if self
-            .restrictions
-            .is_restricted(&account, self.clock.now_secs())
-        {
+        if self.restrictions.is_restricted(&account, self.clock.now_secs()) {
             info!(account = %account, "MAIL FROM refused: account restricted");
+            self.metrics.messages.outbound_refused.inc();
             return Decision::Refuse(Refusal::AccountRestricted);
         }
         tx.account.push_str(&account);
         tx.policy = compiled.policies.select(&account);
         tx.compiled = Some(compiled);
+        self.metrics.messages.outbound_checked.inc();
         Decision::Continue
     }
 
-    fn rcpt_to(&self, tx: &mut Transaction, facts: &RcptFacts<'_>) -> Decision {
+    fn decide_rcpt(&self, tx: &mut Transaction, facts: &RcptFacts<'_>) -> Decision {
         let Some(compiled) = tx.compiled.clone() else {
             return Decision::Continue;
         };
@@ -501,24 +499,23 @@ impl Policy for Engine {
         let settings = compiled.policies.settings(tx.policy);
         let cap = settings.max_recipients_per_message;
         if cap > 0 && tx.recipients >= cap {
+            self.metrics.recipients.deferred_over_cap.inc();
             return Decision::Refuse(Refusal::TooManyRecipients);
         }
-        let hourly = if account::recipient_is_internal(
-            facts.recipient,
-            &compiled.config.organization.local_domains,
-        ) {
+        let hourly = if account::recipient_is_internal(facts.recipient, &compiled.config.organization.local_domains) {
             LimitKind::InternalPerHour
         } else {
             LimitKind::ExternalPerHour
         };
         let now = self.clock.now_nanos();
         let mut record = self.record_mut(&tx.account, tx.policy);
-        match compiled
-            .limiters
-            .try_add_recipient(tx.policy, &mut record, hourly)
-        {
+        match compiled.limiters.try_add_recipient(tx.policy, &mut record, hourly) {
             Ok(()) => {
                 tx.recipients += 1;
+                match hourly {
+                    LimitKind::InternalPerHour => self.metrics.recipients.internal_accepted.inc(),
+                    _ => self.metrics.recipients.external_accepted.inc(),
+                };
                 let warning = self.warn_if_approaching(tx, &compiled, &mut record, hourly, now);
                 drop(record);
                 if let Some(event) = warning {
@@ -528,12 +525,45 @@ impl Policy for Engine {
             }
             Err(kind) => {
                 drop(record);
-                self.limit_reached(tx, &compiled, kind, now)
+                let decision = self.limit_reached(tx, &compiled, kind, now);
+                if decision != Decision::Continue {
+                    match hourly {
+                        LimitKind::InternalPerHour => self.metrics.recipients.internal_refused.inc(),
+                        _ => self.metrics.recipients.external_refused.inc(),
+                    };
+                }
+                decision
             }
         }
     }
 
-    fn end_of_message(&self, _tx: &mut Transaction, _facts: &MessageFacts<'_>) -> Decision {
+    fn timed(&self, decide: impl FnOnce() -> Decision) -> Decision {
+        let started = std::time::Instant::now();
+        let decision = decide();
+        self.metrics.decision_seconds.observe(started.elapsed().as_secs_f64());
+        decision
+    }
+}
+
+impl Policy for Engine {
+    type Transaction = Transaction;
+
+    fn needs(&self) -> Needs {
+        Needs::default()
+    }
+
+    fn mail_from(&self, tx: &mut Transaction, facts: &MailFacts<'_>) -> Decision {
+        self.timed(|| self.decide_mail(tx, facts))
+    }
+
+    fn rcpt_to(&self, tx: &mut Transaction, facts: &RcptFacts<'_>) -> Decision {
+        self.timed(|| self.decide_rcpt(tx, facts))
+    }
+
+    fn end_of_message(&self, tx: &mut Transaction, _facts: &MessageFacts<'_>) -> Decision {
+        if tx.compiled.is_some() {
+            self.metrics.messages.outbound_delivered.inc();
+        }
         Decision::Continue
     }
 

@@ -10,7 +10,7 @@ use time::OffsetDateTime;
 use tokio::sync::mpsc;
 
 use super::limits::LimitKind;
-use super::restrictions::Counters;
+use crate::state::restrictions::Counters;
 
 /// What happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -63,13 +63,7 @@ impl EventSink {
     /// A sink and the receiver the notifier reads.
     pub fn channel(capacity: usize) -> (EventSink, mpsc::Receiver<Event>) {
         let (tx, rx) = mpsc::channel(capacity);
-        (
-            EventSink {
-                tx,
-                dropped: AtomicU64::new(0),
-            },
-            rx,
-        )
+        (EventSink { tx, dropped: AtomicU64::new(0) }, rx)
     }
 
     /// Hands an event over without waiting.

@@ -51,11 +51,7 @@ pub enum LimitKind {
 }
 
 impl LimitKind {
-    pub const ALL: [LimitKind; 3] = [
-        LimitKind::ExternalPerHour,
-        LimitKind::InternalPerHour,
-        LimitKind::PerDay,
-    ];
+    pub const ALL: [LimitKind; 3] = [LimitKind::ExternalPerHour, LimitKind::InternalPerHour, LimitKind::PerDay];
 
     /// The configuration key of this limit.
     pub fn key(self) -> &'static str {
@@ -146,11 +142,7 @@ impl AccountRecord {
     pub fn is_idle(&self, now_nanos: u64) -> bool {
         let hour = super::clock::hour_number(now_nanos);
         self.tat.iter().all(|&t| t <= now_nanos)
-            && self
-                .alerted_hour
-                .iter()
-                .chain(&self.warned_hour)
-                .all(|&h| h < hour)
+            && self.alerted_hour.iter().chain(&self.warned_hour).all(|&h| h < hour)
             && self.released_day < utc_day(now_nanos)
     }
 }
@@ -210,9 +202,7 @@ impl Limiters {
     }
 
     fn limiter(&self, policy: PolicyIndex, kind: LimitKind) -> Option<&(Limiter, u32)> {
-        self.by_policy
-            .get(policy as usize)
-            .and_then(|l| l[kind as usize].as_ref())
+        self.by_policy.get(policy as usize).and_then(|l| l[kind as usize].as_ref())
     }
 
     /// Tries to add one recipient of the given hourly kind (plus the daily limit). On success
@@ -247,10 +237,7 @@ impl Limiters {
         now_nanos: u64,
     ) -> Option<(u32, u32)> {
         let (_, limit) = self.limiter(policy, kind)?;
-        Some((
-            used(record.tat[kind as usize], now_nanos, kind.period(), *limit),
-            *limit,
-        ))
+        Some((used(record.tat[kind as usize], now_nanos, kind.period(), *limit), *limit))
     }
 }
 
@@ -284,12 +271,7 @@ pub fn convert_for_reload(
 ) {
     for kind in LimitKind::ALL {
         let (old_limit, new_limit) = (kind.limit_in(old), kind.limit_in(new));
-        let count = used(
-            record.tat[kind as usize],
-            now_nanos,
-            kind.period(),
-            old_limit,
-        );
+        let count = used(record.tat[kind as usize], now_nanos, kind.period(), old_limit);
         record.tat[kind as usize] = tat_for(count, now_nanos, kind.period(), new_limit);
     }
     record.policy = new_index;
@@ -331,20 +313,11 @@ mod tests {
         let (l, _) = setup(5, 0, 0);
         let mut r = AccountRecord::default();
         for _ in 0..5 {
-            assert_eq!(
-                l.try_add_recipient(0, &mut r, LimitKind::ExternalPerHour),
-                Ok(())
-            );
+            assert_eq!(l.try_add_recipient(0, &mut r, LimitKind::ExternalPerHour), Ok(()));
         }
-        assert_eq!(
-            l.try_add_recipient(0, &mut r, LimitKind::ExternalPerHour),
-            Err(LimitKind::ExternalPerHour)
-        );
+        assert_eq!(l.try_add_recipient(0, &mut r, LimitKind::ExternalPerHour), Err(LimitKind::ExternalPerHour));
         // Internal recipients have no limit here.
-        assert_eq!(
-            l.try_add_recipient(0, &mut r, LimitKind::InternalPerHour),
-            Ok(())
-        );
+        assert_eq!(l.try_add_recipient(0, &mut r, LimitKind::InternalPerHour), Ok(()));
     }
 
     #[test]
@@ -352,32 +325,17 @@ mod tests {
         let (l, clock) = setup(4, 0, 0);
         let mut r = AccountRecord::default();
         for _ in 0..4 {
-            l.try_add_recipient(0, &mut r, LimitKind::ExternalPerHour)
-                .unwrap();
+            l.try_add_recipient(0, &mut r, LimitKind::ExternalPerHour).unwrap();
         }
-        assert!(
-            l.try_add_recipient(0, &mut r, LimitKind::ExternalPerHour)
-                .is_err()
-        );
+        assert!(l.try_add_recipient(0, &mut r, LimitKind::ExternalPerHour).is_err());
         clock.advance(Duration::from_secs(899));
-        assert!(
-            l.try_add_recipient(0, &mut r, LimitKind::ExternalPerHour)
-                .is_err(),
-            "3600/4 s not yet over"
-        );
+        assert!(l.try_add_recipient(0, &mut r, LimitKind::ExternalPerHour).is_err(), "3600/4 s not yet over");
         clock.advance(Duration::from_secs(1));
-        assert!(
-            l.try_add_recipient(0, &mut r, LimitKind::ExternalPerHour)
-                .is_ok()
-        );
-        assert!(
-            l.try_add_recipient(0, &mut r, LimitKind::ExternalPerHour)
-                .is_err()
-        );
+        assert!(l.try_add_recipient(0, &mut r, LimitKind::ExternalPerHour).is_ok());
+        assert!(l.try_add_recipient(0, &mut r, LimitKind::ExternalPerHour).is_err());
         clock.advance(Duration::from_secs(3600));
         for _ in 0..4 {
-            l.try_add_recipient(0, &mut r, LimitKind::ExternalPerHour)
-                .unwrap();
+            l.try_add_recipient(0, &mut r, LimitKind::ExternalPerHour).unwrap();
         }
     }
 
@@ -385,36 +343,18 @@ mod tests {
     fn the_daily_limit_counts_both_classes_and_a_refusal_spends_nothing() {
         let (l, clock) = setup(100, 100, 3);
         let mut r = AccountRecord::default();
-        l.try_add_recipient(0, &mut r, LimitKind::ExternalPerHour)
-            .unwrap();
-        l.try_add_recipient(0, &mut r, LimitKind::InternalPerHour)
-            .unwrap();
-        l.try_add_recipient(0, &mut r, LimitKind::InternalPerHour)
-            .unwrap();
+        l.try_add_recipient(0, &mut r, LimitKind::ExternalPerHour).unwrap();
+        l.try_add_recipient(0, &mut r, LimitKind::InternalPerHour).unwrap();
+        l.try_add_recipient(0, &mut r, LimitKind::InternalPerHour).unwrap();
         let before = r.clone();
-        assert_eq!(
-            l.try_add_recipient(0, &mut r, LimitKind::ExternalPerHour),
-            Err(LimitKind::PerDay)
-        );
-        assert_eq!(
-            r, before,
-            "the refused recipient must not count against the hourly limit"
-        );
+        assert_eq!(l.try_add_recipient(0, &mut r, LimitKind::ExternalPerHour), Err(LimitKind::PerDay));
+        assert_eq!(r, before, "the refused recipient must not count against the hourly limit");
         let now = clock.now_nanos();
         assert_eq!(l.usage(0, &r, LimitKind::PerDay, now), Some((3, 3)));
-        assert_eq!(
-            l.usage(0, &r, LimitKind::ExternalPerHour, now),
-            Some((1, 100))
-        );
-        assert_eq!(
-            l.usage(0, &r, LimitKind::InternalPerHour, now),
-            Some((2, 100))
-        );
+        assert_eq!(l.usage(0, &r, LimitKind::ExternalPerHour, now), Some((1, 100)));
+        assert_eq!(l.usage(0, &r, LimitKind::InternalPerHour, now), Some((2, 100)));
         clock.advance(Duration::from_secs(86_400 / 3));
-        assert!(
-            l.try_add_recipient(0, &mut r, LimitKind::ExternalPerHour)
-                .is_ok()
-        );
+        assert!(l.try_add_recipient(0, &mut r, LimitKind::ExternalPerHour).is_ok());
     }
 
     #[test]
@@ -422,39 +362,24 @@ mod tests {
         let (l, clock) = setup(500, 0, 0);
         let mut r = AccountRecord::default();
         for _ in 0..400 {
-            l.try_add_recipient(0, &mut r, LimitKind::ExternalPerHour)
-                .unwrap();
+            l.try_add_recipient(0, &mut r, LimitKind::ExternalPerHour).unwrap();
         }
         let now = clock.now_nanos();
         let raised = settings(1000, 0, 0);
         convert_for_reload(&mut r, &settings(500, 0, 0), &raised, 0, now);
         let l2 = Limiters::new(&[raised], &clock);
-        assert_eq!(
-            l2.usage(0, &r, LimitKind::ExternalPerHour, now),
-            Some((400, 1000))
-        );
+        assert_eq!(l2.usage(0, &r, LimitKind::ExternalPerHour, now), Some((400, 1000)));
         for _ in 0..600 {
-            l2.try_add_recipient(0, &mut r, LimitKind::ExternalPerHour)
-                .unwrap();
+            l2.try_add_recipient(0, &mut r, LimitKind::ExternalPerHour).unwrap();
         }
-        assert!(
-            l2.try_add_recipient(0, &mut r, LimitKind::ExternalPerHour)
-                .is_err()
-        );
+        assert!(l2.try_add_recipient(0, &mut r, LimitKind::ExternalPerHour).is_err());
 
         // Lowered below what is in use: the account is at the new limit at once.
         let lowered = settings(100, 0, 0);
         convert_for_reload(&mut r, &settings(1000, 0, 0), &lowered, 0, now);
         let l3 = Limiters::new(&[lowered], &clock);
-        assert_eq!(
-            l3.usage(0, &r, LimitKind::ExternalPerHour, now)
-                .map(|u| u.0 >= 100),
-            Some(true)
-        );
-        assert!(
-            l3.try_add_recipient(0, &mut r, LimitKind::ExternalPerHour)
-                .is_err()
-        );
+        assert_eq!(l3.usage(0, &r, LimitKind::ExternalPerHour, now).map(|u| u.0 >= 100), Some(true));
+        assert!(l3.try_add_recipient(0, &mut r, LimitKind::ExternalPerHour).is_err());
     }
 
     #[test]
@@ -469,11 +394,9 @@ mod tests {
         assert_eq!(AccountRecord::from_bytes(&r.to_bytes()), r);
 
         let (l, clock) = setup(10, 10, 10);
-        let map: dashmap::DashMap<Box<str>, AccountRecord, ahash::RandomState> =
-            dashmap::DashMap::default();
+        let map: dashmap::DashMap<Box<str>, AccountRecord, ahash::RandomState> = dashmap::DashMap::default();
         let mut busy = AccountRecord::default();
-        l.try_add_recipient(0, &mut busy, LimitKind::ExternalPerHour)
-            .unwrap();
+        l.try_add_recipient(0, &mut busy, LimitKind::ExternalPerHour).unwrap();
         map.insert("busy@example.com".into(), busy);
         map.insert("idle@example.com".into(), AccountRecord::default());
         assert_eq!(evict_idle(&map, clock.now_nanos()), 1);

@@ -9,7 +9,6 @@ pub mod clock;
 pub mod engine;
 pub mod events;
 pub mod limits;
-pub mod restrictions;
 pub mod rules;
 
 use std::net::IpAddr;

@@ -30,56 +30,33 @@ pub struct CompiledPolicies {
 }
 
 fn canonical_set(items: &[String], strip: bool) -> HashSet<String> {
-    items
-        .iter()
-        .filter_map(|i| canonical(i.as_bytes(), strip).map(|c| c.into_owned()))
-        .collect()
+    items.iter().filter_map(|i| canonical(i.as_bytes(), strip).map(|c| c.into_owned())).collect()
 }
 
-fn group_sets(
-    names: &[String],
-    groups: &BTreeMap<String, Vec<String>>,
-    strip: bool,
-) -> Vec<HashSet<String>> {
-    names
-        .iter()
-        .map(|g| canonical_set(groups.get(g).map(Vec::as_slice).unwrap_or_default(), strip))
-        .collect()
+fn group_sets(names: &[String], groups: &BTreeMap<String, Vec<String>>, strip: bool) -> Vec<HashSet<String>> {
+    names.iter().map(|g| canonical_set(groups.get(g).map(Vec::as_slice).unwrap_or_default(), strip)).collect()
 }
 
 impl CompiledPolicies {
     /// Compiles validated policies; `strip_subaddress` must be the one accounts are folded with.
-    pub fn new(
-        policies: &Policies,
-        groups: &BTreeMap<String, Vec<String>>,
-        strip_subaddress: bool,
-    ) -> Self {
+    pub fn new(policies: &Policies, groups: &BTreeMap<String, Vec<String>>, strip_subaddress: bool) -> Self {
         let compile = |r: &Rule| CompiledRule {
             from: canonical_set(&r.from, strip_subaddress),
             from_member_of: group_sets(&r.from_member_of, groups, strip_subaddress),
             sender_domain_is: r.sender_domain_is.clone(),
             except_if_from: canonical_set(&r.except_if_from, strip_subaddress),
-            except_if_from_member_of: group_sets(
-                &r.except_if_from_member_of,
-                groups,
-                strip_subaddress,
-            ),
+            except_if_from_member_of: group_sets(&r.except_if_from_member_of, groups, strip_subaddress),
             except_if_sender_domain_is: r.except_if_sender_domain_is.clone(),
         };
         let mut settings = vec![policies.default.clone()];
         settings.extend(policies.rules.iter().map(|r| r.settings.clone()));
-        CompiledPolicies {
-            settings,
-            rules: policies.rules.iter().map(compile).collect(),
-        }
+        CompiledPolicies { settings, rules: policies.rules.iter().map(compile).collect() }
     }
 
     /// The policy for a canonical account.
     pub fn select(&self, account: &str) -> PolicyIndex {
         let domain = domain_of(account);
-        let in_domains = |list: &[String]| {
-            domain.is_some_and(|d| list.iter().any(|p| is_same_or_subdomain(d, p)))
-        };
+        let in_domains = |list: &[String]| domain.is_some_and(|d| list.iter().any(|p| is_same_or_subdomain(d, p)));
         let in_groups = |groups: &[HashSet<String>]| groups.iter().any(|g| g.contains(account));
         for (i, rule) in self.rules.iter().enumerate() {
             let matches = (rule.from.is_empty() || rule.from.contains(account))
@@ -97,9 +74,7 @@ impl CompiledPolicies {
 
     /// The settings of a policy.
     pub fn settings(&self, index: PolicyIndex) -> &PolicySettings {
-        self.settings
-            .get(index as usize)
-            .unwrap_or(&self.settings[0])
+        self.settings.get(index as usize).unwrap_or(&self.settings[0])
     }
 
     /// All policies, default first.
@@ -117,11 +92,7 @@ mod tests {
 
     fn compiled(text: &str) -> CompiledPolicies {
         let config = Config::parse(Path::new("t.toml"), text).unwrap();
-        CompiledPolicies::new(
-            &config.policies,
-            &config.groups,
-            config.organization.strip_subaddress,
-        )
+        CompiledPolicies::new(&config.policies, &config.groups, config.organization.strip_subaddress)
     }
 
     fn name(p: &CompiledPolicies, account: &str) -> String {
@@ -175,11 +146,7 @@ mod tests {
             "#,
         );
         assert_eq!(name(&p, "a@mkt.example.com"), "mkt");
-        assert_eq!(
-            name(&p, "b@example.com"),
-            "default",
-            "member, but not in the domain"
-        );
+        assert_eq!(name(&p, "b@example.com"), "default", "member, but not in the domain");
         assert_eq!(name(&p, "c@mkt.example.com"), "domain-but-not-boss");
         assert_eq!(name(&p, "boss@mkt.example.com"), "default");
     }

@@ -1,7 +1,6 @@
 //! An in-process filter on a loopback port, driven by the tests with our MTA-side client.
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 
 use outbound_guard::config::{Config, ListenAddr};
@@ -24,6 +23,11 @@ pub struct TestDaemon {
     pub clock: EngineClock,
     /// Events the engine raised.
     pub events: tokio::sync::mpsc::Receiver<Event>,
+    /// The admin API's address and bearer token.
+    pub admin_addr: SocketAddr,
+    pub token: String,
+    /// Holds `state.dir` (relative paths in the test configuration land here).
+    pub dir: Option<tempfile::TempDir>,
     shutdown: watch::Sender<bool>,
     task: Option<JoinHandle<()>>,
 }
@@ -32,38 +36,60 @@ impl TestDaemon {
     /// Starts a filter with the given configuration text (its `[milter] listen` is replaced by
     /// a free loopback port).
     pub async fn start(config_text: &str) -> TestDaemon {
-        let config = Config::parse(Path::new("test.toml"), config_text)
-            .expect("test configuration is valid");
+        let dir = tempfile::tempdir().expect("temp dir");
+        Self::start_in(dir, config_text).await
+    }
+
+    /// Like [`TestDaemon::start`], with the state in `dir` (to restart on the same state).
+    pub async fn start_in(dir: tempfile::TempDir, config_text: &str) -> TestDaemon {
+        let text = if config_text.contains("[admin]") {
+            config_text.to_owned()
+        } else {
+            format!("{config_text}\n[admin]\nlisten = \"127.0.0.1:0\"\n")
+        };
+        let path = dir.path().join("test.toml");
+        std::fs::write(&path, &text).expect("write the test configuration");
+        let config = Config::parse(&path, &text).expect("test configuration is valid");
         let listener = Listener::bind(&ListenAddr::Inet("127.0.0.1:0".parse().unwrap()), 0o660)
             .await
             .expect("bind a loopback port");
-        let Ok(ListenAddr::Inet(addr)) = listener.local_addr() else {
-            panic!("not an inet listener")
-        };
+        let Ok(ListenAddr::Inet(addr)) = listener.local_addr() else { panic!("not an inet listener") };
         let config = Arc::new(config);
-        let clock =
-            EngineClock::manual(std::time::UNIX_EPOCH + std::time::Duration::from_secs(START));
-        let services = Arc::new(Services::new(config.clone(), clock.clone()));
+        let clock = EngineClock::manual(std::time::UNIX_EPOCH + std::time::Duration::from_secs(START));
+        let services = Arc::new(Services::new(config.clone(), clock.clone()).expect("state directory usable"));
         let events = services.take_events().expect("events not taken yet");
+        let (admin_listener, token) = daemon::bind_admin(&config).await.expect("admin API");
+        let admin_addr = admin_listener.local_addr().unwrap();
+        let admin = Some((admin_listener, services.admin_state(token.clone())));
         let (shutdown, rx) = watch::channel(false);
-        let task = tokio::spawn(daemon::run(listener, services.clone(), rx));
+        let task = tokio::spawn(daemon::run(listener, admin, services.clone(), rx));
         TestDaemon {
             addr,
             config,
             services,
             clock,
             events,
+            admin_addr,
+            token,
+            dir: Some(dir),
             shutdown,
             task: Some(task),
         }
     }
 
+    /// The configuration file (rewrite it, then reload).
+    pub fn config_path(&self) -> std::path::PathBuf {
+        self.config.file.clone()
+    }
+
+    /// The admin API's base URL.
+    pub fn admin_url(&self) -> String {
+        format!("http://{}", self.admin_addr)
+    }
+
     /// The next event, waiting at most 5 s.
     pub async fn next_event(&mut self) -> Option<Event> {
-        tokio::time::timeout(std::time::Duration::from_secs(5), self.events.recv())
-            .await
-            .ok()
-            .flatten()
+        tokio::time::timeout(std::time::Duration::from_secs(5), self.events.recv()).await.ok().flatten()
     }
 
     /// Events already raised, without waiting.
@@ -81,13 +107,19 @@ impl TestDaemon {
     }
 
     /// Asks for shutdown and waits (bounded) until the daemon has stopped.
-    pub async fn stop(mut self) {
+    pub async fn stop(self) {
+        self.stop_keeping_state().await;
+    }
+
+    /// Stops gracefully and hands back the state directory, to start again on it.
+    pub async fn stop_keeping_state(mut self) -> tempfile::TempDir {
         self.request_shutdown();
         let task = self.task.take().expect("running");
         tokio::time::timeout(std::time::Duration::from_secs(10), task)
             .await
             .expect("daemon stops within 10 s")
             .expect("daemon task did not panic");
+        self.dir.take().expect("state directory")
     }
 
     /// Waits (bounded) for the daemon task to end after a shutdown request.

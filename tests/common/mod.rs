@@ -1,8 +1,10 @@
 //! Shared test support: an in-process daemon, and (for `real-peers` tests) real outside
-//! programs — Postfix, smtp-sink, swaks — on private configurations and free loopback ports.
+//! programs — Postfix, smtp-sink, swaks, the libmilter reference filter, miltertest — on private
+//! configurations and free loopback ports.
 #![allow(dead_code)]
 
 pub mod binary;
 pub mod daemon;
 pub mod notify_peers;
 pub mod postfix;
+pub mod refmilter;

@@ -41,9 +41,7 @@ pub struct TestSmtp {
 
 impl TestSmtp {
     pub async fn start(up: bool) -> TestSmtp {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind 127.0.0.1:0");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
         let addr = listener.local_addr().unwrap();
         let flag = Arc::new(AtomicBool::new(up));
         let (tx, events) = mpsc::unbounded_channel();
@@ -59,12 +57,7 @@ impl TestSmtp {
                 }
             }
         });
-        TestSmtp {
-            addr,
-            up: flag,
-            events,
-            task,
-        }
+        TestSmtp { addr, up: flag, events, task }
     }
 
     pub fn url(&self) -> String {
@@ -77,10 +70,7 @@ impl TestSmtp {
 
     /// The next thing that happened, or None after `timeout`.
     pub async fn next(&mut self, timeout: Duration) -> Option<SmtpEvent> {
-        tokio::time::timeout(timeout, self.events.recv())
-            .await
-            .ok()
-            .flatten()
+        tokio::time::timeout(timeout, self.events.recv()).await.ok().flatten()
     }
 
     /// The next accepted message (skipping refusals); panics after `timeout`.
@@ -112,11 +102,7 @@ impl Drop for TestSmtp {
     }
 }
 
-async fn serve(
-    stream: TcpStream,
-    up: bool,
-    tx: mpsc::UnboundedSender<SmtpEvent>,
-) -> std::io::Result<()> {
+async fn serve(stream: TcpStream, up: bool, tx: mpsc::UnboundedSender<SmtpEvent>) -> std::io::Result<()> {
     let (r, mut w) = stream.into_split();
     let mut r = BufReader::new(r);
     if !up {
@@ -155,11 +141,7 @@ async fn serve(
                 if line == b".\r\n" {
                     break;
                 }
-                let l = if line.starts_with(b"..") {
-                    &line[1..]
-                } else {
-                    &line[..]
-                };
+                let l = if line.starts_with(b"..") { &line[1..] } else { &line[..] };
                 data.extend_from_slice(l);
             }
             let _ = tx.send(SmtpEvent::Message(Received {
@@ -183,10 +165,7 @@ async fn serve(
 fn angle(arg: &str) -> String {
     let arg = arg.trim();
     let end = arg.find('>').map_or(arg.len(), |i| i + 1);
-    arg[..end]
-        .trim_start_matches('<')
-        .trim_end_matches('>')
-        .to_owned()
+    arg[..end].trim_start_matches('<').trim_end_matches('>').to_owned()
 }
 
 /// One request the test endpoint received.
@@ -202,10 +181,7 @@ pub struct HttpRequest {
 
 impl HttpRequest {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 }
 
@@ -219,13 +195,9 @@ pub struct TestHttp {
 impl TestHttp {
     /// Answers the statuses in `script` in order, then 200 forever.
     pub async fn start(script: &[u16]) -> TestHttp {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind 127.0.0.1:0");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
         let addr = listener.local_addr().unwrap();
-        let script = Arc::new(Mutex::new(
-            script.iter().copied().collect::<VecDeque<u16>>(),
-        ));
+        let script = Arc::new(Mutex::new(script.iter().copied().collect::<VecDeque<u16>>()));
         let (tx, requests) = mpsc::unbounded_channel();
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
@@ -236,11 +208,7 @@ impl TestHttp {
                 });
             }
         });
-        TestHttp {
-            addr,
-            requests,
-            task,
-        }
+        TestHttp { addr, requests, task }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -248,10 +216,7 @@ impl TestHttp {
     }
 
     pub async fn next(&mut self, timeout: Duration) -> Option<HttpRequest> {
-        tokio::time::timeout(timeout, self.requests.recv())
-            .await
-            .ok()
-            .flatten()
+        tokio::time::timeout(timeout, self.requests.recv()).await.ok().flatten()
     }
 
     pub fn drain(&mut self) -> Vec<HttpRequest> {
@@ -304,14 +269,7 @@ async fn serve_http(
         let mut body = vec![0; len];
         r.read_exact(&mut body).await?;
         let status = script.lock().unwrap().pop_front().unwrap_or(200);
-        let _ = tx.send(HttpRequest {
-            method,
-            path,
-            headers,
-            body,
-            status,
-        });
-        w.write_all(format!("HTTP/1.1 {status} Test\r\nContent-Length: 0\r\n\r\n").as_bytes())
-            .await?;
+        let _ = tx.send(HttpRequest { method, path, headers, body, status });
+        w.write_all(format!("HTTP/1.1 {status} Test\r\nContent-Length: 0\r\n\r\n").as_bytes()).await?;
     }
 }

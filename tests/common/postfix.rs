@@ -52,10 +52,7 @@ pub const OUTSIDE_ADDR: &str = "127.0.0.2";
 
 /// A TCP port on 127.0.0.1 that was free a moment ago.
 pub fn free_port() -> u16 {
-    TcpListener::bind((INSIDE_ADDR, 0))
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind 127.0.0.1:0")
+    TcpListener::bind((INSIDE_ADDR, 0)).and_then(|l| l.local_addr()).map(|a| a.port()).expect("bind 127.0.0.1:0")
 }
 
 // ---------------------------------------------------------------------------
@@ -66,9 +63,7 @@ fn is_root() -> bool {
     fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(2).map(|e| e == "0"))
+            s.lines().find(|l| l.starts_with("Uid:")).and_then(|l| l.split_whitespace().nth(2).map(|e| e == "0"))
         })
         .unwrap_or(false)
 }
@@ -78,17 +73,12 @@ fn passwd_ids(user: &str) -> Option<(u32, u32)> {
     let text = fs::read_to_string("/etc/passwd").ok()?;
     text.lines().find_map(|l| {
         let f: Vec<&str> = l.split(':').collect();
-        if f.len() > 3 && f[0] == user {
-            Some((f[2].parse().ok()?, f[3].parse().ok()?))
-        } else {
-            None
-        }
+        if f.len() > 3 && f[0] == user { Some((f[2].parse().ok()?, f[3].parse().ok()?)) } else { None }
     })
 }
 
 fn chown_user(path: &Path, user: &str) -> io::Result<()> {
-    let (uid, gid) = passwd_ids(user)
-        .ok_or_else(|| io::Error::other(format!("user {user} not in /etc/passwd")))?;
+    let (uid, gid) = passwd_ids(user).ok_or_else(|| io::Error::other(format!("user {user} not in /etc/passwd")))?;
     std::os::unix::fs::chown(path, Some(uid), Some(gid))
 }
 
@@ -177,10 +167,7 @@ pub fn wait_child(child: &mut Child, timeout: Duration) {
 /// couple of seconds old; backdating the config files skips that delay.
 fn backdate(path: &Path) -> io::Result<()> {
     let when = std::time::SystemTime::now() - Duration::from_secs(10);
-    fs::File::options()
-        .write(true)
-        .open(path)?
-        .set_modified(when)
+    fs::File::options().write(true).open(path)?.set_modified(when)
 }
 
 fn lossy(b: &[u8]) -> String {
@@ -242,26 +229,17 @@ pub struct SinkMessage {
 
 fn addr_of(args: &str) -> String {
     let first = args.split_whitespace().next().unwrap_or("");
-    first
-        .trim_start_matches('<')
-        .trim_end_matches('>')
-        .to_string()
+    first.trim_start_matches('<').trim_end_matches('>').to_string()
 }
 
 impl SinkMessage {
     /// Parse one smtp-sink `-d` dump file.
     pub fn parse(path: &Path, raw: &[u8]) -> SinkMessage {
-        let mut m = SinkMessage {
-            path: path.to_path_buf(),
-            ..Default::default()
-        };
+        let mut m = SinkMessage { path: path.to_path_buf(), ..Default::default() };
         let mut pos = 0usize;
         let mut in_received = false;
         while pos < raw.len() {
-            let end = raw[pos..]
-                .iter()
-                .position(|&b| b == b'\n')
-                .map_or(raw.len(), |i| pos + i + 1);
+            let end = raw[pos..].iter().position(|&b| b == b'\n').map_or(raw.len(), |i| pos + i + 1);
             let line = lossy(&raw[pos..end]);
             let line = line.trim_end_matches(['\r', '\n']);
             if in_received {
@@ -382,10 +360,7 @@ impl SmtpSink {
     }
 
     fn try_start(extra: &[&str]) -> Result<SmtpSink, String> {
-        let dir = tempfile::Builder::new()
-            .prefix("og-sink-")
-            .tempdir()
-            .map_err(|e| e.to_string())?;
+        let dir = tempfile::Builder::new().prefix("og-sink-").tempdir().map_err(|e| e.to_string())?;
         let root = dir.path().canonicalize().map_err(|e| e.to_string())?;
         let dump_dir = root.join("dump");
         fs::create_dir(&dump_dir).map_err(|e| e.to_string())?;
@@ -419,11 +394,7 @@ impl SmtpSink {
                 return Err(format!("smtp-sink exited ({st}) on port {port}: {out}"));
             }
             if tcp_listening(port)
-                && TcpStream::connect_timeout(
-                    &SocketAddr::from(([127, 0, 0, 1], port)),
-                    Duration::from_secs(1),
-                )
-                .is_ok()
+                && TcpStream::connect_timeout(&SocketAddr::from(([127, 0, 0, 1], port)), Duration::from_secs(1)).is_ok()
             {
                 break;
             }
@@ -434,13 +405,7 @@ impl SmtpSink {
             }
             sleep(POLL);
         }
-        Ok(SmtpSink {
-            child,
-            port,
-            dump_dir,
-            log_path,
-            dir,
-        })
+        Ok(SmtpSink { child, port, dump_dir, log_path, dir })
     }
 
     pub fn port(&self) -> u16 {
@@ -484,18 +449,12 @@ impl SmtpSink {
                 if open.contains(&p) {
                     continue; // still being written
                 }
-                let mtime = e
-                    .metadata()
-                    .and_then(|m| m.modified())
-                    .unwrap_or(std::time::UNIX_EPOCH);
+                let mtime = e.metadata().and_then(|m| m.modified()).unwrap_or(std::time::UNIX_EPOCH);
                 files.push((mtime, p));
             }
         }
         files.sort();
-        files
-            .into_iter()
-            .filter_map(|(_, p)| fs::read(&p).ok().map(|raw| SinkMessage::parse(&p, &raw)))
-            .collect()
+        files.into_iter().filter_map(|(_, p)| fs::read(&p).ok().map(|raw| SinkMessage::parse(&p, &raw))).collect()
     }
 
     /// Poll (every [`POLL`]) until at least `n` messages arrived or `timeout`
@@ -624,8 +583,7 @@ impl PostfixOptions {
         self
     }
     pub fn sasl_user(mut self, user: &str, password: &str) -> Self {
-        self.sasl_users
-            .push((user.to_string(), password.to_string()));
+        self.sasl_users.push((user.to_string(), password.to_string()));
         self
     }
     pub fn sasl_realm(mut self, v: &str) -> Self {
@@ -680,10 +638,7 @@ fn postconf_default(param: &str) -> Result<String, String> {
 
 fn master_cf(port: u16, extra: &[String]) -> String {
     let mut s = String::new();
-    let _ = writeln!(
-        s,
-        "# service type  private unpriv  chroot  wakeup  maxproc command + args"
-    );
+    let _ = writeln!(s, "# service type  private unpriv  chroot  wakeup  maxproc command + args");
     let _ = writeln!(s, "{INSIDE_ADDR}:{port} inet n - n - - smtpd");
     for line in [
         "pickup     unix  n       -       n       60      1       pickup",
@@ -751,14 +706,8 @@ impl Postfix {
         let command_dir = postconf_default("command_directory").map_err(fatal)?;
         let postfix_cmd = format!("{command_dir}/postfix");
 
-        let dir = tempfile::Builder::new()
-            .prefix("og-postfix-")
-            .tempdir()
-            .map_err(|e| io("tempdir", e))?;
-        let root = dir
-            .path()
-            .canonicalize()
-            .map_err(|e| io("canonicalize", e))?;
+        let dir = tempfile::Builder::new().prefix("og-postfix-").tempdir().map_err(|e| io("tempdir", e))?;
+        let root = dir.path().canonicalize().map_err(|e| io("canonicalize", e))?;
         // Postfix daemons run as user postfix and must traverse these.
         chmod(&root, 0o755).map_err(|e| io("chmod root", e))?;
         let config_dir = root.join("etc");
@@ -766,13 +715,7 @@ impl Postfix {
         let data_dir = root.join("data");
         let sasl_conf_dir = config_dir.join("sasl");
         let sasl_db_dir = root.join("sasl");
-        for d in [
-            &config_dir,
-            &queue_dir,
-            &data_dir,
-            &sasl_conf_dir,
-            &sasl_db_dir,
-        ] {
+        for d in [&config_dir, &queue_dir, &data_dir, &sasl_conf_dir, &sasl_db_dir] {
             fs::create_dir_all(d).map_err(|e| io("mkdir", e))?;
             chmod(d, 0o755).map_err(|e| io("chmod", e))?;
         }
@@ -807,17 +750,8 @@ impl Postfix {
         kv("mynetworks", &opts.mynetworks);
         kv("relay_domains", &opts.relay_domains.join(", "));
         kv("relay_transport", "smtp");
-        kv(
-            "relayhost",
-            &opts
-                .relay_port
-                .map(|p| format!("[{INSIDE_ADDR}]:{p}"))
-                .unwrap_or_default(),
-        );
-        kv(
-            "smtpd_relay_restrictions",
-            "permit_mynetworks, permit_sasl_authenticated, reject_unauth_destination",
-        );
+        kv("relayhost", &opts.relay_port.map(|p| format!("[{INSIDE_ADDR}]:{p}")).unwrap_or_default());
+        kv("smtpd_relay_restrictions", "permit_mynetworks, permit_sasl_authenticated, reject_unauth_destination");
         kv("smtpd_peername_lookup", "no");
         kv("smtp_dns_support_level", "disabled");
         kv("smtpd_banner", "$myhostname ESMTP Postfix");
@@ -841,10 +775,7 @@ impl Postfix {
             kv("smtpd_sasl_auth_enable", "yes");
             kv("smtpd_sasl_type", "cyrus");
             kv("smtpd_sasl_path", "smtpd");
-            kv(
-                "cyrus_sasl_config_path",
-                &sasl_conf_dir.display().to_string(),
-            );
+            kv("cyrus_sasl_config_path", &sasl_conf_dir.display().to_string());
             kv("smtpd_sasl_local_domain", &opts.sasl_realm);
             kv("smtpd_sasl_security_options", "noanonymous");
             kv("smtpd_tls_auth_only", "no");
@@ -853,11 +784,8 @@ impl Postfix {
             let _ = writeln!(m, "{line}");
         }
         fs::write(config_dir.join("main.cf"), m).map_err(|e| io("write main.cf", e))?;
-        fs::write(
-            config_dir.join("master.cf"),
-            master_cf(port, &opts.extra_master_cf),
-        )
-        .map_err(|e| io("write master.cf", e))?;
+        fs::write(config_dir.join("master.cf"), master_cf(port, &opts.extra_master_cf))
+            .map_err(|e| io("write master.cf", e))?;
         for f in ["main.cf", "master.cf"] {
             backdate(&config_dir.join(f)).map_err(|e| io("backdate config", e))?;
         }
@@ -869,8 +797,7 @@ impl Postfix {
                 "pwcheck_method: auxprop\nauxprop_plugin: sasldb\nsasldb_path: {}\nmech_list: PLAIN LOGIN\n",
                 db.display()
             );
-            fs::write(sasl_conf_dir.join("smtpd.conf"), conf)
-                .map_err(|e| io("write smtpd.conf", e))?;
+            fs::write(sasl_conf_dir.join("smtpd.conf"), conf).map_err(|e| io("write smtpd.conf", e))?;
             for (user, password) in &opts.sasl_users {
                 let (name, realm) = match user.rsplit_once('@') {
                     Some((n, r)) => (n, r),
@@ -886,11 +813,7 @@ impl Postfix {
                     .stderr(Stdio::piped())
                     .spawn()
                     .map_err(|e| io("spawn saslpasswd2", e))?;
-                c.stdin
-                    .take()
-                    .unwrap()
-                    .write_all(password.as_bytes())
-                    .map_err(|e| io("saslpasswd2 stdin", e))?;
+                c.stdin.take().unwrap().write_all(password.as_bytes()).map_err(|e| io("saslpasswd2 stdin", e))?;
                 let o = c.wait_with_output().map_err(|e| io("saslpasswd2", e))?;
                 if !o.status.success() {
                     return Err(fatal(format!("saslpasswd2 {user}: {}", output_text(&o))));
@@ -901,11 +824,7 @@ impl Postfix {
         }
 
         // --- postfix check (creates the queue directories); errors only show on a tty
-        let check_cmd = format!(
-            "{} -c {} check",
-            sh_quote(&postfix_cmd),
-            sh_quote(&config_dir.display().to_string())
-        );
+        let check_cmd = format!("{} -c {} check", sh_quote(&postfix_cmd), sh_quote(&config_dir.display().to_string()));
         let check = Command::new("script")
             .args(["-qec", &check_cmd, "/dev/null"])
             .stdin(Stdio::null())
@@ -1021,9 +940,7 @@ impl Postfix {
 
     /// The maillog contents so far.
     pub fn log(&self) -> String {
-        fs::read(&self.maillog)
-            .map(|b| lossy(&b))
-            .unwrap_or_default()
+        fs::read(&self.maillog).map(|b| lossy(&b)).unwrap_or_default()
     }
 
     /// Poll the maillog until it contains `needle` (true) or `timeout` passes (false).
@@ -1069,18 +986,11 @@ impl Postfix {
             rd.flatten()
                 .map(|e| {
                     let ft = e.file_type();
-                    if ft.as_ref().map(|t| t.is_dir()).unwrap_or(false) {
-                        count(&e.path())
-                    } else {
-                        1
-                    }
+                    if ft.as_ref().map(|t| t.is_dir()).unwrap_or(false) { count(&e.path()) } else { 1 }
                 })
                 .sum()
         }
-        ["incoming", "active", "deferred", "hold", "maildrop"]
-            .iter()
-            .map(|d| count(&self.queue_dir.join(d)))
-            .sum()
+        ["incoming", "active", "deferred", "hold", "maildrop"].iter().map(|d| count(&self.queue_dir.join(d))).sum()
     }
 
     /// Poll until the queue is empty.
@@ -1119,11 +1029,7 @@ impl Postfix {
             .output()
             .map_err(|e| format!("postfix reload: {e}"))?;
         if !o.status.success() {
-            return Err(format!(
-                "postfix reload: {}\n{}",
-                output_text(&o),
-                tail(&self.log(), 20)
-            ));
+            return Err(format!("postfix reload: {}\n{}", output_text(&o), tail(&self.log(), 20)));
         }
         Ok(())
     }
@@ -1194,11 +1100,7 @@ impl Drop for Postfix {
 
 /// Run `swaks` with these arguments (no defaults added).
 pub fn swaks(args: &[&str]) -> Output {
-    Command::new("swaks")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run swaks")
+    Command::new("swaks").args(args).stdin(Stdio::null()).output().expect("run swaks")
 }
 
 /// The result of a swaks run.
@@ -1247,9 +1149,7 @@ impl SwaksOutput {
 
     /// The queue id from `250 2.0.0 Ok: queued as ID`.
     pub fn queue_id(&self) -> Option<String> {
-        self.replies()
-            .iter()
-            .find_map(|r| r.split("queued as ").nth(1).map(|s| s.trim().to_string()))
+        self.replies().iter().find_map(|r| r.split("queued as ").nth(1).map(|s| s.trim().to_string()))
     }
 }
 
@@ -1269,12 +1169,7 @@ impl Swaks {
             server: format!("{INSIDE_ADDR}:{port}"),
             from: None,
             to: Vec::new(),
-            args: vec![
-                "--helo".into(),
-                "client.outbound-guard.test".into(),
-                "--timeout".into(),
-                "30".into(),
-            ],
+            args: vec!["--helo".into(), "client.outbound-guard.test".into(), "--timeout".into(), "30".into()],
         }
     }
     pub fn from(mut self, addr: &str) -> Self {
@@ -1295,21 +1190,11 @@ impl Swaks {
     }
     /// AUTH PLAIN with these credentials.
     pub fn auth_plain(self, user: &str, password: &str) -> Self {
-        self.arg("--auth")
-            .arg("PLAIN")
-            .arg("--auth-user")
-            .arg(user)
-            .arg("--auth-password")
-            .arg(password)
+        self.arg("--auth").arg("PLAIN").arg("--auth-user").arg(user).arg("--auth-password").arg(password)
     }
     /// AUTH LOGIN with these credentials.
     pub fn auth_login(self, user: &str, password: &str) -> Self {
-        self.arg("--auth")
-            .arg("LOGIN")
-            .arg("--auth-user")
-            .arg(user)
-            .arg("--auth-password")
-            .arg(password)
+        self.arg("--auth").arg("LOGIN").arg("--auth-user").arg(user).arg("--auth-password").arg(password)
     }
     /// Connect from 127.0.0.2 (outside the default `mynetworks`).
     pub fn outside(self) -> Self {
@@ -1407,11 +1292,7 @@ fn base64(data: &[u8]) -> String {
     const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::new();
     for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
+        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for i in 0..4 {
             if i <= chunk.len() {
@@ -1430,11 +1311,7 @@ impl SmtpClient {
     pub fn connect(port: u16) -> io::Result<SmtpClient> {
         let s = TcpStream::connect((INSIDE_ADDR, port))?;
         s.set_read_timeout(Some(Duration::from_secs(60)))?;
-        let mut c = SmtpClient {
-            reader: io::BufReader::new(s.try_clone()?),
-            writer: s,
-            transcript: String::new(),
-        };
+        let mut c = SmtpClient { reader: io::BufReader::new(s.try_clone()?), writer: s, transcript: String::new() };
         let greeting = c.read_reply()?;
         if greeting.code != 220 {
             return Err(io::Error::other(format!("greeting: {greeting:?}")));
@@ -1455,10 +1332,7 @@ impl SmtpClient {
         loop {
             let mut line = String::new();
             if self.reader.read_line(&mut line)? == 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "server closed the connection",
-                ));
+                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "server closed the connection"));
             }
             let line = line.trim_end_matches(['\r', '\n']);
             self.transcript.push_str(&format!("S: {line}\n"));
@@ -1476,8 +1350,7 @@ impl SmtpClient {
     /// Send raw bytes (no CRLF added).
     pub fn send_raw(&mut self, data: &[u8]) -> io::Result<()> {
         for line in lossy(data).split_inclusive('\n') {
-            self.transcript
-                .push_str(&format!("C: {}\n", line.trim_end_matches(['\r', '\n'])));
+            self.transcript.push_str(&format!("C: {}\n", line.trim_end_matches(['\r', '\n'])));
         }
         self.writer.write_all(data)
     }
@@ -1502,12 +1375,7 @@ impl SmtpClient {
     /// first failing step and returns that reply (a RCPT failure only stops
     /// when no recipient was accepted). `data` may use LF or CRLF line ends;
     /// it is sent with CRLF and dot-stuffed.
-    pub fn send_message(
-        &mut self,
-        from: &str,
-        rcpts: &[&str],
-        data: &str,
-    ) -> io::Result<SmtpReply> {
+    pub fn send_message(&mut self, from: &str, rcpts: &[&str], data: &str) -> io::Result<SmtpReply> {
         let r = self.command(&format!("MAIL FROM:<{from}>"))?;
         if !r.is_positive() {
             return Ok(r);
@@ -1523,21 +1391,14 @@ impl SmtpClient {
             }
         }
         if accepted == 0 {
-            return Ok(last_bad.unwrap_or(SmtpReply {
-                code: 554,
-                lines: vec!["no recipients".into()],
-            }));
+            return Ok(last_bad.unwrap_or(SmtpReply { code: 554, lines: vec!["no recipients".into()] }));
         }
         let r = self.command("DATA")?;
         if r.code != 354 {
             return Ok(r);
         }
         let mut wire = String::new();
-        for line in data
-            .replace("\r\n", "\n")
-            .trim_end_matches('\n')
-            .split('\n')
-        {
+        for line in data.replace("\r\n", "\n").trim_end_matches('\n').split('\n') {
             if line.starts_with('.') {
                 wire.push('.');
             }

@@ -1,0 +1,253 @@
+//! The CLI's side of the admin API: finds the running daemon from the configuration
+//! (`admin.listen`, `admin.token_file`), sends one request, and renders the answer as a table
+//! or as JSON. Exit codes: 0 success, 1 account unknown / not restricted, 2 usage or
+//! connection errors.
+
+use std::fmt::Write as _;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+
+use super::token;
+use crate::config::Config;
+
+/// Why a command could not be carried out.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error(transparent)]
+    Token(#[from] token::TokenError),
+    #[error("cannot reach the filter's admin API at {url}: {source}")]
+    Connect { url: String, source: reqwest::Error },
+    #[error("the admin API answered {status}: {message}")]
+    Api { status: StatusCode, message: String },
+}
+
+impl ClientError {
+    /// The process exit status for this error.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            ClientError::Api { status, .. } if *status == StatusCode::NOT_FOUND => 1,
+            _ => 2,
+        }
+    }
+}
+
+/// A client for the daemon described by a configuration.
+pub struct AdminClient {
+    base: String,
+    token: String,
+    http: reqwest::Client,
+}
+
+impl AdminClient {
+    /// # Errors
+    /// When the token file cannot be read.
+    pub fn from_config(config: &Config) -> Result<AdminClient, ClientError> {
+        let token = token::read(&config.admin.token_file)?;
+        let addr = reachable(config.admin.listen);
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(15))
+            .no_proxy()
+            .build()
+            .map_err(|source| ClientError::Connect { url: addr.to_string(), source })?;
+        Ok(AdminClient { base: format!("http://{addr}"), token, http })
+    }
+
+    /// Sends a request and returns the JSON answer of a 2xx response.
+    ///
+    /// # Errors
+    /// [`ClientError::Connect`] when the daemon cannot be reached, [`ClientError::Api`] for a
+    /// non-2xx answer (its `error` message included).
+    pub async fn request(&self, method: Method, path: &str, body: Option<Value>) -> Result<Value, ClientError> {
+        let url = format!("{}{path}", self.base);
+        let mut request = self.http.request(method, &url).bearer_auth(&self.token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.map_err(|source| ClientError::Connect { url: url.clone(), source })?;
+        let status = response.status();
+        let value: Value = response.json().await.unwrap_or(Value::Null);
+        if status.is_success() {
+            Ok(value)
+        } else {
+            let message = value["error"].as_str().unwrap_or("no detail").to_owned();
+            Err(ClientError::Api { status, message })
+        }
+    }
+}
+
+/// Where to connect for a listen address: an unspecified address means this host.
+fn reachable(listen: SocketAddr) -> SocketAddr {
+    match listen.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => SocketAddr::new(Ipv4Addr::LOCALHOST.into(), listen.port()),
+        IpAddr::V6(ip) if ip.is_unspecified() => SocketAddr::new(Ipv6Addr::LOCALHOST.into(), listen.port()),
+        _ => listen,
+    }
+}
+
+/// Percent-encodes an account for a URL path segment.
+pub fn path_segment(account: &str) -> String {
+    let mut out = String::new();
+    for b in account.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~@+".contains(&b) {
+            out.push(b as char);
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
+}
+
+/// Percent-encodes a query value.
+pub fn query_value(text: &str) -> String {
+    path_segment(text).replace('+', "%2B")
+}
+
+fn text(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// "used/limit" for a counter, "used" when the limit is 0 (none).
+fn against(counters: &Value, used: &str, limit: &str) -> String {
+    let u = counters[used].as_u64().unwrap_or(0);
+    match counters[limit].as_u64().unwrap_or(0) {
+        0 => u.to_string(),
+        l => format!("{u}/{l}"),
+    }
+}
+
+/// Lays out rows in aligned columns.
+fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: Vec<String>| {
+        let mut l = String::new();
+        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
+            if i + 1 == cells.len() {
+                l.push_str(cell);
+            } else {
+                let _ = write!(l, "{cell:<w$}  ");
+            }
+        }
+        out.push_str(l.trim_end());
+        out.push('\n');
+    };
+    line(header.iter().map(|h| (*h).to_owned()).collect());
+    for row in rows {
+        line(row.clone());
+    }
+    out
+}
+
+/// `restricted list` as a table.
+pub fn render_restricted_list(v: &Value) -> String {
+    let list = v["restricted"].as_array().cloned().unwrap_or_default();
+    if list.is_empty() {
+        return "No restricted accounts.\n".into();
+    }
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|r| {
+            vec![
+                text(&r["account"]),
+                text(&r["created_at"]),
+                if r["until"].is_null() { "until released".into() } else { text(&r["until"]) },
+                text(&r["source"]),
+                text(&r["reason"]),
+            ]
+        })
+        .collect();
+    table(&["ACCOUNT", "SINCE", "UNTIL", "SOURCE", "REASON"], &rows)
+}
+
+/// One restriction (with counters and history) as text.
+pub fn render_restriction(r: &Value) -> String {
+    let mut out = String::new();
+    let c = &r["counters"];
+    let until = if r["until"].is_null() { "until an administrator releases it".into() } else { text(&r["until"]) };
+    let _ = writeln!(out, "Account:   {}", text(&r["account"]));
+    let _ = writeln!(out, "Reason:    {}", text(&r["reason"]));
+    let _ = writeln!(out, "Policy:    {}", text(&r["policy"]));
+    let _ = writeln!(out, "Source:    {}", text(&r["source"]));
+    let _ = writeln!(out, "Since:     {}", text(&r["created_at"]));
+    let _ = writeln!(out, "Until:     {until}");
+    let _ = writeln!(
+        out,
+        "Counters:  external/hour {}  internal/hour {}  day {}  spam {}/{} messages",
+        against(c, "external_last_hour", "external_limit_per_hour"),
+        against(c, "internal_last_hour", "internal_limit_per_hour"),
+        against(c, "last_day", "limit_per_day"),
+        c["spam_messages"].as_u64().unwrap_or(0),
+        c["messages"].as_u64().unwrap_or(0),
+    );
+    if let Some(history) = r["history"].as_array().filter(|h| !h.is_empty()) {
+        let _ = writeln!(out, "History:");
+        for h in history {
+            let _ = writeln!(
+                out,
+                "  {}  {:<10}  by {}: {}",
+                text(&h["at"]),
+                text(&h["action"]),
+                text(&h["by"]),
+                text(&h["reason"])
+            );
+        }
+    }
+    out
+}
+
+/// `senders top` as a table.
+pub fn render_senders(v: &Value) -> String {
+    let list = v["senders"].as_array().cloned().unwrap_or_default();
+    if list.is_empty() {
+        return "No sending activity recorded.\n".into();
+    }
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|s| {
+            let c = &s["counters"];
+            vec![
+                text(&s["account"]),
+                text(&s["policy"]),
+                against(c, "external_last_hour", "external_limit_per_hour"),
+                against(c, "internal_last_hour", "internal_limit_per_hour"),
+                against(c, "last_day", "limit_per_day"),
+                if s["restricted"].as_bool() == Some(true) { "restricted".into() } else { "-".into() },
+            ]
+        })
+        .collect();
+    table(&["ACCOUNT", "POLICY", "EXTERNAL/H", "INTERNAL/H", "DAY", "STATE"], &rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn paths_are_encoded() {
+        assert_eq!(path_segment("alice+x@example.com"), "alice+x@example.com");
+        assert_eq!(path_segment("\"john doe\"@example.com"), "%22john%20doe%22@example.com");
+        assert_eq!(query_value("a+b c"), "a%2Bb%20c");
+    }
+
+    #[test]
+    fn tables_align() {
+        let v = json!({"restricted": [{"account": "a@x", "created_at": "2026-01-01T00:00:00Z", "until": null, "source": "policy", "reason": "limit"}]});
+        let t = render_restricted_list(&v);
+        assert!(t.starts_with("ACCOUNT"), "{t}");
+        assert!(t.contains("until released"), "{t}");
+        assert_eq!(render_restricted_list(&json!({"restricted": []})), "No restricted accounts.\n");
+    }
+}

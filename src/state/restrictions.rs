@@ -1,0 +1,261 @@
+//! Restrictions: which accounts may not send outbound mail, why, since and until when.
+//!
+//! Behind a small trait so the in-memory map used here can be joined by a durable journal and
+//! a Redis-backed store. The MAIL FROM check ([`RestrictionStore::is_restricted`]) is the hot
+//! path: one map lookup, no clone; a restriction past its `until` no longer counts.
+
+use dashmap::DashMap;
+use dashmap::mapref::entry::Entry;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+/// Counters of an account at one moment, with the limits they are measured against
+/// (a limit of 0 = none).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    pub external_last_hour: u32,
+    pub external_limit_per_hour: u32,
+    pub internal_last_hour: u32,
+    pub internal_limit_per_hour: u32,
+    pub last_day: u32,
+    pub limit_per_day: u32,
+    pub spam_messages: u32,
+    pub messages: u32,
+}
+
+/// Who restricted the account.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    Policy,
+    Admin,
+}
+
+/// An account's state "may not send outbound mail".
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Restriction {
+    pub account: String,
+    pub reason: String,
+    pub policy: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    /// `None`: until an administrator releases it.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub until: Option<OffsetDateTime>,
+    pub counters: Counters,
+    pub source: Source,
+}
+
+impl Restriction {
+    /// Whether it is in force at `now` (seconds since the epoch).
+    pub fn in_force(&self, now_secs: i64) -> bool {
+        self.until.is_none_or(|u| u.unix_timestamp() > now_secs)
+    }
+}
+
+/// One line of an account's audit trail.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    pub account: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+    /// `restricted` or `released`.
+    pub action: AuditAction,
+    pub reason: String,
+    /// `policy` for the filter itself, otherwise the administrator's name.
+    pub by: String,
+    pub policy: Option<String>,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub until: Option<OffsetDateTime>,
+    pub counters: Option<Counters>,
+}
+
+/// What an audit entry records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuditAction {
+    Restricted,
+    Released,
+}
+
+impl AuditEntry {
+    /// The entry for a new restriction.
+    pub fn restricted(r: &Restriction, by: &str) -> AuditEntry {
+        AuditEntry {
+            account: r.account.clone(),
+            at: r.created_at,
+            action: AuditAction::Restricted,
+            reason: r.reason.clone(),
+            by: by.to_owned(),
+            policy: Some(r.policy.clone()),
+            until: r.until,
+            counters: Some(r.counters.clone()),
+        }
+    }
+
+    /// The entry for a release.
+    pub fn released(account: &str, at: OffsetDateTime, by: &str, reason: &str) -> AuditEntry {
+        AuditEntry {
+            account: account.to_owned(),
+            at,
+            action: AuditAction::Released,
+            reason: reason.to_owned(),
+            by: by.to_owned(),
+            policy: None,
+            until: None,
+            counters: None,
+        }
+    }
+}
+
+/// Audit entries kept in memory per account (the file keeps them all).
+pub const HISTORY_PER_ACCOUNT: usize = 100;
+
+/// Why the store could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("restrictions store: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Where restrictions live.
+pub trait RestrictionStore: Send + Sync {
+    /// Whether `account` is restricted at `now_secs`.
+    fn is_restricted(&self, account: &str, now_secs: i64) -> bool;
+    /// The restriction in force, if any.
+    fn get(&self, account: &str, now_secs: i64) -> Option<Restriction>;
+    /// Records a restriction; an account already restricted keeps its first restriction.
+    /// Returns whether it is new.
+    ///
+    /// # Errors
+    /// When it cannot be recorded (durable stores).
+    fn restrict(&self, restriction: Restriction, by: &str) -> Result<bool, StoreError>;
+    /// Lifts a restriction; returns it when there was one in force.
+    ///
+    /// # Errors
+    /// When the release cannot be recorded (durable stores).
+    fn release(&self, account: &str, now_secs: i64, by: &str, reason: &str) -> Result<Option<Restriction>, StoreError>;
+    /// Every restriction in force, oldest first.
+    fn list(&self, now_secs: i64) -> Vec<Restriction>;
+    /// The account's audit trail, oldest first.
+    fn history(&self, account: &str) -> Vec<AuditEntry>;
+}
+
+/// Restrictions in memory only (and the in-memory half of the durable store).
+#[derive(Debug, Default)]
+pub struct MemoryRestrictions {
+    map: DashMap<Box<str>, Restriction, ahash::RandomState>,
+    history: DashMap<Box<str>, Vec<AuditEntry>, ahash::RandomState>,
+}
+
+impl MemoryRestrictions {
+    /// Adds an entry to an account's in-memory trail, keeping the last [`HISTORY_PER_ACCOUNT`].
+    pub fn remember(&self, entry: AuditEntry) {
+        let mut list = self.history.entry(entry.account.clone().into_boxed_str()).or_default();
+        if list.len() >= HISTORY_PER_ACCOUNT {
+            list.remove(0);
+        }
+        list.push(entry);
+    }
+
+    /// Puts back a restriction read from a journal (its history comes from the audit log).
+    pub fn insert_replayed(&self, restriction: Restriction) {
+        self.map.insert(restriction.account.clone().into_boxed_str(), restriction);
+    }
+
+    /// Whether `account` has a restriction in force (the check the durable store makes before
+    /// writing anything).
+    pub fn in_force(&self, account: &str, now_secs: i64) -> bool {
+        self.is_restricted(account, now_secs)
+    }
+}
+
+impl RestrictionStore for MemoryRestrictions {
+    fn is_restricted(&self, account: &str, now_secs: i64) -> bool {
+        self.map.get(account).is_some_and(|r| r.in_force(now_secs))
+    }
+
+    fn get(&self, account: &str, now_secs: i64) -> Option<Restriction> {
+        self.map.get(account).filter(|r| r.in_force(now_secs)).map(|r| r.clone())
+    }
+
+    fn restrict(&self, restriction: Restriction, by: &str) -> Result<bool, StoreError> {
+        let now = restriction.created_at.unix_timestamp();
+        let entry = AuditEntry::restricted(&restriction, by);
+        let created = match self.map.entry(restriction.account.clone().into_boxed_str()) {
+            Entry::Vacant(v) => {
+                v.insert(restriction);
+                true
+            }
+            Entry::Occupied(o) if o.get().in_force(now) => false,
+            Entry::Occupied(mut o) => {
+                o.insert(restriction);
+                true
+            }
+        };
+        if created {
+            self.remember(entry);
+        }
+        Ok(created)
+    }
+
+    fn release(&self, account: &str, now_secs: i64, by: &str, reason: &str) -> Result<Option<Restriction>, StoreError> {
+        let released = self.map.remove(account).map(|(_, r)| r).filter(|r| r.in_force(now_secs));
+        if released.is_some() {
+            let at = OffsetDateTime::from_unix_timestamp(now_secs).unwrap_or(OffsetDateTime::UNIX_EPOCH);
+            self.remember(AuditEntry::released(account, at, by, reason));
+        }
+        Ok(released)
+    }
+
+    fn list(&self, now_secs: i64) -> Vec<Restriction> {
+        let mut all: Vec<Restriction> = self.map.iter().filter(|r| r.in_force(now_secs)).map(|r| r.clone()).collect();
+        all.sort_by(|a, b| a.created_at.cmp(&b.created_at).then_with(|| a.account.cmp(&b.account)));
+        all
+    }
+
+    fn history(&self, account: &str) -> Vec<AuditEntry> {
+        self.history.get(account).map(|h| h.clone()).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn restriction(account: &str, at: i64, until: Option<i64>) -> Restriction {
+        Restriction {
+            account: account.into(),
+            reason: "test".into(),
+            policy: "default".into(),
+            created_at: OffsetDateTime::from_unix_timestamp(at).unwrap(),
+            until: until.map(|u| OffsetDateTime::from_unix_timestamp(u).unwrap()),
+            counters: Counters::default(),
+            source: Source::Policy,
+        }
+    }
+
+    #[test]
+    fn restrict_expire_and_release() {
+        let s = MemoryRestrictions::default();
+        assert!(s.restrict(restriction("a@x", 100, Some(200)), "policy").unwrap());
+        assert!(!s.restrict(restriction("a@x", 150, None), "policy").unwrap(), "the first restriction stays");
+        assert!(s.is_restricted("a@x", 199));
+        assert!(!s.is_restricted("a@x", 200), "until is exclusive");
+        assert!(s.restrict(restriction("a@x", 250, None), "policy").unwrap(), "an expired one is replaced");
+        assert_eq!(s.list(300).len(), 1);
+        assert!(s.release("a@x", 300, "admin", "ok").unwrap().is_some());
+        assert!(!s.is_restricted("a@x", 300));
+        assert!(s.release("a@x", 300, "admin", "ok").unwrap().is_none());
+        let actions: Vec<_> = s.history("a@x").iter().map(|e| e.action).collect();
+        assert_eq!(actions, [AuditAction::Restricted, AuditAction::Restricted, AuditAction::Released]);
+    }
+
+    #[test]
+    fn json_shape_has_rfc3339_times_and_null_until() {
+        let json = serde_json::to_value(restriction("a@x", 0, None)).unwrap();
+        assert_eq!(json["created_at"], "1970-01-01T00:00:00Z");
+        assert!(json["until"].is_null());
+        assert_eq!(json["source"], "policy");
+    }
+}

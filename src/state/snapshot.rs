@@ -1,0 +1,104 @@
+//! The counters snapshot: every tracked account's record, written at graceful shutdown and read
+//! at start, so a restart does not hand every account a fresh quota.
+//!
+//! Format: `OGSNAP01`, then per account a u16 key length, the key, and the fixed-size record
+//! (`policy::limits::RECORD_BYTES`), then a CRC32 of everything before it. Written to a temp
+//! file, synced and renamed into place. A snapshot that does not check out is ignored with a
+//! log line: counters start empty rather than wrong.
+
+use std::io::{self, BufWriter, Read, Write};
+use std::path::Path;
+
+use crate::policy::limits::{AccountRecord, RECORD_BYTES};
+
+const MAGIC: &[u8; 8] = b"OGSNAP01";
+
+/// Writes `records` to `path` atomically; returns how many were written.
+///
+/// # Errors
+/// When the file cannot be written, synced or renamed.
+pub fn write<'a>(path: &Path, records: impl Iterator<Item = (String, AccountRecord)> + 'a) -> io::Result<usize> {
+    let tmp = path.with_extension("tmp");
+    let file = std::fs::File::create(&tmp)?;
+    let mut out = BufWriter::with_capacity(1 << 20, file);
+    let mut crc = crc32fast::Hasher::new();
+    let mut put = |out: &mut BufWriter<std::fs::File>, bytes: &[u8]| -> io::Result<()> {
+        crc.update(bytes);
+        out.write_all(bytes)
+    };
+    put(&mut out, MAGIC)?;
+    let mut count = 0;
+    for (key, record) in records {
+        let Ok(len) = u16::try_from(key.len()) else { continue };
+        put(&mut out, &len.to_le_bytes())?;
+        put(&mut out, key.as_bytes())?;
+        put(&mut out, &record.to_bytes())?;
+        count += 1;
+    }
+    let sum = crc.finalize();
+    out.write_all(&sum.to_le_bytes())?;
+    let file = out.into_inner().map_err(|e| e.into_error())?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    super::journal::sync_dir(path)?;
+    Ok(count)
+}
+
+/// Reads a snapshot; `Ok(None)` when there is none.
+///
+/// # Errors
+/// When the file exists but is damaged or unreadable; the caller starts with empty counters.
+pub fn read(path: &Path) -> io::Result<Option<Vec<(String, AccountRecord)>>> {
+    let mut bytes = Vec::new();
+    match std::fs::File::open(path) {
+        Ok(mut f) => f.read_to_end(&mut bytes)?,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let bad = |what: &str| {
+        io::Error::new(io::ErrorKind::InvalidData, format!("counters snapshot {}: {what}", path.display()))
+    };
+    if bytes.len() < MAGIC.len() + 4 || &bytes[..MAGIC.len()] != MAGIC {
+        return Err(bad("not a snapshot file"));
+    }
+    let (body, sum) = bytes.split_at(bytes.len() - 4);
+    if crc32fast::hash(body) != u32::from_le_bytes(sum.try_into().expect("4 bytes")) {
+        return Err(bad("checksum mismatch (incomplete or damaged)"));
+    }
+    let mut rest = &body[MAGIC.len()..];
+    let mut records = Vec::new();
+    while !rest.is_empty() {
+        let (len, after) = rest.split_first_chunk::<2>().ok_or_else(|| bad("truncated entry"))?;
+        let len = u16::from_le_bytes(*len) as usize;
+        if after.len() < len + RECORD_BYTES {
+            return Err(bad("truncated entry"));
+        }
+        let key = String::from_utf8(after[..len].to_vec()).map_err(|_| bad("account name is not UTF-8"))?;
+        let record = AccountRecord::from_bytes(after[len..len + RECORD_BYTES].try_into().expect("record size"));
+        records.push((key, record));
+        rest = &after[len + RECORD_BYTES..];
+    }
+    Ok(Some(records))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_damage_detected() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("counters.snapshot");
+        assert!(read(&path).unwrap().is_none());
+        let records = vec![
+            ("a@example.com".to_owned(), AccountRecord { tat: [5, 6, 7], ..Default::default() }),
+            ("ælfrida@xn--bcher-kva.example".to_owned(), AccountRecord { released_day: 3, ..Default::default() }),
+        ];
+        assert_eq!(write(&path, records.clone().into_iter()).unwrap(), 2);
+        assert_eq!(read(&path).unwrap().unwrap(), records);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[12] ^= 1;
+        std::fs::write(&path, &bytes).unwrap();
+        assert!(read(&path).is_err());
+    }
+}

@@ -1,0 +1,250 @@
+//! The admin HTTP API over a real socket against an in-process filter: authentication, the
+//! JSON shapes of SPEC §6, restrict/release taking effect on the very next transaction, live
+//! counters, reload, metrics, and state that survives a restart.
+
+mod common;
+
+use common::daemon::TestDaemon;
+use outbound_guard::milter::client::{MtaClient, POSTFIX_OFFER};
+use outbound_guard::milter::command::Command;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+
+const POLICY: &str = "[milter]\nlisten = \"inet:127.0.0.1:0\"\n\
+    [organization]\nlocal_domains = [\"example.com\"]\n\
+    [policy.default]\nrecipient_limit_external_per_hour = 2\naction_when_threshold_reached = \"block\"\n";
+
+async fn call(d: &TestDaemon, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+    let client = reqwest::Client::new();
+    let mut req = client.request(method, format!("{}{path}", d.admin_url())).bearer_auth(&d.token);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req.send().await.expect("admin API reachable");
+    let status = resp.status();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+async fn client(d: &TestDaemon) -> MtaClient<TcpStream> {
+    let mut c = MtaClient::connect(d.addr).await.unwrap();
+    c.negotiate(POSTFIX_OFFER).await.unwrap();
+    c.macros(b'C', &[("{client_addr}", "127.0.0.1")]).await.unwrap();
+    c
+}
+
+/// MAIL FROM as `account`: the reply letter ('c' continue, 'y' refused).
+async fn mail(c: &mut MtaClient<TcpStream>, account: &str) -> u8 {
+    c.write(Command::Abort).await.unwrap();
+    c.macros(b'M', &[("{auth_authen}", account)]).await.unwrap();
+    c.mail_from(&format!("<{account}>"), &[]).await.unwrap().kind().unwrap()
+}
+
+async fn restrict_through_the_milter(d: &TestDaemon, account: &str) {
+    let mut c = client(d).await;
+    assert_eq!(mail(&mut c, account).await, b'c');
+    for to in ["a@example.net", "b@example.net", "c@example.net"] {
+        c.rcpt_to(to).await.unwrap();
+    }
+    c.write(Command::Abort).await.unwrap();
+}
+
+#[tokio::test]
+async fn every_api_route_wants_the_bearer_token() {
+    let d = TestDaemon::start(POLICY).await;
+    let http = reqwest::Client::new();
+    for (method, path) in [
+        (Method::GET, "/api/v1/restricted"),
+        (Method::GET, "/api/v1/restricted/a@example.com"),
+        (Method::POST, "/api/v1/restricted"),
+        (Method::DELETE, "/api/v1/restricted/a@example.com"),
+        (Method::GET, "/api/v1/senders?top=5"),
+        (Method::GET, "/api/v1/senders/a@example.com"),
+        (Method::POST, "/api/v1/reload"),
+    ] {
+        let url = format!("{}{path}", d.admin_url());
+        let none = http.request(method.clone(), &url).send().await.unwrap();
+        assert_eq!(none.status(), StatusCode::UNAUTHORIZED, "{method} {path} without token");
+        let body: Value = none.json().await.unwrap();
+        assert!(body["error"].is_string());
+        let wrong = http.request(method.clone(), &url).bearer_auth("not-the-token").send().await.unwrap();
+        assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED, "{method} {path} with a wrong token");
+    }
+    for open in ["/healthz", "/metrics"] {
+        let r = http.get(format!("{}{open}", d.admin_url())).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "{open}");
+    }
+    // The token file was created with mode 0600.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&d.config.admin.token_file).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn a_restriction_made_by_policy_is_listed_shown_and_released_for_the_next_transaction() {
+    let d = TestDaemon::start(POLICY).await;
+    restrict_through_the_milter(&d, "alice@example.com").await;
+
+    let (status, list) = call(&d, Method::GET, "/api/v1/restricted", None).await;
+    assert_eq!(status, StatusCode::OK);
+    let r = &list["restricted"][0];
+    let mut keys: Vec<_> = r.as_object().unwrap().keys().cloned().collect();
+    keys.sort();
+    assert_eq!(keys, ["account", "counters", "created_at", "policy", "reason", "source", "until"]);
+    assert_eq!(r["account"], "alice@example.com");
+    assert_eq!(r["source"], "policy");
+    assert_eq!(r["policy"], "default");
+    assert_eq!(r["until"], Value::Null);
+    assert_eq!(r["created_at"], "2026-11-22T10:00:00Z");
+    assert_eq!(r["counters"]["external_last_hour"], 2);
+    assert_eq!(r["counters"]["external_limit_per_hour"], 2);
+
+    let (status, shown) = call(&d, Method::GET, "/api/v1/restricted/Alice@Example.com", None).await;
+    assert_eq!(status, StatusCode::OK, "lookup folds case");
+    assert_eq!(shown["history"][0]["action"], "restricted");
+    assert_eq!(shown["history"][0]["by"], "policy");
+
+    let mut c = client(&d).await;
+    assert_eq!(mail(&mut c, "alice@example.com").await, b'y');
+    let (status, released) =
+        call(&d, Method::DELETE, "/api/v1/restricted/alice@example.com?reason=password%20changed&by=carol", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(released["account"], "alice@example.com");
+    // The very next transaction passes, on the same connection.
+    assert_eq!(mail(&mut c, "alice@example.com").await, b'c');
+
+    let (status, body) = call(&d, Method::GET, "/api/v1/restricted/alice@example.com", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(body["error"].as_str().unwrap().contains("not restricted"));
+    let (status, _) = call(&d, Method::DELETE, "/api/v1/restricted/alice@example.com", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    drop(c);
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn a_manual_restriction_refuses_mail_and_validates_its_input() {
+    let d = TestDaemon::start(POLICY).await;
+    let (status, r) = call(
+        &d,
+        Method::POST,
+        "/api/v1/restricted",
+        Some(json!({"account": "Bob+x@example.com", "reason": "phishing reported", "until": "2026-11-23T08:00:00+01:00"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(r["account"], "bob@example.com");
+    assert_eq!(r["source"], "admin");
+    assert_eq!(r["until"], "2026-11-23T07:00:00Z", "until is shown in UTC");
+    let mut c = client(&d).await;
+    assert_eq!(mail(&mut c, "bob@example.com").await, b'y');
+
+    for bad in [
+        json!({"account": "c@example.com", "until": "tomorrow"}),
+        json!({"account": "c@example.com", "until": "2020-01-01T00:00:00Z"}),
+        json!({"reason": "no account"}),
+        json!({"account": "c@example.com", "colour": "blue"}),
+    ] {
+        let (status, body) = call(&d, Method::POST, "/api/v1/restricted", Some(bad.clone())).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}");
+        assert!(body["error"].is_string(), "{bad}");
+    }
+    drop(c);
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn senders_show_live_counters() {
+    let d = TestDaemon::start(POLICY).await;
+    let mut c = client(&d).await;
+    assert_eq!(mail(&mut c, "dan@example.com").await, b'c');
+    c.rcpt_to("x@example.net").await.unwrap();
+    c.rcpt_to("y@example.com").await.unwrap();
+    c.write(Command::Abort).await.unwrap();
+
+    let (status, top) = call(&d, Method::GET, "/api/v1/senders?top=10", None).await;
+    assert_eq!(status, StatusCode::OK);
+    let s = &top["senders"][0];
+    assert_eq!(s["account"], "dan@example.com");
+    assert_eq!(s["counters"]["external_last_hour"], 1);
+    assert_eq!(s["counters"]["internal_last_hour"], 1);
+    assert_eq!(s["restricted"], false);
+    let (status, one) = call(&d, Method::GET, "/api/v1/senders/dan@example.com", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(one["counters"]["last_day"], 2);
+    assert_eq!(one["restriction"], Value::Null);
+    let (status, _) = call(&d, Method::GET, "/api/v1/senders/nobody@example.com", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    drop(c);
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn reload_applies_a_valid_file_and_refuses_a_broken_one() {
+    let d = TestDaemon::start(POLICY).await;
+    let path = d.config_path();
+    let original = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        original.replace("recipient_limit_external_per_hour = 2", "recipient_limit_external_per_hour = 5"),
+    )
+    .unwrap();
+    let (status, body) = call(&d, Method::POST, "/api/v1/reload", None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(d.services.engine.config().policies.default.recipient_limit_external_per_hour, 5);
+
+    std::fs::write(
+        &path,
+        original.replace("recipient_limit_external_per_hour = 2", "recipient_limit_external_per_hour = -1"),
+    )
+    .unwrap();
+    let (status, body) = call(&d, Method::POST, "/api/v1/reload", None).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    let error = body["error"].as_str().unwrap();
+    assert!(error.contains("test.toml:"), "{error}");
+    assert!(error.contains("policy.default.recipient_limit_external_per_hour = -1"), "{error}");
+    assert_eq!(
+        d.services.engine.config().policies.default.recipient_limit_external_per_hour,
+        5,
+        "the running policy stays"
+    );
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn metrics_count_what_happened() {
+    let d = TestDaemon::start(POLICY).await;
+    restrict_through_the_milter(&d, "erin@example.com").await;
+    let text = reqwest::get(format!("{}/metrics", d.admin_url())).await.unwrap().text().await.unwrap();
+    for expected in [
+        "outbound_guard_restrictions_active 1",
+        "outbound_guard_restrictions_total{reason=\"recipient_limit_external_per_hour\"} 1",
+        "outbound_guard_recipients_total{class=\"external\",outcome=\"accepted\"} 2",
+        "outbound_guard_recipients_total{class=\"external\",outcome=\"refused\"} 1",
+        "outbound_guard_messages_total{direction=\"outbound\",outcome=\"checked\"} 1",
+        "outbound_guard_milter_connections_total 1",
+        "outbound_guard_decision_seconds_count",
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in\n{text}");
+    }
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn restrictions_and_counters_survive_a_restart() {
+    let d = TestDaemon::start(POLICY).await;
+    restrict_through_the_milter(&d, "fay@example.com").await;
+    let mut c = client(&d).await;
+    assert_eq!(mail(&mut c, "gus@example.com").await, b'c');
+    c.rcpt_to("x@example.net").await.unwrap();
+    c.write(Command::Abort).await.unwrap();
+    drop(c);
+    let dir = d.stop_keeping_state().await;
+
+    let d = TestDaemon::start_in(dir, POLICY).await;
+    let (_, list) = call(&d, Method::GET, "/api/v1/restricted", None).await;
+    assert_eq!(list["restricted"][0]["account"], "fay@example.com");
+    assert_eq!(d.services.engine.counters("gus@example.com").external_last_hour, 1, "counters restored");
+    d.stop().await;
+}
