@@ -10,6 +10,8 @@
 //!   [`milter::server`] (accept loop, connection cap, drain on shutdown).
 //! - [`policy`]: decisions from plain facts (account, recipients, verdicts); knows nothing of
 //!   the protocol.
+//! - [`notify`]: administrator notifications — events → localized email and webhook,
+//!   through a durable spool with retries; never on the milter path.
 //! - [`config`]: `plugin.toml` → raw structs → validated model with file/line/key errors.
 //! - [`daemon`]: wiring for `outbound-guard run`: logging, signals, the tasks.
 
@@ -18,5 +20,6 @@ pub mod config;
 pub mod daemon;
 pub mod metrics;
 pub mod milter;
+pub mod notify;
 pub mod policy;
 pub mod state;

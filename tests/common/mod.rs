@@ -5,5 +5,6 @@
 
 pub mod binary;
 pub mod daemon;
+pub mod notify_peers;
 pub mod postfix;
 pub mod refmilter;

@@ -1,0 +1,78 @@
+//! Notifications delivered to a real Postfix `smtp-sink`: what the notifier sends is
+//! accepted by Postfix's SMTP implementation and parses back to the facts, in every
+//! language, with an account crafted to inject a header.
+#![cfg(feature = "real-peers")]
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::postfix::SmtpSink;
+use mail_parser::MessageParser;
+use outbound_guard::config::Config;
+use outbound_guard::notify::{self, Tuning};
+use outbound_guard::policy::events::{Event, EventKind};
+use outbound_guard::state::restrictions::Counters;
+use time::macros::datetime;
+use tokio::sync::{mpsc, watch};
+
+const ACCOUNT: &str = "\"x\"\r\nBcc: victim@example.net\r\ny@exämple.se";
+/// How the account shows in a subject or body: line breaks escaped, the rest as is.
+const SHOWN: &str = "\"x\"\\r\\nBcc: victim@example.net\\r\\ny@exämple.se";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smtp_sink_receives_a_restriction_notice_per_language() {
+    let sink = SmtpSink::start();
+    let dir = tempfile::tempdir().unwrap();
+    let langs = [
+        ("en", "Outbound spam notification - "),
+        ("sv", "Avisering om utgående skräppost - "),
+        ("nl", "Melding uitgaande spam - "),
+        ("da", "Meddelelse om udgående spam - "),
+    ];
+    for (i, (lang, prefix)) in langs.into_iter().enumerate() {
+        let text = format!(
+            "[state]\ndir = \"state-{lang}\"\n[notify]\nsmtp = \"smtp://127.0.0.1:{}\"\n\
+             language = \"{lang}\"\nfrom = \"guard@example.com\"\n\
+             recipients = [\"postmaster@example.com\"]\n",
+            sink.port()
+        );
+        let config = Arc::new(Config::parse(&dir.path().join("plugin.toml"), &text).unwrap());
+        let (tx, rx) = mpsc::channel(4);
+        let (_stop, stop_rx) = watch::channel(false);
+        let tuning = Tuning { retry_first: Duration::from_millis(100), ..Tuning::default() };
+        let n = notify::spawn_with(config, rx, stop_rx, tuning).unwrap();
+        tx.send(Event {
+            kind: EventKind::SenderRestricted,
+            account: ACCOUNT.into(),
+            reason: "restricted by an administrator".into(),
+            policy: "default".into(),
+            limit: None,
+            counters: Counters::default(),
+            since: datetime!(2026-11-22 10:15:00 UTC),
+            until: None,
+            node: "mx1".into(),
+            by: Some("admin".into()),
+        })
+        .await
+        .unwrap();
+        // SmtpSink polls the dump directory with its own bounded wait.
+        let messages = tokio::task::block_in_place(|| sink.wait_for_messages(i + 1, Duration::from_secs(20)));
+        assert_eq!(messages.len(), i + 1, "{lang}: smtp-sink log:\n{}", sink.log());
+        let m = &messages[i];
+        assert_eq!(m.mail_from, "guard@example.com");
+        assert_eq!(m.rcpts, ["postmaster@example.com"], "no injected recipient");
+        let msg = MessageParser::default().parse(&m.data[..]).expect("parsable");
+        let subject = msg.subject().unwrap();
+        assert!(subject.starts_with(prefix), "{lang}: {subject}");
+        assert!(subject.contains(SHOWN), "{lang}: {subject}");
+        assert!(msg.header_raw("Bcc").is_none());
+        assert_eq!(msg.header_raw("Auto-Submitted").map(str::trim), Some("auto-generated"));
+        let body = msg.body_text(0).unwrap();
+        assert!(body.contains(SHOWN), "{lang}: {body}");
+        assert!(body.contains("(admin)"), "{lang}: {body}");
+        assert!(body.contains("2026-11-22T10:15:00Z"), "{lang}");
+        n.join().await;
+    }
+}
