@@ -16,6 +16,7 @@ use crate::metrics::Metrics;
 use crate::milter::connection::Timeouts;
 use crate::milter::replies::ReplyTexts;
 use crate::milter::server::{self, Listener, ServerSettings};
+use crate::notify::NotifierHandle;
 use crate::policy::clock::EngineClock;
 use crate::policy::engine::Engine;
 use crate::policy::events::{Event, EventSink};
@@ -39,6 +40,8 @@ pub enum StartError {
     Token(#[from] crate::admin::token::TokenError),
     #[error("cannot listen on {addr} for the admin API: {source}")]
     AdminBind { addr: String, source: std::io::Error },
+    #[error(transparent)]
+    Notify(#[from] crate::notify::NotifyError),
 }
 
 /// Everything a running filter shares between connections.
@@ -47,6 +50,7 @@ pub struct Services {
     pub replies: Arc<ArcSwap<ReplyTexts>>,
     config_path: PathBuf,
     events: std::sync::Mutex<Option<mpsc::Receiver<Event>>>,
+    notifier: std::sync::Mutex<Option<NotifierHandle>>,
 }
 
 impl Services {
@@ -73,7 +77,28 @@ impl Services {
         }
         // A snapshot is only valid once: after a crash it would hand back stale counters.
         let _ = std::fs::remove_file(&snapshot_path);
-        Ok(Services { engine, replies, config_path, events: std::sync::Mutex::new(Some(events)) })
+        Ok(Services {
+            engine,
+            replies,
+            config_path,
+            events: std::sync::Mutex::new(Some(events)),
+            notifier: std::sync::Mutex::new(None),
+        })
+    }
+
+    /// Starts the notifier on the engine's events (email, webhook, spool).
+    ///
+    /// # Errors
+    /// When the spool or the templates cannot be used.
+    pub fn start_notifier(&self, shutdown: watch::Receiver<bool>) -> Result<(), StartError> {
+        let Some(events) = self.take_events() else { return Ok(()) };
+        let handle = crate::notify::spawn(self.engine.config(), events, shutdown)?;
+        *self.notifier.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(handle);
+        Ok(())
+    }
+
+    fn notifier(&self) -> std::sync::MutexGuard<'_, Option<NotifierHandle>> {
+        self.notifier.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Takes the event receiver (once), for a notifier or a test.
@@ -99,6 +124,11 @@ impl Services {
             }
         }
         self.replies.store(Arc::new(config.replies.clone()));
+        if let Some(notifier) = self.notifier().as_ref()
+            && let Err(e) = notifier.reload(config.clone())
+        {
+            warn!("notification templates kept from before the reload: {e}");
+        }
         self.engine.reload(config);
         info!("configuration reloaded");
     }
@@ -132,7 +162,20 @@ impl Services {
                 let path = services.config_path.clone();
                 services.reload_from(&path).map_err(|e| e.to_string())
             }),
-            on_scrape: None,
+            on_scrape: Some(Arc::new({
+                let services = self.clone();
+                move || services.copy_notification_stats()
+            })),
+        }
+    }
+
+    fn copy_notification_stats(&self) {
+        let Some(stats) = self.notifier().as_ref().map(NotifierHandle::stats) else { return };
+        let metrics = self.engine.metrics();
+        for (channel, c) in [("email", &stats.email), ("webhook", &stats.webhook)] {
+            metrics.set_notifications(channel, "delivered", c.delivered);
+            metrics.set_notifications(channel, "failed", c.failed_attempts);
+            metrics.notifications_pending(channel, c.pending);
         }
     }
 }
@@ -164,6 +207,8 @@ pub async fn run(
         replies: services.replies.clone(),
         metrics: services.engine.metrics().clone(),
     };
+    // Without a notifier (tests that read the events themselves take them first), events
+    // still reach the log.
     if let Some(events) = services.take_events() {
         tokio::spawn(log_events(events));
     }
@@ -204,6 +249,17 @@ pub async fn run(
         let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
     }
     services.save_counters();
+    let notifier = services.notifier().take();
+    if let Some(notifier) = notifier {
+        let stats = notifier.join().await;
+        if stats.email.pending + stats.webhook.pending > 0 {
+            warn!(
+                email = stats.email.pending,
+                webhook = stats.webhook.pending,
+                "notifications still pending; they are retried at the next start"
+            );
+        }
+    }
     info!("stopped");
 }
 

@@ -95,7 +95,11 @@ fn main() -> ExitCode {
 }
 
 fn check_config(path: &Path, json: bool) -> ExitCode {
-    match Config::load(path) {
+    let checked = Config::load(path).map_err(|e| e.to_string()).and_then(|c| {
+        outbound_guard::notify::check(&c).map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(c)
+    });
+    match checked {
         Ok(_) if json => {
             println!("{}", serde_json::json!({"valid": true, "file": path.display().to_string()}));
             ExitCode::SUCCESS
@@ -161,6 +165,10 @@ fn run(path: &Path) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        if let Err(e) = services.start_notifier(shutdown.clone()) {
+            tracing::error!("{e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
         daemon::run(listener, Some(admin), services, shutdown).await;
         ExitCode::SUCCESS
     })

@@ -53,6 +53,7 @@ pub struct Metrics {
     pub events_dropped: Gauge,
     pub decision_seconds: Histogram,
     pub redis_up: Gauge,
+    notifications_pending: Family<Labels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -114,6 +115,12 @@ impl Metrics {
             "Time the policy engine takes per MAIL FROM or RCPT TO decision",
             decision_seconds.clone(),
         );
+        let notifications_pending = Family::<Labels, Gauge>::default();
+        registry.register(
+            "notifications_pending",
+            "Notifications waiting in the spool for delivery, by channel",
+            notifications_pending.clone(),
+        );
         let redis_up = Gauge::default();
         registry.register(
             "redis_up",
@@ -154,7 +161,13 @@ impl Metrics {
             events_dropped,
             decision_seconds,
             redis_up,
+            notifications_pending,
         }
+    }
+
+    /// Sets the number of notifications waiting in the spool.
+    pub fn notifications_pending(&self, channel: &'static str, pending: u64) {
+        self.notifications_pending.get_or_create(&vec![("channel", channel)]).set(pending as i64);
     }
 
     /// Counts a restriction with its reason (`recipient_limit_external_per_hour`, `spam`, `manual` …).

@@ -19,8 +19,13 @@ impl GuardProcess {
     /// Writes `config_tail` after a `[milter]` section that listens on a free port, starts the
     /// binary and waits (bounded) until it listens.
     pub fn start(milter_extra: &str, config_tail: &str) -> GuardProcess {
+        Self::start_on(free_port(), milter_extra, config_tail)
+    }
+
+    /// Like [`GuardProcess::start`] on a milter port chosen by the caller (e.g. one an MTA was
+    /// configured with before the filter started).
+    pub fn start_on(milter_port: u16, milter_extra: &str, config_tail: &str) -> GuardProcess {
         let dir = tempfile::tempdir().expect("temp dir");
-        let milter_port = free_port();
         let config = format!(
             "[milter]\nlisten = \"inet:127.0.0.1:{milter_port}\"\n{milter_extra}\n\
              [admin]\nlisten = \"127.0.0.1:{}\"\n{config_tail}",
