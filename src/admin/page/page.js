@@ -159,10 +159,9 @@
     const grid = node('div', { class: 'counters' });
     for (const [label, used, limit] of rows) {
       grid.append(node('span', { class: 'label', text: label }), usage(label, used, limit));
-      grid.append(node('span'));
     }
     grid.append(node('span', { class: 'label', text: 'Spam' }),
-      node('span', { class: 'num', text: c.spam_messages + ' of ' + c.messages + ' messages' }), node('span'));
+      node('span', { class: 'num', text: c.spam_messages + ' of ' + c.messages + ' messages' }));
     return grid;
   }
 
