@@ -7,3 +7,4 @@ pub mod binary;
 pub mod daemon;
 pub mod postfix;
 pub mod refmilter;
+pub mod webdriver;
