@@ -134,6 +134,43 @@ async fn an_administrator_finds_and_releases_a_restricted_account_in_the_browser
         .wait_for("the confirmation", "document.getElementById('status').textContent.includes('Restricted bob')")
         .await;
 
+    // Sorting by a column header.
+    browser.click("button.sort[data-sort=account]").await;
+    browser
+        .wait_for(
+            "sorted by account",
+            "document.querySelector('#restricted-body tr').dataset.account === 'alice@example.com' && \
+             document.querySelector('th[data-sort=account]').getAttribute('aria-sort') === 'ascending'",
+        )
+        .await;
+    browser.click("button.sort[data-sort=account]").await;
+    browser
+        .wait_for(
+            "sorted by account, descending",
+            "document.querySelector('#restricted-body tr').dataset.account === 'bob@example.com'",
+        )
+        .await;
+    browser.click("button.sort[data-sort=since]").await;
+
+    // The API's own words when it refuses.
+    browser.type_into("#add-account", "frank@example.com").await;
+    browser.execute("document.getElementById('add-until').value = '2020-01-01T00:00';", json!([])).await;
+    browser.click("#add-form button[type=submit]").await;
+    let refusal = browser
+        .wait_for(
+            "the refusal",
+            "document.getElementById('alert').textContent.includes('in the past') && \
+             document.getElementById('alert').textContent",
+        )
+        .await;
+    assert!(refusal.as_str().unwrap().contains("frank@example.com") && refusal.as_str().unwrap().contains("HTTP 400"));
+    for entry in severe(&browser.console().await) {
+        assert!(entry["message"].as_str().unwrap_or_default().contains("400"), "unexpected console entry: {entry}");
+    }
+    browser.execute("document.getElementById('add-form').reset();", json!([])).await;
+    // The next good refresh clears the message.
+    browser.wait_for("the message to clear", "document.getElementById('alert').hidden").await;
+
     let png = browser.screenshot().await;
     assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "a PNG");
     let shot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("restricted-accounts.png");
