@@ -248,3 +248,32 @@ async fn restrictions_and_counters_survive_a_restart() {
     assert_eq!(d.services.engine.counters("gus@example.com").external_last_hour, 1, "counters restored");
     d.stop().await;
 }
+
+#[tokio::test]
+async fn the_web_page_and_its_assets_are_served_without_a_token_under_a_strict_policy() {
+    let d = TestDaemon::start(POLICY).await;
+    let http = reqwest::Client::new();
+    for (path, content_type) in [
+        ("/", "text/html; charset=utf-8"),
+        ("/page.css", "text/css; charset=utf-8"),
+        ("/page.js", "text/javascript; charset=utf-8"),
+    ] {
+        let r = http.get(format!("{}{path}", d.admin_url())).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "{path}");
+        assert_eq!(r.headers()["content-type"], content_type, "{path}");
+        let csp = r.headers()["content-security-policy"].to_str().unwrap().to_owned();
+        for directive in ["default-src 'none'", "script-src 'self'", "style-src 'self'", "connect-src 'self'"] {
+            assert!(csp.contains(directive), "{path}: {csp:?} lacks {directive:?}");
+        }
+        assert!(!csp.contains("unsafe-inline"), "{path}: {csp:?}");
+        assert!(!r.text().await.unwrap().is_empty(), "{path}");
+    }
+    // The page is public, the data is not.
+    let api = http.get(format!("{}/api/v1/restricted", d.admin_url())).send().await.unwrap();
+    assert_eq!(api.status(), StatusCode::UNAUTHORIZED);
+    // Unknown paths still answer in the API's JSON.
+    let missing = http.get(format!("{}/page.jsx", d.admin_url())).send().await.unwrap();
+    assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+    assert!(missing.json::<Value>().await.unwrap()["error"].is_string());
+    d.stop().await;
+}

@@ -1,4 +1,5 @@
-//! The HTTP API (axum): restricted accounts, live counters, reload, `/metrics`, `/healthz`.
+//! The HTTP API (axum): restricted accounts, live counters, reload, `/metrics`, `/healthz`, and
+//! the web page at `/` (see [`super::page`]).
 //!
 //! [`router`] builds the whole app so tests drive it with `oneshot` and no socket. Every
 //! `/api` route wants `Authorization: Bearer <token>`; errors are `{"error": "…"}` with a status
@@ -80,6 +81,7 @@ pub fn router(state: AdminState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
+        .merge(super::page::routes())
         .merge(api)
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(RequestBodyLimitLayer::new(BODY_LIMIT))

@@ -8,3 +8,4 @@ pub mod daemon;
 pub mod notify_peers;
 pub mod postfix;
 pub mod refmilter;
+pub mod webdriver;

@@ -99,7 +99,7 @@ fn pid_alive(pid: u32) -> bool {
 }
 
 /// Live (non-zombie) direct children of `pid`.
-fn children_of(pid: u32) -> Vec<u32> {
+pub fn children_of(pid: u32) -> Vec<u32> {
     let mut out = Vec::new();
     let Ok(rd) = fs::read_dir("/proc") else {
         return out;
@@ -135,7 +135,7 @@ pub fn send_signal(pid: u32, sig: &str) {
 }
 
 /// Wait (bounded) until each pid is gone or a zombie; SIGKILL stragglers.
-fn reap_or_kill(pids: &[u32], timeout: Duration) {
+pub fn reap_or_kill(pids: &[u32], timeout: Duration) {
     let deadline = Instant::now() + timeout;
     while pids.iter().any(|&p| pid_alive(p)) && Instant::now() < deadline {
         sleep(POLL);

@@ -1,0 +1,376 @@
+// The "Restricted accounts" page: talks to the admin API of the same origin with the bearer
+// token the administrator types once (kept in sessionStorage, i.e. this tab only).
+// No framework, no HTML from strings: every value from the API goes into the page as text.
+'use strict';
+
+(function () {
+  const TOKEN_KEY = 'outbound-guard.admin-token';
+  const REFRESH_MS = 5000;
+  const TOP_SENDERS = 20;
+
+  const $ = (id) => document.getElementById(id);
+  const el = {
+    login: $('login'), loginForm: $('login-form'), token: $('token'),
+    main: $('main'), status: $('status'), alert: $('alert'), updated: $('updated'),
+    search: $('search'), refresh: $('refresh'), signOut: $('sign-out'),
+    table: $('restricted'), body: $('restricted-body'), count: $('restricted-count'), empty: $('restricted-empty'),
+    sendersBody: $('senders-body'), sendersEmpty: $('senders-empty'),
+    addForm: $('add-form'), addAccount: $('add-account'), addReason: $('add-reason'), addUntil: $('add-until'),
+    dialog: $('release-dialog'), releaseForm: $('release-form'), releaseAccount: $('release-account'),
+    releaseReason: $('release-reason'), releaseError: $('release-error'), releaseCancel: $('release-cancel'),
+    releaseConfirm: $('release-confirm'),
+  };
+
+  let restricted = [];
+  let senders = [];
+  let sort = { key: 'since', dir: 'desc' };
+  let releasing = null; // the account the open dialog is about
+  let inFlight = false;
+  let memoryToken = null; // when sessionStorage is unavailable
+
+  // ---- token ---------------------------------------------------------------------------------
+
+  function token() {
+    try { return sessionStorage.getItem(TOKEN_KEY); } catch (_) { return null; }
+  }
+  function setToken(t) {
+    try {
+      if (t) sessionStorage.setItem(TOKEN_KEY, t); else sessionStorage.removeItem(TOKEN_KEY);
+    } catch (_) { /* storage disabled: the token lives only in memory for this page */ }
+    memoryToken = t;
+  }
+  function currentToken() { return token() || memoryToken; }
+
+  function showLogin(message) {
+    setToken(null);
+    if (el.dialog.open) el.dialog.close();
+    el.main.hidden = true;
+    el.login.hidden = false;
+    el.updated.textContent = '';
+    showError(message || '');
+    el.token.value = '';
+    el.token.focus();
+  }
+
+  function showMain() {
+    el.login.hidden = true;
+    el.main.hidden = false;
+  }
+
+  // ---- messages ------------------------------------------------------------------------------
+
+  function say(text) {
+    el.status.textContent = text;
+  }
+  function showError(text) {
+    // Setting the same text again would make screen readers repeat it every refresh.
+    if (el.alert.textContent !== text) el.alert.textContent = text;
+    el.alert.hidden = !text;
+  }
+
+  class AuthError extends Error {}
+
+  // One call to the API; throws an Error whose message is fit for the administrator.
+  async function api(method, path, body) {
+    const t = currentToken();
+    if (!t) throw new AuthError('enter the admin token');
+    const init = { method, headers: { Authorization: 'Bearer ' + t, Accept: 'application/json' }, cache: 'no-store' };
+    if (body !== undefined) {
+      init.headers['Content-Type'] = 'application/json';
+      init.body = JSON.stringify(body);
+    }
+    let response;
+    try {
+      response = await fetch(path, init);
+    } catch (_) {
+      throw new Error('cannot reach the filter\'s admin API (is outbound-guard running?)');
+    }
+    let data = null;
+    try { data = await response.json(); } catch (_) { data = null; }
+    if (response.status === 401) {
+      throw new AuthError('The admin token was refused; enter it again.');
+    }
+    if (!response.ok) {
+      const detail = data && typeof data.error === 'string' ? data.error : response.statusText || 'request failed';
+      throw new Error(detail + ' (HTTP ' + response.status + ')');
+    }
+    return { status: response.status, data };
+  }
+
+  function handleFailure(err) {
+    if (err instanceof AuthError) {
+      showLogin(err.message);
+    } else {
+      showError(err.message);
+    }
+  }
+
+  // ---- formatting ----------------------------------------------------------------------------
+
+  function node(tag, props, children) {
+    const n = document.createElement(tag);
+    if (props) {
+      for (const [k, v] of Object.entries(props)) {
+        if (k === 'text') n.textContent = v;
+        else if (k === 'class') n.className = v;
+        else if (k === 'data') for (const [dk, dv] of Object.entries(v)) n.dataset[dk] = dv;
+        else n.setAttribute(k, v);
+      }
+    }
+    for (const c of children || []) n.append(c);
+    return n;
+  }
+
+  // "2026-11-22T10:00:00Z" -> "2026-11-22 10:00:00 UTC"
+  function utc(iso) {
+    const d = new Date(iso);
+    if (Number.isNaN(d.getTime())) return String(iso);
+    return d.toISOString().replace('T', ' ').replace(/\.\d+Z$/, ' UTC');
+  }
+
+  function timeCell(iso, whenNull) {
+    if (!iso) return node('td', { class: 'time muted', text: whenNull });
+    return node('td', { class: 'time' }, [node('time', { datetime: iso, text: utc(iso) })]);
+  }
+
+  // used/limit as a small bar; a limit of 0 means "no limit": the count alone.
+  function usage(label, used, limit) {
+    const text = limit > 0 ? used + ' / ' + limit : used + ' (no limit)';
+    const wrap = node('span', { class: 'usage' });
+    if (limit > 0) {
+      const share = Math.min(used / limit, 1);
+      const bar = node('span', { class: 'bar' + (used >= limit ? ' full' : share >= 0.8 ? ' high' : ''),
+        role: 'img', 'aria-label': label + ': ' + used + ' of ' + limit });
+      const fill = node('span');
+      fill.style.width = (share * 100).toFixed(1) + '%';
+      bar.append(fill);
+      wrap.append(bar);
+    }
+    wrap.append(node('span', { class: 'num', text, 'aria-hidden': limit > 0 ? 'true' : 'false' }));
+    return wrap;
+  }
+
+  function counterGrid(c) {
+    const rows = [
+      ['External / hour', c.external_last_hour, c.external_limit_per_hour],
+      ['Internal / hour', c.internal_last_hour, c.internal_limit_per_hour],
+      ['Last day', c.last_day, c.limit_per_day],
+    ];
+    const grid = node('div', { class: 'counters' });
+    for (const [label, used, limit] of rows) {
+      grid.append(node('span', { class: 'label', text: label }), usage(label, used, limit));
+    }
+    grid.append(node('span', { class: 'label', text: 'Spam' }),
+      node('span', { class: 'num', text: c.spam_messages + ' of ' + c.messages + ' messages' }));
+    return grid;
+  }
+
+  // ---- restricted accounts -------------------------------------------------------------------
+
+  function matches(r, q) {
+    if (!q) return true;
+    return [r.account, r.reason, r.policy, r.source].some((v) => String(v || '').toLowerCase().includes(q));
+  }
+
+  function compare(a, b) {
+    let x, y;
+    if (sort.key === 'account') { x = a.account; y = b.account; }
+    else if (sort.key === 'since') { x = Date.parse(a.created_at); y = Date.parse(b.created_at); }
+    else { x = a.until ? Date.parse(a.until) : Infinity; y = b.until ? Date.parse(b.until) : Infinity; }
+    const c = x < y ? -1 : x > y ? 1 : a.account < b.account ? -1 : a.account > b.account ? 1 : 0;
+    return sort.dir === 'asc' ? c : -c;
+  }
+
+  // Which row control has the focus, so a refresh can give it back.
+  function focusedControl() {
+    const a = document.activeElement;
+    return a && a.dataset && a.dataset.account ? { account: a.dataset.account, action: a.dataset.action } : null;
+  }
+  function restoreFocus(f) {
+    if (!f) return;
+    const again = Array.from(document.querySelectorAll('[data-action]'))
+      .find((b) => b.dataset.account === f.account && b.dataset.action === f.action);
+    if (again) again.focus();
+  }
+
+  function renderRestricted() {
+    const q = el.search.value.trim().toLowerCase();
+    const rows = restricted.filter((r) => matches(r, q)).sort(compare);
+    const focus = focusedControl();
+    const fresh = rows.map((r) => {
+      const release = node('button', { type: 'button', class: 'danger', text: 'Release',
+        'aria-label': 'Release ' + r.account, data: { account: r.account, action: 'release' } });
+      return node('tr', { data: { account: r.account } }, [
+        node('th', { scope: 'row', class: 'account', text: r.account }),
+        node('td', { class: 'reason' }, [r.reason, node('div', { class: 'muted', text: 'policy ' + r.policy })]),
+        timeCell(r.created_at, ''),
+        timeCell(r.until, 'until released'),
+        node('td', {}, [node('span', { class: 'badge ' + r.source, text: r.source })]),
+        node('td', {}, [counterGrid(r.counters || {})]),
+        node('td', {}, [release]),
+      ]);
+    });
+    el.body.replaceChildren(...fresh);
+    el.count.textContent = q ? '(' + rows.length + ' of ' + restricted.length + ')' : '(' + restricted.length + ')';
+    el.empty.hidden = rows.length > 0;
+    el.empty.textContent = restricted.length === 0 ? 'No account is restricted.' : 'No restricted account matches the search.';
+    for (const th of el.table.querySelectorAll('th[data-sort]')) {
+      if (th.dataset.sort === sort.key) th.setAttribute('aria-sort', sort.dir === 'asc' ? 'ascending' : 'descending');
+      else th.removeAttribute('aria-sort');
+    }
+    restoreFocus(focus);
+  }
+
+  function renderSenders() {
+    const rows = senders.map((s) => {
+      const c = s.counters || {};
+      return node('tr', { data: { account: s.account } }, [
+        node('th', { scope: 'row', class: 'account', text: s.account }),
+        node('td', { text: s.policy }),
+        node('td', {}, [usage('External recipients in the last hour', c.external_last_hour, c.external_limit_per_hour)]),
+        node('td', {}, [usage('Internal recipients in the last hour', c.internal_last_hour, c.internal_limit_per_hour)]),
+        node('td', {}, [usage('Recipients in the last day', c.last_day, c.limit_per_day)]),
+        node('td', { class: 'num', text: c.spam_messages + ' / ' + c.messages }),
+        node('td', {}, [s.restricted
+          ? node('span', { class: 'badge restricted', text: 'restricted' })
+          : node('span', { class: 'badge active', text: 'sending' })]),
+      ]);
+    });
+    el.sendersBody.replaceChildren(...rows);
+    el.sendersEmpty.hidden = rows.length > 0;
+  }
+
+  async function refresh() {
+    if (inFlight || !currentToken()) return;
+    inFlight = true;
+    try {
+      const [r, s] = await Promise.all([
+        api('GET', '/api/v1/restricted'),
+        api('GET', '/api/v1/senders?top=' + TOP_SENDERS),
+      ]);
+      restricted = Array.isArray(r.data && r.data.restricted) ? r.data.restricted : [];
+      senders = Array.isArray(s.data && s.data.senders) ? s.data.senders : [];
+      showMain();
+      renderRestricted();
+      renderSenders();
+      showError('');
+      el.updated.textContent = 'Updated ' + utc(new Date().toISOString()) + ' · refreshes every ' + REFRESH_MS / 1000 + ' s';
+    } catch (err) {
+      handleFailure(err);
+    } finally {
+      inFlight = false;
+    }
+  }
+
+  // ---- release -------------------------------------------------------------------------------
+
+  function openRelease(account) {
+    releasing = account;
+    el.releaseAccount.textContent = account;
+    el.releaseReason.value = '';
+    el.releaseError.hidden = true;
+    el.releaseError.textContent = '';
+    el.releaseConfirm.disabled = false;
+    el.dialog.showModal();
+    el.releaseReason.focus();
+  }
+
+  function closeRelease() {
+    const account = releasing;
+    releasing = null;
+    if (el.dialog.open) el.dialog.close();
+    restoreFocus({ account, action: 'release' });
+  }
+
+  async function confirmRelease(event) {
+    event.preventDefault();
+    const account = releasing;
+    if (!account) return;
+    const reason = el.releaseReason.value.trim();
+    const query = reason ? '?reason=' + encodeURIComponent(reason) : '';
+    el.releaseConfirm.disabled = true;
+    try {
+      await api('DELETE', '/api/v1/restricted/' + encodeURIComponent(account) + query);
+      releasing = null;
+      el.dialog.close();
+      say('Released ' + account + '. Its next message is accepted.');
+      await refresh();
+      el.search.focus();
+    } catch (err) {
+      el.releaseConfirm.disabled = false;
+      if (err instanceof AuthError) { handleFailure(err); return; }
+      el.releaseError.textContent = 'Could not release ' + account + ': ' + err.message;
+      el.releaseError.hidden = false;
+    }
+  }
+
+  // ---- manual restriction --------------------------------------------------------------------
+
+  // <input type=datetime-local> gives "2026-11-22T12:30" (no zone); the label says UTC.
+  function untilRfc3339(value) {
+    if (!value) return undefined;
+    return (value.length === 16 ? value + ':00' : value) + 'Z';
+  }
+
+  async function addRestriction(event) {
+    event.preventDefault();
+    const account = el.addAccount.value.trim();
+    if (!account) { showError('Enter the account to restrict.'); el.addAccount.focus(); return; }
+    const body = { account, reason: el.addReason.value.trim() };
+    const until = untilRfc3339(el.addUntil.value);
+    if (until) body.until = until;
+    const button = el.addForm.querySelector('button[type=submit]');
+    button.disabled = true;
+    try {
+      const { status, data } = await api('POST', '/api/v1/restricted', body);
+      const name = (data && data.account) || account;
+      say(status === 201 ? 'Restricted ' + name + '.' : name + ' was already restricted; its restriction is unchanged.');
+      showError('');
+      el.addForm.reset();
+      await refresh();
+    } catch (err) {
+      handleFailure(err instanceof AuthError ? err : new Error('Could not restrict ' + account + ': ' + err.message));
+    } finally {
+      button.disabled = false;
+    }
+  }
+
+  // ---- wiring --------------------------------------------------------------------------------
+
+  el.loginForm.addEventListener('submit', (event) => {
+    event.preventDefault();
+    const t = el.token.value.trim();
+    if (!t) return;
+    setToken(t);
+    el.token.value = '';
+    showError('');
+    say('Loading…');
+    refresh().then(() => { if (!el.main.hidden) { say(''); el.search.focus(); } });
+  });
+  el.signOut.addEventListener('click', () => { say(''); showLogin(''); });
+  el.refresh.addEventListener('click', () => { refresh(); });
+  el.search.addEventListener('input', renderRestricted);
+  el.table.querySelector('thead').addEventListener('click', (event) => {
+    const b = event.target.closest('button.sort');
+    if (!b) return;
+    const key = b.dataset.sort;
+    sort = sort.key === key ? { key, dir: sort.dir === 'asc' ? 'desc' : 'asc' } : { key, dir: key === 'since' ? 'desc' : 'asc' };
+    renderRestricted();
+  });
+  el.body.addEventListener('click', (event) => {
+    const b = event.target.closest('button[data-action=release]');
+    if (b) openRelease(b.dataset.account);
+  });
+  el.releaseForm.addEventListener('submit', confirmRelease);
+  el.releaseCancel.addEventListener('click', closeRelease);
+  el.dialog.addEventListener('cancel', (event) => { event.preventDefault(); closeRelease(); });
+  el.addForm.addEventListener('submit', addRestriction);
+
+  setInterval(() => { if (!document.hidden && !el.main.hidden) refresh(); }, REFRESH_MS);
+
+  if (currentToken()) {
+    refresh();
+  } else {
+    showLogin('');
+  }
+})();
