@@ -350,6 +350,9 @@
   el.signOut.addEventListener('click', () => { say(''); showLogin(''); });
   el.refresh.addEventListener('click', () => { refresh(); });
   el.search.addEventListener('input', renderRestricted);
+  // Notification links point here as #account=<account>: start with that account searched.
+  const linked = new URLSearchParams(location.hash.slice(1)).get('account');
+  if (linked) el.search.value = linked;
   el.table.querySelector('thead').addEventListener('click', (event) => {
     const b = event.target.closest('button.sort');
     if (!b) return;
