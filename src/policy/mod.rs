@@ -10,6 +10,7 @@ pub mod engine;
 pub mod events;
 pub mod limits;
 pub mod rules;
+pub mod spam;
 
 use std::net::IpAddr;
 
