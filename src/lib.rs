@@ -10,6 +10,9 @@
 //!   [`milter::server`] (accept loop, connection cap, drain on shutdown).
 //! - [`policy`]: decisions from plain facts (account, recipients, verdicts); knows nothing of
 //!   the protocol.
+//! - [`verdict`]: the spam verdict on a message — from the headers a scanner in front of us
+//!   wrote ([`verdict::headers`]) or by asking spamd ([`verdict::spamd`]) or rspamd
+//!   ([`verdict::rspamd`]) directly; a scanner that fails is an error, never a refusal.
 //! - [`config`]: `plugin.toml` → raw structs → validated model with file/line/key errors.
 //! - [`daemon`]: wiring for `outbound-guard run`: logging, signals, the tasks.
 
@@ -17,3 +20,4 @@ pub mod config;
 pub mod daemon;
 pub mod milter;
 pub mod policy;
+pub mod verdict;
