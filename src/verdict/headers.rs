@@ -33,9 +33,11 @@
 //! adds its header after those the client wrote, and a client can write anything. Across
 //! headers, **spam wins**: if any present rule says spam the message is spam, so a forged
 //! `X-Spam-Flag: NO` cannot hide a real `X-Spam: Yes` from a different scanner. A forged spam
-//! header only counts against the forger's own account. Rules are consulted in this order for
-//! the verdict's `detail`: administrator rules, `X-Spam-Status`, `X-Spam-Flag`,
-//! `X-Spamd-Result`, `X-Rspamd-Action`, `X-Spam`, `X-Forefront-Antispam-Report`.
+//! header only counts against the forger's own account. The verdict reported (its score and
+//! `detail`) is that of the first header, in this order, that agrees with the outcome and
+//! carries a score, else the first that agrees: administrator rules, `X-Spam-Status`,
+//! `X-Spam-Flag`, `X-Spamd-Result`, `X-Rspamd-Action`, `X-Spam`,
+//! `X-Forefront-Antispam-Report`.
 //!
 //! # Cost
 //!
@@ -184,12 +186,14 @@ impl HeaderJudge {
             return None;
         }
 
-        // The first spam finding in rule order, else the first ham finding.
+        // Spam before ham, then a finding with a score before one without; on a tie the
+        // earlier rule.
+        let rank = |f: &Finding| (f.spam, f.score.is_some());
         let mut best: Option<(Finding, String)> = None;
         let mut consider = |finding: Finding, name: &str, text: &str| {
             let better = match &best {
                 None => true,
-                Some((b, _)) => finding.spam && !b.spam,
+                Some((b, _)) => rank(&finding) > rank(b),
             };
             if better {
                 best = Some((finding, format!("{name}: {}", clip(text))));

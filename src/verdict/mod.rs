@@ -200,7 +200,9 @@ impl ScanMessage {
     pub fn push_header(&mut self, name: &[u8], value: &[u8]) {
         self.push(name);
         self.push(b":");
-        if !value.starts_with(b" ") && !value.starts_with(b"\t") {
+        // "Name: value" as usual, but no trailing blank before a value that starts on the
+        // next line.
+        if !matches!(value.first(), None | Some(b' ' | b'\t' | b'\r' | b'\n')) {
             self.push(b" ");
         }
         let mut rest = value;
