@@ -1,7 +1,9 @@
 //! Shared test support: an in-process daemon, and (for `real-peers` tests) real outside
-//! programs — Postfix, smtp-sink, swaks — on private configurations and free loopback ports.
+//! programs — Postfix, smtp-sink, swaks — on private configurations and free
+//! loopback ports; the test messages of `fixtures/messages`.
 #![allow(dead_code)]
 
 pub mod binary;
 pub mod daemon;
+pub mod messages;
 pub mod postfix;
