@@ -12,6 +12,9 @@
 //!   the protocol.
 //! - [`notify`]: administrator notifications — events → localized email and webhook,
 //!   through a durable spool with retries; never on the milter path.
+//! - [`verdict`]: the spam verdict on a message — from the headers a scanner in front of us
+//!   wrote ([`verdict::headers`]) or by asking spamd ([`verdict::spamd`]) or rspamd
+//!   ([`verdict::rspamd`]) directly; a scanner that fails is an error, never a refusal.
 //! - [`config`]: `plugin.toml` → raw structs → validated model with file/line/key errors.
 //! - [`daemon`]: wiring for `outbound-guard run`: logging, signals, the tasks.
 
@@ -23,3 +26,4 @@ pub mod milter;
 pub mod notify;
 pub mod policy;
 pub mod state;
+pub mod verdict;

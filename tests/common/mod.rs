@@ -1,10 +1,11 @@
 //! Shared test support: an in-process daemon, and (for `real-peers` tests) real outside
 //! programs — Postfix, smtp-sink, swaks, the libmilter reference filter, miltertest — on private
-//! configurations and free loopback ports.
+//! configurations and free loopback ports; the test messages of `fixtures/messages`.
 #![allow(dead_code)]
 
 pub mod binary;
 pub mod daemon;
+pub mod messages;
 pub mod notify_peers;
 pub mod postfix;
 pub mod refmilter;
