@@ -101,6 +101,7 @@ pub struct RawReplies {
     pub account_restricted: Option<String>,
     pub limit_reached: Option<String>,
     pub too_many_recipients: Option<String>,
+    pub spam_rejected: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -205,6 +205,12 @@ pub(super) fn validate(file: &Path, source: &str, raw: RawConfig) -> Result<Conf
         if r.pattern.is_none() == r.min_score.is_none() {
             return Err(v.err(&path, "needs exactly one of `pattern` or `min_score`"));
         }
+        if let Some(pattern) = &r.pattern
+            && let Err(e) = regex::Regex::new(pattern)
+        {
+            let why = e.to_string().lines().last().unwrap_or("invalid").trim().to_owned();
+            return Err(v.err(&path.key("pattern"), format!("is not a valid regular expression: {why}")));
+        }
         rules.push(HeaderRule { header, pattern: r.pattern.clone(), min_score: r.min_score });
     }
     let verdict = VerdictConfig {
@@ -274,6 +280,7 @@ pub(super) fn validate(file: &Path, source: &str, raw: RawConfig) -> Result<Conf
         ("account_restricted", &rp.account_restricted, &mut reply_texts.account_restricted, '5'),
         ("limit_reached", &rp.limit_reached, &mut reply_texts.limit_reached, '5'),
         ("too_many_recipients", &rp.too_many_recipients, &mut reply_texts.too_many_recipients, '4'),
+        ("spam_rejected", &rp.spam_rejected, &mut reply_texts.spam_rejected, '5'),
     ] {
         if let Some(text) = value {
             let path = key("replies").key(name);

@@ -108,8 +108,13 @@ pub async fn serve<T: Transport, P: Policy>(
         // Every complete packet in the buffer first.
         while let Some((frame, used)) = frame::decode(&buf[start..])? {
             let command = Command::decode(frame)?;
-            let flow = session.handle(command, &mut out)?;
+            let mut flow = session.handle(command, &mut out)?;
             start += used;
+            if flow == Flow::Scan {
+                let verdicts = session.scan().await;
+                session.finish_message(&verdicts, &mut out);
+                flow = Flow::KeepOpen;
+            }
             if flow == Flow::Close {
                 flush(&mut stream, &mut out, timeouts.io).await?;
                 return Ok(());

@@ -72,6 +72,8 @@ pub struct Needs {
     pub add_headers: bool,
     pub quarantine: bool,
     pub add_recipients: bool,
+    /// Bytes of a message kept for a scanner.
+    pub max_scan_bytes: usize,
 }
 
 /// Macros asked for at MAIL FROM: everything that identifies the account and the client.

@@ -14,12 +14,17 @@ pub const DEFAULT_LIMIT_REACHED: &str = "550 5.2.2 This account has reached its 
 pub const DEFAULT_TOO_MANY_RECIPIENTS: &str =
     "452 4.5.3 Too many recipients for one message; send the rest in another message";
 
+/// Default for a message judged spam under `spam_message_action = "reject"`.
+pub const DEFAULT_SPAM_REJECTED: &str =
+    "550 5.7.1 Message refused: it was judged to be spam. Please contact your mail administrator";
+
 /// Reply texts in effect: `"CODE X.Y.Z text"`, validated by the configuration loader.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReplyTexts {
     pub account_restricted: String,
     pub limit_reached: String,
     pub too_many_recipients: String,
+    pub spam_rejected: String,
     /// What the MTA is told when the filter cannot decide.
     pub on_internal_error: InternalErrorAction,
 }
@@ -30,6 +35,7 @@ impl Default for ReplyTexts {
             account_restricted: DEFAULT_ACCOUNT_RESTRICTED.to_owned(),
             limit_reached: DEFAULT_LIMIT_REACHED.to_owned(),
             too_many_recipients: DEFAULT_TOO_MANY_RECIPIENTS.to_owned(),
+            spam_rejected: DEFAULT_SPAM_REJECTED.to_owned(),
             on_internal_error: InternalErrorAction::Tempfail,
         }
     }
@@ -42,6 +48,7 @@ impl ReplyTexts {
             Refusal::AccountRestricted => &self.account_restricted,
             Refusal::LimitReached => &self.limit_reached,
             Refusal::TooManyRecipients => &self.too_many_recipients,
+            Refusal::Spam => &self.spam_rejected,
         }
     }
 }

@@ -142,6 +142,54 @@ pub enum SessionError {
 pub enum Flow {
     KeepOpen,
     Close,
+    /// End of message with scanners to ask: the connection awaits [`Session::scan`] and then
+    /// calls [`Session::finish_message`].
+    Scan,
+}
+
+/// The header name of the spam tag.
+pub const SPAM_TAG_HEADER: &[u8] = b"X-Outbound-Guard-Spam";
+/// Reason given to the MTA when a spam message is put on hold.
+pub const QUARANTINE_REASON: &[u8] = b"outbound-guard: outbound message judged spam";
+
+/// What the session keeps of the message in progress, for verdicts: the headers (when header
+/// verdicts or scanners are on) and the message bytes (when scanners are on). Buffers are
+/// reused across messages.
+#[derive(Default)]
+struct MessageBuffer {
+    header_bytes: Vec<u8>,
+    /// (name start, name end, value end) into `header_bytes`.
+    header_spans: Vec<(usize, usize, usize)>,
+    scan: Option<crate::verdict::ScanMessage>,
+    sender: String,
+    recipients: Vec<String>,
+}
+
+impl MessageBuffer {
+    fn clear(&mut self) {
+        self.header_bytes.clear();
+        self.header_spans.clear();
+        if let Some(s) = self.scan.as_mut() {
+            s.clear();
+        }
+        self.sender.clear();
+        self.recipients.clear();
+    }
+
+    fn push_header(&mut self, name: &[u8], value: &[u8]) {
+        let start = self.header_bytes.len();
+        self.header_bytes.extend_from_slice(name);
+        let name_end = self.header_bytes.len();
+        self.header_bytes.extend_from_slice(value);
+        self.header_spans.push((start, name_end, self.header_bytes.len()));
+        if let Some(s) = self.scan.as_mut() {
+            s.push_header(name, value);
+        }
+    }
+
+    fn headers(&self) -> Vec<(&[u8], &[u8])> {
+        self.header_spans.iter().map(|&(a, b, c)| (&self.header_bytes[a..b], &self.header_bytes[b..c])).collect()
+    }
 }
 
 /// One connection's session.
@@ -152,6 +200,8 @@ pub struct Session<P: Policy> {
     negotiated: Option<Negotiated>,
     macros: Macros,
     tx: P::Transaction,
+    needs: crate::milter::negotiate::Needs,
+    message: MessageBuffer,
 }
 
 impl<P: Policy> Session<P> {
@@ -163,6 +213,8 @@ impl<P: Policy> Session<P> {
             negotiated: None,
             macros: Macros::default(),
             tx: P::Transaction::default(),
+            needs: crate::milter::negotiate::Needs::default(),
+            message: MessageBuffer::default(),
         }
     }
 
@@ -188,7 +240,11 @@ impl<P: Policy> Session<P> {
         }
         let reply = match command {
             Command::Negotiate(offer) => {
-                let agreed = negotiate::answer(offer.version, offer.actions, offer.steps, self.policy.needs())?;
+                self.needs = self.policy.needs();
+                if self.needs.body {
+                    self.message.scan = Some(crate::verdict::ScanMessage::new(self.needs.max_scan_bytes));
+                }
+                let agreed = negotiate::answer(offer.version, offer.actions, offer.steps, self.needs)?;
                 agreed.encode_reply(out);
                 self.negotiated = Some(agreed);
                 return Ok(Flow::KeepOpen);
@@ -209,6 +265,10 @@ impl<P: Policy> Session<P> {
                     queue_id: self.macros.get(Macro::QueueId),
                 };
                 let decision = self.policy.mail_from(&mut self.tx, &facts);
+                self.message.clear();
+                if self.needs.body {
+                    self.message.sender.push_str(&String::from_utf8_lossy(envelope.bare_address()));
+                }
                 if decision != Decision::Continue {
                     // Accepted or refused: the MTA sends nothing more of this message.
                     self.state = State::Ready;
@@ -218,13 +278,39 @@ impl<P: Policy> Session<P> {
             }
             Command::RcptTo(envelope) => {
                 let facts = RcptFacts { recipient: envelope.bare_address() };
-                Some(self.policy.rcpt_to(&mut self.tx, &facts))
-            }
-            Command::EndOfMessage(_) => {
-                let facts = MessageFacts { queue_id: self.macros.get(Macro::QueueId) };
-                let decision = self.policy.end_of_message(&mut self.tx, &facts);
-                self.policy.end_transaction(&mut self.tx);
+                let decision = self.policy.rcpt_to(&mut self.tx, &facts);
+                if self.needs.body && decision == Decision::Continue {
+                    self.message.recipients.push(String::from_utf8_lossy(envelope.bare_address()).into_owned());
+                }
                 Some(decision)
+            }
+            Command::Header { name, value } => {
+                if self.needs.headers {
+                    self.message.push_header(name, value);
+                }
+                Some(Decision::Continue)
+            }
+            Command::EndOfHeaders => {
+                if let Some(s) = self.message.scan.as_mut() {
+                    s.end_headers();
+                }
+                Some(Decision::Continue)
+            }
+            Command::Body(chunk) => {
+                if let Some(s) = self.message.scan.as_mut() {
+                    s.push_body(chunk);
+                }
+                Some(Decision::Continue)
+            }
+            Command::EndOfMessage(chunk) => {
+                if let Some(s) = self.message.scan.as_mut() {
+                    s.push_body(chunk);
+                }
+                if self.policy.scans() {
+                    return Ok(Flow::Scan);
+                }
+                self.finish_message(&[], out);
+                return Ok(Flow::KeepOpen);
             }
             Command::QuitNewConnection => {
                 self.macros.clear();
@@ -232,13 +318,9 @@ impl<P: Policy> Session<P> {
             }
             Command::Quit => return Ok(Flow::Close),
             // Stages the policy does not read: answered with "continue" when the MTA waits.
-            Command::Connect { .. }
-            | Command::Helo { .. }
-            | Command::Data
-            | Command::Header { .. }
-            | Command::EndOfHeaders
-            | Command::Body(_)
-            | Command::Unknown(_) => Some(Decision::Continue),
+            Command::Connect { .. } | Command::Helo { .. } | Command::Data | Command::Unknown(_) => {
+                Some(Decision::Continue)
+            }
             Command::Abort => None,
         };
         if let Some(decision) = reply
@@ -247,6 +329,50 @@ impl<P: Policy> Session<P> {
             self.replies.load().reply_for(decision).encode(out);
         }
         Ok(Flow::KeepOpen)
+    }
+
+    /// Asks the policy's scanners about the message in progress (after [`Flow::Scan`]).
+    pub async fn scan(&self) -> Vec<crate::verdict::Verdict> {
+        let Some(message) = self.message.scan.as_ref() else { return Vec::new() };
+        let recipients: Vec<&str> = self.message.recipients.iter().map(String::as_str).collect();
+        let user = self.macros.get(Macro::AuthAuthen).and_then(|u| std::str::from_utf8(u).ok());
+        let queue_id = self.macros.get(Macro::QueueId).and_then(|q| std::str::from_utf8(q).ok());
+        let request = crate::policy::ScanRequest {
+            message: message.as_bytes(),
+            user: user.or(Some(self.message.sender.as_str()).filter(|s| !s.is_empty())),
+            ip: self.macros.get(Macro::ClientAddr).and_then(parse_ip),
+            helo: None,
+            from: Some(self.message.sender.as_str()),
+            rcpt: &recipients,
+            queue_id,
+        };
+        self.policy.scan(request).await
+    }
+
+    /// Ends the message in progress: the policy's outcome becomes modifications and the final
+    /// reply.
+    pub fn finish_message(&mut self, scanned: &[crate::verdict::Verdict], out: &mut Vec<u8>) {
+        let headers = self.message.headers();
+        let facts = MessageFacts { queue_id: self.macros.get(Macro::QueueId), headers: &headers, scanned };
+        let outcome = self.policy.end_of_message(&mut self.tx, &facts);
+        drop(headers);
+        self.policy.end_transaction(&mut self.tx);
+        self.message.clear();
+        if outcome.decision == Decision::Continue {
+            let actions = self.negotiated.map_or(0, |n| n.actions);
+            if outcome.tag && actions & negotiate::action::ADD_HEADERS != 0 {
+                Reply::AddHeader { name: SPAM_TAG_HEADER, value: b"yes" }.encode(out);
+            }
+            if actions & negotiate::action::ADD_RCPT != 0 {
+                for bcc in &outcome.bcc {
+                    Reply::AddRecipient(format!("<{bcc}>").as_bytes()).encode(out);
+                }
+            }
+            if outcome.quarantine && actions & negotiate::action::QUARANTINE != 0 {
+                Reply::Quarantine(QUARANTINE_REASON).encode(out);
+            }
+        }
+        self.replies.load().reply_for(outcome.decision).encode(out);
     }
 
     fn expects_reply(&self, kind: u8) -> bool {

@@ -20,11 +20,13 @@ use super::clock::{EngineClock, hour_number, next_utc_midnight_secs, utc_day};
 use super::events::{Event, EventKind, EventSink};
 use super::limits::{self, AccountRecord, LimitKind, Limiters};
 use super::rules::{CompiledPolicies, PolicyIndex};
-use super::{Decision, MailFacts, MessageFacts, Policy, RcptFacts, Refusal};
-use crate::config::{Config, LimitAction};
+use super::spam::{SpamWindow, over_threshold};
+use super::{Decision, MailFacts, MessageFacts, MessageOutcome, Policy, RcptFacts, Refusal, ScanRequest};
+use crate::config::{Config, LimitAction, SpamMessageAction};
 use crate::metrics::Metrics;
 use crate::milter::negotiate::Needs;
 use crate::state::restrictions::{Counters, Restriction, RestrictionStore, Source, StoreError};
+use crate::verdict::{HeaderJudge, RspamdClient, SpamdClient, Verdict};
 
 type Accounts = DashMap<Box<str>, AccountRecord, ahash::RandomState>;
 
@@ -35,6 +37,9 @@ pub struct Compiled {
     pub limiters: Limiters,
     /// Senders never counted: the notifier's own address.
     exempt: Vec<String>,
+    judge: HeaderJudge,
+    spamd: Option<SpamdClient>,
+    rspamd: Option<RspamdClient>,
 }
 
 impl Compiled {
@@ -43,7 +48,33 @@ impl Compiled {
         let policies = CompiledPolicies::new(&config.policies, &config.groups, strip);
         let limiters = Limiters::new(policies.all(), clock);
         let exempt = canonical(config.notify.from.as_bytes(), strip).map(|c| c.into_owned()).into_iter().collect();
-        Compiled { config, policies, limiters, exempt }
+        // Rules were validated with the configuration; should one still not compile, the
+        // built-in rules keep working.
+        let judge = HeaderJudge::new(&config.verdict).unwrap_or_else(|e| {
+            tracing::error!("header rules ignored: {e}");
+            let mut builtin = config.verdict.clone();
+            builtin.rules.clear();
+            HeaderJudge::new(&builtin).expect("built-in header rules compile")
+        });
+        let spamd = SpamdClient::from_config(&config.verdict);
+        let rspamd = RspamdClient::from_config(&config.verdict)
+            .and_then(|r| r.map_err(|e| tracing::error!("rspamd disabled: {e}")).ok());
+        Compiled { config, policies, limiters, exempt, judge, spamd, rspamd }
+    }
+
+    /// What the MTA must send and allow for this configuration.
+    fn needs(&self) -> Needs {
+        let v = &self.config.verdict;
+        let scanners = self.spamd.is_some() || self.rspamd.is_some();
+        let all = self.policies.all();
+        Needs {
+            headers: v.headers || scanners,
+            body: scanners,
+            add_headers: all.iter().any(|p| p.spam_message_action == SpamMessageAction::Tag),
+            quarantine: all.iter().any(|p| p.spam_message_action == SpamMessageAction::Quarantine),
+            add_recipients: all.iter().any(|p| !p.bcc_suspicious_to.is_empty()),
+            max_scan_bytes: v.max_scan_bytes,
+        }
     }
 }
 
@@ -425,6 +456,8 @@ impl Engine {
 
 /// Counters of a record under a policy at `now`.
 fn counters_of(compiled: &Compiled, policy: PolicyIndex, record: &AccountRecord, now: u64) -> Counters {
+    let window = compiled.policies.settings(policy).spam_window;
+    let (spam_messages, messages) = record.spam.as_ref().map_or((0, 0), |w| w.counts(now / 1_000_000_000, window));
     let usage = |kind| compiled.limiters.usage(policy, record, kind, now).unwrap_or((0, 0));
     let (external_last_hour, external_limit_per_hour) = usage(LimitKind::ExternalPerHour);
     let (internal_last_hour, internal_limit_per_hour) = usage(LimitKind::InternalPerHour);
@@ -436,8 +469,8 @@ fn counters_of(compiled: &Compiled, policy: PolicyIndex, record: &AccountRecord,
         internal_limit_per_hour,
         last_day,
         limit_per_day,
-        spam_messages: 0,
-        messages: 0,
+        spam_messages,
+        messages,
     }
 }
 
@@ -537,6 +570,102 @@ impl Engine {
         }
     }
 
+    /// The spam verdict on a message: counted in the account's window, thresholds checked,
+    /// and the per-message action chosen.
+    fn judge_message(&self, tx: &mut Transaction, facts: &MessageFacts<'_>) -> MessageOutcome {
+        let Some(compiled) = tx.compiled.clone() else { return MessageOutcome::deliver() };
+        let from_headers =
+            if compiled.config.verdict.headers { compiled.judge.judge(facts.headers.iter().copied()) } else { None };
+        let verdicts = || from_headers.iter().chain(facts.scanned);
+        for v in verdicts() {
+            self.metrics.verdict(v.source.as_str(), if v.spam { "spam" } else { "ham" });
+        }
+        if verdicts().next().is_none() {
+            return MessageOutcome::deliver();
+        }
+        let spam = verdicts().any(|v| v.spam);
+        let settings = compiled.policies.settings(tx.policy);
+        let now = self.clock.now_nanos();
+        let now_secs = now / 1_000_000_000;
+        let (spam_count, total) = {
+            let mut record = self.record_mut(&tx.account, tx.policy);
+            let window = record.spam.get_or_insert_with(|| Box::new(SpamWindow::new(settings.spam_window)));
+            window.record(now_secs, settings.spam_window, spam);
+            window.counts(now_secs, settings.spam_window)
+        };
+        if !spam {
+            return MessageOutcome::deliver();
+        }
+        if let Some(v) = verdicts().find(|v| v.spam) {
+            info!(account = %tx.account, source = v.source.as_str(), detail = %v.detail, spam = spam_count, messages = total, "outbound message judged spam");
+        }
+        if over_threshold(spam_count, total, settings.spam_min_messages, settings.spam_percent) {
+            self.spam_threshold_reached(tx, &compiled, spam_count, total, now);
+        }
+        let bcc = settings.bcc_suspicious_to.clone();
+        match settings.spam_message_action {
+            SpamMessageAction::Accept => MessageOutcome { bcc, ..MessageOutcome::deliver() },
+            SpamMessageAction::Tag => MessageOutcome { tag: true, bcc, ..MessageOutcome::deliver() },
+            SpamMessageAction::Quarantine => MessageOutcome { quarantine: true, bcc, ..MessageOutcome::deliver() },
+            SpamMessageAction::Reject => {
+                MessageOutcome { decision: Decision::Refuse(Refusal::Spam), ..MessageOutcome::deliver() }
+            }
+        }
+    }
+
+    /// The account's spam share passed the policy's thresholds: restrict or alert.
+    fn spam_threshold_reached(&self, tx: &Transaction, compiled: &Compiled, spam: u32, total: u32, now: u64) {
+        let settings = compiled.policies.settings(tx.policy);
+        let reason = format!(
+            "{spam} of its {total} messages in the last {} were judged spam (thresholds: {} messages and {}%)",
+            crate::config::duration::format(settings.spam_window),
+            settings.spam_min_messages,
+            settings.spam_percent
+        );
+        let now_secs = (now / 1_000_000_000) as i64;
+        if settings.spam_action == LimitAction::Alert {
+            let hour = hour_number(now);
+            let first = std::mem::replace(&mut self.record_mut(&tx.account, tx.policy).spam_alerted_hour, hour) != hour;
+            if first {
+                warn!(account = %tx.account, "{reason}; delivering (alert only)");
+                let counters = self.counters(&tx.account);
+                self.events.emit(Event {
+                    kind: EventKind::SendingLimitExceeded,
+                    account: tx.account.clone(),
+                    reason,
+                    policy: settings.name.clone(),
+                    limit: None,
+                    counters,
+                    since: to_datetime(now_secs),
+                    until: None,
+                    node: compiled.config.notify.node_name.clone(),
+                    by: None,
+                });
+            }
+            return;
+        }
+        let until =
+            (settings.spam_action == LimitAction::BlockUntilTomorrow).then(|| to_datetime(next_utc_midnight_secs(now)));
+        let restriction = Restriction {
+            account: tx.account.clone(),
+            reason,
+            policy: settings.name.clone(),
+            created_at: to_datetime(now_secs),
+            until,
+            counters: self.counters(&tx.account),
+            source: Source::Policy,
+        };
+        match self.restrictions.restrict(restriction.clone(), "policy") {
+            Ok(true) => {
+                self.metrics.restricted("spam");
+                warn!(account = %tx.account, until = ?until, "account restricted: {}", restriction.reason);
+                self.emit_restricted(compiled, &restriction, None, None);
+            }
+            Ok(false) => {}
+            Err(e) => tracing::error!(account = %tx.account, "cannot record restriction: {e}"),
+        }
+    }
+
     fn timed(&self, decide: impl FnOnce() -> Decision) -> Decision {
         let started = std::time::Instant::now();
         let decision = decide();
@@ -549,7 +678,44 @@ impl Policy for Engine {
     type Transaction = Transaction;
 
     fn needs(&self) -> Needs {
-        Needs::default()
+        self.current.load().needs()
+    }
+
+    fn scans(&self) -> bool {
+        let c = self.current.load();
+        c.spamd.is_some() || c.rspamd.is_some()
+    }
+
+    fn scan<'a>(&'a self, request: ScanRequest<'a>) -> impl std::future::Future<Output = Vec<Verdict>> + Send + 'a {
+        let compiled = self.current.load_full();
+        async move {
+            let spamd = async {
+                match &compiled.spamd {
+                    Some(c) => Some(c.check(&request).await),
+                    None => None,
+                }
+            };
+            let rspamd = async {
+                match &compiled.rspamd {
+                    Some(c) => Some(c.check(&request).await),
+                    None => None,
+                }
+            };
+            let (a, b) = tokio::join!(spamd, rspamd);
+            let mut verdicts = Vec::new();
+            for (name, result) in [("spamd", a), ("rspamd", b)] {
+                match result {
+                    Some(Ok(v)) => verdicts.push(v),
+                    Some(Err(e)) => {
+                        // Never a refusal: the message goes on without this verdict.
+                        warn!(queue_id = request.queue_id.unwrap_or(""), "{name} gave no verdict: {e}");
+                        self.metrics.verdict(name, "error");
+                    }
+                    None => {}
+                }
+            }
+            verdicts
+        }
     }
 
     fn mail_from(&self, tx: &mut Transaction, facts: &MailFacts<'_>) -> Decision {
@@ -560,11 +726,15 @@ impl Policy for Engine {
         self.timed(|| self.decide_rcpt(tx, facts))
     }
 
-    fn end_of_message(&self, tx: &mut Transaction, _facts: &MessageFacts<'_>) -> Decision {
+    fn end_of_message(&self, tx: &mut Transaction, facts: &MessageFacts<'_>) -> MessageOutcome {
+        let outcome = self.judge_message(tx, facts);
         if tx.compiled.is_some() {
-            self.metrics.messages.outbound_delivered.inc();
+            match outcome.decision {
+                Decision::Continue => self.metrics.messages.outbound_delivered.inc(),
+                _ => self.metrics.messages.outbound_rejected.inc(),
+            };
         }
-        Decision::Continue
+        outcome
     }
 
     fn end_transaction(&self, tx: &mut Transaction) {

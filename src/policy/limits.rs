@@ -102,10 +102,14 @@ pub struct AccountRecord {
     pub warned_hour: [u32; 3],
     /// UTC day an administrator last released the account (the day's grace), 0 = never.
     pub released_day: u32,
+    /// Hour number of the last spam-share alert.
+    pub spam_alerted_hour: u32,
+    /// Spam verdicts over the policy's window; only for accounts whose mail had a verdict.
+    pub spam: Option<Box<super::spam::SpamWindow>>,
 }
 
 /// Size of [`AccountRecord::to_bytes`].
-pub const RECORD_BYTES: usize = 3 * 8 + 2 + 3 * 4 + 3 * 4 + 4;
+pub const RECORD_BYTES: usize = 3 * 8 + 2 + 3 * 4 + 3 * 4 + 4 + 4;
 
 impl AccountRecord {
     /// Fixed-size little-endian form for snapshots.
@@ -121,6 +125,7 @@ impl AccountRecord {
         self.alerted_hour.iter().for_each(|h| put(&h.to_le_bytes()));
         self.warned_hour.iter().for_each(|h| put(&h.to_le_bytes()));
         put(&self.released_day.to_le_bytes());
+        put(&self.spam_alerted_hour.to_le_bytes());
         out
     }
 
@@ -134,6 +139,8 @@ impl AccountRecord {
             alerted_hour: [u32_at(26), u32_at(30), u32_at(34)],
             warned_hour: [u32_at(38), u32_at(42), u32_at(46)],
             released_day: u32_at(50),
+            spam_alerted_hour: u32_at(54),
+            spam: None,
         }
     }
 
@@ -143,7 +150,9 @@ impl AccountRecord {
         let hour = super::clock::hour_number(now_nanos);
         self.tat.iter().all(|&t| t <= now_nanos)
             && self.alerted_hour.iter().chain(&self.warned_hour).all(|&h| h < hour)
+            && self.spam_alerted_hour < hour
             && self.released_day < utc_day(now_nanos)
+            && self.spam.as_ref().is_none_or(|w| w.is_empty_at(now_nanos / 1_000_000_000))
     }
 }
 
@@ -390,6 +399,8 @@ mod tests {
             alerted_hour: [4, 5, 6],
             warned_hour: [7, 8, 9],
             released_day: 10,
+            spam_alerted_hour: 11,
+            spam: None,
         };
         assert_eq!(AccountRecord::from_bytes(&r.to_bytes()), r);
 

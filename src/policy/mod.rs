@@ -40,7 +40,34 @@ pub struct RcptFacts<'a> {
 #[derive(Debug, Clone, Copy)]
 pub struct MessageFacts<'a> {
     pub queue_id: Option<&'a [u8]>,
+    /// The message's headers as received (name, value), when the policy asked for them.
+    pub headers: &'a [(&'a [u8], &'a [u8])],
+    /// Verdicts of the scanners queried directly (spamd, rspamd), if any.
+    pub scanned: &'a [Verdict],
 }
+
+/// The policy's word on a whole message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageOutcome {
+    pub decision: Decision,
+    /// Add the header that says the message was judged spam.
+    pub tag: bool,
+    /// Put the message on hold.
+    pub quarantine: bool,
+    /// Add these recipients (copies of outbound spam).
+    pub bcc: Vec<String>,
+}
+
+impl MessageOutcome {
+    /// Deliver as it is.
+    pub const fn deliver() -> MessageOutcome {
+        MessageOutcome { decision: Decision::Continue, tag: false, quarantine: false, bcc: Vec::new() }
+    }
+}
+
+/// What a scanner is asked, for [`Policy::scan`].
+pub use crate::verdict::ScanRequest;
+use crate::verdict::Verdict;
 
 /// What to do with the transaction at this stage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,12 +92,14 @@ pub enum Refusal {
     LimitReached,
     /// Over the per-message recipient cap (`452 4.5.3`).
     TooManyRecipients,
+    /// A message judged spam under `spam_message_action = "reject"` (`550 5.7.1`).
+    Spam,
 }
 
 /// The policy engine as the milter session sees it.
 pub trait Policy: Send + Sync + 'static {
     /// Per-transaction scratch state the engine keeps between stages.
-    type Transaction: Default + Send;
+    type Transaction: Default + Send + Sync;
 
     /// Which stages and actions the MTA must offer for the current configuration.
     fn needs(&self) -> Needs;
@@ -81,8 +110,19 @@ pub trait Policy: Send + Sync + 'static {
     /// RCPT TO: may this recipient be added?
     fn rcpt_to(&self, tx: &mut Self::Transaction, facts: &RcptFacts<'_>) -> Decision;
 
+    /// Whether messages must be sent to a scanner at end of message ([`Policy::scan`]).
+    fn scans(&self) -> bool {
+        false
+    }
+
+    /// Asks the scanners about a message; a scanner that fails gives no verdict (never a
+    /// refusal).
+    fn scan<'a>(&'a self, _request: ScanRequest<'a>) -> impl std::future::Future<Output = Vec<Verdict>> + Send + 'a {
+        async { Vec::new() }
+    }
+
     /// End of message: the final word on the message.
-    fn end_of_message(&self, tx: &mut Self::Transaction, facts: &MessageFacts<'_>) -> Decision;
+    fn end_of_message(&self, tx: &mut Self::Transaction, facts: &MessageFacts<'_>) -> MessageOutcome;
 
     /// The transaction ended (end of message, abort, RSET, a refused stage): forget it.
     fn end_transaction(&self, tx: &mut Self::Transaction) {
@@ -106,7 +146,7 @@ impl Policy for PassThrough {
     fn rcpt_to(&self, _: &mut (), _: &RcptFacts<'_>) -> Decision {
         Decision::Continue
     }
-    fn end_of_message(&self, _: &mut (), _: &MessageFacts<'_>) -> Decision {
-        Decision::Continue
+    fn end_of_message(&self, _: &mut (), _: &MessageFacts<'_>) -> MessageOutcome {
+        MessageOutcome::deliver()
     }
 }

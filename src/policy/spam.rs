@@ -76,8 +76,10 @@ impl SpamWindow {
         (spam, total)
     }
 
-    /// Whether every bucket is empty at `now` (the ring can be dropped).
-    pub fn is_empty_at(&self, now_secs: u64, window: Duration) -> bool {
+    /// Whether every bucket is empty at `now` under the window the ring was built for (the
+    /// ring can be dropped).
+    pub fn is_empty_at(&self, now_secs: u64) -> bool {
+        let window = Duration::from_secs(u64::from(self.width_secs) * BUCKETS as u64);
         self.counts(now_secs, window).1 == 0
     }
 
@@ -132,7 +134,7 @@ mod tests {
         assert_eq!(w.counts(T0 + 43_200, DAY), (5, 10));
         // A full window later they are gone.
         assert_eq!(w.counts(T0 + 86_400 + 7200, DAY), (0, 0));
-        assert!(w.is_empty_at(T0 + 2 * 86_400, DAY));
+        assert!(w.is_empty_at(T0 + 2 * 86_400));
         w.record(T0 + 2 * 86_400, DAY, true);
         assert_eq!(w.counts(T0 + 2 * 86_400, DAY), (1, 1));
     }

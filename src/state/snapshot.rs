@@ -1,8 +1,9 @@
 //! The counters snapshot: every tracked account's record, written at graceful shutdown and read
 //! at start, so a restart does not hand every account a fresh quota.
 //!
-//! Format: `OGSNAP01`, then per account a u16 key length, the key, and the fixed-size record
-//! (`policy::limits::RECORD_BYTES`), then a CRC32 of everything before it. Written to a temp
+//! Format: `OGSNAP02`, then per account a u16 key length, the key, the fixed-size record
+//! (`policy::limits::RECORD_BYTES`), a flag byte and, when it is 1, the spam window
+//! (`policy::spam::WINDOW_BYTES`); then a CRC32 of everything before it. Written to a temp
 //! file, synced and renamed into place. A snapshot that does not check out is ignored with a
 //! log line: counters start empty rather than wrong.
 
@@ -10,8 +11,9 @@ use std::io::{self, BufWriter, Read, Write};
 use std::path::Path;
 
 use crate::policy::limits::{AccountRecord, RECORD_BYTES};
+use crate::policy::spam::{SpamWindow, WINDOW_BYTES};
 
-const MAGIC: &[u8; 8] = b"OGSNAP01";
+const MAGIC: &[u8; 8] = b"OGSNAP02";
 
 /// Writes `records` to `path` atomically; returns how many were written.
 ///
@@ -33,6 +35,13 @@ pub fn write<'a>(path: &Path, records: impl Iterator<Item = (String, AccountReco
         put(&mut out, &len.to_le_bytes())?;
         put(&mut out, key.as_bytes())?;
         put(&mut out, &record.to_bytes())?;
+        match &record.spam {
+            Some(w) => {
+                put(&mut out, &[1])?;
+                put(&mut out, &w.to_bytes())?;
+            }
+            None => put(&mut out, &[0])?,
+        }
         count += 1;
     }
     let sum = crc.finalize();
@@ -70,13 +79,21 @@ pub fn read(path: &Path) -> io::Result<Option<Vec<(String, AccountRecord)>>> {
     while !rest.is_empty() {
         let (len, after) = rest.split_first_chunk::<2>().ok_or_else(|| bad("truncated entry"))?;
         let len = u16::from_le_bytes(*len) as usize;
-        if after.len() < len + RECORD_BYTES {
+        if after.len() < len + RECORD_BYTES + 1 {
             return Err(bad("truncated entry"));
         }
         let key = String::from_utf8(after[..len].to_vec()).map_err(|_| bad("account name is not UTF-8"))?;
-        let record = AccountRecord::from_bytes(after[len..len + RECORD_BYTES].try_into().expect("record size"));
+        let mut record = AccountRecord::from_bytes(after[len..len + RECORD_BYTES].try_into().expect("record size"));
+        let mut next = &after[len + RECORD_BYTES..];
+        let (&flag, tail) = next.split_first().ok_or_else(|| bad("truncated entry"))?;
+        next = tail;
+        if flag == 1 {
+            let (window, tail) = next.split_first_chunk::<WINDOW_BYTES>().ok_or_else(|| bad("truncated entry"))?;
+            record.spam = Some(Box::new(SpamWindow::from_bytes(window)));
+            next = tail;
+        }
         records.push((key, record));
-        rest = &after[len + RECORD_BYTES..];
+        rest = next;
     }
     Ok(Some(records))
 }
@@ -93,8 +110,19 @@ mod tests {
         let records = vec![
             ("a@example.com".to_owned(), AccountRecord { tat: [5, 6, 7], ..Default::default() }),
             ("ælfrida@xn--bcher-kva.example".to_owned(), AccountRecord { released_day: 3, ..Default::default() }),
+            (
+                "spammer@example.com".to_owned(),
+                AccountRecord {
+                    spam: Some(Box::new({
+                        let mut w = SpamWindow::new(std::time::Duration::from_secs(86_400));
+                        w.record(1_795_341_600, std::time::Duration::from_secs(86_400), true);
+                        w
+                    })),
+                    ..Default::default()
+                },
+            ),
         ];
-        assert_eq!(write(&path, records.clone().into_iter()).unwrap(), 2);
+        assert_eq!(write(&path, records.clone().into_iter()).unwrap(), 3);
         assert_eq!(read(&path).unwrap().unwrap(), records);
         let mut bytes = std::fs::read(&path).unwrap();
         bytes[12] ^= 1;

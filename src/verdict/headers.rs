@@ -120,11 +120,7 @@ struct Finding {
 
 impl Finding {
     fn flag(spam: bool) -> Finding {
-        Finding {
-            spam,
-            score: None,
-            required: None,
-        }
+        Finding { spam, score: None, required: None }
     }
 }
 
@@ -147,10 +143,7 @@ impl HeaderJudge {
                 (None, Some(min)) => Test::MinScore(min),
                 (None, None) => continue,
             };
-            rules.push(Rule {
-                header: r.header.clone(),
-                test,
-            });
+            rules.push(Rule { header: r.header.clone(), test });
         }
         Ok(HeaderJudge { rules })
     }
@@ -214,9 +207,7 @@ impl HeaderJudge {
                 Builtin::SpamStatus => spam_status(&text),
                 Builtin::SpamFlag | Builtin::XSpam => yes_no(&text).map(Finding::flag),
                 Builtin::SpamdResult => spamd_result(&text),
-                Builtin::RspamdAction => {
-                    super::rspamd::action_is_spam(text.trim()).map(Finding::flag)
-                }
+                Builtin::RspamdAction => super::rspamd::action_is_spam(text.trim()).map(Finding::flag),
                 Builtin::Forefront => forefront(&text),
                 Builtin::SpamScore => {
                     score_header = first_number(&text);
@@ -278,10 +269,7 @@ fn number(input: &str) -> IResult<&str, f64> {
     let digits = &input[..input.len() - rest.len()];
     match digits.parse::<f64>() {
         Ok(n) if n.is_finite() => Ok((rest, n)),
-        _ => Err(nom::Err::Error(nom::error::Error::new(
-            input,
-            nom::error::ErrorKind::Float,
-        ))),
+        _ => Err(nom::Err::Error(nom::error::Error::new(input, nom::error::ErrorKind::Float))),
     }
 }
 
@@ -290,8 +278,7 @@ fn number(input: &str) -> IResult<&str, f64> {
 fn first_number(text: &str) -> Option<f64> {
     let mut prev: Option<char> = None;
     for (i, c) in text.char_indices() {
-        let starts = c.is_ascii_digit()
-            || ((c == '-' || c == '+') && !prev.is_some_and(|p| p.is_alphanumeric()));
+        let starts = c.is_ascii_digit() || ((c == '-' || c == '+') && !prev.is_some_and(|p| p.is_alphanumeric()));
         if starts && let Ok((_, n)) = number(&text[i..]) {
             return Some(n);
         }
@@ -318,21 +305,9 @@ fn yes_no(text: &str) -> Option<bool> {
 /// `tagged_above=`; SpamAssassin 2 wrote `hits=`; rspamd's variant has no `required=`).
 fn spam_status(text: &str) -> Option<Finding> {
     let word = take_while1(|c: char| !c.is_whitespace() && c != '=' && c != ',');
-    let item = (
-        word,
-        opt(preceded(
-            char('='),
-            take_till(|c: char| c.is_whitespace() || c == ','),
-        )),
-    );
+    let item = (word, opt(preceded(char('='), take_till(|c: char| c.is_whitespace() || c == ','))));
     let mut parser = (
-        preceded(
-            multispace0,
-            alt((
-                value(true, tag_no_case("yes")),
-                value(false, tag_no_case("no")),
-            )),
-        ),
+        preceded(multispace0, alt((value(true, tag_no_case("yes")), value(false, tag_no_case("no"))))),
         opt(preceded(space0, char(','))),
         multispace0,
         separated_list0((opt(char(',')), multispace1), item),
@@ -341,10 +316,7 @@ fn spam_status(text: &str) -> Option<Finding> {
     let (_, (spam, _, _, items)) = parsed.ok()?;
     let mut finding = Finding::flag(spam);
     for (key, val) in items {
-        let num = || {
-            val.and_then(|v| all_consuming(number).parse(v).ok())
-                .map(|(_, n)| n)
-        };
+        let num = || val.and_then(|v| all_consuming(number).parse(v).ok()).map(|(_, n)| n);
         match key {
             "score" | "hits" => finding.score = finding.score.or_else(num),
             "required" => finding.required = finding.required.or_else(num),
@@ -358,16 +330,8 @@ fn spam_status(text: &str) -> Option<Finding> {
 fn spamd_result(text: &str) -> Option<Finding> {
     let mut parser = (
         preceded(
-            (
-                multispace0,
-                take_while1(|c: char| c.is_alphanumeric() || c == '_'),
-                char(':'),
-                space0,
-            ),
-            alt((
-                value(true, tag_no_case("true")),
-                value(false, tag_no_case("false")),
-            )),
+            (multispace0, take_while1(|c: char| c.is_alphanumeric() || c == '_'), char(':'), space0),
+            alt((value(true, tag_no_case("true")), value(false, tag_no_case("false")))),
         ),
         preceded(space0, char('[')),
         delimited(space0, number, space0),
@@ -376,44 +340,26 @@ fn spamd_result(text: &str) -> Option<Finding> {
     );
     let parsed: IResult<&str, _> = parser.parse(text);
     let (_, (spam, _, score, required, _)) = parsed.ok()?;
-    Some(Finding {
-        spam,
-        score: Some(score),
-        required: Some(required),
-    })
+    Some(Finding { spam, score: Some(score), required: Some(required) })
 }
 
 /// `CIP:192.0.2.1;CTRY:;LANG:en;SCL:6;SRV:;IPV:NLI;SFV:SPM;…` (Exchange Online Protection):
 /// spam from SCL 5 up, ham for -1 to 4.
 fn forefront(text: &str) -> Option<Finding> {
     let field = (
-        delimited(
-            multispace0,
-            take_till(|c: char| c == ':' || c == ';'),
-            multispace0,
-        ),
-        opt(preceded(
-            tag(":"),
-            map(opt(is_not(";")), |v| v.unwrap_or("")),
-        )),
+        delimited(multispace0, take_till(|c: char| c == ':' || c == ';'), multispace0),
+        opt(preceded(tag(":"), map(opt(is_not(";")), |v| v.unwrap_or("")))),
     );
     let parsed: IResult<&str, Vec<(&str, Option<&str>)>> =
         terminated(separated_list0(char(';'), field), opt(eof)).parse(text);
     let (_, fields) = parsed.ok()?;
-    let (_, scl) = fields
-        .iter()
-        .find(|(key, _)| key.eq_ignore_ascii_case("SCL"))?;
-    let parsed: IResult<&str, f64> =
-        all_consuming(delimited(space0, number, space0)).parse(scl.unwrap_or(""));
+    let (_, scl) = fields.iter().find(|(key, _)| key.eq_ignore_ascii_case("SCL"))?;
+    let parsed: IResult<&str, f64> = all_consuming(delimited(space0, number, space0)).parse(scl.unwrap_or(""));
     let (_, scl) = parsed.ok()?;
     if !(-1.0..=9.0).contains(&scl) {
         return None;
     }
-    Some(Finding {
-        spam: scl >= 5.0,
-        score: Some(scl),
-        required: Some(5.0),
-    })
+    Some(Finding { spam: scl >= 5.0, score: Some(scl), required: Some(5.0) })
 }
 
 #[cfg(test)]
@@ -435,9 +381,7 @@ mod tests {
     }
 
     fn judge(headers: &[(&str, &[u8])]) -> Option<Verdict> {
-        HeaderJudge::new(&config(vec![]))
-            .unwrap()
-            .judge(headers.iter().map(|(n, v)| (n.as_bytes(), *v)))
+        HeaderJudge::new(&config(vec![])).unwrap().judge(headers.iter().map(|(n, v)| (n.as_bytes(), *v)))
     }
 
     fn spam_score(v: &Option<Verdict>) -> (bool, Option<f64>, Option<f64>) {
@@ -449,10 +393,7 @@ mod tests {
     #[test]
     fn no_scanner_header_no_verdict() {
         assert_eq!(judge(&[]), None);
-        assert_eq!(
-            judge(&[("Subject", b" X-Spam-Flag: YES"), ("X-Mailer", b" x")]),
-            None
-        );
+        assert_eq!(judge(&[("Subject", b" X-Spam-Flag: YES"), ("X-Mailer", b" x")]), None);
         // Present but unreadable: no verdict rather than a guess.
         assert_eq!(judge(&[("X-Spam-Flag", b" maybe")]), None);
         assert_eq!(judge(&[("X-Rspamd-Action", b" frobnicate")]), None);
@@ -463,10 +404,7 @@ mod tests {
         let v = judge(&[("X-Spam-Flag", b" YES")]);
         assert_eq!(spam_score(&v), (true, None, None));
         assert_eq!(v.unwrap().detail, "X-Spam-Flag: YES");
-        assert_eq!(
-            spam_score(&judge(&[("x-spam-flag", b"no")])),
-            (false, None, None)
-        );
+        assert_eq!(spam_score(&judge(&[("x-spam-flag", b"no")])), (false, None, None));
 
         let v = judge(&[(
             "X-Spam-Status",
@@ -477,10 +415,7 @@ mod tests {
             v.unwrap().detail,
             "X-Spam-Status: Yes, score=12.3 required=5.0 tests=BAYES_99, HTML_MESSAGE autolearn=no version=4.0.1"
         );
-        let v = judge(&[(
-            "X-Spam-Status",
-            b"No, score=-1.9 required=5.0 tests=ALL_TRUSTED",
-        )]);
+        let v = judge(&[("X-Spam-Status", b"No, score=-1.9 required=5.0 tests=ALL_TRUSTED")]);
         assert_eq!(spam_score(&v), (false, Some(-1.9), Some(5.0)));
         // SpamAssassin 2 wrote hits=.
         let v = judge(&[("X-Spam-Status", b"Yes, hits=6 required=5")]);
@@ -489,20 +424,13 @@ mod tests {
 
     #[test]
     fn status_folded_with_crlf_and_before_the_score() {
-        let v = judge(&[(
-            "X-Spam-Status",
-            b" Yes,\r\n score=7.5\r\n\trequired=5.0\r\n tests=A",
-        )]);
+        let v = judge(&[("X-Spam-Status", b" Yes,\r\n score=7.5\r\n\trequired=5.0\r\n tests=A")]);
         assert_eq!(spam_score(&v), (true, Some(7.5), Some(5.0)));
     }
 
     #[test]
     fn amavis_flag_decides_score_is_recorded() {
-        let v = judge(&[
-            ("X-Spam-Flag", b" YES"),
-            ("X-Spam-Score", b" 8.214"),
-            ("X-Spam-Level", b" ********"),
-        ]);
+        let v = judge(&[("X-Spam-Flag", b" YES"), ("X-Spam-Score", b" 8.214"), ("X-Spam-Level", b" ********")]);
         assert_eq!(spam_score(&v), (true, Some(8.214), None));
         // Amavis' status has tagged_above= and tests=[…] with spaces.
         let v = judge(&[(
@@ -516,10 +444,7 @@ mod tests {
 
     #[test]
     fn rspamd_headers() {
-        assert_eq!(
-            spam_score(&judge(&[("X-Spam", b" Yes")])),
-            (true, None, None)
-        );
+        assert_eq!(spam_score(&judge(&[("X-Spam", b" Yes")])), (true, None, None));
         for (action, spam) in [
             ("reject", true),
             ("add header", true),
@@ -537,10 +462,7 @@ mod tests {
             b" default: True [16.20 / 15.00];\n\tBAYES_SPAM(5.10)[99.99%];\n\tMIME_GOOD(-0.10)[text/plain]",
         )]);
         assert_eq!(spam_score(&v), (true, Some(16.2), Some(15.0)));
-        let v = judge(&[(
-            "X-Spamd-Result",
-            b"default: False [-0.10 / 15.00]; MIME_GOOD(-0.10)",
-        )]);
+        let v = judge(&[("X-Spamd-Result", b"default: False [-0.10 / 15.00]; MIME_GOOD(-0.10)")]);
         assert_eq!(spam_score(&v), (false, Some(-0.1), Some(15.0)));
         // rspamd's SpamAssassin-style status has no required=.
         let v = judge(&[("X-Spam-Status", b"Yes, score=16.20")]);
@@ -549,36 +471,17 @@ mod tests {
 
     #[test]
     fn forefront_scl() {
-        let report =
-            |scl: &str| format!(" CIP:192.0.2.1;CTRY:;LANG:en;SCL:{scl};SRV:;IPV:NLI;SFV:NSPM;");
-        for (scl, spam) in [
-            ("-1", false),
-            ("0", false),
-            ("4", false),
-            ("5", true),
-            ("9", true),
-        ] {
+        let report = |scl: &str| format!(" CIP:192.0.2.1;CTRY:;LANG:en;SCL:{scl};SRV:;IPV:NLI;SFV:NSPM;");
+        for (scl, spam) in [("-1", false), ("0", false), ("4", false), ("5", true), ("9", true)] {
             let v = judge(&[("X-Forefront-Antispam-Report", report(scl).as_bytes())]);
             let n: f64 = scl.parse().unwrap();
             assert_eq!(spam_score(&v), (spam, Some(n), Some(5.0)), "SCL {scl}");
         }
-        assert_eq!(
-            judge(&[("X-Forefront-Antispam-Report", report("x").as_bytes())]),
-            None
-        );
-        assert_eq!(
-            judge(&[("X-Forefront-Antispam-Report", report("12").as_bytes())]),
-            None
-        );
-        assert_eq!(
-            judge(&[("X-Forefront-Antispam-Report", b" CIP:1.2.3.4;SFV:SPM")]),
-            None
-        );
+        assert_eq!(judge(&[("X-Forefront-Antispam-Report", report("x").as_bytes())]), None);
+        assert_eq!(judge(&[("X-Forefront-Antispam-Report", report("12").as_bytes())]), None);
+        assert_eq!(judge(&[("X-Forefront-Antispam-Report", b" CIP:1.2.3.4;SFV:SPM")]), None);
         // Folded, SCL on the continuation line.
-        let v = judge(&[(
-            "X-Forefront-Antispam-Report",
-            b"\n\tCIP:192.0.2.1;CTRY:NL;\n\tSCL:6;SFV:SPM",
-        )]);
+        let v = judge(&[("X-Forefront-Antispam-Report", b"\n\tCIP:192.0.2.1;CTRY:NL;\n\tSCL:6;SFV:SPM")]);
         assert_eq!(spam_score(&v), (true, Some(6.0), Some(5.0)));
     }
 
@@ -603,17 +506,10 @@ mod tests {
 
     #[test]
     fn non_utf8_values_are_read_lossily() {
-        let v = judge(&[(
-            "X-Spam-Status",
-            b" Yes, score=7.5 required=5.0\n\ttests=CAF\xc9_R\xc8GLE",
-        )]);
+        let v = judge(&[("X-Spam-Status", b" Yes, score=7.5 required=5.0\n\ttests=CAF\xc9_R\xc8GLE")]);
         let v = v.unwrap();
         assert_eq!((v.spam, v.score), (true, Some(7.5)));
-        assert!(
-            v.detail.contains("CAF\u{fffd}_R\u{fffd}GLE"),
-            "{}",
-            v.detail
-        );
+        assert!(v.detail.contains("CAF\u{fffd}_R\u{fffd}GLE"), "{}", v.detail);
         // RFC 2047 words are decoded too.
         let v = judge(&[("X-Spam-Flag", b" =?us-ascii?q?YES?=")]);
         assert_eq!(spam_score(&v), (true, None, None));
@@ -622,8 +518,7 @@ mod tests {
     #[test]
     fn forged_numbers_stay_finite() {
         assert_eq!(
-            judge(&[("X-Spam-Status", b"Yes, score=inf required=nan")])
-                .map(|v| (v.score, v.required)),
+            judge(&[("X-Spam-Status", b"Yes, score=inf required=nan")]).map(|v| (v.score, v.required)),
             Some((None, None))
         );
         let huge = format!("Yes, score={} required=5", "9".repeat(400));
@@ -640,11 +535,7 @@ mod tests {
                 pattern: Some(r"(?i)verdict=spam".into()),
                 min_score: None,
             },
-            HeaderRule {
-                header: "X-Filter-Score".into(),
-                pattern: None,
-                min_score: Some(7.0),
-            },
+            HeaderRule { header: "X-Filter-Score".into(), pattern: None, min_score: Some(7.0) },
         ]))
         .unwrap();
         let run = |h: &[(&str, &[u8])]| j.judge(h.iter().map(|(n, v)| (n.as_bytes(), *v)));
@@ -667,23 +558,12 @@ mod tests {
     #[test]
     fn invalid_pattern_names_the_rule() {
         let err = HeaderJudge::new(&config(vec![
-            HeaderRule {
-                header: "X-Ok".into(),
-                pattern: Some("ok".into()),
-                min_score: None,
-            },
-            HeaderRule {
-                header: "X-Bad".into(),
-                pattern: Some("(unclosed".into()),
-                min_score: None,
-            },
+            HeaderRule { header: "X-Ok".into(), pattern: Some("ok".into()), min_score: None },
+            HeaderRule { header: "X-Bad".into(), pattern: Some("(unclosed".into()), min_score: None },
         ]))
         .unwrap_err();
         assert_eq!(err.index, 1);
-        assert_eq!(
-            err.to_string(),
-            "verdict.rule[1] (header \"X-Bad\"): invalid pattern \"(unclosed\""
-        );
+        assert_eq!(err.to_string(), "verdict.rule[1] (header \"X-Bad\"): invalid pattern \"(unclosed\"");
     }
 
     #[test]

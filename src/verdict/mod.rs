@@ -110,11 +110,7 @@ pub enum ScanError {
     },
     /// The whole exchange did not finish within the configured `verdict.timeout`.
     #[error("{scanner} at {addr:?} did not answer within {after:?}")]
-    Timeout {
-        scanner: Source,
-        addr: String,
-        after: Duration,
-    },
+    Timeout { scanner: Source, addr: String, after: Duration },
     /// The connection broke after it was established.
     #[error("connection to {scanner} at {addr:?} failed")]
     Io {
@@ -126,19 +122,11 @@ pub enum ScanError {
     /// The scanner answered something that is not a verdict: garbage, an error status, a
     /// reply over the size cap.
     #[error("{scanner} at {addr:?} answered {detail}")]
-    Protocol {
-        scanner: Source,
-        addr: String,
-        detail: String,
-    },
+    Protocol { scanner: Source, addr: String, detail: String },
     /// A value from the transaction cannot be sent (a control character would let it inject
     /// protocol headers).
     #[error("cannot send {field} {value:?} to {scanner}: it contains a control character")]
-    Request {
-        scanner: Source,
-        field: &'static str,
-        value: String,
-    },
+    Request { scanner: Source, field: &'static str, value: String },
 }
 
 /// What a scanner is asked about: the message (the first `max_scan_bytes` are sent) and the
@@ -259,10 +247,7 @@ mod tests {
         m.push_header(b"X-A", b"b\r\n c");
         m.end_headers();
         m.push_body(b"body\r\n");
-        assert_eq!(
-            m.as_bytes(),
-            b"Subject: hello\r\n\tworld\r\nX-A: b\r\n c\r\n\r\nbody\r\n"
-        );
+        assert_eq!(m.as_bytes(), b"Subject: hello\r\n\tworld\r\nX-A: b\r\n c\r\n\r\nbody\r\n");
         assert!(!m.is_truncated());
 
         let mut m = ScanMessage::new(10);

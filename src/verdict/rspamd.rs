@@ -56,14 +56,11 @@ pub(crate) fn action_is_spam(action: &str) -> Option<bool> {
     ];
     let same = |a: &str, b: &str| {
         a.len() == b.len()
-            && a.bytes().zip(b.bytes()).all(|(x, y)| {
-                x.eq_ignore_ascii_case(&y) || (x == b'_' && y == b' ') || (x == b' ' && y == b'_')
-            })
+            && a.bytes()
+                .zip(b.bytes())
+                .all(|(x, y)| x.eq_ignore_ascii_case(&y) || (x == b'_' && y == b' ') || (x == b' ' && y == b'_'))
     };
-    known
-        .iter()
-        .find(|(name, _)| same(action, name))
-        .map(|&(_, spam)| spam)
+    known.iter().find(|(name, _)| same(action, name)).map(|&(_, spam)| spam)
 }
 
 /// The part of the `/checkv2` reply we use.
@@ -105,26 +102,13 @@ impl RspamdClient {
     ///
     /// # Errors
     /// [`RspamdUrlError`] when `base` is not an http(s) URL or the HTTP client cannot be built.
-    pub fn new(
-        base: &str,
-        timeout: Duration,
-        max_bytes: usize,
-    ) -> Result<RspamdClient, RspamdUrlError> {
-        let parsed: reqwest::Url = base.parse().map_err(|source| RspamdUrlError::Url {
-            url: base.to_owned(),
-            source,
-        })?;
+    pub fn new(base: &str, timeout: Duration, max_bytes: usize) -> Result<RspamdClient, RspamdUrlError> {
+        let parsed: reqwest::Url =
+            base.parse().map_err(|source| RspamdUrlError::Url { url: base.to_owned(), source })?;
         if !matches!(parsed.scheme(), "http" | "https") {
-            return Err(RspamdUrlError::Scheme {
-                url: base.to_owned(),
-            });
+            return Err(RspamdUrlError::Scheme { url: base.to_owned() });
         }
-        let url = parsed
-            .join("checkv2")
-            .map_err(|source| RspamdUrlError::Url {
-                url: base.to_owned(),
-                source,
-            })?;
+        let url = parsed.join("checkv2").map_err(|source| RspamdUrlError::Url { url: base.to_owned(), source })?;
         let http = reqwest::Client::builder()
             .connect_timeout(timeout.min(MAX_CONNECT_TIMEOUT))
             .timeout(timeout)
@@ -133,17 +117,8 @@ impl RspamdClient {
             .no_proxy()
             .user_agent(concat!("outbound-guard/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|source| RspamdUrlError::Client {
-                url: base.to_owned(),
-                source,
-            })?;
-        Ok(RspamdClient {
-            http,
-            url,
-            base: base.to_owned(),
-            timeout,
-            max_bytes,
-        })
+            .map_err(|source| RspamdUrlError::Client { url: base.to_owned(), source })?;
+        Ok(RspamdClient { http, url, base: base.to_owned(), timeout, max_bytes })
     }
 
     /// The client `[verdict]` asks for, if `rspamd` is among its sources.
@@ -152,11 +127,7 @@ impl RspamdClient {
     /// As [`RspamdClient::new`].
     pub fn from_config(config: &VerdictConfig) -> Option<Result<RspamdClient, RspamdUrlError>> {
         let base = config.rspamd.as_ref()?;
-        Some(RspamdClient::new(
-            base,
-            config.timeout,
-            config.max_scan_bytes,
-        ))
+        Some(RspamdClient::new(base, config.timeout, config.max_scan_bytes))
     }
 
     /// The base URL it talks to.
@@ -173,22 +144,12 @@ impl RspamdClient {
     pub async fn check(&self, request: &ScanRequest<'_>) -> Result<Verdict, ScanError> {
         let headers = self.headers(request)?;
         let body = request.message[..request.message.len().min(self.max_bytes)].to_vec();
-        let result = self
-            .http
-            .post(self.url.clone())
-            .headers(headers)
-            .body(body)
-            .send()
-            .await;
+        let result = self.http.post(self.url.clone()).headers(headers).body(body).send().await;
         let mut response = result.map_err(|e| self.transport_error(e))?;
         let status = response.status();
 
         let mut reply = Vec::new();
-        while let Some(chunk) = response
-            .chunk()
-            .await
-            .map_err(|e| self.transport_error(e))?
-        {
+        while let Some(chunk) = response.chunk().await.map_err(|e| self.transport_error(e))? {
             if reply.len() + chunk.len() > MAX_REPLY {
                 return Err(self.protocol(format!("a reply over {MAX_REPLY} bytes")));
             }
@@ -197,9 +158,7 @@ impl RspamdClient {
         let quoted = || format!("{:?}", clip(&String::from_utf8_lossy(&reply)));
         let parsed: Option<Reply> = serde_json::from_slice(&reply).ok();
         if !status.is_success() {
-            let why = parsed
-                .and_then(|r| r.error)
-                .map_or_else(quoted, |e| format!("{:?}", clip(&e)));
+            let why = parsed.and_then(|r| r.error).map_or_else(quoted, |e| format!("{:?}", clip(&e)));
             return Err(self.protocol(format!("status {} {why}", status.as_u16())));
         }
         let Some(reply) = parsed else {
@@ -220,23 +179,13 @@ impl RspamdClient {
         if let (Some(s), Some(r)) = (score, required) {
             detail.push_str(&format!(" [{s} / {r}]"));
         }
-        Ok(Verdict {
-            spam,
-            score,
-            required,
-            source: Source::Rspamd,
-            detail,
-        })
+        Ok(Verdict { spam, score, required, source: Source::Rspamd, detail })
     }
 
     fn headers(&self, request: &ScanRequest<'_>) -> Result<HeaderMap, ScanError> {
         let mut map = HeaderMap::new();
         let mut add = |name: &'static str, value: &str| -> Result<(), ScanError> {
-            let refuse = || ScanError::Request {
-                scanner: Source::Rspamd,
-                field: name,
-                value: value.to_owned(),
-            };
+            let refuse = || ScanError::Request { scanner: Source::Rspamd, field: name, value: value.to_owned() };
             if !header_safe(value) {
                 return Err(refuse());
             }
@@ -267,32 +216,16 @@ impl RspamdClient {
 
     fn transport_error(&self, e: reqwest::Error) -> ScanError {
         if e.is_timeout() && !e.is_connect() {
-            ScanError::Timeout {
-                scanner: Source::Rspamd,
-                addr: self.base.clone(),
-                after: self.timeout,
-            }
+            ScanError::Timeout { scanner: Source::Rspamd, addr: self.base.clone(), after: self.timeout }
         } else if e.is_connect() {
-            ScanError::Connect {
-                scanner: Source::Rspamd,
-                addr: self.base.clone(),
-                source: Box::new(e),
-            }
+            ScanError::Connect { scanner: Source::Rspamd, addr: self.base.clone(), source: Box::new(e) }
         } else {
-            ScanError::Io {
-                scanner: Source::Rspamd,
-                addr: self.base.clone(),
-                source: Box::new(e),
-            }
+            ScanError::Io { scanner: Source::Rspamd, addr: self.base.clone(), source: Box::new(e) }
         }
     }
 
     fn protocol(&self, detail: String) -> ScanError {
-        ScanError::Protocol {
-            scanner: Source::Rspamd,
-            addr: self.base.clone(),
-            detail,
-        }
+        ScanError::Protocol { scanner: Source::Rspamd, addr: self.base.clone(), detail }
     }
 }
 

@@ -45,22 +45,13 @@ impl SpamdClient {
     /// A client for spamd at `addr` (`host:port`). `timeout` bounds the whole exchange,
     /// connecting included; at most `max_bytes` of each message are sent.
     pub fn new(addr: impl Into<String>, timeout: Duration, max_bytes: usize) -> SpamdClient {
-        SpamdClient {
-            addr: addr.into(),
-            timeout,
-            connect_timeout: timeout.min(MAX_CONNECT_TIMEOUT),
-            max_bytes,
-        }
+        SpamdClient { addr: addr.into(), timeout, connect_timeout: timeout.min(MAX_CONNECT_TIMEOUT), max_bytes }
     }
 
     /// The client `[verdict]` asks for, if `spamd` is among its sources.
     pub fn from_config(config: &VerdictConfig) -> Option<SpamdClient> {
         let addr = config.spamd.as_ref()?;
-        Some(SpamdClient::new(
-            addr.clone(),
-            config.timeout,
-            config.max_scan_bytes,
-        ))
+        Some(SpamdClient::new(addr.clone(), config.timeout, config.max_scan_bytes))
     }
 
     /// The address it talks to.
@@ -109,11 +100,7 @@ impl SpamdClient {
                 });
             }
             Ok(Err(e)) => {
-                return Err(ScanError::Io {
-                    scanner: Source::Spamd,
-                    addr: self.addr.clone(),
-                    source: Box::new(e),
-                });
+                return Err(ScanError::Io { scanner: Source::Spamd, addr: self.addr.clone(), source: Box::new(e) });
             }
             Ok(Ok(reply)) => reply,
         };
@@ -129,11 +116,7 @@ impl SpamdClient {
         let mut head = format!("CHECK SPAMC/1.5\r\nContent-length: {len}\r\n");
         if let Some(user) = request.user {
             if !header_safe(user) {
-                return Err(ScanError::Request {
-                    scanner: Source::Spamd,
-                    field: "User",
-                    value: user.to_owned(),
-                });
+                return Err(ScanError::Request { scanner: Source::Spamd, field: "User", value: user.to_owned() });
             }
             head.push_str("User: ");
             head.push_str(user);
@@ -144,11 +127,7 @@ impl SpamdClient {
     }
 
     fn connect_error(&self, e: std::io::Error) -> ScanError {
-        ScanError::Connect {
-            scanner: Source::Spamd,
-            addr: self.addr.clone(),
-            source: Box::new(e),
-        }
+        ScanError::Connect { scanner: Source::Spamd, addr: self.addr.clone(), source: Box::new(e) }
     }
 }
 
@@ -174,11 +153,7 @@ async fn read_reply(stream: &mut TcpStream) -> std::io::Result<Vec<u8>> {
 fn status_line(input: &[u8]) -> IResult<&[u8], (&[u8], &[u8])> {
     terminated(
         (
-            delimited(
-                (tag("SPAMD/"), digit1, char('.'), digit1, space1),
-                digit1,
-                space0,
-            ),
+            delimited((tag("SPAMD/"), digit1, char('.'), digit1, space1), digit1, space0),
             take_till(|b| b == b'\r' || b == b'\n'),
         ),
         alt((tag("\r\n"), tag("\n"))),
@@ -190,15 +165,9 @@ fn status_line(input: &[u8]) -> IResult<&[u8], (&[u8], &[u8])> {
 fn spam_value(input: &[u8]) -> IResult<&[u8], (bool, f64, f64)> {
     let number = |i| -> IResult<&[u8], f64> {
         let (rest, text) = take_while1(|b: u8| b.is_ascii_digit() || b == b'.' || b == b'-')(i)?;
-        match std::str::from_utf8(text)
-            .ok()
-            .and_then(|t| t.parse::<f64>().ok())
-        {
+        match std::str::from_utf8(text).ok().and_then(|t| t.parse::<f64>().ok()) {
             Some(n) if n.is_finite() => Ok((rest, n)),
-            _ => Err(nom::Err::Error(nom::error::Error::new(
-                i,
-                nom::error::ErrorKind::Float,
-            ))),
+            _ => Err(nom::Err::Error(nom::error::Error::new(i, nom::error::ErrorKind::Float))),
         }
     };
     (
@@ -224,11 +193,7 @@ fn parse_reply(reply: &[u8]) -> Result<Verdict, String> {
     }
     let (mut rest, (code, text)) = status_line(reply).map_err(|_| quoted())?;
     if code != b"0" {
-        return Err(format!(
-            "error {} {:?}",
-            String::from_utf8_lossy(code),
-            String::from_utf8_lossy(text)
-        ));
+        return Err(format!("error {} {:?}", String::from_utf8_lossy(code), String::from_utf8_lossy(text)));
     }
     loop {
         let end = rest.iter().position(|&b| b == b'\n').ok_or_else(quoted)?;
@@ -249,10 +214,7 @@ fn parse_reply(reply: &[u8]) -> Result<Verdict, String> {
             score: Some(score),
             required: Some(required),
             source: Source::Spamd,
-            detail: format!(
-                "Spam:{}",
-                clip(&String::from_utf8_lossy(&line[colon + 1..]))
-            ),
+            detail: format!("Spam:{}", clip(&String::from_utf8_lossy(&line[colon + 1..]))),
         });
     }
 }
@@ -268,10 +230,7 @@ mod tests {
         assert_eq!((v.score, v.required), (Some(1003.3), Some(5.0)));
         assert_eq!(v.source, Source::Spamd);
         assert_eq!(v.detail, "Spam: True ; 1003.3 / 5.0");
-        let v = parse_reply(
-            b"SPAMD/1.1 0 EX_OK\r\nContent-length: 0\r\nspam: False ; -0.5 / 5.0\r\n\r\n",
-        )
-        .unwrap();
+        let v = parse_reply(b"SPAMD/1.1 0 EX_OK\r\nContent-length: 0\r\nspam: False ; -0.5 / 5.0\r\n\r\n").unwrap();
         assert!(!v.spam);
         assert_eq!(v.score, Some(-0.5));
     }
@@ -290,11 +249,7 @@ mod tests {
             b"SPAMD/",
             b"\xff\xfe\x00\x01",
         ] {
-            assert!(
-                parse_reply(reply).is_err(),
-                "{:?}",
-                String::from_utf8_lossy(reply)
-            );
+            assert!(parse_reply(reply).is_err(), "{:?}", String::from_utf8_lossy(reply));
         }
         let err = parse_reply(b"SPAMD/1.0 76 Bad header line: GARBAGE\r\n").unwrap_err();
         assert_eq!(err, "error 76 \"Bad header line: GARBAGE\"");
@@ -305,26 +260,12 @@ mod tests {
         let c = SpamdClient::new("127.0.0.1:1", Duration::from_secs(1), 10);
         let msg = [b'x'; 100];
         let head = c
-            .request_head(&ScanRequest {
-                message: &msg,
-                user: Some("alice@example.com"),
-                ..ScanRequest::default()
-            })
+            .request_head(&ScanRequest { message: &msg, user: Some("alice@example.com"), ..ScanRequest::default() })
             .unwrap();
-        assert_eq!(
-            head,
-            b"CHECK SPAMC/1.5\r\nContent-length: 10\r\nUser: alice@example.com\r\n\r\n"
-        );
+        assert_eq!(head, b"CHECK SPAMC/1.5\r\nContent-length: 10\r\nUser: alice@example.com\r\n\r\n");
         let err = c
-            .request_head(&ScanRequest {
-                message: &msg,
-                user: Some("alice\r\nUser: root"),
-                ..ScanRequest::default()
-            })
+            .request_head(&ScanRequest { message: &msg, user: Some("alice\r\nUser: root"), ..ScanRequest::default() })
             .unwrap_err();
-        assert!(
-            matches!(err, ScanError::Request { field: "User", .. }),
-            "{err}"
-        );
+        assert!(matches!(err, ScanError::Request { field: "User", .. }), "{err}");
     }
 }
