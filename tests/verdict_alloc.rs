@@ -46,11 +46,7 @@ fn no_allocation_without_scanner_headers() {
         rspamd: None,
         timeout: Duration::from_secs(10),
         max_scan_bytes: 512 * 1024,
-        rules: vec![HeaderRule {
-            header: "X-Scanner-Verdict".into(),
-            pattern: Some("spam".into()),
-            min_score: None,
-        }],
+        rules: vec![HeaderRule { header: "X-Scanner-Verdict".into(), pattern: Some("spam".into()), min_score: None }],
     })
     .unwrap();
     let ham = headers(&fixture("ham.eml"), true);
@@ -58,19 +54,11 @@ fn no_allocation_without_scanner_headers() {
     let verdict = judge.judge(ham.iter().map(|(n, v)| (n.as_slice(), v.as_slice())));
     let after = allocations();
     assert_eq!(verdict, None);
-    assert_eq!(
-        after - before,
-        0,
-        "allocations while judging a message without scanner headers"
-    );
+    assert_eq!(after - before, 0, "allocations while judging a message without scanner headers");
 
     // And the counter works: a tagged message does allocate (decoding, the detail).
     let tagged = headers(&fixture("spamassassin-tagged.eml"), true);
     let before = allocations();
-    assert!(
-        judge
-            .judge(tagged.iter().map(|(n, v)| (n.as_slice(), v.as_slice())))
-            .is_some()
-    );
+    assert!(judge.judge(tagged.iter().map(|(n, v)| (n.as_slice(), v.as_slice()))).is_some());
     assert!(allocations() > before);
 }

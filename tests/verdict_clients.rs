@@ -53,16 +53,13 @@ fn content_length(head: &[String]) -> usize {
     head.iter()
         .find_map(|l| {
             let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case("content-length")
-                .then(|| v.trim().parse().ok())?
+            k.eq_ignore_ascii_case("content-length").then(|| v.trim().parse().ok())?
         })
         .unwrap_or(0)
 }
 
 /// A fake spamd: reads one request, reports (head, body) and answers `reply`.
-async fn fake_spamd(
-    reply: &'static [u8],
-) -> (std::net::SocketAddr, mpsc::Receiver<(Vec<String>, Vec<u8>)>) {
+async fn fake_spamd(reply: &'static [u8]) -> (std::net::SocketAddr, mpsc::Receiver<(Vec<String>, Vec<u8>)>) {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     let (tx, rx) = mpsc::channel(4);
@@ -86,11 +83,7 @@ async fn fake_spamd(
 }
 
 fn request(message: &[u8]) -> ScanRequest<'_> {
-    ScanRequest {
-        message,
-        user: Some("alice@example.com"),
-        ..ScanRequest::default()
-    }
+    ScanRequest { message, user: Some("alice@example.com"), ..ScanRequest::default() }
 }
 
 #[tokio::test]
@@ -98,29 +91,10 @@ async fn spamd_down_is_a_connect_error_at_once() {
     let addr = closed_port().await;
     let client = SpamdClient::new(addr.to_string(), Duration::from_secs(5), CAP);
     let started = Instant::now();
-    let err = client
-        .check(&request(b"Subject: x\r\n\r\nx\r\n"))
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            ScanError::Connect {
-                scanner: Source::Spamd,
-                ..
-            }
-        ),
-        "{err}"
-    );
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "{:?}",
-        started.elapsed()
-    );
-    assert_eq!(
-        err.to_string(),
-        format!("cannot connect to spamd at \"{addr}\"")
-    );
+    let err = client.check(&request(b"Subject: x\r\n\r\nx\r\n")).await.unwrap_err();
+    assert!(matches!(err, ScanError::Connect { scanner: Source::Spamd, .. }), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    assert_eq!(err.to_string(), format!("cannot connect to spamd at \"{addr}\""));
 }
 
 #[tokio::test]
@@ -129,10 +103,7 @@ async fn spamd_silent_is_a_timeout_within_the_bound() {
     let timeout = Duration::from_millis(300);
     let client = SpamdClient::new(addr.to_string(), timeout, CAP);
     let started = Instant::now();
-    let err = client
-        .check(&request(b"Subject: x\r\n\r\nx\r\n"))
-        .await
-        .unwrap_err();
+    let err = client.check(&request(b"Subject: x\r\n\r\nx\r\n")).await.unwrap_err();
     let took = started.elapsed();
     assert!(matches!(err, ScanError::Timeout { .. }), "{err}");
     assert!(took >= timeout && took < timeout * 4, "{took:?}");
@@ -140,8 +111,7 @@ async fn spamd_silent_is_a_timeout_within_the_bound() {
 
 #[tokio::test]
 async fn spamd_gets_at_most_the_cap_and_a_matching_length() {
-    let (addr, mut seen) =
-        fake_spamd(b"SPAMD/1.1 0 EX_OK\r\nSpam: False ; 0.4 / 5.0\r\n\r\n").await;
+    let (addr, mut seen) = fake_spamd(b"SPAMD/1.1 0 EX_OK\r\nSpam: False ; 0.4 / 5.0\r\n\r\n").await;
     let client = SpamdClient::new(addr.to_string(), Duration::from_secs(10), CAP);
     let large = large_message(2 * 1024 * 1024);
     let v = client.check(&request(&large)).await.unwrap();
@@ -150,10 +120,7 @@ async fn spamd_gets_at_most_the_cap_and_a_matching_length() {
     let (head, body) = seen.recv().await.unwrap();
     assert_eq!(head[0], "CHECK SPAMC/1.5");
     assert!(head.contains(&format!("Content-length: {CAP}")), "{head:?}");
-    assert!(
-        head.contains(&"User: alice@example.com".to_owned()),
-        "{head:?}"
-    );
+    assert!(head.contains(&"User: alice@example.com".to_owned()), "{head:?}");
     assert_eq!(body, &large[..CAP]);
 
     // A small message goes whole.
@@ -174,14 +141,8 @@ async fn spamd_garbage_is_a_protocol_error() {
     ] {
         let (addr, _seen) = fake_spamd(reply).await;
         let client = SpamdClient::new(addr.to_string(), Duration::from_secs(5), CAP);
-        let err = client
-            .check(&request(b"Subject: x\r\n\r\nx\r\n"))
-            .await
-            .unwrap_err();
-        assert!(
-            matches!(err, ScanError::Protocol { .. }),
-            "{reply:?}: {err}"
-        );
+        let err = client.check(&request(b"Subject: x\r\n\r\nx\r\n")).await.unwrap_err();
+        assert!(matches!(err, ScanError::Protocol { .. }), "{reply:?}: {err}");
     }
 }
 
@@ -229,8 +190,7 @@ async fn serve_http(
     }
 }
 
-const HAM_JSON: &str =
-    r#"{"is_skipped":false,"score":1.2,"required_score":15.0,"action":"no action","symbols":{}}"#;
+const HAM_JSON: &str = r#"{"is_skipped":false,"score":1.2,"required_score":15.0,"action":"no action","symbols":{}}"#;
 
 #[tokio::test]
 async fn rspamd_envelope_headers_cap_and_connection_reuse() {
@@ -265,10 +225,7 @@ async fn rspamd_envelope_headers_cap_and_connection_reuse() {
         "user: alice@example.com",
         "queue-id: 4xk2b31zz9z1x",
     ] {
-        assert!(
-            lower.contains(&expected.to_owned()),
-            "{expected} not in {head:?}"
-        );
+        assert!(lower.contains(&expected.to_owned()), "{expected} not in {head:?}");
     }
     assert_eq!(body, &large[..CAP]);
 
@@ -280,11 +237,7 @@ async fn rspamd_envelope_headers_cap_and_connection_reuse() {
 
 #[tokio::test]
 async fn rspamd_actions_map_to_spam() {
-    let (url, _seen) = fake_rspamd(
-        "200 OK",
-        r#"{"score":16.2,"required_score":15.0,"action":"reject"}"#,
-    )
-    .await;
+    let (url, _seen) = fake_rspamd("200 OK", r#"{"score":16.2,"required_score":15.0,"action":"reject"}"#).await;
     let v = RspamdClient::new(&url, Duration::from_secs(5), CAP)
         .unwrap()
         .check(&request(b"Subject: x\r\n\r\nx\r\n"))
@@ -304,26 +257,14 @@ async fn rspamd_failures_are_scan_errors() {
         .check(&request(small))
         .await
         .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            ScanError::Connect {
-                scanner: Source::Rspamd,
-                ..
-            }
-        ),
-        "{err}"
-    );
+    assert!(matches!(err, ScanError::Connect { scanner: Source::Rspamd, .. }), "{err}");
     assert!(started.elapsed() < Duration::from_secs(5));
 
     let addr = silent_server().await;
     let timeout = Duration::from_millis(300);
     let started = Instant::now();
-    let err = RspamdClient::new(&format!("http://{addr}"), timeout, CAP)
-        .unwrap()
-        .check(&request(small))
-        .await
-        .unwrap_err();
+    let err =
+        RspamdClient::new(&format!("http://{addr}"), timeout, CAP).unwrap().check(&request(small)).await.unwrap_err();
     let took = started.elapsed();
     assert!(matches!(err, ScanError::Timeout { .. }), "{err}");
     assert!(took >= timeout && took < timeout * 4, "{took:?}");
@@ -331,24 +272,13 @@ async fn rspamd_failures_are_scan_errors() {
     for (status, reply, says) in [
         ("200 OK", "not json", "not rspamd's JSON"),
         ("200 OK", r#"{"score":1}"#, "without an action"),
-        (
-            "200 OK",
-            r#"{"action":"frobnicate"}"#,
-            "unknown action \"frobnicate\"",
-        ),
-        (
-            "500 Internal Server Error",
-            r#"{"error":"cannot parse input"}"#,
-            "status 500 \"cannot parse input\"",
-        ),
+        ("200 OK", r#"{"action":"frobnicate"}"#, "unknown action \"frobnicate\""),
+        ("500 Internal Server Error", r#"{"error":"cannot parse input"}"#, "status 500 \"cannot parse input\""),
         ("404 Not Found", "nope", "status 404"),
     ] {
         let (url, _seen) = fake_rspamd(status, reply).await;
-        let err = RspamdClient::new(&url, Duration::from_secs(5), CAP)
-            .unwrap()
-            .check(&request(small))
-            .await
-            .unwrap_err();
+        let err =
+            RspamdClient::new(&url, Duration::from_secs(5), CAP).unwrap().check(&request(small)).await.unwrap_err();
         assert!(matches!(err, ScanError::Protocol { .. }), "{reply}: {err}");
         assert!(err.to_string().contains(says), "{err}");
     }
@@ -358,26 +288,16 @@ async fn rspamd_failures_are_scan_errors() {
     let rcpt = ["bob@example.org\r\nUser: root"];
     let err = RspamdClient::new(&url, Duration::from_secs(5), CAP)
         .unwrap()
-        .check(&ScanRequest {
-            message: small,
-            rcpt: &rcpt,
-            ..ScanRequest::default()
-        })
+        .check(&ScanRequest { message: small, rcpt: &rcpt, ..ScanRequest::default() })
         .await
         .unwrap_err();
-    assert!(
-        matches!(err, ScanError::Request { field: "Rcpt", .. }),
-        "{err}"
-    );
+    assert!(matches!(err, ScanError::Request { field: "Rcpt", .. }), "{err}");
 }
 
 #[test]
 fn rspamd_url_must_be_http() {
     for bad in ["127.0.0.1:11333", "ftp://127.0.0.1/", "http//x"] {
-        assert!(
-            RspamdClient::new(bad, Duration::from_secs(1), CAP).is_err(),
-            "{bad}"
-        );
+        assert!(RspamdClient::new(bad, Duration::from_secs(1), CAP).is_err(), "{bad}");
     }
     let c = RspamdClient::new("http://127.0.0.1:11333", Duration::from_secs(1), CAP).unwrap();
     assert_eq!(c.base(), "http://127.0.0.1:11333");

@@ -6,9 +6,7 @@ use std::path::PathBuf;
 
 /// The bytes of `fixtures/messages/<name>`.
 pub fn fixture(name: &str) -> Vec<u8> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures/messages")
-        .join(name);
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/messages").join(name);
     std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
@@ -34,10 +32,7 @@ pub fn headers(message: &[u8], lf_only: bool) -> Vec<(Vec<u8>, Vec<u8>)> {
     let (head, _) = split(message);
     let mut out: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
     for line in head.split_inclusive(|&b| b == b'\n') {
-        let bare = line
-            .strip_suffix(b"\n")
-            .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
-            .unwrap_or(line);
+        let bare = line.strip_suffix(b"\n").map(|l| l.strip_suffix(b"\r").unwrap_or(l)).unwrap_or(line);
         if bare.is_empty() {
             continue;
         }
