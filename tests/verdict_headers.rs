@@ -25,8 +25,11 @@ fn config() -> VerdictConfig {
     }
 }
 
-/// (spam, score, required) per fixture; `None`: no scanner header.
-const EXPECTED: [(&str, Option<(bool, Option<f64>, Option<f64>)>); 7] = [
+/// (spam, score, required) of a header verdict.
+type Expected = (bool, Option<f64>, Option<f64>);
+
+/// The verdict per fixture; `None`: no scanner header.
+const EXPECTED: [(&str, Option<Expected>); 7] = [
     ("ham.eml", None),
     ("gtube.eml", None),
     ("spamassassin-tagged.eml", Some((true, Some(12.3), Some(5.0)))),
