@@ -51,7 +51,7 @@ fn one_message(engine: &Engine, tx: &mut Transaction, account: &str) {
     for to in [&b"a@example.net"[..], b"b@example.org", b"c@example.com"] {
         black_box(engine.rcpt_to(tx, &RcptFacts { recipient: to }));
     }
-    black_box(engine.end_of_message(tx, &MessageFacts { queue_id: None }));
+    black_box(engine.end_of_message(tx, &MessageFacts { queue_id: None, headers: &[], scanned: &[] }));
     engine.end_transaction(tx);
 }
 

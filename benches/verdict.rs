@@ -29,18 +29,12 @@ const PLAIN: [(&str, &str); 18] = [
     ("In-Reply-To", " <20261121090000.xyz@example.org>"),
     ("References", " <20261121090000.xyz@example.org>"),
     ("MIME-Version", " 1.0"),
-    (
-        "Content-Type",
-        " multipart/alternative; boundary=\"000000000000b1c2d3\"",
-    ),
+    ("Content-Type", " multipart/alternative; boundary=\"000000000000b1c2d3\""),
     ("User-Agent", " Mozilla Thunderbird"),
     ("Content-Language", " en-GB"),
     ("X-Mailer", " Thunderbird 128.4"),
     ("Return-Path", " <alice@example.com>"),
-    (
-        "Authentication-Results",
-        " mx.example.com; auth=pass smtp.auth=alice@example.com",
-    ),
+    ("Authentication-Results", " mx.example.com; auth=pass smtp.auth=alice@example.com"),
     ("List-Unsubscribe", " <mailto:unsubscribe@example.com>"),
 ];
 
@@ -61,11 +55,7 @@ const RSPAMD: [(&str, &str); 2] = [
 ];
 
 fn message(extra: &[(&'static str, &'static str)]) -> Vec<(&'static [u8], &'static [u8])> {
-    PLAIN
-        .iter()
-        .chain(extra)
-        .map(|(n, v)| (n.as_bytes(), v.as_bytes()))
-        .collect()
+    PLAIN.iter().chain(extra).map(|(n, v)| (n.as_bytes(), v.as_bytes())).collect()
 }
 
 fn verdict(c: &mut Criterion) {
@@ -83,22 +73,14 @@ fn verdict(c: &mut Criterion) {
     };
     let judge = HeaderJudge::new(&config).expect("valid rules");
     let cases = [
-        (
-            "headers_20_none",
-            message(&[
-                ("X-Originating-IP", " [192.0.2.10]"),
-                ("Thread-Topic", " meeting"),
-            ]),
-        ),
+        ("headers_20_none", message(&[("X-Originating-IP", " [192.0.2.10]"), ("Thread-Topic", " meeting")])),
         ("headers_20_spamassassin", message(&SPAMASSASSIN)),
         ("headers_20_rspamd", message(&RSPAMD)),
     ];
     let mut group = c.benchmark_group("verdict");
     for (name, headers) in &cases {
         group.throughput(Throughput::Elements(headers.len() as u64));
-        group.bench_function(*name, |b| {
-            b.iter(|| judge.judge(black_box(headers).iter().copied()))
-        });
+        group.bench_function(*name, |b| b.iter(|| judge.judge(black_box(headers).iter().copied())));
     }
     group.finish();
 }
