@@ -146,7 +146,11 @@ async fn add_restriction(
     State(state): State<AdminState>,
     body: Result<Json<NewRestriction>, axum::extract::rejection::JsonRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let Json(req) = body.map_err(|e| ApiError::bad_request(format!("invalid request body: {}", e.body_text())))?;
+    let Json(req) = body.map_err(|e| {
+        // Keep the rejection's own status: 413 for a body over the cap, 415 without JSON.
+        let status = if e.status() == StatusCode::UNPROCESSABLE_ENTITY { StatusCode::BAD_REQUEST } else { e.status() };
+        ApiError(status, format!("invalid request body: {}", e.body_text()))
+    })?;
     let account = canonical(&state, &req.account)?;
     let until = match req.until.as_deref() {
         None | Some("") => None,
@@ -233,4 +237,96 @@ async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
         hook();
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], m.render())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::config::Config;
+    use crate::metrics::Metrics;
+    use crate::policy::clock::EngineClock;
+    use crate::policy::events::EventSink;
+    use crate::state::restrictions::MemoryRestrictions;
+
+    fn app() -> Router {
+        let config = Arc::new(Config::parse(Path::new("t.toml"), "").unwrap());
+        let (sink, _rx) = EventSink::channel(16);
+        let clock = EngineClock::manual(UNIX_EPOCH + Duration::from_secs(1_795_341_600));
+        let engine =
+            Engine::new(config, Arc::new(MemoryRestrictions::default()), sink, clock, Arc::new(Metrics::new()));
+        router(AdminState {
+            engine: Arc::new(engine),
+            token: "secret".into(),
+            reload: Arc::new(|| Err("test.toml:3: bogus: unknown field".into())),
+            on_scrape: None,
+        })
+    }
+
+    async fn send(method: &str, uri: &str, token: Option<&str>, body: Option<Value>) -> (StatusCode, Value) {
+        let mut req = Request::builder().method(method).uri(uri);
+        if let Some(t) = token {
+            req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        let body = match body {
+            Some(b) => {
+                req = req.header(header::CONTENT_TYPE, "application/json");
+                Body::from(b.to_string())
+            }
+            None => Body::empty(),
+        };
+        let response = app().oneshot(req.body(body).unwrap()).await.unwrap();
+        let status = response.status();
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
+        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    }
+
+    #[tokio::test]
+    async fn token_required_and_constant_answers() {
+        assert_eq!(send("GET", "/api/v1/restricted", None, None).await.0, StatusCode::UNAUTHORIZED);
+        assert_eq!(send("GET", "/api/v1/restricted", Some("wrong"), None).await.0, StatusCode::UNAUTHORIZED);
+        let (status, body) = send("GET", "/api/v1/restricted", Some("secret"), None).await;
+        assert_eq!((status, body), (StatusCode::OK, json!({"restricted": []})));
+        assert_eq!(
+            send("GET", "/api/v1/restricted/a@example.com", Some("secret"), None).await.0,
+            StatusCode::NOT_FOUND
+        );
+    }
+
+    #[tokio::test]
+    async fn manual_restriction_then_release() {
+        let app = app();
+        let post = Request::post("/api/v1/restricted")
+            .header(header::AUTHORIZATION, "Bearer secret")
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(json!({"account": "A@Example.com", "reason": "test"}).to_string()))
+            .unwrap();
+        let response = app.clone().oneshot(post).await.unwrap();
+        assert_eq!(response.status(), StatusCode::CREATED);
+        let delete = Request::delete("/api/v1/restricted/a@example.com?reason=done")
+            .header(header::AUTHORIZATION, "Bearer secret")
+            .body(Body::empty())
+            .unwrap();
+        assert_eq!(app.clone().oneshot(delete).await.unwrap().status(), StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn a_failed_reload_is_422_with_the_configuration_error() {
+        let (status, body) = send("POST", "/api/v1/reload", Some("secret"), None).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(body["error"], "test.toml:3: bogus: unknown field");
+    }
+
+    #[tokio::test]
+    async fn oversized_bodies_are_refused() {
+        let big = json!({"account": "a@example.com", "reason": "x".repeat(100_000)});
+        let (status, _) = send("POST", "/api/v1/restricted", Some("secret"), Some(big)).await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    }
 }
