@@ -25,8 +25,11 @@ fn config() -> VerdictConfig {
     }
 }
 
-/// (spam, score, required) per fixture; `None`: no scanner header.
-const EXPECTED: [(&str, Option<(bool, Option<f64>, Option<f64>)>); 7] = [
+/// (spam, score, required).
+type Outcome = (bool, Option<f64>, Option<f64>);
+
+/// The outcome per fixture; `None`: no scanner header.
+const EXPECTED: [(&str, Option<Outcome>); 7] = [
     ("ham.eml", None),
     ("gtube.eml", None),
     (
