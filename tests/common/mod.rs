@@ -1,5 +1,5 @@
 //! Shared test support: an in-process daemon, and (for `real-peers` tests) real outside
-//! programs — Postfix, smtp-sink, swaks — on private configurations and free
+//! programs — Postfix, smtp-sink, swaks, spamd, rspamd — on private configurations and free
 //! loopback ports; the test messages of `fixtures/messages`.
 #![allow(dead_code)]
 
@@ -7,3 +7,4 @@ pub mod binary;
 pub mod daemon;
 pub mod messages;
 pub mod postfix;
+pub mod scanners;
