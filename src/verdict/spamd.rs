@@ -6,6 +6,9 @@
 //! user's preferences when it has any, a blank line, the message. Reply:
 //! `SPAMD/1.1 0 EX_OK` and `Spam: True ; 15.3 / 5.0` (spam flag ; score / required).
 //!
+//! The write side is closed after the message: spamd reads lines and would otherwise wait
+//! for the end of a last line cut by the cap.
+//!
 //! Everything is under one deadline (`verdict.timeout`) and connecting under a shorter one;
 //! the reply is read up to a small cap; anything that is not such a reply is a
 //! [`ScanError::Protocol`]. Failures never decide about the mail (see [`super`]).
@@ -88,7 +91,10 @@ impl SpamdClient {
         let exchange = async {
             stream.write_all(&head).await?;
             stream.write_all(body).await?;
-            stream.flush().await?;
+            // spamd reads the message line by line: a message cut at the cap mid-line leaves
+            // it waiting for the rest of that line until its own timeout, despite
+            // Content-length. Closing our side (as spamc does) ends the line.
+            stream.shutdown().await?;
             read_reply(&mut stream).await
         };
         let reply = match timeout_at(deadline, exchange).await {

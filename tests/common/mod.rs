@@ -1,6 +1,7 @@
 //! Shared test support: an in-process daemon, and (for `real-peers` tests) real outside
-//! programs — Postfix, smtp-sink, swaks, the libmilter reference filter, miltertest — on private
-//! configurations and free loopback ports; the test messages of `fixtures/messages`.
+//! programs — Postfix, smtp-sink, swaks, the libmilter reference filter, miltertest, spamd,
+//! rspamd — on private configurations and free loopback ports; the test messages of
+//! `fixtures/messages`.
 #![allow(dead_code)]
 
 pub mod binary;
@@ -9,4 +10,5 @@ pub mod messages;
 pub mod notify_peers;
 pub mod postfix;
 pub mod refmilter;
+pub mod scanners;
 pub mod webdriver;
