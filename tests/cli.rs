@@ -93,6 +93,18 @@ fn usage_errors_exit_2() {
     assert_eq!(out.status.code(), Some(2));
 }
 
+/// A child process that is killed if the test fails before it ends it.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 #[test]
 fn a_unix_socket_replaces_a_stale_socket_but_never_a_file() {
     let dir = tempfile::tempdir().unwrap();
@@ -106,7 +118,7 @@ fn a_unix_socket_replaces_a_stale_socket_but_never_a_file() {
     let mut child =
         Command::new(binary()).arg("--config").arg(&path).stdin(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
     // The relative path resolves next to the configuration file; wait until it answers.
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(60);
     while std::os::unix::net::UnixStream::connect(&sock).is_err() {
         assert!(Instant::now() < deadline, "no socket");
         assert!(child.try_wait().unwrap().is_none(), "exited early");

@@ -32,10 +32,7 @@ type Outcome = (bool, Option<f64>, Option<f64>);
 const EXPECTED: [(&str, Option<Outcome>); 7] = [
     ("ham.eml", None),
     ("gtube.eml", None),
-    (
-        "spamassassin-tagged.eml",
-        Some((true, Some(12.3), Some(5.0))),
-    ),
+    ("spamassassin-tagged.eml", Some((true, Some(12.3), Some(5.0)))),
     ("rspamd-tagged.eml", Some((true, Some(16.2), Some(15.0)))),
     ("forged-then-real.eml", Some((true, Some(9.1), Some(5.0)))),
     ("eop-tagged.eml", Some((true, Some(6.0), Some(5.0)))),
@@ -53,11 +50,7 @@ fn fixtures_give_the_documented_verdicts() {
             assert_eq!(got_triple, expected, "{name} (LF only: {lf_only}): {got:?}");
             if let Some(v) = got {
                 assert_eq!(v.source, Source::Headers);
-                assert!(
-                    !v.detail.contains('\n') && !v.detail.contains('\r'),
-                    "{name}: {:?}",
-                    v.detail
-                );
+                assert!(!v.detail.contains('\n') && !v.detail.contains('\r'), "{name}: {:?}", v.detail);
             }
         }
     }
@@ -69,14 +62,8 @@ fn forged_clean_headers_before_the_scanner_do_not_count() {
     let hs = headers(&fixture("forged-then-real.eml"), true);
     // The forged ones are really there, first.
     assert_eq!(hs[0], (b"X-Spam-Flag".to_vec(), b" NO".to_vec()));
-    let v = judge
-        .judge(hs.iter().map(|(n, v)| (n.as_slice(), v.as_slice())))
-        .unwrap();
-    assert!(
-        v.detail.starts_with("X-Spam-Status: Yes, score=9.1"),
-        "{}",
-        v.detail
-    );
+    let v = judge.judge(hs.iter().map(|(n, v)| (n.as_slice(), v.as_slice()))).unwrap();
+    assert!(v.detail.starts_with("X-Spam-Status: Yes, score=9.1"), "{}", v.detail);
 }
 
 #[test]
@@ -85,9 +72,7 @@ fn administrator_rule_reads_a_folded_latin1_header() {
     let hs = headers(&fixture("non-utf8-folded.eml"), true);
     // Only the rule's header: the pattern matches across the fold.
     let rule_only = hs.iter().filter(|(n, _)| n == b"X-Scanner-Verdict");
-    let v = judge
-        .judge(rule_only.map(|(n, v)| (n.as_slice(), v.as_slice())))
-        .unwrap();
+    let v = judge.judge(rule_only.map(|(n, v)| (n.as_slice(), v.as_slice()))).unwrap();
     assert!(v.spam);
     assert_eq!(v.detail, "X-Scanner-Verdict: caf\u{fffd} verdict=spam");
 }

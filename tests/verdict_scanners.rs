@@ -20,10 +20,7 @@ const TIMEOUT: Duration = Duration::from_secs(120);
 const CAP: usize = 128 * 1024;
 
 fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
+    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime")
 }
 
 /// An authenticated outbound submission, as the milter would describe it.
@@ -48,31 +45,22 @@ fn real_spamd_gtube_is_spam_ham_is_ham_and_the_cap_holds() {
     let rcpt = ["bob@example.org"];
 
     let gtube = fixture("gtube.eml");
-    let v = rt
-        .block_on(client.check(&outbound(&gtube, &rcpt, "Q1")))
-        .unwrap_or_else(|e| panic!("{e}\n{}", spamd.log()));
+    let v =
+        rt.block_on(client.check(&outbound(&gtube, &rcpt, "Q1"))).unwrap_or_else(|e| panic!("{e}\n{}", spamd.log()));
     assert_eq!(v.source, Source::Spamd);
     assert!(v.spam, "{v:?}");
     assert!(v.score.unwrap() >= 1000.0, "GTUBE scores 1000: {v:?}");
     assert_eq!(v.required, Some(5.0));
 
     let ham = fixture("ham.eml");
-    let v = rt
-        .block_on(client.check(&outbound(&ham, &rcpt, "Q2")))
-        .unwrap();
+    let v = rt.block_on(client.check(&outbound(&ham, &rcpt, "Q2"))).unwrap();
     assert!(!v.spam, "{v:?}\n{}", spamd.log());
     assert!(v.score.unwrap() < 5.0);
     // The account reached spamd as the user.
-    assert!(
-        spamd.wait_for_log("user=alice@example.com").is_ok(),
-        "{}",
-        spamd.log()
-    );
+    assert!(spamd.wait_for_log("user=alice@example.com").is_ok(), "{}", spamd.log());
 
     let large = large_message(2 * 1024 * 1024);
-    let v = rt
-        .block_on(client.check(&outbound(&large, &rcpt, "Q3")))
-        .unwrap();
+    let v = rt.block_on(client.check(&outbound(&large, &rcpt, "Q3"))).unwrap();
     assert!(!v.spam, "{v:?}");
     spamd
         .wait_for_log(&format!("size={CAP},"))
@@ -83,15 +71,9 @@ fn real_spamd_gtube_is_spam_ham_is_ham_and_the_cap_holds() {
     let addr = spamd.addr;
     drop(spamd);
     let started = Instant::now();
-    let err = rt
-        .block_on(client.check(&outbound(&ham, &rcpt, "Q4")))
-        .unwrap_err();
+    let err = rt.block_on(client.check(&outbound(&ham, &rcpt, "Q4"))).unwrap_err();
     assert!(matches!(err, ScanError::Connect { .. }), "{err}");
-    assert!(
-        started.elapsed() < Duration::from_secs(3),
-        "{:?}",
-        started.elapsed()
-    );
+    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
     assert!(err.to_string().contains(&addr.to_string()), "{err}");
 }
 
@@ -103,17 +85,14 @@ fn real_rspamd_gtube_is_spam_ham_is_ham_and_the_cap_holds() {
     let rcpt = ["bob@example.org", "carol@example.net"];
 
     let gtube = fixture("gtube.eml");
-    let v = rt
-        .block_on(client.check(&outbound(&gtube, &rcpt, "Q1")))
-        .unwrap_or_else(|e| panic!("{e}\n{}", rspamd.log()));
+    let v =
+        rt.block_on(client.check(&outbound(&gtube, &rcpt, "Q1"))).unwrap_or_else(|e| panic!("{e}\n{}", rspamd.log()));
     assert_eq!(v.source, Source::Rspamd);
     assert!(v.spam, "{v:?}");
     assert!(v.detail.starts_with("action: reject"), "{v:?}");
 
     let ham = fixture("ham.eml");
-    let v = rt
-        .block_on(client.check(&outbound(&ham, &rcpt, "Q2")))
-        .unwrap();
+    let v = rt.block_on(client.check(&outbound(&ham, &rcpt, "Q2"))).unwrap();
     assert!(!v.spam, "{v:?}\n{}", rspamd.log());
     assert!(v.score.unwrap() < v.required.unwrap());
     // The envelope reached rspamd: it logs the queue id and the user.
@@ -121,9 +100,7 @@ fn real_rspamd_gtube_is_spam_ham_is_ham_and_the_cap_holds() {
     assert!(log.contains("user: alice@example.com"), "{log}");
 
     let large = large_message(2 * 1024 * 1024);
-    let v = rt
-        .block_on(client.check(&outbound(&large, &rcpt, "Q3")))
-        .unwrap();
+    let v = rt.block_on(client.check(&outbound(&large, &rcpt, "Q3"))).unwrap();
     assert!(!v.spam, "{v:?}");
     let log = rspamd.wait_for_log("qid: <Q3>").unwrap();
     let line = log.lines().find(|l| l.contains("qid: <Q3>")).unwrap();
@@ -132,14 +109,8 @@ fn real_rspamd_gtube_is_spam_ham_is_ham_and_the_cap_holds() {
     let url = rspamd.url();
     drop(rspamd);
     let started = Instant::now();
-    let err = rt
-        .block_on(client.check(&outbound(&ham, &rcpt, "Q4")))
-        .unwrap_err();
+    let err = rt.block_on(client.check(&outbound(&ham, &rcpt, "Q4"))).unwrap_err();
     assert!(matches!(err, ScanError::Connect { .. }), "{err}");
-    assert!(
-        started.elapsed() < Duration::from_secs(3),
-        "{:?}",
-        started.elapsed()
-    );
+    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
     assert!(err.to_string().contains(&url), "{err}");
 }

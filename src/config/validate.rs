@@ -217,7 +217,7 @@ pub(super) fn validate(file: &Path, source: &str, raw: RawConfig) -> Result<Conf
         headers: sources.iter().any(|s| s == "headers"),
         spamd,
         rspamd,
-        timeout: v.duration(&key("verdict.timeout"), vr.timeout.as_ref(), Duration::from_secs(10))?,
+        timeout: v.duration(&key("verdict.timeout"), vr.timeout.as_ref(), Duration::from_secs(30))?,
         max_scan_bytes: v.int(&key("verdict.max_scan_bytes"), vr.max_scan_bytes, 512 * 1024, 1024..=64 * 1024 * 1024)?
             as usize,
         rules,

@@ -59,12 +59,12 @@ impl GuardProcess {
             .spawn()
             .expect("start outbound-guard");
         let mut p = GuardProcess { child, milter_port, dir };
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + Duration::from_secs(60);
         while !tcp_listening(milter_port) {
             if let Ok(Some(status)) = p.child.try_wait() {
                 panic!("outbound-guard exited with {status} before listening:\n{}", p.stderr_now());
             }
-            assert!(Instant::now() < deadline, "outbound-guard did not listen within 20 s");
+            assert!(Instant::now() < deadline, "outbound-guard did not listen within 60 s");
             std::thread::sleep(POLL);
         }
         p

@@ -58,10 +58,7 @@ const STOP: Duration = Duration::from_secs(20);
 
 /// A TCP port on 127.0.0.1 that was free a moment ago.
 pub fn free_port() -> u16 {
-    TcpListener::bind(("127.0.0.1", 0))
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind 127.0.0.1:0")
+    TcpListener::bind(("127.0.0.1", 0)).and_then(|l| l.local_addr()).map(|a| a.port()).expect("bind 127.0.0.1:0")
 }
 
 fn is_root() -> bool {
@@ -80,8 +77,7 @@ fn passwd_ids(user: &str) -> Option<(u32, u32)> {
 
 /// `chown -R user dir` (only what we created).
 fn chown_tree(dir: &Path, user: &str) -> io::Result<()> {
-    let (uid, gid) = passwd_ids(user)
-        .ok_or_else(|| io::Error::other(format!("user {user:?} not in /etc/passwd")))?;
+    let (uid, gid) = passwd_ids(user).ok_or_else(|| io::Error::other(format!("user {user:?} not in /etc/passwd")))?;
     std::os::unix::fs::chown(dir, Some(uid), Some(gid))?;
     for entry in fs::read_dir(dir)? {
         let path = entry?.path();
@@ -118,9 +114,7 @@ struct Process {
 
 impl Process {
     fn spawn(name: &'static str, mut cmd: Command) -> io::Result<Process> {
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = cmd.spawn()?;
         let log = Arc::new(Mutex::new(String::new()));
         let (tx, lines) = mpsc::channel();
@@ -141,12 +135,7 @@ impl Process {
                 }
             });
         }
-        Ok(Process {
-            name,
-            child: Some(child),
-            log,
-            lines,
-        })
+        Ok(Process { name, child: Some(child), log, lines })
     }
 
     fn pid(&self) -> u32 {
@@ -236,14 +225,8 @@ impl Spamd {
         fs::create_dir(&site)?;
         fs::create_dir(&home)?;
         // Only the plugin that runs rules; no Bayes, no auto-learning, no network.
-        fs::write(
-            site.join("init.pre"),
-            "loadplugin Mail::SpamAssassin::Plugin::Check\n",
-        )?;
-        fs::write(
-            site.join("local.cf"),
-            "required_score 5.0\nuse_bayes 0\nbayes_auto_learn 0\ndns_available no\n",
-        )?;
+        fs::write(site.join("init.pre"), "loadplugin Mail::SpamAssassin::Plugin::Check\n")?;
+        fs::write(site.join("local.cf"), "required_score 5.0\nuse_bayes 0\nbayes_auto_learn 0\ndns_available no\n")?;
         // spamd drops to `nobody` when started as root; it must read our files.
         for d in [dir.path(), &site, &home] {
             chmod(d, 0o755)?;
@@ -265,11 +248,7 @@ impl Spamd {
         }
         let process = Process::spawn("spamd", cmd)?;
         process.wait_for_line("server started on", SPAMD_START)?;
-        Ok(Spamd {
-            process,
-            addr,
-            _dir: dir,
-        })
+        Ok(Spamd { process, addr, _dir: dir })
     }
 
     pub fn pid(&self) -> u32 {
@@ -346,16 +325,8 @@ worker "normal" {{
         }
 
         let mut cmd = Command::new(program("rspamd")?);
-        cmd.arg("--no-fork").arg(format!(
-            "--config={}",
-            dir.path().join("rspamd.conf").display()
-        ));
-        for (var, sub) in [
-            ("DBDIR", "db"),
-            ("RUNDIR", "run"),
-            ("LOGDIR", "log"),
-            ("LOCAL_CONFDIR", "local"),
-        ] {
+        cmd.arg("--no-fork").arg(format!("--config={}", dir.path().join("rspamd.conf").display()));
+        for (var, sub) in [("DBDIR", "db"), ("RUNDIR", "run"), ("LOGDIR", "log"), ("LOCAL_CONFDIR", "local")] {
             cmd.arg(format!("--var={var}={}", dir.path().join(sub).display()));
         }
         if is_root() {
@@ -367,12 +338,7 @@ worker "normal" {{
         }
         let process = Process::spawn("rspamd", cmd)?;
         process.wait_for_line("starting normal process", RSPAMD_START)?;
-        Ok(Rspamd {
-            process,
-            addr,
-            _dns_sink: dns_sink,
-            _dir: dir,
-        })
+        Ok(Rspamd { process, addr, _dns_sink: dns_sink, _dir: dir })
     }
 
     /// `http://127.0.0.1:<port>`.
