@@ -1,0 +1,149 @@
+#!/usr/bin/env python3
+"""Writes the hand-made seed inputs of fuzz/seeds/ (run from anywhere; stdlib only).
+
+The recorded Postfix streams (postfix-*.bin) are copies of fixtures/postfix/*.{mta,filter}.bin
+and are not written here. Crash reproducers, if any, are kept next to the seeds as crash-*.
+"""
+import os
+import struct
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def pkt(kind, payload=b""):
+    body = kind.encode() + payload
+    return struct.pack(">I", len(body)) + body
+
+
+def cstr(*items):
+    return b"".join(i + b"\0" for i in items)
+
+
+def write(target, name, data):
+    os.makedirs(os.path.join(HERE, target), exist_ok=True)
+    with open(os.path.join(HERE, target, name), "wb") as f:
+        f.write(data)
+
+
+# --- milter_stream: what an MTA sends -------------------------------------------------------
+optneg = pkt("O", struct.pack(">III", 6, 0x1FF, 0x1FFFFF))
+message = b"".join([
+    pkt("D", b"C" + cstr(b"{client_addr}", b"192.0.2.10", b"{client_name}", b"client.example")),
+    pkt("C", cstr(b"client.example") + b"4" + struct.pack(">H", 40000) + cstr(b"192.0.2.10")),
+    pkt("H", cstr(b"client.example")),
+    pkt("D", b"M" + cstr(b"{auth_authen}", b"alice@example.com", b"i", b"4ABC123")),
+    pkt("M", cstr(b"<alice@example.com>", b"SIZE=100", b"BODY=8BITMIME")),
+    pkt("D", b"R" + cstr(b"{rcpt_addr}", b"bob@example.net")),
+    pkt("R", cstr(b"<bob@example.net>")),
+    pkt("R", cstr(b"<carol@example.org>", b"NOTIFY=NEVER")),
+    pkt("T"),
+    pkt("L", cstr(b"Subject", b" hello")),
+    pkt("L", cstr(b"X-Spam-Status", b" No, score=0.1")),
+    pkt("N"),
+    pkt("B", b"body line\r\n.dot\r\n"),
+    pkt("E"),
+])
+write("milter_stream", "session-one-message", optneg + message + pkt("Q"))
+write("milter_stream", "session-abort-and-reuse", optneg + b"".join([
+    pkt("C", cstr(b"[2001:db8::1]") + b"6" + struct.pack(">H", 25) + cstr(b"IPv6:2001:db8::1")),
+    pkt("M", cstr(b"<>")),
+    pkt("R", cstr(b"<x@example.com>")),
+    pkt("A"),
+    pkt("U", cstr(b"XFOO bar")),
+    pkt("K"),
+    pkt("C", cstr(b"localhost") + b"L" + struct.pack(">H", 0) + cstr(b"/run/sock")),
+    pkt("C", cstr(b"unknown") + b"U"),
+]) + message + pkt("Q"))
+write("milter_stream", "negotiate-old-version", pkt("O", struct.pack(">III", 2, 0x1F, 0x7F)) + pkt("Q"))
+
+# --- reply_decode: what a filter answers ----------------------------------------------------
+symbols = struct.pack(">I", 2) + b"{auth_authen} i\0" + struct.pack(">I", 5) + b"i\0"
+replies = [
+    pkt("O", struct.pack(">III", 6, 0x100, 0x400) + symbols),
+    pkt("c"), pkt("a"), pkt("r"), pkt("t"), pkt("d"), pkt("s"), pkt("p"),
+    pkt("y", cstr(b"550 5.1.8 restricted")),
+    pkt("q", cstr(b"held for review")),
+    pkt("h", cstr(b"X-Outbound-Guard", b"spam")),
+    pkt("i", struct.pack(">I", 1) + cstr(b"X-A", b"b")),
+    pkt("m", struct.pack(">I", 2) + cstr(b"Subject", b"")),
+    pkt("+", cstr(b"<audit@example.com>")),
+    pkt("2", cstr(b"<audit@example.com>", b"NOTIFY=NEVER")),
+    pkt("-", cstr(b"<bob@example.net>")),
+    pkt("e", cstr(b"<bounce@example.com>")),
+    pkt("b", b"new body\r\n"),
+]
+write("reply_decode", "every-reply", b"".join(replies))
+write("reply_decode", "single-reply-code", b"y550 5.2.2 limit reached\0")
+
+# --- config_parse: plugin.toml variations --------------------------------------------------
+write("config_parse", "rules-and-groups.toml", b"""\
+[milter]
+listen = "unix:run/outbound-guard.sock"
+socket_mode = "0660"
+on_internal_error = "accept"
+io_timeout = "90s"
+idle_timeout = "2h"
+
+[organization]
+local_domains = ["example.com", "b\xc3\xbccher.example"]
+internal_networks = ["10.0.0.0/8", "2001:db8::/32"]
+
+[state]
+backend = "redis"
+redis_url = "redis://127.0.0.1:6379/0"
+
+[verdict]
+sources = ["headers", "spamd", "rspamd"]
+spamd = "127.0.0.1:783"
+rspamd = "http://127.0.0.1:11333"
+timeout = "5s"
+max_scan_bytes = 524288
+[[verdict.rule]]
+header = "X-My-Scanner"
+pattern = "^spam"
+[[verdict.rule]]
+header = "X-Score"
+min_score = 5.0
+
+[notify]
+recipients = ["postmaster@example.com"]
+webhook = "https://chat.example.com/hooks/abc"
+language = "sv"
+templates_dir = "templates"
+warn_at_percent = 0
+node_name = "mx1"
+admin_url = "https://mx1.example.com/"
+
+[log]
+format = "json"
+level = "debug"
+
+[replies]
+account_restricted = "550 5.7.1 no"
+limit_reached = "550 5.2.2 slow down"
+too_many_recipients = "452 4.5.3 later"
+
+[policy.default]
+recipient_limit_per_day = 0
+action_when_threshold_reached = "alert"
+
+[[policy.rule]]
+name = "newsletter"
+priority = 0
+from = ["news@example.com"]
+from_member_of = ["marketing"]
+except_if_sender_domain_is = ["lists.example.com"]
+recipient_limit_external_per_hour = 5000
+spam_message_action = "quarantine"
+bcc_suspicious_to = ["audit@example.com"]
+
+[groups]
+marketing = ["a@example.com", "b@example.com"]
+""")
+write("config_parse", "invalid-value.toml", b"""\
+[milter]
+listen = "inet:127.0.0.1:7357"
+max_connections = -1
+[policy.rule]
+name = 5
+""")
