@@ -115,8 +115,10 @@ fn a_unix_socket_replaces_a_stale_socket_but_never_a_file() {
         dir.path(),
         "[milter]\nlisten = \"unix:milter.sock\"\nsocket_mode = \"0600\"\n[admin]\nlisten = \"127.0.0.1:0\"\n",
     );
-    let mut child =
-        Command::new(binary()).arg("--config").arg(&path).stdin(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut running = Killed(
+        Command::new(binary()).arg("--config").arg(&path).stdin(Stdio::null()).stderr(Stdio::null()).spawn().unwrap(),
+    );
+    let child = &mut running.0;
     // The relative path resolves next to the configuration file; wait until it answers.
     let deadline = Instant::now() + Duration::from_secs(60);
     while std::os::unix::net::UnixStream::connect(&sock).is_err() {
