@@ -13,9 +13,11 @@
 //! - [`notify`]: administrator notifications — events → localized email and webhook,
 //!   through a durable spool with retries; never on the milter path.
 //! - [`config`]: `plugin.toml` → raw structs → validated model with file/line/key errors.
+//! - [`cli`]: the command line definition (clap), shared with the man page generator.
 //! - [`daemon`]: wiring for `outbound-guard run`: logging, signals, the tasks.
 
 pub mod admin;
+pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod metrics;
