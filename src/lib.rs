@@ -16,9 +16,11 @@
 //!   wrote ([`verdict::headers`]) or by asking spamd ([`verdict::spamd`]) or rspamd
 //!   ([`verdict::rspamd`]) directly; a scanner that fails is an error, never a refusal.
 //! - [`config`]: `plugin.toml` → raw structs → validated model with file/line/key errors.
+//! - [`cli`]: the command line definition (clap), shared with the man page generator.
 //! - [`daemon`]: wiring for `outbound-guard run`: logging, signals, the tasks.
 
 pub mod admin;
+pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod metrics;

@@ -2,79 +2,19 @@
 //! bind, hand over to the library, map failures to exit codes (0 ok, 1 unknown/not restricted
 //! account, 2 usage, configuration or connection errors).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use clap::{Parser, Subcommand};
+use clap::Parser;
 
 use outbound_guard::admin::client::{self, AdminClient, ClientError, path_segment, query_value};
+use outbound_guard::cli::{Cli, Command, RestrictedCommand, SendersCommand};
 use outbound_guard::config::Config;
 use outbound_guard::daemon;
 use outbound_guard::milter::server::Listener;
 use outbound_guard::policy::clock::EngineClock;
 use reqwest::Method;
-
-/// Outbound spam policy milter: per-account recipient limits, spam-share restriction,
-/// administrator notification and release.
-#[derive(Debug, Parser)]
-#[command(name = "outbound-guard", version, about, propagate_version = true)]
-struct Cli {
-    /// The configuration file.
-    #[arg(long, global = true, env = "OUTBOUND_GUARD_CONFIG", default_value = "/etc/outbound-guard/plugin.toml")]
-    config: PathBuf,
-    /// Machine-readable JSON output.
-    #[arg(long, global = true)]
-    json: bool,
-    #[command(subcommand)]
-    command: Option<Command>,
-}
-
-#[derive(Debug, Subcommand)]
-enum Command {
-    /// Run the milter (the default).
-    Run,
-    /// Validate the configuration and exit.
-    CheckConfig,
-    /// Restricted accounts: list, show, release, add.
-    #[command(subcommand)]
-    Restricted(RestrictedCommand),
-    /// Live counters of sending accounts.
-    #[command(subcommand)]
-    Senders(SendersCommand),
-}
-
-#[derive(Debug, Subcommand)]
-enum RestrictedCommand {
-    /// List restricted accounts.
-    List,
-    /// Show one restriction with counters, policy and history.
-    Show { account: String },
-    /// Release a restricted account.
-    Release {
-        account: String,
-        #[arg(long)]
-        reason: Option<String>,
-    },
-    /// Restrict an account by hand.
-    Add {
-        account: String,
-        /// RFC 3339 time the restriction ends; without it, until released.
-        #[arg(long)]
-        until: Option<String>,
-        #[arg(long)]
-        reason: Option<String>,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-enum SendersCommand {
-    /// The busiest accounts with their live counters.
-    Top {
-        #[arg(long, default_value_t = 20)]
-        limit: usize,
-    },
-}
 
 const EXIT_USAGE: u8 = 2;
 

@@ -1,0 +1,75 @@
+//! The command line, as clap sees it: shared by the binary (`src/main.rs`) and the man page
+//! generator (`examples/manpage.rs`), so `outbound-guard.1` documents exactly what parses.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// Outbound spam policy milter: per-account recipient limits, spam-share restriction,
+/// administrator notification and release.
+#[derive(Debug, Parser)]
+#[command(name = "outbound-guard", version, about, propagate_version = true)]
+pub struct Cli {
+    /// The configuration file.
+    #[arg(long, global = true, env = "OUTBOUND_GUARD_CONFIG", default_value = "/etc/outbound-guard/plugin.toml")]
+    pub config: PathBuf,
+    /// Machine-readable JSON output.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the milter (the default).
+    Run,
+    /// Validate the configuration and exit.
+    CheckConfig,
+    /// Restricted accounts: list, show, release, add.
+    #[command(subcommand)]
+    Restricted(RestrictedCommand),
+    /// Live counters of sending accounts.
+    #[command(subcommand)]
+    Senders(SendersCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RestrictedCommand {
+    /// List restricted accounts.
+    List,
+    /// Show one restriction with counters, policy and history.
+    Show {
+        /// The account: a SASL login, or an envelope sender address.
+        account: String,
+    },
+    /// Release a restricted account.
+    Release {
+        /// The account: a SASL login, or an envelope sender address.
+        account: String,
+        /// Why, for the audit trail and the notification.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Restrict an account by hand.
+    Add {
+        /// The account: a SASL login, or an envelope sender address.
+        account: String,
+        /// RFC 3339 time the restriction ends; without it, until released.
+        #[arg(long)]
+        until: Option<String>,
+        /// Why, for the audit trail and the notification.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SendersCommand {
+    /// The busiest accounts with their live counters.
+    Top {
+        /// How many accounts to show.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+}

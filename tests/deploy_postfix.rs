@@ -1,0 +1,198 @@
+//! The README's Postfix recipe ("Deployment" → "Postfix"), read from the README itself and
+//! given to a real Postfix with only the filter's port and the table's path changed: the
+//! per-milter `{ … }` settings and timeouts parse, mail submitted by SMTP and by `sendmail(1)`
+//! passes through the filter to the next hop, a message tagged `X-Outbound-Guard-Spam: yes` is
+//! held by the `HOLD` line, and with the filter stopped Postfix defers mail.
+//!
+//! The filter's own tagging is not needed here: the test message carries the header already,
+//! which `header_checks` acts on; `milter_header_checks` (the same table, for headers the filter
+//! adds) is configured as the README says, and is exercised once tagging exists.
+#![cfg(feature = "real-peers")]
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::binary::{GuardProcess, binary};
+use common::postfix::{POLL, Postfix, PostfixOptions, SmtpSink, Swaks};
+
+const WAIT: Duration = Duration::from_secs(20);
+/// What the README's recipe points at; the test substitutes its own.
+const README_MILTER: &str = "inet:127.0.0.1:7357";
+const README_TABLE: &str = "/etc/postfix/outbound-guard_header_checks";
+
+/// The fenced blocks of the README's "### Postfix" section (under "## Deployment"), keyed by
+/// their first line (the file they belong in, e.g. `# /etc/postfix/main.cf`).
+fn readme_blocks() -> Vec<(String, Vec<String>)> {
+    let readme = include_str!("../README.md");
+    let deployment = readme.split("\n## Deployment\n").nth(1).expect("README has a \"## Deployment\" section");
+    let deployment = deployment.split("\n## ").next().unwrap_or(deployment);
+    let postfix = deployment.split("\n### Postfix\n").nth(1).expect("\"### Postfix\" under \"## Deployment\"");
+    let postfix = postfix.split("\n### ").next().unwrap_or(postfix);
+    let mut blocks = Vec::new();
+    let mut current: Option<Vec<String>> = None;
+    for line in postfix.lines() {
+        if line.starts_with("```") {
+            match current.take() {
+                Some(block) => blocks.push((block.first().cloned().unwrap_or_default(), block)),
+                None => current = Some(Vec::new()),
+            }
+        } else if let Some(block) = current.as_mut() {
+            block.push(line.to_string());
+        }
+    }
+    blocks
+}
+
+fn readme_block(first_line: &str) -> Vec<String> {
+    readme_blocks()
+        .into_iter()
+        .find(|(first, _)| first == first_line)
+        .unwrap_or_else(|| panic!("README's Postfix recipe has no block starting {first_line:?}"))
+        .1
+}
+
+/// `key = value` settings of a main.cf text (continuation lines start with white space).
+fn main_cf_settings(lines: &[String]) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for line in lines {
+        if line.trim().is_empty() || line.trim_start().starts_with('#') {
+            continue;
+        }
+        if line.starts_with([' ', '\t']) {
+            let (_, value) = out.last_mut().expect("continuation line after a setting");
+            value.push(' ');
+            value.push_str(line.trim());
+            continue;
+        }
+        let (k, v) = line.split_once('=').unwrap_or_else(|| panic!("not a main.cf setting: {line:?}"));
+        out.push((k.trim().to_string(), v.trim().to_string()));
+    }
+    out
+}
+
+#[test]
+fn the_readme_postfix_recipe_filters_delivers_and_holds_tagged_spam() {
+    let guard = GuardProcess::start("", "");
+
+    // The README's header_checks table, in a file Postfix's daemons can read.
+    let table_dir = tempfile::tempdir().expect("temp dir");
+    std::fs::set_permissions(table_dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let table = table_dir.path().join("outbound-guard_header_checks");
+    let rules: Vec<String> = readme_block(&format!("# {README_TABLE}"))
+        .into_iter()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        .collect();
+    assert!(rules.iter().any(|r| r.starts_with("/^X-Outbound-Guard-Spam: yes/ HOLD")), "{rules:?}");
+    std::fs::write(&table, rules.join("\n") + "\n").expect("write table");
+    std::fs::set_permissions(&table, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+
+    // main.cf exactly as in the README, except the filter's address and the table's path.
+    let sink = SmtpSink::start();
+    let mut opts = PostfixOptions::new().relay_to(&sink);
+    let settings = main_cf_settings(&readme_block("# /etc/postfix/main.cf"));
+    let keys: Vec<&str> = settings.iter().map(|(k, _)| k.as_str()).collect();
+    for wanted in [
+        "smtpd_milters",
+        "non_smtpd_milters",
+        "milter_protocol",
+        "milter_default_action",
+        "milter_connect_timeout",
+        "milter_command_timeout",
+        "milter_content_timeout",
+        "header_checks",
+        "milter_header_checks",
+    ] {
+        assert!(keys.contains(&wanted), "README's main.cf lacks {wanted}: {keys:?}");
+    }
+    for (key, value) in &settings {
+        let value =
+            value.replace(README_MILTER, &guard.milter_address()).replace(README_TABLE, &table.display().to_string());
+        // The harness writes these four itself; the rest are appended as written.
+        opts = match key.as_str() {
+            "smtpd_milters" => opts.smtpd_milters(&value),
+            "non_smtpd_milters" => opts.non_smtpd_milters(&value),
+            "milter_default_action" => opts.milter_default_action(&value),
+            "milter_protocol" => opts.milter_protocol(value.parse().expect("milter_protocol")),
+            _ => opts.main_cf(&format!("{key} = {value}")),
+        };
+    }
+    let smtpd_milters = &settings.iter().find(|(k, _)| k == "smtpd_milters").expect("smtpd_milters").1;
+    assert!(smtpd_milters.starts_with("{ ") && smtpd_milters.contains("default_action=tempfail"), "{smtpd_milters}");
+    let pf = Postfix::start(opts);
+
+    // Ordinary mail, by SMTP and by sendmail(1), reaches the next hop.
+    let plain = Swaks::new(pf.smtp_port())
+        .from("bob@example.com")
+        .to("one@example.net")
+        .header("Subject: plain")
+        .body("through the filter")
+        .run();
+    assert!(plain.success(), "{}", plain.transcript);
+    let local = pf.sendmail(
+        "cron@example.com",
+        &["two@example.net"],
+        b"From: cron@example.com\nTo: two@example.net\nSubject: local\n\nfrom a local program\n",
+    );
+    assert!(local.status.success(), "sendmail: {}", String::from_utf8_lossy(&local.stderr));
+    let delivered = sink.wait_for_messages(2, WAIT);
+    let subjects: Vec<String> = delivered.iter().filter_map(|m| m.header("Subject")).collect();
+    assert!(
+        subjects.contains(&"plain".to_string()) && subjects.contains(&"local".to_string()),
+        "{subjects:?}\n{}",
+        pf.log()
+    );
+
+    // A message tagged as spam is accepted, then held: on hold in the queue, not delivered.
+    let tagged = Swaks::new(pf.smtp_port())
+        .from("bob@example.com")
+        .to("three@example.net")
+        .header("Subject: tagged")
+        .header("X-Outbound-Guard-Spam: yes")
+        .body("looks like spam")
+        .run();
+    assert!(tagged.success(), "{}", tagged.transcript);
+    let id = tagged.queue_id().expect("queue id");
+    let deadline = Instant::now() + WAIT;
+    // `postqueue -p` marks a held message with `!` after its queue ID.
+    while !pf.queue_listing().contains(&format!("{id}!")) {
+        assert!(Instant::now() < deadline, "{id} not on hold:\n{}\nmaillog:\n{}", pf.queue_listing(), pf.log());
+        std::thread::sleep(POLL);
+    }
+    assert!(pf.log().contains(&format!("{id}: hold: header X-Outbound-Guard-Spam: yes")), "{}", pf.log());
+    let subjects: Vec<String> = sink.messages().iter().filter_map(|m| m.header("Subject")).collect();
+    assert!(!subjects.contains(&"tagged".to_string()), "the held message was delivered: {subjects:?}");
+
+    let log = pf.log();
+    let trouble: Vec<&str> =
+        log.lines().filter(|l| l.contains("warning") || l.contains("error") || l.contains("fatal")).collect();
+    assert!(trouble.is_empty(), "Postfix complained about the recipe:\n{}", trouble.join("\n"));
+
+    // The filter counted both senders, the sendmail(1) one under its envelope sender.
+    let top = Command::new(binary())
+        .arg("--config")
+        .arg(guard.config_path())
+        .args(["--json", "senders", "top"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("outbound-guard senders top");
+    assert!(top.status.success(), "{}", String::from_utf8_lossy(&top.stderr));
+    let top: serde_json::Value = serde_json::from_slice(&top.stdout).expect("JSON");
+    let accounts: Vec<&str> =
+        top["senders"].as_array().expect("senders").iter().filter_map(|s| s["account"].as_str()).collect();
+    assert!(accounts.contains(&"bob@example.com") && accounts.contains(&"cron@example.com"), "{top}");
+
+    // Every message went through the filter: one milter connection per SMTP session and one for
+    // the sendmail(1) submission.
+    let (status, guard_log) = guard.terminate();
+    assert!(status.success(), "exit status {status}:\n{guard_log}");
+    let connections = guard_log.matches("milter connection opened").count();
+    assert!(connections >= 3, "the filter saw {connections} milter connections:\n{guard_log}");
+
+    // default_action=tempfail: with the filter gone, Postfix defers instead of passing mail.
+    let deferred = Swaks::new(pf.smtp_port()).from("bob@example.com").to("four@example.net").run();
+    assert!(!deferred.success(), "mail passed with the filter stopped:\n{}", deferred.transcript);
+    assert!(deferred.codes().iter().any(|c| (400..500).contains(c)), "{}", deferred.transcript);
+}
