@@ -309,3 +309,20 @@ async fn a_limit_of_zero_means_no_limit() {
     drop(c);
     d.stop().await;
 }
+
+#[tokio::test]
+async fn reload_lowering_a_limit_below_what_is_in_use_restricts_at_the_next_recipient() {
+    let d = start("[policy.default]\nrecipient_limit_external_per_hour = 6\n").await;
+    let mut c = client(&d, "127.0.0.1").await;
+    assert_eq!(send_external(&mut c, Some("lee@example.com"), "lee@example.com", 4).await, ["c"; 4]);
+    let lowered = outbound_guard::config::Config::parse(
+        std::path::Path::new("t.toml"),
+        &config("[policy.default]\nrecipient_limit_external_per_hour = 3\n"),
+    )
+    .unwrap();
+    d.services.reload(std::sync::Arc::new(lowered));
+    // Four in use against a new limit of three: the very next recipient reaches it.
+    assert_eq!(send_external(&mut c, Some("lee@example.com"), "lee@example.com", 1).await, ["550 5.2.2"]);
+    drop(c);
+    d.stop().await;
+}
