@@ -441,20 +441,29 @@ impl SmtpSink {
 
     /// All completed messages so far, oldest first.
     pub fn messages(&self) -> Vec<SinkMessage> {
+        // List the directory first and ask which files are open second: a dump created
+        // between the two steps is then either still open (skipped) or already complete.
+        // The other order let a file created after the fd listing be read half-written.
+        let listed: Vec<PathBuf> =
+            fs::read_dir(&self.dump_dir).map(|rd| rd.flatten().map(|e| e.path()).collect()).unwrap_or_default();
         let open = self.open_files();
         let mut files: Vec<(std::time::SystemTime, PathBuf)> = Vec::new();
-        if let Ok(rd) = fs::read_dir(&self.dump_dir) {
-            for e in rd.flatten() {
-                let p = e.path();
-                if open.contains(&p) {
-                    continue; // still being written
-                }
-                let mtime = e.metadata().and_then(|m| m.modified()).unwrap_or(std::time::UNIX_EPOCH);
-                files.push((mtime, p));
+        for p in listed {
+            if open.contains(&p) {
+                continue; // still being written
             }
+            let mtime = fs::metadata(&p).and_then(|m| m.modified()).unwrap_or(std::time::UNIX_EPOCH);
+            files.push((mtime, p));
         }
         files.sort();
-        files.into_iter().filter_map(|(_, p)| fs::read(&p).ok().map(|raw| SinkMessage::parse(&p, &raw))).collect()
+        files
+            .into_iter()
+            .filter_map(|(_, p)| fs::read(&p).ok().map(|raw| (p, raw)))
+            // smtp-sink ends every complete dump with an empty line after the message; a file
+            // without it is still being written whatever /proc said.
+            .filter(|(_, raw)| raw.ends_with(b"\n\n"))
+            .map(|(p, raw)| SinkMessage::parse(&p, &raw))
+            .collect()
     }
 
     /// Poll (every [`POLL`]) until at least `n` messages arrived or `timeout`
