@@ -94,3 +94,26 @@ async fn prewarmed_accounts_reused_connections_and_per_packet_writes() {
     assert_eq!(count(&r, "eom continue"), 200);
     d.stop().await;
 }
+
+/// Postfix sends the DATA macros alone (smtpd hands the connection to the cleanup server
+/// there) and the filter does not answer them; Nagle on Postfix's side then holds the next
+/// write until that packet is acknowledged. A filter that leaves it to the delayed ACK costs
+/// every message 40 ms or more.
+#[tokio::test]
+async fn postfix_writes_over_tcp_never_wait_for_a_delayed_ack() {
+    let d = TestDaemon::start("[organization]\nlocal_domains = [\"example.com\"]\n").await;
+    let opts = Options {
+        target: ListenAddr::Inet(d.addr),
+        concurrency: 1,
+        messages: 30,
+        workload: Workload { accounts: 30, recipients: 1, internal: 0, body_size: 100, ..Workload::default() },
+        writes: Writes::Postfix,
+        nodelay: false,
+        max_time: Duration::from_secs(30),
+        ..Options::default()
+    };
+    let r = load::run(opts).await.expect("run");
+    assert_eq!(outcome(&r, "delivered"), 30, "{r:?}");
+    assert!(r.latency.p50_us < 30_000, "messages wait for a delayed ACK: {:?}", r.latency);
+    d.stop().await;
+}
