@@ -10,6 +10,9 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
+mod common;
+
+use common::thread_cpu_time;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use outbound_guard::config::{Config, builtin_default_policy};
 use outbound_guard::metrics::Metrics;
@@ -37,15 +40,6 @@ fn engine() -> (Engine, tokio::sync::mpsc::Receiver<outbound_guard::policy::even
     let clock = EngineClock::System;
     let engine = Engine::new(config, Arc::new(MemoryRestrictions::default()), sink, clock, Arc::new(Metrics::new()));
     (engine, rx)
-}
-
-/// CPU time this thread has used.
-fn thread_cpu_time() -> Duration {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: `ts` is a valid, writable timespec; the thread CPU clock exists on Linux.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID)");
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
 fn accounts() -> Vec<String> {

@@ -256,6 +256,38 @@ impl Test {
 /// replaced. `mail-parser` reads a header up to its terminating newline, which the milter
 /// strips, so one is put back.
 fn unfold(raw: &[u8]) -> String {
+    // Scanner headers are plain ASCII: unfolding them is all mail-parser would do, and doing
+    // only that here halves the cost of a tagged message. Anything with an encoded word or
+    // that is not UTF-8 goes to mail-parser. (A property test holds the two to the same result.)
+    if !raw.windows(2).any(|w| w == b"=?")
+        && let Ok(text) = std::str::from_utf8(raw)
+    {
+        return unfold_plain(text);
+    }
+    unfold_with_mail_parser(raw)
+}
+
+/// RFC 5322 unfolding of a value without encoded words, by mail-parser's rules: each line
+/// trimmed of spaces, tabs and CRs, the non-empty ones joined with one space; a line break not
+/// followed by a space or tab ends the value.
+fn unfold_plain(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for (i, line) in text.split('\n').enumerate() {
+        if i > 0 && !line.starts_with([' ', '\t']) {
+            break;
+        }
+        let line = line.trim_matches([' ', '\t', '\r']);
+        if !line.is_empty() {
+            if !out.is_empty() {
+                out.push(' ');
+            }
+            out.push_str(line);
+        }
+    }
+    out
+}
+
+fn unfold_with_mail_parser(raw: &[u8]) -> String {
     let mut line = Vec::with_capacity(raw.len() + 1);
     line.extend_from_slice(raw);
     line.push(b'\n');
@@ -581,5 +613,24 @@ mod tests {
         assert_eq!(first_number("none"), None);
         assert_eq!(first_number("12.3"), Some(12.3));
         assert_eq!(first_number("12."), Some(12.0));
+    }
+
+    proptest::proptest! {
+        /// The plain unfolding is mail-parser's, on every value it is used for.
+        #[test]
+        fn plain_unfolding_agrees_with_mail_parser(value in "[ a\t\r\n=,;:é0-9]{0,40}") {
+            proptest::prop_assume!(!value.contains("=?"));
+            proptest::prop_assert_eq!(unfold(value.as_bytes()), unfold_with_mail_parser(value.as_bytes()));
+        }
+    }
+
+    #[test]
+    fn plain_unfolding_of_what_scanners_write() {
+        assert_eq!(
+            unfold(b" Yes, score=12.3 required=5.0 tests=BAYES_99,\n\tHTML_MESSAGE \r\n\t autolearn=no"),
+            "Yes, score=12.3 required=5.0 tests=BAYES_99, HTML_MESSAGE autolearn=no"
+        );
+        assert_eq!(unfold(b"no\nfold"), "no");
+        assert_eq!(unfold(b" =?utf-8?q?Yes?="), "Yes", "encoded words still decoded");
     }
 }

@@ -89,6 +89,9 @@ pub const DETAIL_MAX: usize = 200;
 
 /// `text` cut to at most [`DETAIL_MAX`] characters (on a character boundary).
 pub(crate) fn clip(text: &str) -> &str {
+    if text.len() <= DETAIL_MAX {
+        return text; // no more bytes than the limit, so no more characters
+    }
     match text.char_indices().nth(DETAIL_MAX) {
         Some((i, _)) => &text[..i],
         None => text,
