@@ -204,3 +204,131 @@ fn redis_killed_mid_load_and_restarted_empty_loses_nothing_acknowledged() {
     assert!(log.contains("redis unreachable"), "{log}");
     assert_eq!(log.matches("redis unreachable").count(), 1, "the transition is logged once:\n{log}");
 }
+
+/// Two nodes on `url` share a restriction (made on A, refused on B at once).
+fn nodes_share_a_restriction(a: &GuardProcess, b: &GuardProcess, account: &str) {
+    let rt = runtime();
+    assert_eq!(rt.block_on(send(a.milter_port, account, LIMIT + 1)), b"cccccy");
+    assert_eq!(rt.block_on(send(b.milter_port, account, 1)), b"y", "{account} not refused on B");
+}
+
+#[test]
+fn a_password_in_the_url_is_used_and_a_wrong_one_leaves_the_node_deciding_alone() {
+    let redis = RedisServer::start_with(&["--requirepass", "s3cret"]);
+    let url = format!("redis://:s3cret@127.0.0.1:{}/0", redis.port);
+    let a = GuardProcess::start("", &node_config("node-a", &url));
+    let b = GuardProcess::start("", &node_config("node-b", &url));
+    nodes_share_a_restriction(&a, &b, "hugo@example.com");
+
+    let wrong = GuardProcess::start("", &node_config("node-c", &format!("redis://:nope@127.0.0.1:{}/0", redis.port)));
+    let rt = runtime();
+    // Not restricted in its own view, so it accepts: the documented leniency while apart.
+    assert_eq!(rt.block_on(send(wrong.milter_port, "hugo@example.com", 1)), b"cc");
+    let (status, log) = wrong.terminate();
+    assert!(status.success());
+    assert!(log.contains("redis unreachable"), "{log}");
+    assert!(!log.contains("nope"), "the password must not be logged:\n{log}");
+}
+
+/// A CA and a server certificate for 127.0.0.1, made with the openssl command.
+fn tls_files(dir: &std::path::Path) {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl").args(args).current_dir(dir).output().expect("run openssl");
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    std::fs::write(dir.join("ext.cnf"), "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n").unwrap();
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=outbound-guard test CA",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+    ]);
+}
+
+#[test]
+fn rediss_urls_speak_tls_verified_against_the_system_roots() {
+    let certs = tempfile::tempdir().unwrap();
+    tls_files(certs.path());
+    let file = |name: &str| certs.path().join(name).to_str().unwrap().to_owned();
+    let redis = RedisServer::start_with(&[
+        "--port",
+        "0",
+        "--tls-port",
+        "{port}",
+        "--tls-cert-file",
+        &file("server.pem"),
+        "--tls-key-file",
+        &file("server.key"),
+        "--tls-ca-cert-file",
+        &file("ca.pem"),
+        "--tls-auth-clients",
+        "no",
+    ]);
+    let url = format!("rediss://127.0.0.1:{}/0", redis.port);
+    // rustls reads the roots from SSL_CERT_FILE when it is set: here, only the test CA.
+    let ca = file("ca.pem");
+    let env = [("SSL_CERT_FILE", ca.as_str())];
+    let a = GuardProcess::start_with_env(common::postfix::free_port(), "", &node_config("node-a", &url), &env);
+    let b = GuardProcess::start_with_env(common::postfix::free_port(), "", &node_config("node-b", &url), &env);
+    nodes_share_a_restriction(&a, &b, "ines@example.com");
+
+    // Without the CA among its roots, a node refuses the server's certificate.
+    let untrusting = GuardProcess::start("", &node_config("node-c", &url));
+    let (status, log) = untrusting.terminate();
+    assert!(status.success());
+    assert!(log.contains("redis unreachable"), "{log}");
+    let (_, log) = a.terminate();
+    assert!(log.contains("redis reachable"), "{log}");
+}
+
+#[test]
+fn sentinel_urls_find_the_master() {
+    let redis = RedisServer::start();
+    let sentinel = RedisServer::sentinel(&redis, "outbound");
+    let url = format!("redis+sentinel://127.0.0.1:{}/outbound/0", sentinel.port);
+    let a = GuardProcess::start("", &node_config("node-a", &url));
+    let b = GuardProcess::start("", &node_config("node-b", &url));
+    nodes_share_a_restriction(&a, &b, "jon@example.com");
+    // The events are in the master the sentinel names.
+    let mut conn = redis.connection();
+    let members: Vec<String> = ::redis::cmd("SMEMBERS").arg("og:accounts").query(&mut conn).unwrap();
+    assert_eq!(members, ["jon@example.com"]);
+}

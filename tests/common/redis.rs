@@ -25,12 +25,13 @@ impl RedisServer {
         Self::start_with(&[])
     }
 
-    /// A server on a free port with extra command-line settings (`--requirepass x`, …).
+    /// A server on a free port with extra command-line settings (`--requirepass x`, …); `{port}`
+    /// in them stands for the port chosen (e.g. `--port 0 --tls-port {port}` for TLS only).
     pub fn start_with(extra: &[&str]) -> RedisServer {
         let dir = tempfile::tempdir().expect("temp dir");
-        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         for _ in 0..5 {
             let port = free_port();
+            let extra: Vec<String> = extra.iter().map(|s| s.replace("{port}", &port.to_string())).collect();
             if let Some(child) = spawn(port, dir.path(), &extra, None) {
                 return RedisServer { child, port, dir, extra };
             }
