@@ -430,3 +430,81 @@ impl Cluster {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::UNIX_EPOCH;
+
+    use time::OffsetDateTime;
+
+    use super::*;
+    use crate::state::restrictions::{Counters, Source};
+
+    const NOW: i64 = 1_795_341_600;
+
+    fn restriction(account: &str) -> Restriction {
+        Restriction {
+            account: account.into(),
+            reason: "limit".into(),
+            policy: "default".into(),
+            created_at: OffsetDateTime::from_unix_timestamp(NOW).unwrap(),
+            until: None,
+            counters: Counters::default(),
+            source: Source::Policy,
+        }
+    }
+
+    fn node(dir: &std::path::Path, name: &str) -> Arc<Cluster> {
+        let durable = Arc::new(DurableRestrictions::open(dir, NOW).unwrap());
+        let clock = EngineClock::manual(UNIX_EPOCH + Duration::from_secs(NOW as u64));
+        Cluster::new(name.into(), durable, clock, Arc::new(Metrics::new()), Duration::from_secs(30))
+    }
+
+    fn event(account: &str, at_ms: i64, node: &str, change: Change) -> ClusterEvent {
+        ClusterEvent { account: account.into(), at_ms, node: node.into(), by: "admin".into(), change }
+    }
+
+    #[test]
+    fn the_newest_event_wins_and_a_local_event_is_stamped_after_what_is_known() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = node(dir.path(), "a");
+        assert!(a.restrict_local(restriction("x@example.com"), "policy").unwrap());
+        let mine = a.known.get("x@example.com").unwrap().clone();
+        assert_eq!(mine.at_ms, NOW * 1000);
+
+        // An older release from another node loses; a newer one is applied.
+        let old = event("x@example.com", mine.at_ms - 1, "b", Change::Release { reason: "old".into() });
+        assert!(!a.apply_remote(old));
+        assert!(a.durable.is_restricted("x@example.com", NOW));
+        let new = event("x@example.com", mine.at_ms + 5000, "b", Change::Release { reason: "ok".into() });
+        assert!(a.apply_remote(new.clone()));
+        assert!(!a.durable.is_restricted("x@example.com", NOW));
+        assert!(!a.apply_remote(new), "the same event twice is applied once");
+        let by = a.durable.history("x@example.com").last().unwrap().by.clone();
+        assert_eq!(by, "admin (on b)");
+
+        // B's clock was ahead: this node's next restriction is still stamped after B's release.
+        assert!(a.restrict_local(restriction("x@example.com"), "policy").unwrap());
+        assert_eq!(a.known.get("x@example.com").unwrap().at_ms, mine.at_ms + 5001);
+    }
+
+    #[test]
+    fn a_restarted_node_knows_its_last_events_from_the_audit_log() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let a = node(dir.path(), "a");
+            a.restrict_local(restriction("x@example.com"), "policy").unwrap();
+            a.restrict_local(restriction("y@example.com"), "policy").unwrap();
+            a.release_local("y@example.com", NOW + 10, "admin", "ok").unwrap();
+        }
+        let a = node(dir.path(), "a2");
+        let x = a.known.get("x@example.com").unwrap().clone();
+        assert!(matches!(x.change, Change::Restrict { .. }));
+        let y = a.known.get("y@example.com").unwrap().clone();
+        assert!(matches!(y.change, Change::Release { .. }));
+        assert_eq!(y.at_ms, (NOW + 10) * 1000);
+        // A release not in force is no event; nor is a release of an account never restricted.
+        assert_eq!(a.release_local("z@example.com", NOW, "admin", "").unwrap(), None);
+        assert!(a.known.get("z@example.com").is_none());
+    }
+}
