@@ -11,14 +11,24 @@ pub static COMMIT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 local now = tonumber(ARGV[1])
+local fields = {'e', 'i', 'd'}
+local tats = redis.call('HMGET', KEYS[1], 'e', 'i', 'd')
+local set = {}
 for i = 2, #ARGV, 3 do
-  local cur = tonumber(redis.call('HGET', KEYS[1], ARGV[i]) or '0')
-  if cur < now then cur = now end
-  redis.call('HSET', KEYS[1], ARGV[i], string.format('%.0f', cur + tonumber(ARGV[i + 1]) * tonumber(ARGV[i + 2])))
+  for k = 1, 3 do
+    if fields[k] == ARGV[i] then
+      local cur = tonumber(tats[k] or '0')
+      if cur < now then cur = now end
+      tats[k] = cur + tonumber(ARGV[i + 1]) * tonumber(ARGV[i + 2])
+      set[#set + 1] = ARGV[i]
+      set[#set + 1] = string.format('%.0f', tats[k])
+    end
+  end
 end
+if #set > 0 then redis.call('HSET', KEYS[1], unpack(set)) end
 local horizon = now
-for _, v in ipairs(redis.call('HVALS', KEYS[1])) do
-  local t = tonumber(v)
+for k = 1, 3 do
+  local t = tonumber(tats[k] or '0')
   if t > horizon then horizon = t end
 end
 redis.call('PEXPIRE', KEYS[1], math.floor((horizon - now) / 1000) + 1000)
