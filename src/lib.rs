@@ -21,12 +21,15 @@
 //! - [`config`]: `plugin.toml` → raw structs → validated model with file/line/key errors.
 //! - [`cli`]: the command line definition (clap), shared with the man page generator.
 //! - [`daemon`]: wiring for `outbound-guard run`: logging, signals, the tasks.
+//! - [`load`]: the load generator behind `milter-load` (src/bin): Postfix-like MTA-side
+//!   connections on [`milter::client`], throughput, latency, the filter's CPU and memory.
 
 pub mod admin;
 pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod daemon;
+pub mod load;
 pub mod metrics;
 pub mod milter;
 pub mod notify;

@@ -62,6 +62,8 @@ fn postfix_delivers_through_the_milter() {
     assert!(guard_log.contains("SIGTERM received"), "{guard_log}");
     // The filter really was in the path: it logged the MTA's connections.
     assert!(guard_log.contains("milter connection opened"), "{guard_log}");
+    // Logging to a file or journald, not a terminal: plain text, no colour codes.
+    assert!(!guard_log.contains('\u{1b}'), "ANSI escapes in a log that is not a terminal:\n{guard_log}");
 }
 
 #[test]

@@ -4,6 +4,10 @@
 //! It behaves like a well-mannered MTA: it negotiates, skips the stages the filter declined,
 //! waits for a reply only where the filter owes one, and collects end-of-message
 //! modifications up to the final reply.
+//!
+//! Over a buffered stream (a `tokio::io::BufWriter`) it writes the way Postfix does: packets
+//! pile up in the buffer and go out when a reply is awaited (every read flushes first) or when
+//! the caller says so with [`MtaClient::flush`].
 
 use std::io;
 use std::time::Duration;
@@ -248,11 +252,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> MtaClient<S> {
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "write timed out"))?
     }
 
+    /// Sends whatever a buffered stream holds (a no-op on an unbuffered one).
+    ///
+    /// # Errors
+    /// On I/O failure or timeout.
+    pub async fn flush(&mut self) -> io::Result<()> {
+        tokio::time::timeout(self.timeout, self.stream.flush())
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "write timed out"))?
+    }
+
     /// Reads one reply packet.
     ///
     /// # Errors
     /// On I/O failure, timeout, end of stream, or a malformed frame.
     pub async fn read_reply(&mut self) -> io::Result<ReceivedReply> {
+        // Whoever waits for an answer must first have sent the question.
+        self.flush().await?;
         loop {
             if let Some((f, used)) = frame::decode(&self.buf).map_err(|e| invalid(e.to_string()))? {
                 let reply = ReceivedReply { kind: f.kind, payload: f.payload.to_vec() };

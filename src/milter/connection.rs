@@ -52,10 +52,11 @@ pub enum ConnectionError {
     Session(#[from] SessionError),
 }
 
-/// A stream the filter talks over; TCP needs a nudge after reads (see [`Transport::after_read`]).
+/// A stream the filter talks over; TCP needs a nudge when we read without answering (see
+/// [`Transport::ack_now`]).
 pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send {
-    /// Called after every successful read.
-    fn after_read(&self) {}
+    /// Called when what was read needs no reply.
+    fn ack_now(&self) {}
 }
 
 impl Transport for tokio::net::UnixStream {}
@@ -63,8 +64,10 @@ impl Transport for tokio::net::UnixStream {}
 impl Transport for tokio::net::TcpStream {
     /// Acknowledge at once. When the MTA sends a packet we do not answer (macros, a no-reply
     /// step) and then a small one, Nagle on its side holds the second until our delayed ACK
-    /// fires: ~40 ms per message. Linux resets QUICKACK after use, hence after every read.
-    fn after_read(&self) {
+    /// fires: ~40 ms per message. Setting QUICKACK sends the pending ACK now; Linux resets it
+    /// after use, hence every time. Not after reads we answer: the reply carries the ACK, and
+    /// a separate ACK segment per read would cost both sides a packet for nothing.
+    fn ack_now(&self) {
         set_quickack(self);
     }
 }
@@ -104,6 +107,8 @@ pub async fn serve<T: Transport, P: Policy>(
     let mut out: Vec<u8> = Vec::with_capacity(256);
     // When the packet now in the buffer must be complete.
     let mut packet_deadline: Option<Instant> = None;
+    // Bytes arrived since we last wrote or acknowledged.
+    let mut unacknowledged = false;
     loop {
         // Every complete packet in the buffer first.
         while let Some((frame, used)) = frame::decode(&buf[start..])? {
@@ -125,6 +130,12 @@ pub async fn serve<T: Transport, P: Policy>(
                 return Ok(());
             }
         }
+        if unacknowledged && out.is_empty() {
+            // Nothing to answer with, and the MTA may be holding its next write until it
+            // hears that this one arrived.
+            stream.ack_now();
+        }
+        unacknowledged = false;
         flush(&mut stream, &mut out, timeouts.io).await?;
         if start > 0 {
             // A packet completed; whatever follows is a new one with its own deadline.
@@ -164,7 +175,7 @@ pub async fn serve<T: Transport, P: Policy>(
         match read.map_err(ConnectionError::Read)? {
             0 if buf.is_empty() => return Ok(()),
             0 => return Err(ConnectionError::Truncated(buf.len())),
-            _ => stream.after_read(),
+            _ => unacknowledged = true,
         }
     }
 }

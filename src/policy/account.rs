@@ -145,14 +145,46 @@ pub fn domain_of(account: &str) -> Option<&str> {
 
 /// Whether `domain` is `parent` or a subdomain of it (both canonical).
 pub fn is_same_or_subdomain(domain: &str, parent: &str) -> bool {
+    is_same_or_subdomain_bytes(domain.as_bytes(), parent.as_bytes())
+}
+
+fn is_same_or_subdomain_bytes(domain: &[u8], parent: &[u8]) -> bool {
     domain.len() >= parent.len()
         && domain[domain.len() - parent.len()..].eq_ignore_ascii_case(parent)
-        && (domain.len() == parent.len() || domain.as_bytes()[domain.len() - parent.len() - 1] == b'.')
+        && (domain.len() == parent.len() || domain[domain.len() - parent.len() - 1] == b'.')
 }
 
 /// Whether a recipient address is internal: its domain is one of `local_domains` or a
 /// subdomain of one. A recipient without a domain (`postmaster`) is local.
 pub fn recipient_is_internal(recipient: &[u8], local_domains: &[String]) -> bool {
+    // The common case — plain ASCII, no quoted local part, no IDNA or literal domain — is
+    // answered on the bytes, without a UTF-8 check or a character-by-character split.
+    let mut addr = recipient.trim_ascii();
+    while let [b'<', rest @ ..] = addr {
+        addr = rest;
+    }
+    while let [rest @ .., b'>'] = addr {
+        addr = rest;
+    }
+    if addr.is_ascii() && !addr.contains(&b'"') {
+        let Some(at) = addr.iter().rposition(|&b| b == b'@') else {
+            return true;
+        };
+        let mut domain = &addr[at + 1..];
+        while let [rest @ .., b'.'] = domain {
+            domain = rest;
+        }
+        // An ASCII domain's canonical form is its lower case (IDNA leaves ASCII labels, `xn--`
+        // ones included, as they are), so a case-blind comparison is the canonical one.
+        if domain.first() != Some(&b'[') {
+            return local_domains.iter().any(|p| is_same_or_subdomain_bytes(domain, p.as_bytes()));
+        }
+    }
+    recipient_is_internal_slow(recipient, local_domains)
+}
+
+/// [`recipient_is_internal`] for quoted local parts, non-ASCII and IDNA domains and literals.
+fn recipient_is_internal_slow(recipient: &[u8], local_domains: &[String]) -> bool {
     let Ok(text) = std::str::from_utf8(recipient) else {
         return false;
     };
@@ -234,6 +266,13 @@ mod tests {
         assert!(!recipient_is_internal(b"a@notexample.com", &local));
         assert!(!recipient_is_internal(b"a@example.com.evil.net", &local));
         assert!(!recipient_is_internal(b"a@[192.0.2.1]", &local));
+        // The byte-level fast path and the general one agree.
+        assert!(recipient_is_internal(b" <a@EXAMPLE.com.> ", &local));
+        assert!(recipient_is_internal(b"a@XN--BCHER-KVA.example", &local));
+        assert!(recipient_is_internal(b"\"x@y\"@example.com", &local));
+        assert!(!recipient_is_internal(b"\"x@example.com\"@example.net", &local));
+        assert!(!recipient_is_internal(b"a@exampleXcom", &local));
+        assert!(recipient_is_internal(b"<postmaster>", &local));
     }
 
     #[test]

@@ -10,6 +10,7 @@
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use compact_str::CompactString;
 use dashmap::DashMap;
 use dashmap::mapref::one::RefMut;
 use time::OffsetDateTime;
@@ -18,7 +19,7 @@ use tracing::{info, warn};
 use super::account::{self, canonical};
 use super::clock::{EngineClock, hour_number, next_utc_midnight_secs, utc_day};
 use super::events::{Event, EventKind, EventSink};
-use super::limits::{self, AccountRecord, LimitKind, Limiters};
+use super::limits::{self, AccountRecord, LimitKind, Limiters, Notice};
 use super::rules::{CompiledPolicies, PolicyIndex};
 use super::spam::{SpamWindow, over_threshold};
 use super::{Decision, MailFacts, MessageFacts, MessageOutcome, Policy, RcptFacts, Refusal, ScanRequest};
@@ -31,7 +32,10 @@ use crate::verdict::{HeaderJudge, RspamdClient, SpamdClient, Verdict};
 /// What cluster mode (`crate::cluster`) reads and merges; kept apart from the decisions.
 mod shared;
 
-type Accounts = DashMap<Box<str>, AccountRecord, ahash::RandomState>;
+/// Account names are inline strings: up to 24 bytes (nearly every address) live in the map's
+/// bucket itself, so a lookup compares without following a pointer and a new account costs no
+/// separate allocation.
+type Accounts = DashMap<CompactString, AccountRecord, ahash::RandomState>;
 
 /// One configuration, compiled for deciding.
 pub struct Compiled {
@@ -46,10 +50,10 @@ pub struct Compiled {
 }
 
 impl Compiled {
-    fn new(config: Arc<Config>, clock: &EngineClock) -> Compiled {
+    fn new(config: Arc<Config>) -> Compiled {
         let strip = config.organization.strip_subaddress;
         let policies = CompiledPolicies::new(&config.policies, &config.groups, strip);
-        let limiters = Limiters::new(policies.all(), clock);
+        let limiters = Limiters::new(policies.all());
         let exempt = canonical(config.notify.from.as_bytes(), strip).map(|c| c.into_owned()).into_iter().collect();
         // Rules were validated with the configuration; should one still not compile, the
         // built-in rules keep working.
@@ -113,6 +117,14 @@ pub struct Engine {
     clock: EngineClock,
 }
 
+/// One decision in this many is timed for `decision_seconds` (see [`Engine::timed`]).
+const TIMING_SAMPLE: u32 = 16;
+
+thread_local! {
+    /// Decisions taken on this thread, for choosing the timed sample without sharing a counter.
+    static DECISIONS_SEEN: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
 fn to_datetime(secs: i64) -> OffsetDateTime {
     OffsetDateTime::from_unix_timestamp(secs).unwrap_or(OffsetDateTime::UNIX_EPOCH)
 }
@@ -127,7 +139,7 @@ impl Engine {
     ) -> Engine {
         Engine {
             metrics,
-            current: ArcSwap::from_pointee(Compiled::new(config, &clock)),
+            current: ArcSwap::from_pointee(Compiled::new(config)),
             accounts: Accounts::default(),
             restrictions,
             events,
@@ -161,7 +173,7 @@ impl Engine {
     /// recipients it has in use, re-expressed against its (possibly new) policy's limits.
     pub fn reload(&self, config: Arc<Config>) {
         let old = self.current.load_full();
-        let new = Compiled::new(config, &self.clock);
+        let new = Compiled::new(config);
         let now = self.clock.now_nanos();
         for mut entry in self.accounts.iter_mut() {
             let index = new.policies.select(entry.key());
@@ -253,7 +265,7 @@ impl Engine {
         for (account, mut record) in records {
             record.policy = compiled.policies.select(&account);
             if !record.is_idle(now) {
-                self.accounts.insert(account.into_boxed_str(), record);
+                self.accounts.insert(CompactString::from(account), record);
                 restored += 1;
             }
         }
@@ -279,7 +291,7 @@ impl Engine {
                 Source::Policy => "policy",
                 Source::Admin => "admin",
             });
-            self.record_mut(account, self.current.load().policies.select(account)).released_day = utc_day(now);
+            self.record_mut(account, self.current.load().policies.select(account)).set_released(utc_day(now));
             info!(account, by, reason = reason.unwrap_or(""), "account released");
             let compiled = self.current.load();
             self.events.emit(Event {
@@ -344,7 +356,7 @@ impl Engine {
         });
     }
 
-    fn record_mut(&self, account: &str, policy: PolicyIndex) -> RefMut<'_, Box<str>, AccountRecord> {
+    fn record_mut(&self, account: &str, policy: PolicyIndex) -> RefMut<'_, CompactString, AccountRecord> {
         match self.accounts.get_mut(account) {
             Some(r) => r,
             // Only a new account pays for the key's allocation.
@@ -366,11 +378,11 @@ impl Engine {
             limit,
             if kind == LimitKind::PerDay { "24 hours" } else { "hour" }
         );
-        let in_grace = record.released_day == utc_day(now);
+        let in_grace = record.released_on(utc_day(now));
         let action = if in_grace { LimitAction::Alert } else { settings.action_when_threshold_reached };
         if action == LimitAction::Alert {
             let hour = hour_number(now);
-            let first_this_hour = std::mem::replace(&mut record.alerted_hour[kind as usize], hour) != hour;
+            let first_this_hour = record.first_notice_this_hour(Notice::LimitAlert(kind), hour);
             drop(record);
             tx.recipients += 1;
             if first_this_hour {
@@ -438,9 +450,8 @@ impl Engine {
                 continue;
             };
             if u64::from(used) * 100 >= u64::from(limit) * u64::from(percent)
-                && record.warned_hour[kind as usize] != hour
+                && record.first_notice_this_hour(Notice::Warning(kind), hour)
             {
-                record.warned_hour[kind as usize] = hour;
                 let settings = compiled.policies.settings(tx.policy);
                 return Some(Event {
                     kind: EventKind::ApproachingLimit,
@@ -531,9 +542,17 @@ impl Engine {
     }
 
     fn decide_rcpt(&self, tx: &mut Transaction, facts: &RcptFacts<'_>) -> Decision {
-        let Some(compiled) = tx.compiled.clone() else {
+        // Taken out and put back rather than cloned: a clone is an atomic add and subtract on
+        // a count every thread shares, for each recipient.
+        let Some(compiled) = tx.compiled.take() else {
             return Decision::Continue;
         };
+        let decision = self.decide_rcpt_under(tx, &compiled, facts);
+        tx.compiled = Some(compiled);
+        decision
+    }
+
+    fn decide_rcpt_under(&self, tx: &mut Transaction, compiled: &Arc<Compiled>, facts: &RcptFacts<'_>) -> Decision {
         if tx.restricted {
             return Decision::Refuse(Refusal::AccountRestricted);
         }
@@ -550,7 +569,7 @@ impl Engine {
         };
         let now = self.clock.now_nanos();
         let mut record = self.record_mut(&tx.account, tx.policy);
-        match compiled.limiters.try_add_recipient(tx.policy, &mut record, hourly) {
+        match compiled.limiters.try_add_recipient(tx.policy, &mut record, hourly, now) {
             Ok(()) => {
                 tx.recipients += 1;
                 tx.counted[hourly as usize] += 1;
@@ -559,7 +578,7 @@ impl Engine {
                     LimitKind::InternalPerHour => self.metrics.recipients.internal_accepted.inc(),
                     _ => self.metrics.recipients.external_accepted.inc(),
                 };
-                let warning = self.warn_if_approaching(tx, &compiled, &mut record, hourly, now);
+                let warning = self.warn_if_approaching(tx, compiled, &mut record, hourly, now);
                 drop(record);
                 if let Some(event) = warning {
                     self.events.emit(event);
@@ -568,7 +587,7 @@ impl Engine {
             }
             Err(kind) => {
                 drop(record);
-                let decision = self.limit_reached(tx, &compiled, kind, now);
+                let decision = self.limit_reached(tx, compiled, kind, now);
                 if decision != Decision::Continue {
                     match hourly {
                         LimitKind::InternalPerHour => self.metrics.recipients.internal_refused.inc(),
@@ -635,7 +654,7 @@ impl Engine {
         let now_secs = (now / 1_000_000_000) as i64;
         if settings.spam_action == LimitAction::Alert {
             let hour = hour_number(now);
-            let first = std::mem::replace(&mut self.record_mut(&tx.account, tx.policy).spam_alerted_hour, hour) != hour;
+            let first = self.record_mut(&tx.account, tx.policy).first_notice_this_hour(Notice::SpamAlert, hour);
             if first {
                 warn!(account = %tx.account, "{reason}; delivering (alert only)");
                 let counters = self.counters(&tx.account);
@@ -676,7 +695,18 @@ impl Engine {
         }
     }
 
+    /// Runs a decision, timing one in [`TIMING_SAMPLE`] of them for the decision histogram:
+    /// two clock reads and a histogram update (a lock shared by every thread) cost more than
+    /// the decision itself, and a sample shows the distribution as well.
     fn timed(&self, decide: impl FnOnce() -> Decision) -> Decision {
+        let sampled = DECISIONS_SEEN.with(|seen| {
+            let n = seen.get().wrapping_add(1);
+            seen.set(n);
+            n % TIMING_SAMPLE == 0
+        });
+        if !sampled {
+            return decide();
+        }
         let started = std::time::Instant::now();
         let decision = decide();
         self.metrics.decision_seconds.observe(started.elapsed().as_secs_f64());

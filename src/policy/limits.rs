@@ -37,7 +37,7 @@ use governor::nanos::Nanos;
 use governor::state::StateStore;
 use governor::{Quota, RateLimiter};
 
-use super::clock::{EngineClock, EpochInstant, utc_day};
+use super::clock::{At, EpochInstant, utc_day};
 use super::rules::PolicyIndex;
 use crate::config::PolicySettings;
 
@@ -90,68 +90,138 @@ impl LimitKind {
 }
 
 /// What the engine keeps per account between messages.
+///
+/// Kept to 40 bytes (64 with its key in the map): one million accounts are resident on a busy
+/// server, and every byte here is a million bytes there. Hence the packed notice state below
+/// rather than an hour number per notice.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AccountRecord {
     /// GCRA state per [`LimitKind`]; 0 = never used (or fully replenished).
     pub tat: [u64; 3],
-    /// The policy the TATs were computed under.
-    pub policy: PolicyIndex,
-    /// Hour number of the last "limit exceeded" alert, per kind (alerts at most hourly).
-    pub alerted_hour: [u32; 3],
-    /// Hour number of the last "approaching the limit" warning, per kind.
-    pub warned_hour: [u32; 3],
-    /// UTC day an administrator last released the account (the day's grace), 0 = never.
-    pub released_day: u32,
-    /// Hour number of the last spam-share alert.
-    pub spam_alerted_hour: u32,
     /// Spam verdicts over the policy's window; only for accounts whose mail had a verdict.
     pub spam: Option<Box<super::spam::SpamWindow>>,
+    /// Which notices went out in which hour: the hour number in the low 24 bits (good until
+    /// the year 3800), one bit per [`Notice`] above them. A new hour clears every bit.
+    pub(crate) notices: u32,
+    /// The policy the TATs were computed under.
+    pub policy: PolicyIndex,
+    /// UTC day number an administrator last released the account (the day's grace), 0 = never.
+    pub(crate) released_day: u16,
 }
 
+/// Notices sent at most once an hour per account.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Notice {
+    /// "Limit exceeded" under the `alert` action, per limit kind.
+    LimitAlert(LimitKind),
+    /// "Approaching the limit", per limit kind.
+    Warning(LimitKind),
+    /// The spam share passed its thresholds under the `alert` action.
+    SpamAlert,
+}
+
+impl Notice {
+    fn bit(self) -> u32 {
+        let n = match self {
+            Notice::LimitAlert(kind) => kind as u32,
+            Notice::Warning(kind) => 3 + kind as u32,
+            Notice::SpamAlert => 6,
+        };
+        1 << (HOUR_BITS + n)
+    }
+}
+
+const HOUR_BITS: u32 = 24;
+const HOUR_MASK: u32 = (1 << HOUR_BITS) - 1;
+
 /// Size of [`AccountRecord::to_bytes`].
-pub const RECORD_BYTES: usize = 3 * 8 + 2 + 3 * 4 + 3 * 4 + 4 + 4;
+pub const RECORD_BYTES: usize = 3 * 8 + 2 + 4 + 2;
+
+/// Size of a record in the previous snapshot format (`OGSNAP02`): an hour number per notice.
+pub const RECORD_BYTES_V2: usize = 3 * 8 + 2 + 3 * 4 + 3 * 4 + 4 + 4;
 
 impl AccountRecord {
+    /// Whether `notice` has not gone out yet in `hour`; marks it as gone out. Call it only
+    /// when the notice is due, so that "first" means first.
+    pub fn first_notice_this_hour(&mut self, notice: Notice, hour: u32) -> bool {
+        let hour = hour & HOUR_MASK;
+        if self.notices & HOUR_MASK != hour {
+            self.notices = hour;
+        }
+        let first = self.notices & notice.bit() == 0;
+        self.notices |= notice.bit();
+        first
+    }
+
+    /// Marks the account released on UTC day `day` (see [`AccountRecord::released_on`]).
+    pub fn set_released(&mut self, day: u32) {
+        self.released_day = u16::try_from(day).unwrap_or(u16::MAX);
+    }
+
+    /// Whether an administrator released the account on UTC day `day`.
+    pub fn released_on(&self, day: u32) -> bool {
+        self.released_day != 0 && u32::from(self.released_day) == day
+    }
+
     /// Fixed-size little-endian form for snapshots.
     pub fn to_bytes(&self) -> [u8; RECORD_BYTES] {
         let mut out = [0u8; RECORD_BYTES];
-        let mut at = 0;
-        let mut put = |bytes: &[u8]| {
-            out[at..at + bytes.len()].copy_from_slice(bytes);
-            at += bytes.len();
-        };
-        self.tat.iter().for_each(|t| put(&t.to_le_bytes()));
-        put(&self.policy.to_le_bytes());
-        self.alerted_hour.iter().for_each(|h| put(&h.to_le_bytes()));
-        self.warned_hour.iter().for_each(|h| put(&h.to_le_bytes()));
-        put(&self.released_day.to_le_bytes());
-        put(&self.spam_alerted_hour.to_le_bytes());
+        for (i, t) in self.tat.iter().enumerate() {
+            out[8 * i..8 * i + 8].copy_from_slice(&t.to_le_bytes());
+        }
+        out[24..26].copy_from_slice(&self.policy.to_le_bytes());
+        out[26..30].copy_from_slice(&self.notices.to_le_bytes());
+        out[30..32].copy_from_slice(&self.released_day.to_le_bytes());
         out
     }
 
     /// The inverse of [`AccountRecord::to_bytes`].
     pub fn from_bytes(b: &[u8; RECORD_BYTES]) -> AccountRecord {
         let u64_at = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().expect("8 bytes"));
-        let u32_at = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().expect("4 bytes"));
         AccountRecord {
             tat: [u64_at(0), u64_at(8), u64_at(16)],
             policy: u16::from_le_bytes([b[24], b[25]]),
-            alerted_hour: [u32_at(26), u32_at(30), u32_at(34)],
-            warned_hour: [u32_at(38), u32_at(42), u32_at(46)],
-            released_day: u32_at(50),
-            spam_alerted_hour: u32_at(54),
+            notices: u32::from_le_bytes(b[26..30].try_into().expect("4 bytes")),
+            released_day: u16::from_le_bytes([b[30], b[31]]),
             spam: None,
         }
     }
 
+    /// A record of the previous snapshot format, which kept an hour number per notice: the
+    /// notices of the latest of those hours are kept, older ones had lapsed anyway.
+    pub fn from_v2_bytes(b: &[u8; RECORD_BYTES_V2]) -> AccountRecord {
+        let u64_at = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().expect("8 bytes"));
+        let u32_at = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().expect("4 bytes"));
+        let mut record = AccountRecord {
+            tat: [u64_at(0), u64_at(8), u64_at(16)],
+            policy: u16::from_le_bytes([b[24], b[25]]),
+            ..Default::default()
+        };
+        record.set_released(u32_at(50));
+        let mut notices: Vec<(u32, Notice)> = Vec::with_capacity(7);
+        for (i, kind) in LimitKind::ALL.into_iter().enumerate() {
+            notices.push((u32_at(26 + 4 * i), Notice::LimitAlert(kind)));
+            notices.push((u32_at(38 + 4 * i), Notice::Warning(kind)));
+        }
+        notices.push((u32_at(54), Notice::SpamAlert));
+        let latest = notices.iter().map(|(hour, _)| *hour).max().unwrap_or(0);
+        if latest != 0 {
+            for (hour, notice) in notices {
+                if hour == latest {
+                    record.first_notice_this_hour(notice, hour);
+                }
+            }
+        }
+        record
+    }
+
     /// Whether nothing in the record still matters at `now`: every limit fully replenished, no
-    /// alert or warning within the current hour, no release today.
+    /// notice within the current hour, no release today.
     pub fn is_idle(&self, now_nanos: u64) -> bool {
-        let hour = super::clock::hour_number(now_nanos);
+        let hour = super::clock::hour_number(now_nanos) & HOUR_MASK;
         self.tat.iter().all(|&t| t <= now_nanos)
-            && self.alerted_hour.iter().chain(&self.warned_hour).all(|&h| h < hour)
-            && self.spam_alerted_hour < hour
-            && self.released_day < utc_day(now_nanos)
+            && (self.notices & !HOUR_MASK == 0 || self.notices & HOUR_MASK != hour)
+            && !self.released_on(utc_day(now_nanos))
             && self.spam.as_ref().is_none_or(|w| w.is_empty_at(now_nanos / 1_000_000_000))
     }
 }
@@ -187,48 +257,67 @@ impl StateStore for CellStore {
     }
 }
 
-type Limiter = RateLimiter<TatCell, CellStore, EngineClock, NoOpMiddleware<EpochInstant>>;
+type Limiter = RateLimiter<TatCell, CellStore, At, NoOpMiddleware<EpochInstant>>;
+
+/// A limit as checked: its governor quota, the limit, and its emission interval in nanoseconds
+/// (period / limit, kept to spare a division per usage query).
+///
+/// The `RateLimiter` itself is made per check, around the instant of the decision: it is two
+/// words computed from the quota, and it saves governor reading the clock on every check.
+struct Limit {
+    quota: Quota,
+    limit: u32,
+    interval: u64,
+}
+
+impl Limit {
+    fn at(&self, now_nanos: u64) -> Limiter {
+        RateLimiter::new(self.quota, CellStore, At(now_nanos))
+    }
+}
 
 /// One limiter per (policy, kind) with a non-zero limit.
 pub struct Limiters {
-    by_policy: Vec<[Option<(Limiter, u32)>; 3]>,
+    by_policy: Vec<[Option<Limit>; 3]>,
 }
 
 impl Limiters {
     /// Builds the limiters for `policies` (default first, then rules by priority).
-    pub fn new(policies: &[PolicySettings], clock: &EngineClock) -> Limiters {
+    pub fn new(policies: &[PolicySettings]) -> Limiters {
         let by_policy = policies
             .iter()
             .map(|p| {
                 LimitKind::ALL.map(|kind| {
                     let n = NonZeroU32::new(kind.limit_in(p))?;
                     let quota = Quota::with_period(kind.period() / n.get())?.allow_burst(n);
-                    Some((RateLimiter::new(quota, CellStore, clock.clone()), n.get()))
+                    Some(Limit { quota, limit: n.get(), interval: interval(kind.period(), n.get()) })
                 })
             })
             .collect();
         Limiters { by_policy }
     }
 
-    fn limiter(&self, policy: PolicyIndex, kind: LimitKind) -> Option<&(Limiter, u32)> {
+    fn limiter(&self, policy: PolicyIndex, kind: LimitKind) -> Option<&Limit> {
         self.by_policy.get(policy as usize).and_then(|l| l[kind as usize].as_ref())
     }
 
-    /// Tries to add one recipient of the given hourly kind (plus the daily limit). On success
-    /// the record is updated; on refusal nothing changes and the limit reached is returned.
+    /// Tries to add one recipient of the given hourly kind (plus the daily limit) at
+    /// `now_nanos`. On success the record is updated; on refusal nothing changes and the limit
+    /// reached is returned.
     pub fn try_add_recipient(
         &self,
         policy: PolicyIndex,
         record: &mut AccountRecord,
         hourly: LimitKind,
+        now_nanos: u64,
     ) -> Result<(), LimitKind> {
         let cells = [
             TatCell(Cell::new(record.tat[hourly as usize])),
             TatCell(Cell::new(record.tat[LimitKind::PerDay as usize])),
         ];
         for (cell, kind) in cells.iter().zip([hourly, LimitKind::PerDay]) {
-            if let Some((limiter, _)) = self.limiter(policy, kind) {
-                limiter.check_key(cell).map_err(|_| kind)?;
+            if let Some(limit) = self.limiter(policy, kind) {
+                limit.at(now_nanos).check_key(cell).map_err(|_| kind)?;
             }
         }
         record.tat[hourly as usize] = cells[0].0.get();
@@ -245,17 +334,25 @@ impl Limiters {
         kind: LimitKind,
         now_nanos: u64,
     ) -> Option<(u32, u32)> {
-        let (_, limit) = self.limiter(policy, kind)?;
-        Some((used(record.tat[kind as usize], now_nanos, kind.period(), *limit), *limit))
+        let limit = self.limiter(policy, kind)?;
+        Some((used_at(record.tat[kind as usize], now_nanos, limit.interval, limit.limit), limit.limit))
     }
+}
+
+/// The emission interval of a limit: one recipient is replenished every `period / limit`.
+fn interval(period: Duration, limit: u32) -> u64 {
+    (period.as_nanos() as u64 / u64::from(limit.max(1))).max(1)
 }
 
 /// Recipients in use under a GCRA state: the time debt over the emission interval, rounded up.
 fn used(tat: u64, now_nanos: u64, period: Duration, limit: u32) -> u32 {
+    used_at(tat, now_nanos, interval(period, limit), limit)
+}
+
+fn used_at(tat: u64, now_nanos: u64, interval: u64, limit: u32) -> u32 {
     if tat <= now_nanos || limit == 0 {
         return 0;
     }
-    let interval = (period.as_nanos() as u64 / u64::from(limit)).max(1);
     let debt = tat - now_nanos;
     (debt.div_ceil(interval)).min(u64::from(limit)) as u32
 }
@@ -265,8 +362,7 @@ fn tat_for(count: u32, now_nanos: u64, period: Duration, limit: u32) -> u64 {
     if count == 0 || limit == 0 {
         return 0;
     }
-    let interval = (period.as_nanos() as u64 / u64::from(limit)).max(1);
-    now_nanos + u64::from(count) * interval
+    now_nanos + u64::from(count) * interval(period, limit)
 }
 
 /// Re-expresses a record's consumption under a new policy after a reload: the same number of
@@ -287,8 +383,8 @@ pub fn convert_for_reload(
 }
 
 /// Drops the records with nothing left to remember; returns how many were dropped.
-pub fn evict_idle<S: std::hash::BuildHasher + Clone>(
-    map: &dashmap::DashMap<Box<str>, AccountRecord, S>,
+pub fn evict_idle<K: Eq + std::hash::Hash, S: std::hash::BuildHasher + Clone>(
+    map: &dashmap::DashMap<K, AccountRecord, S>,
     now_nanos: u64,
 ) -> usize {
     let before = map.len();
@@ -303,6 +399,7 @@ mod tests {
 
     use super::*;
     use crate::config::builtin_default_policy;
+    use crate::policy::clock::EngineClock;
 
     fn settings(ext: u32, int: u32, day: u32) -> PolicySettings {
         let mut s = builtin_default_policy();
@@ -314,19 +411,22 @@ mod tests {
 
     fn setup(ext: u32, int: u32, day: u32) -> (Limiters, EngineClock) {
         let clock = EngineClock::manual(UNIX_EPOCH + Duration::from_secs(1_795_300_000));
-        (Limiters::new(&[settings(ext, int, day)], &clock), clock)
+        (Limiters::new(&[settings(ext, int, day)]), clock)
     }
 
     #[test]
     fn n_recipients_pass_and_the_next_reaches_the_limit() {
-        let (l, _) = setup(5, 0, 0);
+        let (l, clock) = setup(5, 0, 0);
         let mut r = AccountRecord::default();
         for _ in 0..5 {
-            assert_eq!(l.try_add_recipient(0, &mut r, LimitKind::ExternalPerHour), Ok(()));
+            assert_eq!(l.try_add_recipient(0, &mut r, LimitKind::ExternalPerHour, clock.now_nanos()), Ok(()));
         }
-        assert_eq!(l.try_add_recipient(0, &mut r, LimitKind::ExternalPerHour), Err(LimitKind::ExternalPerHour));
+        assert_eq!(
+            l.try_add_recipient(0, &mut r, LimitKind::ExternalPerHour, clock.now_nanos()),
+            Err(LimitKind::ExternalPerHour)
+        );
         // Internal recipients have no limit here.
-        assert_eq!(l.try_add_recipient(0, &mut r, LimitKind::InternalPerHour), Ok(()));
+        assert_eq!(l.try_add_recipient(0, &mut r, LimitKind::InternalPerHour, clock.now_nanos()), Ok(()));
     }
 
     #[test]
@@ -334,17 +434,20 @@ mod tests {
         let (l, clock) = setup(4, 0, 0);
         let mut r = AccountRecord::default();
         for _ in 0..4 {
-            l.try_add_recipient(0, &mut r, LimitKind::ExternalPerHour).unwrap();
+            l.try_add_recipient(0, &mut r, LimitKind::ExternalPerHour, clock.now_nanos()).unwrap();
         }
-        assert!(l.try_add_recipient(0, &mut r, LimitKind::ExternalPerHour).is_err());
+        assert!(l.try_add_recipient(0, &mut r, LimitKind::ExternalPerHour, clock.now_nanos()).is_err());
         clock.advance(Duration::from_secs(899));
-        assert!(l.try_add_recipient(0, &mut r, LimitKind::ExternalPerHour).is_err(), "3600/4 s not yet over");
+        assert!(
+            l.try_add_recipient(0, &mut r, LimitKind::ExternalPerHour, clock.now_nanos()).is_err(),
+            "3600/4 s not yet over"
+        );
         clock.advance(Duration::from_secs(1));
-        assert!(l.try_add_recipient(0, &mut r, LimitKind::ExternalPerHour).is_ok());
-        assert!(l.try_add_recipient(0, &mut r, LimitKind::ExternalPerHour).is_err());
+        assert!(l.try_add_recipient(0, &mut r, LimitKind::ExternalPerHour, clock.now_nanos()).is_ok());
+        assert!(l.try_add_recipient(0, &mut r, LimitKind::ExternalPerHour, clock.now_nanos()).is_err());
         clock.advance(Duration::from_secs(3600));
         for _ in 0..4 {
-            l.try_add_recipient(0, &mut r, LimitKind::ExternalPerHour).unwrap();
+            l.try_add_recipient(0, &mut r, LimitKind::ExternalPerHour, clock.now_nanos()).unwrap();
         }
     }
 
@@ -352,18 +455,21 @@ mod tests {
     fn the_daily_limit_counts_both_classes_and_a_refusal_spends_nothing() {
         let (l, clock) = setup(100, 100, 3);
         let mut r = AccountRecord::default();
-        l.try_add_recipient(0, &mut r, LimitKind::ExternalPerHour).unwrap();
-        l.try_add_recipient(0, &mut r, LimitKind::InternalPerHour).unwrap();
-        l.try_add_recipient(0, &mut r, LimitKind::InternalPerHour).unwrap();
+        l.try_add_recipient(0, &mut r, LimitKind::ExternalPerHour, clock.now_nanos()).unwrap();
+        l.try_add_recipient(0, &mut r, LimitKind::InternalPerHour, clock.now_nanos()).unwrap();
+        l.try_add_recipient(0, &mut r, LimitKind::InternalPerHour, clock.now_nanos()).unwrap();
         let before = r.clone();
-        assert_eq!(l.try_add_recipient(0, &mut r, LimitKind::ExternalPerHour), Err(LimitKind::PerDay));
+        assert_eq!(
+            l.try_add_recipient(0, &mut r, LimitKind::ExternalPerHour, clock.now_nanos()),
+            Err(LimitKind::PerDay)
+        );
         assert_eq!(r, before, "the refused recipient must not count against the hourly limit");
         let now = clock.now_nanos();
         assert_eq!(l.usage(0, &r, LimitKind::PerDay, now), Some((3, 3)));
         assert_eq!(l.usage(0, &r, LimitKind::ExternalPerHour, now), Some((1, 100)));
         assert_eq!(l.usage(0, &r, LimitKind::InternalPerHour, now), Some((2, 100)));
         clock.advance(Duration::from_secs(86_400 / 3));
-        assert!(l.try_add_recipient(0, &mut r, LimitKind::ExternalPerHour).is_ok());
+        assert!(l.try_add_recipient(0, &mut r, LimitKind::ExternalPerHour, clock.now_nanos()).is_ok());
     }
 
     #[test]
@@ -371,43 +477,74 @@ mod tests {
         let (l, clock) = setup(500, 0, 0);
         let mut r = AccountRecord::default();
         for _ in 0..400 {
-            l.try_add_recipient(0, &mut r, LimitKind::ExternalPerHour).unwrap();
+            l.try_add_recipient(0, &mut r, LimitKind::ExternalPerHour, clock.now_nanos()).unwrap();
         }
         let now = clock.now_nanos();
         let raised = settings(1000, 0, 0);
         convert_for_reload(&mut r, &settings(500, 0, 0), &raised, 0, now);
-        let l2 = Limiters::new(&[raised], &clock);
+        let l2 = Limiters::new(&[raised]);
         assert_eq!(l2.usage(0, &r, LimitKind::ExternalPerHour, now), Some((400, 1000)));
         for _ in 0..600 {
-            l2.try_add_recipient(0, &mut r, LimitKind::ExternalPerHour).unwrap();
+            l2.try_add_recipient(0, &mut r, LimitKind::ExternalPerHour, clock.now_nanos()).unwrap();
         }
-        assert!(l2.try_add_recipient(0, &mut r, LimitKind::ExternalPerHour).is_err());
+        assert!(l2.try_add_recipient(0, &mut r, LimitKind::ExternalPerHour, clock.now_nanos()).is_err());
 
         // Lowered below what is in use: the account is at the new limit at once.
         let lowered = settings(100, 0, 0);
         convert_for_reload(&mut r, &settings(1000, 0, 0), &lowered, 0, now);
-        let l3 = Limiters::new(&[lowered], &clock);
+        let l3 = Limiters::new(&[lowered]);
         assert_eq!(l3.usage(0, &r, LimitKind::ExternalPerHour, now).map(|u| u.0 >= 100), Some(true));
-        assert!(l3.try_add_recipient(0, &mut r, LimitKind::ExternalPerHour).is_err());
+        assert!(l3.try_add_recipient(0, &mut r, LimitKind::ExternalPerHour, clock.now_nanos()).is_err());
+    }
+
+    #[test]
+    fn each_notice_goes_out_once_an_hour() {
+        let mut r = AccountRecord::default();
+        let hour = 498_706;
+        assert!(r.first_notice_this_hour(Notice::LimitAlert(LimitKind::PerDay), hour));
+        assert!(!r.first_notice_this_hour(Notice::LimitAlert(LimitKind::PerDay), hour));
+        // Other notices and other kinds are independent within the hour.
+        assert!(r.first_notice_this_hour(Notice::LimitAlert(LimitKind::ExternalPerHour), hour));
+        assert!(r.first_notice_this_hour(Notice::Warning(LimitKind::PerDay), hour));
+        assert!(r.first_notice_this_hour(Notice::SpamAlert, hour));
+        assert!(!r.first_notice_this_hour(Notice::SpamAlert, hour));
+        // A new hour starts afresh.
+        assert!(r.first_notice_this_hour(Notice::SpamAlert, hour + 1));
+        assert!(r.first_notice_this_hour(Notice::LimitAlert(LimitKind::PerDay), hour + 1));
+        assert!(!r.released_on(0), "never released is not released on day 0");
+        r.set_released(20_779);
+        assert!(r.released_on(20_779) && !r.released_on(20_780));
+    }
+
+    #[test]
+    fn a_previous_format_record_keeps_its_latest_notices() {
+        let mut b = [0u8; RECORD_BYTES_V2];
+        b[0..8].copy_from_slice(&42u64.to_le_bytes());
+        b[24..26].copy_from_slice(&3u16.to_le_bytes());
+        b[26..30].copy_from_slice(&100u32.to_le_bytes()); // limit alert, external: older hour
+        b[42..46].copy_from_slice(&101u32.to_le_bytes()); // warning, internal: latest hour
+        b[50..54].copy_from_slice(&20_779u32.to_le_bytes()); // released
+        b[54..58].copy_from_slice(&101u32.to_le_bytes()); // spam alert: latest hour
+        let mut r = AccountRecord::from_v2_bytes(&b);
+        assert_eq!((r.tat[0], r.policy), (42, 3));
+        assert!(r.released_on(20_779));
+        assert!(!r.first_notice_this_hour(Notice::Warning(LimitKind::InternalPerHour), 101));
+        assert!(!r.first_notice_this_hour(Notice::SpamAlert, 101));
+        assert!(r.first_notice_this_hour(Notice::LimitAlert(LimitKind::ExternalPerHour), 101));
     }
 
     #[test]
     fn records_round_trip_through_bytes_and_idle_ones_are_evicted() {
-        let r = AccountRecord {
-            tat: [1, 2, 3],
-            policy: 7,
-            alerted_hour: [4, 5, 6],
-            warned_hour: [7, 8, 9],
-            released_day: 10,
-            spam_alerted_hour: 11,
-            spam: None,
-        };
+        let mut r = AccountRecord { tat: [1, 2, 3], policy: 7, ..Default::default() };
+        r.set_released(10);
+        r.first_notice_this_hour(Notice::Warning(LimitKind::PerDay), 11);
+        r.first_notice_this_hour(Notice::SpamAlert, 11);
         assert_eq!(AccountRecord::from_bytes(&r.to_bytes()), r);
 
         let (l, clock) = setup(10, 10, 10);
         let map: dashmap::DashMap<Box<str>, AccountRecord, ahash::RandomState> = dashmap::DashMap::default();
         let mut busy = AccountRecord::default();
-        l.try_add_recipient(0, &mut busy, LimitKind::ExternalPerHour).unwrap();
+        l.try_add_recipient(0, &mut busy, LimitKind::ExternalPerHour, clock.now_nanos()).unwrap();
         map.insert("busy@example.com".into(), busy);
         map.insert("idle@example.com".into(), AccountRecord::default());
         assert_eq!(evict_idle(&map, clock.now_nanos()), 1);

@@ -1,19 +1,21 @@
 //! The counters snapshot: every tracked account's record, written at graceful shutdown and read
 //! at start, so a restart does not hand every account a fresh quota.
 //!
-//! Format: `OGSNAP02`, then per account a u16 key length, the key, the fixed-size record
+//! Format: `OGSNAP03`, then per account a u16 key length, the key, the fixed-size record
 //! (`policy::limits::RECORD_BYTES`), a flag byte and, when it is 1, the spam window
 //! (`policy::spam::WINDOW_BYTES`); then a CRC32 of everything before it. Written to a temp
 //! file, synced and renamed into place. A snapshot that does not check out is ignored with a
-//! log line: counters start empty rather than wrong.
+//! log line: counters start empty rather than wrong. A snapshot of the previous format
+//! (`OGSNAP02`, larger records) is still read, so an upgrade keeps the counters.
 
 use std::io::{self, BufWriter, Read, Write};
 use std::path::Path;
 
-use crate::policy::limits::{AccountRecord, RECORD_BYTES};
+use crate::policy::limits::{AccountRecord, RECORD_BYTES, RECORD_BYTES_V2};
 use crate::policy::spam::{SpamWindow, WINDOW_BYTES};
 
-const MAGIC: &[u8; 8] = b"OGSNAP02";
+const MAGIC: &[u8; 8] = b"OGSNAP03";
+const MAGIC_V2: &[u8; 8] = b"OGSNAP02";
 
 /// Writes `records` to `path` atomically; returns how many were written.
 ///
@@ -67,24 +69,33 @@ pub fn read(path: &Path) -> io::Result<Option<Vec<(String, AccountRecord)>>> {
     let bad = |what: &str| {
         io::Error::new(io::ErrorKind::InvalidData, format!("counters snapshot {}: {what}", path.display()))
     };
-    if bytes.len() < MAGIC.len() + 4 || &bytes[..MAGIC.len()] != MAGIC {
+    if bytes.len() < MAGIC.len() + 4 {
         return Err(bad("not a snapshot file"));
     }
+    let record_bytes = match &bytes[..MAGIC.len()] {
+        m if m == MAGIC => RECORD_BYTES,
+        m if m == MAGIC_V2 => RECORD_BYTES_V2,
+        _ => return Err(bad("not a snapshot file")),
+    };
     let (body, sum) = bytes.split_at(bytes.len() - 4);
     if crc32fast::hash(body) != u32::from_le_bytes(sum.try_into().expect("4 bytes")) {
         return Err(bad("checksum mismatch (incomplete or damaged)"));
     }
     let mut rest = &body[MAGIC.len()..];
-    let mut records = Vec::new();
+    let mut records = Vec::with_capacity(body.len() / (record_bytes + 24));
     while !rest.is_empty() {
         let (len, after) = rest.split_first_chunk::<2>().ok_or_else(|| bad("truncated entry"))?;
         let len = u16::from_le_bytes(*len) as usize;
-        if after.len() < len + RECORD_BYTES + 1 {
+        if after.len() < len + record_bytes + 1 {
             return Err(bad("truncated entry"));
         }
         let key = String::from_utf8(after[..len].to_vec()).map_err(|_| bad("account name is not UTF-8"))?;
-        let mut record = AccountRecord::from_bytes(after[len..len + RECORD_BYTES].try_into().expect("record size"));
-        let mut next = &after[len + RECORD_BYTES..];
+        let fixed = &after[len..len + record_bytes];
+        let mut record = match fixed.try_into() {
+            Ok(current) => AccountRecord::from_bytes(current),
+            Err(_) => AccountRecord::from_v2_bytes(fixed.try_into().expect("previous record size")),
+        };
+        let mut next = &after[len + record_bytes..];
         let (&flag, tail) = next.split_first().ok_or_else(|| bad("truncated entry"))?;
         next = tail;
         if flag == 1 {
@@ -109,7 +120,11 @@ mod tests {
         assert!(read(&path).unwrap().is_none());
         let records = vec![
             ("a@example.com".to_owned(), AccountRecord { tat: [5, 6, 7], ..Default::default() }),
-            ("ælfrida@xn--bcher-kva.example".to_owned(), AccountRecord { released_day: 3, ..Default::default() }),
+            ("ælfrida@xn--bcher-kva.example".to_owned(), {
+                let mut r = AccountRecord::default();
+                r.set_released(3);
+                r
+            }),
             (
                 "spammer@example.com".to_owned(),
                 AccountRecord {
@@ -128,5 +143,24 @@ mod tests {
         bytes[12] ^= 1;
         std::fs::write(&path, &bytes).unwrap();
         assert!(read(&path).is_err());
+    }
+
+    #[test]
+    fn a_snapshot_of_the_previous_format_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("counters.snapshot");
+        let mut body = MAGIC_V2.to_vec();
+        let key = b"a@example.com";
+        body.extend_from_slice(&(key.len() as u16).to_le_bytes());
+        body.extend_from_slice(key);
+        let mut record = [0u8; RECORD_BYTES_V2];
+        record[0..8].copy_from_slice(&7u64.to_le_bytes());
+        body.extend_from_slice(&record);
+        body.push(0);
+        let sum = crc32fast::hash(&body);
+        body.extend_from_slice(&sum.to_le_bytes());
+        std::fs::write(&path, &body).unwrap();
+        let records = read(&path).unwrap().unwrap();
+        assert_eq!(records, vec![("a@example.com".to_owned(), AccountRecord { tat: [7, 0, 0], ..Default::default() })]);
     }
 }

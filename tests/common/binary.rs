@@ -1,7 +1,10 @@
 //! The `outbound-guard` binary as an administrator runs it: a config file in a temp dir, the
 //! milter on a free loopback port, stopped with SIGTERM.
+//!
+//! Its stderr goes to a file beside the config, not a pipe: a pipe nobody reads until the end
+//! fills at 64 KiB, and the daemon then blocks in the middle of a log line (a load test's
+//! per-connection debug lines get there in a few hundred connections).
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -15,6 +18,8 @@ pub struct GuardProcess {
     pub dir: tempfile::TempDir,
     /// Extra environment of the process (kept for a restart).
     env: Vec<(String, String)>,
+    /// The daemon's stderr (this run's only).
+    log: PathBuf,
 }
 
 impl GuardProcess {
@@ -62,6 +67,8 @@ impl GuardProcess {
     }
 
     fn spawn(dir: tempfile::TempDir, milter_port: u16, env: Vec<(String, String)>) -> GuardProcess {
+        let log = dir.path().join("stderr.log");
+        let stderr = std::fs::File::create(&log).expect("create the stderr log");
         let child = Command::new(binary())
             .envs(env.iter().map(|(k, v)| (k, v)))
             .arg("--config")
@@ -70,10 +77,10 @@ impl GuardProcess {
             .env("RUST_LOG", "debug")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+            .stderr(stderr)
             .spawn()
             .expect("start outbound-guard");
-        let mut p = GuardProcess { child, milter_port, dir, env };
+        let mut p = GuardProcess { child, milter_port, dir, env, log };
         let deadline = Instant::now() + Duration::from_secs(60);
         while !tcp_listening(milter_port) {
             if let Ok(Some(status)) = p.child.try_wait() {
@@ -120,11 +127,7 @@ impl GuardProcess {
     }
 
     fn stderr_now(&mut self) -> String {
-        let mut text = String::new();
-        if let Some(mut err) = self.child.stderr.take() {
-            let _ = err.read_to_string(&mut text);
-        }
-        text
+        std::fs::read(&self.log).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
     }
 }
 

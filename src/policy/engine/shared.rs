@@ -54,7 +54,7 @@ impl Engine {
     /// Another node's administrator released `account`: the day's grace applies here too.
     pub fn note_released_elsewhere(&self, account: &str) {
         let now = self.clock.now_nanos();
-        self.record_mut(account, self.current.load().policies.select(account)).released_day = utc_day(now);
+        self.record_mut(account, self.current.load().policies.select(account)).set_released(utc_day(now));
     }
 
     /// Every tracked account whose limits are still in use at `now`, with its TATs — what a node
