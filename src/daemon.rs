@@ -11,7 +11,9 @@ use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
 use crate::admin::api::{self, AdminState};
-use crate::config::{Config, ConfigError, LogFormat};
+use crate::cluster::target::Target;
+use crate::cluster::{Cluster, ClusterPolicy, ClusterRestrictions};
+use crate::config::{Backend, Config, ConfigError, LogFormat};
 use crate::metrics::Metrics;
 use crate::milter::connection::Timeouts;
 use crate::milter::replies::ReplyTexts;
@@ -21,13 +23,15 @@ use crate::policy::clock::EngineClock;
 use crate::policy::engine::Engine;
 use crate::policy::events::{Event, EventSink};
 use crate::state::durable::DurableRestrictions;
-use crate::state::restrictions::StoreError;
+use crate::state::restrictions::{RestrictionStore, StoreError};
 use crate::state::snapshot;
 
 /// Events waiting for the notifier at most; beyond, new ones are dropped (and counted).
 const EVENT_QUEUE: usize = 10_000;
 /// How often idle account records are dropped.
 const EVICT_EVERY: Duration = Duration::from_secs(600);
+/// How long a starting node in cluster mode waits for its first connection to Redis.
+const CLUSTER_START_WAIT: Duration = Duration::from_secs(3);
 /// The counters snapshot inside `state.dir`.
 const SNAPSHOT_FILE: &str = "counters.snapshot";
 
@@ -42,6 +46,8 @@ pub enum StartError {
     AdminBind { addr: String, source: std::io::Error },
     #[error(transparent)]
     Notify(#[from] crate::notify::NotifyError),
+    #[error("state.redis_url: {0}")]
+    Redis(#[from] redis::RedisError),
 }
 
 /// Everything a running filter shares between connections.
@@ -51,6 +57,8 @@ pub struct Services {
     config_path: PathBuf,
     events: std::sync::Mutex<Option<mpsc::Receiver<Event>>>,
     notifier: std::sync::Mutex<Option<NotifierHandle>>,
+    /// Cluster mode: this node's share and where Redis is.
+    cluster: Option<(Arc<Cluster>, Target)>,
 }
 
 impl Services {
@@ -62,11 +70,22 @@ impl Services {
     pub fn new(config: Arc<Config>, clock: EngineClock) -> Result<Services, StartError> {
         let (sink, events) = EventSink::channel(EVENT_QUEUE);
         let replies = Arc::new(ArcSwap::from_pointee(config.replies.clone()));
-        let store = DurableRestrictions::open(&config.state.dir, clock.now_secs())?;
+        let durable = Arc::new(DurableRestrictions::open(&config.state.dir, clock.now_secs())?);
         let metrics = Arc::new(Metrics::new());
+        let (store, cluster): (Arc<dyn RestrictionStore>, _) = match &config.state.backend {
+            Backend::Memory => (durable, None),
+            Backend::Redis { url } => {
+                let target = Target::parse(url)?;
+                // Unique per process, also for two nodes on one host.
+                let node = format!("{}/{}", config.notify.node_name, std::process::id());
+                let cluster =
+                    Cluster::new(node, durable.clone(), clock.clone(), metrics.clone(), config.milter.io_timeout);
+                (Arc::new(ClusterRestrictions::new(durable, cluster.clone())), Some((cluster, target)))
+            }
+        };
         let snapshot_path = config.state.dir.join(SNAPSHOT_FILE);
         let config_path = config.file.clone();
-        let engine = Arc::new(Engine::new(config, Arc::new(store), sink, clock, metrics));
+        let engine = Arc::new(Engine::new(config, store, sink, clock, metrics));
         match snapshot::read(&snapshot_path) {
             Ok(Some(records)) => {
                 let restored = engine.restore_records(records);
@@ -83,6 +102,7 @@ impl Services {
             config_path,
             events: std::sync::Mutex::new(Some(events)),
             notifier: std::sync::Mutex::new(None),
+            cluster,
         })
     }
 
@@ -239,12 +259,33 @@ pub async fn run(
             }
         })
     });
+    let cluster_tasks = match &services.cluster {
+        Some((cluster, target)) => {
+            let tasks = cluster.spawn(target.clone(), &services.engine, shutdown.clone());
+            // Start with the shared view when Redis answers at once; otherwise locally.
+            cluster.first_attempt(CLUSTER_START_WAIT).await;
+            tasks
+        }
+        None => Vec::new(),
+    };
     if let Ok(addr) = listener.local_addr() {
         info!(listen = %addr, "outbound-guard milter listening");
     }
-    server::run(listener, services.engine.clone(), settings, shutdown.clone()).await;
+    match &services.cluster {
+        Some((cluster, _)) => {
+            let policy = Arc::new(ClusterPolicy::new(services.engine.clone(), cluster.clone()));
+            server::run(listener, policy, settings, shutdown.clone()).await;
+        }
+        None => server::run(listener, services.engine.clone(), settings, shutdown.clone()).await,
+    }
     let _ = shutdown.wait_for(|s| *s).await;
     evictor.abort();
+    if let Some((cluster, _)) = &services.cluster {
+        cluster.flush(Duration::from_secs(2)).await;
+    }
+    for task in cluster_tasks {
+        task.abort();
+    }
     if let Some(task) = admin_task {
         let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
     }

@@ -15,6 +15,9 @@
 //! - [`verdict`]: the spam verdict on a message — from the headers a scanner in front of us
 //!   wrote ([`verdict::headers`]) or by asking spamd ([`verdict::spamd`]) or rspamd
 //!   ([`verdict::rspamd`]) directly; a scanner that fails is an error, never a refusal.
+//! - [`cluster`]: `state.backend = "redis"` — counters and restrictions shared by several nodes
+//!   through Redis, wrapped around the engine and the durable store; the local view decides
+//!   when Redis is away.
 //! - [`config`]: `plugin.toml` → raw structs → validated model with file/line/key errors.
 //! - [`cli`]: the command line definition (clap), shared with the man page generator.
 //! - [`daemon`]: wiring for `outbound-guard run`: logging, signals, the tasks.
@@ -23,6 +26,7 @@
 
 pub mod admin;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod daemon;
 pub mod load;

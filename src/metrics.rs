@@ -53,6 +53,9 @@ pub struct Metrics {
     pub events_dropped: Gauge,
     pub decision_seconds: Histogram,
     pub redis_up: Gauge,
+    /// Messages decided on the local view alone in cluster mode (Redis unreachable or slow).
+    pub redis_local_decisions: Counter,
+    redis_errors: Family<Labels, Counter>,
     notifications_pending: Family<Labels, Gauge>,
 }
 
@@ -127,6 +130,18 @@ impl Metrics {
             "1 when the shared Redis state is reachable (redis backend only)",
             redis_up.clone(),
         );
+        let redis_local_decisions = Counter::default();
+        registry.register(
+            "redis_local_decisions",
+            "Messages decided on this node's local view alone because Redis was unreachable or slow (redis backend)",
+            redis_local_decisions.clone(),
+        );
+        let redis_errors = Family::<Labels, Counter>::default();
+        registry.register(
+            "redis_errors",
+            "Redis requests that failed or timed out, by operation (redis backend)",
+            redis_errors.clone(),
+        );
 
         let m = |d, o| counter(&messages_family, &[("direction", d), ("outcome", o)]);
         let messages = MessageCounters {
@@ -161,6 +176,8 @@ impl Metrics {
             events_dropped,
             decision_seconds,
             redis_up,
+            redis_local_decisions,
+            redis_errors,
             notifications_pending,
         }
     }
@@ -178,6 +195,11 @@ impl Metrics {
     /// Counts a release of a restriction made by `source` (`policy` or `admin`).
     pub fn released(&self, source: &'static str) {
         self.releases.get_or_create(&vec![("source", source)]).inc();
+    }
+
+    /// Counts a failed Redis request (`fetch`, `commit`, `publish`, `reconcile`, `ping`).
+    pub fn redis_error(&self, op: &'static str) {
+        self.redis_errors.get_or_create(&vec![("op", op)]).inc();
     }
 
     /// Counts a verdict.

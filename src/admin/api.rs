@@ -170,6 +170,8 @@ async fn add_restriction(
     let by = req.by.unwrap_or_else(|| "admin".into());
     let (restriction, created) =
         state.engine.restrict_manually(&account, &reason, until, &by).map_err(ApiError::internal)?;
+    // In cluster mode: on the other nodes too before the answer.
+    state.engine.restrictions().settled().await;
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, Json(restriction_json(&restriction))))
 }
@@ -192,6 +194,7 @@ async fn release(
         .release(&account, &by, q.reason.as_deref().filter(|r| !r.is_empty()))
         .map_err(ApiError::internal)?
         .ok_or_else(|| ApiError::not_found(format!("account {account} is not restricted")))?;
+    state.engine.restrictions().settled().await;
     let mut body = restriction_json(&released);
     body["released"] = Value::Bool(true);
     body["released_by"] = Value::String(by);

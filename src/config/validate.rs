@@ -169,9 +169,17 @@ pub(super) fn validate(file: &Path, source: &str, raw: RawConfig) -> Result<Conf
             if !(url.starts_with("redis://")
                 || url.starts_with("rediss://")
                 || url.starts_with("redis+unix://")
-                || url.starts_with("unix://"))
+                || url.starts_with("unix://")
+                || url.starts_with("redis+sentinel://")
+                || url.starts_with("rediss+sentinel://"))
             {
-                return Err(v.err(&key("state.redis_url"), "must be a redis:// or rediss:// URL"));
+                return Err(v.err(
+                    &key("state.redis_url"),
+                    "must be a redis://, rediss://, redis+unix:// or redis+sentinel:// URL",
+                ));
+            }
+            if let Err(e) = crate::cluster::target::Target::parse(&url) {
+                return Err(v.err(&key("state.redis_url"), format!("is not a usable Redis URL: {e}")));
             }
             Backend::Redis { url }
         }

@@ -115,6 +115,11 @@ pub async fn serve<T: Transport, P: Policy>(
             let command = Command::decode(frame)?;
             let mut flow = session.handle(command, &mut out)?;
             start += used;
+            if flow == Flow::Prepare {
+                // Never longer than io_timeout: past it the local decision stands.
+                session.prepare(timeouts.io, &mut out).await;
+                flow = Flow::KeepOpen;
+            }
             if flow == Flow::Scan {
                 let verdicts = session.scan().await;
                 session.finish_message(&verdicts, &mut out);

@@ -145,6 +145,9 @@ pub enum Flow {
     /// End of message with scanners to ask: the connection awaits [`Session::scan`] and then
     /// calls [`Session::finish_message`].
     Scan,
+    /// MAIL FROM whose decision waits for the policy's asynchronous step: the connection
+    /// awaits [`Session::prepare`], which writes the reply.
+    Prepare,
 }
 
 /// The header name of the spam tag.
@@ -202,6 +205,8 @@ pub struct Session<P: Policy> {
     tx: P::Transaction,
     needs: crate::milter::negotiate::Needs,
     message: MessageBuffer,
+    /// The MAIL FROM decision waiting for [`Session::prepare`].
+    pending_mail: Option<Decision>,
 }
 
 impl<P: Policy> Session<P> {
@@ -215,6 +220,7 @@ impl<P: Policy> Session<P> {
             tx: P::Transaction::default(),
             needs: crate::milter::negotiate::Needs::default(),
             message: MessageBuffer::default(),
+            pending_mail: None,
         }
     }
 
@@ -269,12 +275,12 @@ impl<P: Policy> Session<P> {
                 if self.needs.body {
                     self.message.sender.push_str(&String::from_utf8_lossy(envelope.bare_address()));
                 }
-                if decision != Decision::Continue {
-                    // Accepted or refused: the MTA sends nothing more of this message.
-                    self.state = State::Ready;
-                    self.policy.end_transaction(&mut self.tx);
+                if self.policy.prepares(&self.tx, decision) {
+                    self.pending_mail = Some(decision);
+                    return Ok(Flow::Prepare);
                 }
-                Some(decision)
+                self.mail_decided(decision, out);
+                return Ok(Flow::KeepOpen);
             }
             Command::RcptTo(envelope) => {
                 let facts = RcptFacts { recipient: envelope.bare_address() };
@@ -329,6 +335,27 @@ impl<P: Policy> Session<P> {
             self.replies.load().reply_for(decision).encode(out);
         }
         Ok(Flow::KeepOpen)
+    }
+
+    /// Runs the policy's step after MAIL FROM (after [`Flow::Prepare`]), at most `limit` long —
+    /// past it the decision made without that step stands — and writes the MAIL FROM reply.
+    pub async fn prepare(&mut self, limit: std::time::Duration, out: &mut Vec<u8>) {
+        let Some(decision) = self.pending_mail.take() else { return };
+        let decision =
+            tokio::time::timeout(limit, self.policy.prepare(&mut self.tx, decision)).await.unwrap_or(decision);
+        self.mail_decided(decision, out);
+    }
+
+    /// The MAIL FROM decision is final: end the transaction unless it goes on, and reply.
+    fn mail_decided(&mut self, decision: Decision, out: &mut Vec<u8>) {
+        if decision != Decision::Continue {
+            // Accepted or refused: the MTA sends nothing more of this message.
+            self.state = State::Ready;
+            self.policy.end_transaction(&mut self.tx);
+        }
+        if self.expects_reply(b'M') {
+            self.replies.load().reply_for(decision).encode(out);
+        }
     }
 
     /// Asks the policy's scanners about the message in progress (after [`Flow::Scan`]).

@@ -29,6 +29,9 @@ use crate::milter::negotiate::Needs;
 use crate::state::restrictions::{Counters, Restriction, RestrictionStore, Source, StoreError};
 use crate::verdict::{HeaderJudge, RspamdClient, SpamdClient, Verdict};
 
+/// What cluster mode (`crate::cluster`) reads and merges; kept apart from the decisions.
+mod shared;
+
 /// Account names are inline strings: up to 24 bytes (nearly every address) live in the map's
 /// bucket itself, so a lookup compares without following a pointer and a new account costs no
 /// separate allocation.
@@ -99,6 +102,9 @@ pub struct Transaction {
     policy: PolicyIndex,
     recipients: u32,
     restricted: bool,
+    /// Recipients counted per [`LimitKind`] in this transaction (shared with other nodes at
+    /// its end in cluster mode).
+    counted: [u32; 3],
 }
 
 /// The engine shared by all milter connections.
@@ -492,6 +498,7 @@ impl Transaction {
         self.policy = 0;
         self.recipients = 0;
         self.restricted = false;
+        self.counted = [0; 3];
     }
 }
 
@@ -521,12 +528,13 @@ impl Engine {
             self.metrics.messages.outbound_exempt.inc();
             return Decision::Accept;
         }
+        // Known even when refused, so cluster mode can check a restriction with the other nodes.
+        tx.account.push_str(&account);
         if self.restrictions.is_restricted(&account, self.clock.now_secs()) {
             info!(account = %account, "MAIL FROM refused: account restricted");
             self.metrics.messages.outbound_refused.inc();
             return Decision::Refuse(Refusal::AccountRestricted);
         }
-        tx.account.push_str(&account);
         tx.policy = compiled.policies.select(&account);
         tx.compiled = Some(compiled);
         self.metrics.messages.outbound_checked.inc();
@@ -564,6 +572,8 @@ impl Engine {
         match compiled.limiters.try_add_recipient(tx.policy, &mut record, hourly, now) {
             Ok(()) => {
                 tx.recipients += 1;
+                tx.counted[hourly as usize] += 1;
+                tx.counted[LimitKind::PerDay as usize] += 1;
                 match hourly {
                     LimitKind::InternalPerHour => self.metrics.recipients.internal_accepted.inc(),
                     _ => self.metrics.recipients.external_accepted.inc(),

@@ -107,6 +107,22 @@ pub trait Policy: Send + Sync + 'static {
     /// MAIL FROM: is this outbound mail of an account that may send?
     fn mail_from(&self, tx: &mut Self::Transaction, facts: &MailFacts<'_>) -> Decision;
 
+    /// Whether the MAIL FROM decision just made needs [`Policy::prepare`] before it is final
+    /// (cluster mode: the account's shared state is read first).
+    fn prepares(&self, _tx: &Self::Transaction, _decision: Decision) -> bool {
+        false
+    }
+
+    /// The asynchronous step after MAIL FROM; may change the decision. The caller bounds it in
+    /// time and keeps `decision` when it runs out, so dropping the future early must be safe.
+    fn prepare<'a>(
+        &'a self,
+        _tx: &'a mut Self::Transaction,
+        decision: Decision,
+    ) -> impl std::future::Future<Output = Decision> + Send + 'a {
+        async move { decision }
+    }
+
     /// RCPT TO: may this recipient be added?
     fn rcpt_to(&self, tx: &mut Self::Transaction, facts: &RcptFacts<'_>) -> Decision;
 

@@ -83,6 +83,11 @@ impl DurableRestrictions {
         Ok(DurableRestrictions { memory, files: Mutex::new(files), dir: dir.to_owned() })
     }
 
+    /// The newest audit entry of every account with a trail.
+    pub fn latest_audit(&self) -> Vec<AuditEntry> {
+        self.memory.latest_audit()
+    }
+
     pub fn dir(&self) -> &Path {
         &self.dir
     }

@@ -139,6 +139,12 @@ pub trait RestrictionStore: Send + Sync {
     fn list(&self, now_secs: i64) -> Vec<Restriction>;
     /// The account's audit trail, oldest first.
     fn history(&self, account: &str) -> Vec<AuditEntry>;
+    /// Resolves once the restrictions and releases recorded so far have reached the other
+    /// nodes, or that could not be done in time (cluster mode); at once for a local store. The
+    /// admin API awaits it so that "released" means released everywhere.
+    fn settled(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+        Box::pin(std::future::ready(()))
+    }
 }
 
 /// Restrictions in memory only (and the in-memory half of the durable store).
@@ -161,6 +167,12 @@ impl MemoryRestrictions {
     /// Puts back a restriction read from a journal (its history comes from the audit log).
     pub fn insert_replayed(&self, restriction: Restriction) {
         self.map.insert(restriction.account.clone().into_boxed_str(), restriction);
+    }
+
+    /// The newest audit entry of every account with a trail (cluster mode's view of what this
+    /// node last did or learnt about each account, when it starts).
+    pub fn latest_audit(&self) -> Vec<AuditEntry> {
+        self.history.iter().filter_map(|h| h.last().cloned()).collect()
     }
 
     /// Whether `account` has a restriction in force (the check the durable store makes before

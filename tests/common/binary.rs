@@ -16,6 +16,8 @@ pub struct GuardProcess {
     pub child: Child,
     pub milter_port: u16,
     pub dir: tempfile::TempDir,
+    /// Extra environment of the process (kept for a restart).
+    env: Vec<(String, String)>,
     /// The daemon's stderr (this run's only).
     log: PathBuf,
 }
@@ -30,6 +32,16 @@ impl GuardProcess {
     /// Like [`GuardProcess::start`] on a milter port chosen by the caller (e.g. one an MTA was
     /// configured with before the filter started).
     pub fn start_on(milter_port: u16, milter_extra: &str, config_tail: &str) -> GuardProcess {
+        Self::start_with_env(milter_port, milter_extra, config_tail, &[])
+    }
+
+    /// Like [`GuardProcess::start_on`] with extra environment variables (e.g. `SSL_CERT_FILE`).
+    pub fn start_with_env(
+        milter_port: u16,
+        milter_extra: &str,
+        config_tail: &str,
+        env: &[(&str, &str)],
+    ) -> GuardProcess {
         let dir = tempfile::tempdir().expect("temp dir");
         let config = format!(
             "[milter]\nlisten = \"inet:127.0.0.1:{milter_port}\"\n{milter_extra}\n\
@@ -37,7 +49,8 @@ impl GuardProcess {
             free_port()
         );
         std::fs::write(dir.path().join("plugin.toml"), config).expect("write config");
-        Self::spawn(dir, milter_port)
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Self::spawn(dir, milter_port, env)
     }
 
     /// Starts the binary again on the same directory and configuration (after a crash or a
@@ -49,13 +62,15 @@ impl GuardProcess {
         let _ = old.child.wait();
         let dir = tempfile::TempDir::new().expect("temp dir");
         let old_dir = std::mem::replace(&mut old.dir, dir);
-        Self::spawn(old_dir, old.milter_port)
+        let env = std::mem::take(&mut old.env);
+        Self::spawn(old_dir, old.milter_port, env)
     }
 
-    fn spawn(dir: tempfile::TempDir, milter_port: u16) -> GuardProcess {
+    fn spawn(dir: tempfile::TempDir, milter_port: u16, env: Vec<(String, String)>) -> GuardProcess {
         let log = dir.path().join("stderr.log");
         let stderr = std::fs::File::create(&log).expect("create the stderr log");
         let child = Command::new(binary())
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .arg("--config")
             .arg(dir.path().join("plugin.toml"))
             .arg("run")
@@ -65,7 +80,7 @@ impl GuardProcess {
             .stderr(stderr)
             .spawn()
             .expect("start outbound-guard");
-        let mut p = GuardProcess { child, milter_port, dir, log };
+        let mut p = GuardProcess { child, milter_port, dir, env, log };
         let deadline = Instant::now() + Duration::from_secs(60);
         while !tcp_listening(milter_port) {
             if let Ok(Some(status)) = p.child.try_wait() {

@@ -1,6 +1,6 @@
 //! Shared test support: an in-process daemon, and (for `real-peers` tests) real outside
 //! programs — Postfix, smtp-sink, swaks, the libmilter reference filter, miltertest, spamd,
-//! rspamd — on private configurations and free loopback ports; the test messages of
+//! rspamd, redis-server — on private configurations and free loopback ports; the test messages of
 //! `fixtures/messages`.
 #![allow(dead_code)]
 
@@ -9,6 +9,7 @@ pub mod daemon;
 pub mod messages;
 pub mod notify_peers;
 pub mod postfix;
+pub mod redis;
 pub mod refmilter;
 pub mod scanners;
 pub mod webdriver;

@@ -1,0 +1,149 @@
+//! The engine as the milter sees it in cluster mode: the same decisions, plus the one read of
+//! shared state after MAIL FROM ([`Policy::prepare`]) and the commit of what a transaction
+//! spent when it ends.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use tracing::info;
+
+use super::Cluster;
+use crate::milter::negotiate::Needs;
+use crate::policy::engine::{Engine, Transaction};
+use crate::policy::{Decision, MailFacts, MessageFacts, MessageOutcome, Policy, RcptFacts, Refusal, ScanRequest};
+use crate::verdict::Verdict;
+
+/// [`Engine`] with its counters and restrictions shared through a [`Cluster`].
+pub struct ClusterPolicy {
+    engine: Arc<Engine>,
+    cluster: Arc<Cluster>,
+}
+
+impl ClusterPolicy {
+    pub fn new(engine: Arc<Engine>, cluster: Arc<Cluster>) -> ClusterPolicy {
+        ClusterPolicy { engine, cluster }
+    }
+}
+
+/// The engine's transaction, and the MAIL FROM facts of an account refused as restricted
+/// here (to decide again should the cluster say it was released).
+#[derive(Default)]
+pub struct ClusterTransaction {
+    inner: Transaction,
+    refused: Option<RefusedMail>,
+}
+
+struct RefusedMail {
+    sender: Vec<u8>,
+    auth_login: Option<Vec<u8>>,
+    client_addr: Option<IpAddr>,
+    queue_id: Option<Vec<u8>>,
+}
+
+impl RefusedMail {
+    fn facts(&self) -> MailFacts<'_> {
+        MailFacts {
+            sender: &self.sender,
+            auth_login: self.auth_login.as_deref(),
+            client_addr: self.client_addr,
+            queue_id: self.queue_id.as_deref(),
+        }
+    }
+}
+
+impl Policy for ClusterPolicy {
+    type Transaction = ClusterTransaction;
+
+    fn needs(&self) -> Needs {
+        self.engine.needs()
+    }
+
+    fn mail_from(&self, tx: &mut ClusterTransaction, facts: &MailFacts<'_>) -> Decision {
+        tx.refused = None;
+        let decision = self.engine.mail_from(&mut tx.inner, facts);
+        if decision == Decision::Refuse(Refusal::AccountRestricted) && self.cluster.is_up() {
+            tx.refused = Some(RefusedMail {
+                sender: facts.sender.to_vec(),
+                auth_login: facts.auth_login.map(<[u8]>::to_vec),
+                client_addr: facts.client_addr,
+                queue_id: facts.queue_id.map(<[u8]>::to_vec),
+            });
+        }
+        decision
+    }
+
+    fn prepares(&self, tx: &ClusterTransaction, decision: Decision) -> bool {
+        let shared = match decision {
+            Decision::Continue => tx.inner.is_counted(),
+            Decision::Refuse(Refusal::AccountRestricted) => tx.refused.is_some(),
+            _ => false,
+        };
+        if shared && !self.cluster.is_up() {
+            self.cluster.decided_locally(&super::ClusterError::Down);
+            return false;
+        }
+        shared
+    }
+
+    async fn prepare(&self, tx: &mut ClusterTransaction, decision: Decision) -> Decision {
+        let Some(account) = tx.inner.account().map(str::to_owned) else { return decision };
+        let fetched = match self.cluster.fetch(&account).await {
+            Ok(f) => f,
+            Err(e) => {
+                self.cluster.decided_locally(&e);
+                return decision;
+            }
+        };
+        // Nothing below awaits: once the answer is here, the step completes.
+        if let Some(event) = fetched.event {
+            self.cluster.apply_remote(event);
+        }
+        let restricted = self.engine.restrictions().is_restricted(&account, self.engine.clock().now_secs());
+        let decision = match decision {
+            Decision::Refuse(Refusal::AccountRestricted) if !restricted => match tx.refused.take() {
+                Some(mail) => self.engine.mail_from(&mut tx.inner, &mail.facts()),
+                None => decision,
+            },
+            Decision::Continue if restricted => {
+                info!(account = %account, "MAIL FROM refused: account restricted on another node");
+                self.engine.metrics().messages.outbound_refused.inc();
+                Decision::Refuse(Refusal::AccountRestricted)
+            }
+            other => other,
+        };
+        if decision == Decision::Continue {
+            self.engine.merge_shared_tats(&tx.inner, fetched.tats);
+        }
+        decision
+    }
+
+    fn rcpt_to(&self, tx: &mut ClusterTransaction, facts: &RcptFacts<'_>) -> Decision {
+        self.engine.rcpt_to(&mut tx.inner, facts)
+    }
+
+    fn scans(&self) -> bool {
+        self.engine.scans()
+    }
+
+    fn scan<'a>(&'a self, request: ScanRequest<'a>) -> impl std::future::Future<Output = Vec<Verdict>> + Send + 'a {
+        self.engine.scan(request)
+    }
+
+    fn end_of_message(&self, tx: &mut ClusterTransaction, facts: &MessageFacts<'_>) -> MessageOutcome {
+        self.engine.end_of_message(&mut tx.inner, facts)
+    }
+
+    /// Recipients accepted in this transaction are spent whatever becomes of the message (as
+    /// in the local records): committed to the shared counters here.
+    fn end_transaction(&self, tx: &mut ClusterTransaction) {
+        let counted = tx.inner.counted();
+        if tx.inner.is_counted()
+            && counted.iter().any(|&n| n > 0)
+            && let Some(account) = tx.inner.account()
+        {
+            self.cluster.commit(account, counted, tx.inner.intervals());
+        }
+        self.engine.end_transaction(&mut tx.inner);
+        tx.refused = None;
+    }
+}

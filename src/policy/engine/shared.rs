@@ -1,0 +1,66 @@
+//! The engine's side of cluster mode (`crate::cluster`): what a transaction spent, the GCRA
+//! intervals it was measured with, and merging other nodes' state into the local records.
+//!
+//! Kept out of the decisions on purpose: with the memory backend nothing here is called, and
+//! the decisions themselves stay synchronous and local — cluster mode only moves the local
+//! records closer to what every node together has spent.
+
+use super::super::clock::utc_day;
+use super::super::limits::LimitKind;
+use super::{Engine, Transaction};
+
+impl Transaction {
+    /// The account of the transaction, once MAIL FROM named one (also when it was refused).
+    pub fn account(&self) -> Option<&str> {
+        Some(self.account.as_str()).filter(|a| !a.is_empty())
+    }
+
+    /// Whether MAIL FROM let an outbound account go on (its recipients are counted).
+    pub fn is_counted(&self) -> bool {
+        self.compiled.is_some()
+    }
+
+    /// Recipients counted in this transaction per [`LimitKind`].
+    pub fn counted(&self) -> [u32; 3] {
+        self.counted
+    }
+
+    /// The GCRA emission interval (nanoseconds per recipient) of each [`LimitKind`] under the
+    /// transaction's policy; 0 where the policy has no such limit.
+    pub fn intervals(&self) -> [u64; 3] {
+        let Some(compiled) = &self.compiled else { return [0; 3] };
+        let settings = compiled.policies.settings(self.policy);
+        LimitKind::ALL.map(|kind| match kind.limit_in(settings) {
+            0 => 0,
+            limit => (kind.period().as_nanos() as u64 / u64::from(limit)).max(1),
+        })
+    }
+}
+
+impl Engine {
+    /// Raises the transaction's account's GCRA state to what the cluster has spent: each TAT
+    /// becomes the later of the local and the shared one (never a sum, so a node's own spending,
+    /// already in both, is not counted twice).
+    pub fn merge_shared_tats(&self, tx: &Transaction, shared: [u64; 3]) {
+        if shared.iter().all(|&t| t == 0) || !tx.is_counted() {
+            return;
+        }
+        let mut record = self.record_mut(&tx.account, tx.policy);
+        for (local, shared) in record.tat.iter_mut().zip(shared) {
+            *local = (*local).max(shared);
+        }
+    }
+
+    /// Another node's administrator released `account`: the day's grace applies here too.
+    pub fn note_released_elsewhere(&self, account: &str) {
+        let now = self.clock.now_nanos();
+        self.record_mut(account, self.current.load().policies.select(account)).set_released(utc_day(now));
+    }
+
+    /// Every tracked account whose limits are still in use at `now`, with its TATs — what a node
+    /// pushes to the cluster after being apart from it.
+    pub fn tats_in_use(&self) -> Vec<(String, [u64; 3])> {
+        let now = self.clock.now_nanos();
+        self.accounts.iter().filter(|e| e.tat.iter().any(|&t| t > now)).map(|e| (e.key().to_string(), e.tat)).collect()
+    }
+}

@@ -1,0 +1,340 @@
+//! Cluster mode against real `redis-server` processes: two `outbound-guard` processes share one
+//! Redis. Quota spent on one node counts on the other; a restriction on one refuses on the
+//! other within 1 s; a release on one holds on the other for the very next transaction; Redis
+//! killed in the middle of load and started again empty — both nodes keep serving, reconcile,
+//! and no acknowledged restriction or release is lost.
+#![cfg(feature = "real-peers")]
+
+mod common;
+
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use common::binary::{GuardProcess, binary};
+use common::redis::{RedisServer, wait_until};
+use outbound_guard::milter::client::{MtaClient, POSTFIX_OFFER};
+use outbound_guard::milter::command::Command as Milter;
+
+/// External recipients per hour; `block` keeps a restriction until it is released.
+const LIMIT: usize = 4;
+
+fn node_config(name: &str, redis_url: &str) -> String {
+    format!(
+        "[organization]\nlocal_domains = [\"example.com\"]\n\
+         [state]\nbackend = \"redis\"\nredis_url = \"{redis_url}\"\n\
+         [notify]\nnode_name = \"{name}\"\n\
+         [policy.default]\nrecipient_limit_external_per_hour = {LIMIT}\naction_when_threshold_reached = \"block\"\n"
+    )
+}
+
+/// Two nodes on one Redis.
+fn two_nodes(redis: &RedisServer) -> (GuardProcess, GuardProcess) {
+    let a = GuardProcess::start("", &node_config("node-a", &redis.url()));
+    let b = GuardProcess::start("", &node_config("node-b", &redis.url()));
+    (a, b)
+}
+
+fn cli(g: &GuardProcess, args: &[&str]) -> Output {
+    Command::new(binary())
+        .arg("--config")
+        .arg(g.config_path())
+        .args(args)
+        .env("USER", "tester")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run the CLI")
+}
+
+/// Accounts `g` holds restricted now.
+fn restricted_on(g: &GuardProcess) -> Vec<String> {
+    let out = cli(g, &["restricted", "list", "--json"]);
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    list["restricted"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|r| r["account"].as_str().map(str::to_owned)).collect())
+        .unwrap_or_default()
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+/// One message of `account` to `n` external recipients; the reply letters (MAIL, then each
+/// RCPT). The connection ends without a message body, as after a client's QUIT.
+async fn send(port: u16, account: &str, n: usize) -> Vec<u8> {
+    let mut c = MtaClient::connect(([127, 0, 0, 1], port).into()).await.unwrap();
+    c.negotiate(POSTFIX_OFFER).await.unwrap();
+    c.macros(b'M', &[("{auth_authen}", account)]).await.unwrap();
+    let mut codes = vec![c.mail_from(&format!("<{account}>"), &[]).await.unwrap().kind().unwrap()];
+    if codes[0] == b'c' {
+        for i in 0..n {
+            codes.push(c.rcpt_to(&format!("<r{i}@example.net>")).await.unwrap().kind().unwrap());
+        }
+    }
+    c.write(Milter::Quit).await.unwrap();
+    codes
+}
+
+/// A restriction made elsewhere reaches `g` within 1 s (SPEC §6), and `g` then refuses the
+/// account at MAIL FROM. (The restriction is shared after the MTA heard 5xx, never before.)
+fn refuses_within_a_second(g: &GuardProcess, account: &str) {
+    assert!(
+        wait_until(Duration::from_secs(1), || restricted_on(g).contains(&account.to_owned())),
+        "{account}: the restriction did not reach the node within 1 s"
+    );
+    assert_eq!(runtime().block_on(send(g.milter_port, account, 1)), b"y", "{account} not refused");
+}
+
+fn shared_tat_exists(redis: &RedisServer, account: &str) -> bool {
+    let mut conn = redis.connection();
+    ::redis::cmd("EXISTS").arg(format!("og:{{{account}}}:tat")).query::<i64>(&mut conn).unwrap_or(0) == 1
+}
+
+#[test]
+fn quota_spent_on_one_node_counts_on_the_other() {
+    let redis = RedisServer::start();
+    let (a, b) = two_nodes(&redis);
+    let rt = runtime();
+    assert_eq!(rt.block_on(send(a.milter_port, "alice@example.com", 3)), b"cccc");
+    // A's commit is sent in the background once its transaction ended.
+    assert!(wait_until(Duration::from_secs(5), || shared_tat_exists(&redis, "alice@example.com")));
+    // One recipient is left of the 4 on B, then the limit is reached.
+    assert_eq!(rt.block_on(send(b.milter_port, "alice@example.com", 2)), b"ccy");
+    // And back: B's restriction holds on A.
+    refuses_within_a_second(&a, "alice@example.com");
+    // A node without Redis alone would have allowed 4 more: the memory view is per node.
+    let (status, log) = a.terminate();
+    assert!(status.success());
+    assert!(log.contains("redis reachable"), "{log}");
+}
+
+#[test]
+fn a_restriction_on_one_node_refuses_on_the_other_within_a_second() {
+    let redis = RedisServer::start();
+    let (a, b) = two_nodes(&redis);
+    let rt = runtime();
+    assert_eq!(rt.block_on(send(a.milter_port, "bob@example.com", LIMIT + 1)), b"cccccy");
+    // The broadcast reaches B's local copy (what MAIL FROM reads) within 1 s.
+    refuses_within_a_second(&b, "bob@example.com");
+
+    // A manual restriction on B holds on A for the next transaction: the API answers once
+    // the restriction is in Redis, where A's MAIL FROM reads it.
+    assert!(cli(&b, &["restricted", "add", "dora@example.com", "--reason", "phished"]).status.success());
+    assert_eq!(rt.block_on(send(a.milter_port, "dora@example.com", 1)), b"y");
+    // The audit trail on A says where it came from.
+    let show: serde_json::Value =
+        serde_json::from_slice(&cli(&a, &["restricted", "show", "dora@example.com", "--json"]).stdout).unwrap();
+    assert!(show["history"][0]["by"].as_str().unwrap().contains("node-b"), "{show}");
+}
+
+#[test]
+fn a_release_on_one_node_holds_on_the_other_for_the_very_next_transaction() {
+    let redis = RedisServer::start();
+    let (a, b) = two_nodes(&redis);
+    let rt = runtime();
+    for round in 0..3 {
+        let account = format!("carol{round}@example.com");
+        assert_eq!(rt.block_on(send(a.milter_port, &account, LIMIT + 1)), b"cccccy");
+        refuses_within_a_second(&b, &account);
+        let release = cli(&b, &["restricted", "release", &account, "--reason", "password changed"]);
+        assert!(release.status.success(), "{}", String::from_utf8_lossy(&release.stderr));
+        // No wait: the very next transaction on A.
+        assert_eq!(rt.block_on(send(a.milter_port, &account, 1)), b"cc", "release of {account} not in force on A");
+    }
+    assert!(restricted_on(&a).is_empty());
+}
+
+#[test]
+fn redis_killed_mid_load_and_restarted_empty_loses_nothing_acknowledged() {
+    let mut redis = RedisServer::start();
+    let (a, b) = two_nodes(&redis);
+    let rt = runtime();
+    // Before: one restriction made on A, known to both.
+    assert_eq!(rt.block_on(send(a.milter_port, "erin@example.com", LIMIT + 1)), b"cccccy");
+    refuses_within_a_second(&b, "erin@example.com");
+    assert_eq!(rt.block_on(send(a.milter_port, "frank@example.com", LIMIT + 1)), b"cccccy");
+
+    // Load on both nodes while Redis is killed: every account is restricted by its 5th recipient.
+    let (pa, pb) = (a.milter_port, b.milter_port);
+    let load = std::thread::spawn(move || {
+        let rt = runtime();
+        let mut acknowledged = Vec::new();
+        for i in 0..40 {
+            let account = format!("load{i}@example.com");
+            let port = if i % 2 == 0 { pa } else { pb };
+            let codes = rt.block_on(send(port, &account, LIMIT + 1));
+            assert!(codes.iter().all(|c| b"cy".contains(c)), "{account}: {codes:?}");
+            if codes.last() == Some(&b'y') {
+                acknowledged.push(account);
+            }
+        }
+        acknowledged
+    });
+    redis.kill();
+    let acknowledged = load.join().expect("load thread");
+    assert_eq!(acknowledged.len(), 40, "every node kept deciding without Redis");
+
+    // Apart: both serve on their local view; a restriction on A, a release on B.
+    assert_eq!(rt.block_on(send(a.milter_port, "gina@example.com", LIMIT + 1)), b"cccccy");
+    let release = cli(&b, &["restricted", "release", "erin@example.com"]);
+    assert!(release.status.success(), "{}", String::from_utf8_lossy(&release.stderr));
+    assert_eq!(rt.block_on(send(b.milter_port, "erin@example.com", 1)), b"cc");
+
+    // Redis back, empty: the nodes reconnect (backoff at most 5 s) and reconcile.
+    redis.restart();
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            let on_b = restricted_on(&b);
+            on_b.contains(&"gina@example.com".to_owned()) && !restricted_on(&a).contains(&"erin@example.com".to_owned())
+        }),
+        "A's restriction and B's release made while apart were not reconciled"
+    );
+    assert_eq!(rt.block_on(send(b.milter_port, "gina@example.com", 1)), b"y");
+    assert_eq!(rt.block_on(send(a.milter_port, "erin@example.com", 1)), b"cc");
+    for g in [&a, &b] {
+        let list = restricted_on(g);
+        for account in acknowledged.iter().chain([&"frank@example.com".to_owned()]) {
+            assert!(list.contains(account), "{account} lost on a node: {list:?}");
+        }
+    }
+    // Redis holds them all again, for a node that starts next.
+    let mut conn = redis.connection();
+    let members: Vec<String> = ::redis::cmd("SMEMBERS").arg("og:accounts").query(&mut conn).unwrap();
+    for account in acknowledged
+        .iter()
+        .chain(["gina@example.com", "erin@example.com", "frank@example.com"].map(str::to_owned).iter())
+    {
+        assert!(members.contains(account), "{account} not in Redis after reconciliation");
+    }
+    let (status, log) = a.terminate();
+    assert!(status.success());
+    assert!(log.contains("redis unreachable"), "{log}");
+    assert_eq!(log.matches("redis unreachable").count(), 1, "the transition is logged once:\n{log}");
+}
+
+/// Two nodes on `url` share a restriction (made on A, refused on B at once).
+fn nodes_share_a_restriction(a: &GuardProcess, b: &GuardProcess, account: &str) {
+    assert_eq!(runtime().block_on(send(a.milter_port, account, LIMIT + 1)), b"cccccy");
+    refuses_within_a_second(b, account);
+}
+
+#[test]
+fn a_password_in_the_url_is_used_and_a_wrong_one_leaves_the_node_deciding_alone() {
+    let redis = RedisServer::start_with(&["--requirepass", "s3cret"]);
+    let url = format!("redis://:s3cret@127.0.0.1:{}/0", redis.port);
+    let a = GuardProcess::start("", &node_config("node-a", &url));
+    let b = GuardProcess::start("", &node_config("node-b", &url));
+    nodes_share_a_restriction(&a, &b, "hugo@example.com");
+
+    let wrong = GuardProcess::start("", &node_config("node-c", &format!("redis://:nope@127.0.0.1:{}/0", redis.port)));
+    let rt = runtime();
+    // Not restricted in its own view, so it accepts: the documented leniency while apart.
+    assert_eq!(rt.block_on(send(wrong.milter_port, "hugo@example.com", 1)), b"cc");
+    let (status, log) = wrong.terminate();
+    assert!(status.success());
+    assert!(log.contains("redis unreachable"), "{log}");
+    assert!(!log.contains("nope"), "the password must not be logged:\n{log}");
+}
+
+/// A CA and a server certificate for 127.0.0.1, made with the openssl command.
+fn tls_files(dir: &std::path::Path) {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl").args(args).current_dir(dir).output().expect("run openssl");
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    std::fs::write(dir.join("ext.cnf"), "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n").unwrap();
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=outbound-guard test CA",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+    ]);
+}
+
+#[test]
+fn rediss_urls_speak_tls_verified_against_the_system_roots() {
+    let certs = tempfile::tempdir().unwrap();
+    tls_files(certs.path());
+    let file = |name: &str| certs.path().join(name).to_str().unwrap().to_owned();
+    let redis = RedisServer::start_with(&[
+        "--port",
+        "0",
+        "--tls-port",
+        "{port}",
+        "--tls-cert-file",
+        &file("server.pem"),
+        "--tls-key-file",
+        &file("server.key"),
+        "--tls-ca-cert-file",
+        &file("ca.pem"),
+        "--tls-auth-clients",
+        "no",
+    ]);
+    let url = format!("rediss://127.0.0.1:{}/0", redis.port);
+    // rustls reads the roots from SSL_CERT_FILE when it is set: here, only the test CA.
+    let ca = file("ca.pem");
+    let env = [("SSL_CERT_FILE", ca.as_str())];
+    let a = GuardProcess::start_with_env(common::postfix::free_port(), "", &node_config("node-a", &url), &env);
+    let b = GuardProcess::start_with_env(common::postfix::free_port(), "", &node_config("node-b", &url), &env);
+    nodes_share_a_restriction(&a, &b, "ines@example.com");
+
+    // Without the CA among its roots, a node refuses the server's certificate.
+    let untrusting = GuardProcess::start("", &node_config("node-c", &url));
+    let (status, log) = untrusting.terminate();
+    assert!(status.success());
+    assert!(log.contains("redis unreachable"), "{log}");
+    let (_, log) = a.terminate();
+    assert!(log.contains("redis reachable"), "{log}");
+}
+
+#[test]
+fn sentinel_urls_find_the_master() {
+    let redis = RedisServer::start();
+    let sentinel = RedisServer::sentinel(&redis, "outbound");
+    let url = format!("redis+sentinel://127.0.0.1:{}/outbound/0", sentinel.port);
+    let a = GuardProcess::start("", &node_config("node-a", &url));
+    let b = GuardProcess::start("", &node_config("node-b", &url));
+    nodes_share_a_restriction(&a, &b, "jon@example.com");
+    // The events are in the master the sentinel names.
+    let mut conn = redis.connection();
+    let members: Vec<String> = ::redis::cmd("SMEMBERS").arg("og:accounts").query(&mut conn).unwrap();
+    assert_eq!(members, ["jon@example.com"]);
+}
