@@ -30,6 +30,7 @@ pub mod headers;
 pub mod rspamd;
 pub mod spamd;
 
+use std::borrow::Cow;
 use std::fmt;
 use std::net::IpAddr;
 use std::time::Duration;
@@ -87,14 +88,19 @@ pub struct Verdict {
 /// enough for a log line.
 pub const DETAIL_MAX: usize = 200;
 
-/// `text` cut to at most [`DETAIL_MAX`] characters (on a character boundary).
-pub(crate) fn clip(text: &str) -> &str {
-    if text.len() <= DETAIL_MAX {
-        return text; // no more bytes than the limit, so no more characters
-    }
-    match text.char_indices().nth(DETAIL_MAX) {
-        Some((i, _)) => &text[..i],
-        None => text,
+/// `text` cut to at most [`DETAIL_MAX`] characters (on a character boundary), with control
+/// characters (CR, LF, escapes …) shown as spaces: a detail goes into log lines, the audit
+/// trail and notices, and a header value is whatever the sender wrote.
+pub(crate) fn clip(text: &str) -> Cow<'_, str> {
+    let cut = if text.len() <= DETAIL_MAX {
+        text // no more bytes than the limit, so no more characters
+    } else {
+        text.char_indices().nth(DETAIL_MAX).map_or(text, |(i, _)| &text[..i])
+    };
+    if cut.contains(char::is_control) {
+        Cow::Owned(cut.chars().map(|c| if c.is_control() { ' ' } else { c }).collect())
+    } else {
+        Cow::Borrowed(cut)
     }
 }
 
@@ -269,6 +275,7 @@ mod tests {
         let long = "é".repeat(DETAIL_MAX + 10);
         assert_eq!(clip(&long).chars().count(), DETAIL_MAX);
         assert_eq!(clip("short"), "short");
+        assert_eq!(clip("Yes,\r\u{e} score=7.5\n"), "Yes,   score=7.5 ", "no control characters");
     }
 
     #[test]
