@@ -18,9 +18,11 @@ use outbound_guard::policy::{MailFacts, Policy, RcptFacts};
 use outbound_guard::state::restrictions::MemoryRestrictions;
 use outbound_guard::state::snapshot;
 
+/// Low limits, so one recipient keeps an account's record in use for many minutes: an idle
+/// record is not restored (nothing in it matters), and the bench must restore every one.
 const CONFIG: &str = "[organization]\nlocal_domains = [\"example.com\"]\n\
-    [policy.default]\nrecipient_limit_external_per_hour = 100000\nrecipient_limit_internal_per_hour = 100000\n\
-    recipient_limit_per_day = 100000\n";
+    [policy.default]\nrecipient_limit_external_per_hour = 10\nrecipient_limit_internal_per_hour = 10\n\
+    recipient_limit_per_day = 50\n";
 
 fn empty_engine() -> Engine {
     let config = Arc::new(Config::parse(std::path::Path::new("bench.toml"), CONFIG).unwrap());
