@@ -258,14 +258,14 @@ impl Engine {
     }
 
     /// Puts back records from a snapshot, under the policy each account has now.
-    pub fn restore_records(&self, records: Vec<(String, AccountRecord)>) -> usize {
+    pub fn restore_records(&self, records: Vec<(CompactString, AccountRecord)>) -> usize {
         let compiled = self.current.load();
         let now = self.clock.now_nanos();
         let mut restored = 0;
         for (account, mut record) in records {
             record.policy = compiled.policies.select(&account);
             if !record.is_idle(now) {
-                self.accounts.insert(CompactString::from(account), record);
+                self.accounts.insert(account, record);
                 restored += 1;
             }
         }

@@ -11,6 +11,8 @@
 use std::io::{self, BufWriter, Read, Write};
 use std::path::Path;
 
+use compact_str::CompactString;
+
 use crate::policy::limits::{AccountRecord, RECORD_BYTES, RECORD_BYTES_V2};
 use crate::policy::spam::{SpamWindow, WINDOW_BYTES};
 
@@ -59,7 +61,7 @@ pub fn write<'a>(path: &Path, records: impl Iterator<Item = (String, AccountReco
 ///
 /// # Errors
 /// When the file exists but is damaged or unreadable; the caller starts with empty counters.
-pub fn read(path: &Path) -> io::Result<Option<Vec<(String, AccountRecord)>>> {
+pub fn read(path: &Path) -> io::Result<Option<Vec<(CompactString, AccountRecord)>>> {
     let mut bytes = Vec::new();
     match std::fs::File::open(path) {
         Ok(mut f) => f.read_to_end(&mut bytes)?,
@@ -89,7 +91,10 @@ pub fn read(path: &Path) -> io::Result<Option<Vec<(String, AccountRecord)>>> {
         if after.len() < len + record_bytes + 1 {
             return Err(bad("truncated entry"));
         }
-        let key = String::from_utf8(after[..len].to_vec()).map_err(|_| bad("account name is not UTF-8"))?;
+        // Straight into the map's key type: most names fit inline, so no allocation each.
+        let key = std::str::from_utf8(&after[..len])
+            .map(CompactString::from)
+            .map_err(|_| bad("account name is not UTF-8"))?;
         let fixed = &after[len..len + record_bytes];
         let mut record = match fixed.try_into() {
             Ok(current) => AccountRecord::from_bytes(current),
@@ -138,7 +143,8 @@ mod tests {
             ),
         ];
         assert_eq!(write(&path, records.clone().into_iter()).unwrap(), 3);
-        assert_eq!(read(&path).unwrap().unwrap(), records);
+        let expected: Vec<_> = records.into_iter().map(|(k, r)| (CompactString::from(k), r)).collect();
+        assert_eq!(read(&path).unwrap().unwrap(), expected);
         let mut bytes = std::fs::read(&path).unwrap();
         bytes[12] ^= 1;
         std::fs::write(&path, &bytes).unwrap();
@@ -161,6 +167,6 @@ mod tests {
         body.extend_from_slice(&sum.to_le_bytes());
         std::fs::write(&path, &body).unwrap();
         let records = read(&path).unwrap().unwrap();
-        assert_eq!(records, vec![("a@example.com".to_owned(), AccountRecord { tat: [7, 0, 0], ..Default::default() })]);
+        assert_eq!(records, vec![("a@example.com".into(), AccountRecord { tat: [7, 0, 0], ..Default::default() })]);
     }
 }
