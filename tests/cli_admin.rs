@@ -4,49 +4,18 @@
 
 mod common;
 
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::Duration;
 
 use common::binary::{GuardProcess, binary};
+use common::mta::{runtime, send};
 use common::postfix::send_signal;
-use outbound_guard::milter::client::{MtaClient, POSTFIX_OFFER};
-use outbound_guard::milter::command::Command as Milter;
 
 const POLICY: &str = "[organization]\nlocal_domains = [\"example.com\"]\n\
     [policy.default]\nrecipient_limit_external_per_hour = 2\naction_when_threshold_reached = \"block\"\n";
 
-fn cli(g: &GuardProcess, args: &[&str]) -> Output {
-    Command::new(binary())
-        .arg("--config")
-        .arg(g.config_path())
-        .args(args)
-        .env("USER", "tester")
-        .stdin(Stdio::null())
-        .output()
-        .expect("run the CLI")
-}
-
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
-}
-
-/// Sends one message of `account` to `n` external recipients; returns the reply letters.
-async fn send(port: u16, account: &str, n: usize) -> Vec<u8> {
-    let mut c = MtaClient::connect(([127, 0, 0, 1], port).into()).await.unwrap();
-    c.negotiate(POSTFIX_OFFER).await.unwrap();
-    c.macros(b'M', &[("{auth_authen}", account)]).await.unwrap();
-    let mut codes = vec![c.mail_from(&format!("<{account}>"), &[]).await.unwrap().kind().unwrap()];
-    if codes[0] == b'c' {
-        for i in 0..n {
-            codes.push(c.rcpt_to(&format!("<r{i}@example.net>")).await.unwrap().kind().unwrap());
-        }
-    }
-    c.write(Milter::Quit).await.unwrap();
-    codes
 }
 
 #[test]
@@ -55,40 +24,40 @@ fn restricted_and_senders_commands_with_their_exit_codes() {
     let rt = runtime();
     assert_eq!(rt.block_on(send(g.milter_port, "alice@example.com", 3)), b"cccy");
 
-    let list = cli(&g, &["restricted", "list"]);
+    let list = g.cli(&["restricted", "list"]);
     assert!(list.status.success());
     assert!(stdout(&list).starts_with("ACCOUNT"), "{}", stdout(&list));
     assert!(stdout(&list).contains("alice@example.com"));
-    let json: serde_json::Value = serde_json::from_slice(&cli(&g, &["restricted", "list", "--json"]).stdout).unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&g.cli(&["restricted", "list", "--json"]).stdout).unwrap();
     assert_eq!(json["restricted"][0]["account"], "alice@example.com");
 
-    let show = cli(&g, &["restricted", "show", "alice@example.com"]);
+    let show = g.cli(&["restricted", "show", "alice@example.com"]);
     assert!(show.status.success());
     assert!(stdout(&show).contains("external/hour 2/2"), "{}", stdout(&show));
     assert!(stdout(&show).contains("until an administrator releases it"));
-    assert_eq!(cli(&g, &["restricted", "show", "nobody@example.com"]).status.code(), Some(1));
+    assert_eq!(g.cli(&["restricted", "show", "nobody@example.com"]).status.code(), Some(1));
 
-    let top = cli(&g, &["senders", "top", "--limit", "5"]);
+    let top = g.cli(&["senders", "top", "--limit", "5"]);
     assert!(top.status.success());
     assert!(stdout(&top).contains("alice@example.com"), "{}", stdout(&top));
 
-    let release = cli(&g, &["restricted", "release", "alice@example.com", "--reason", "password reset"]);
+    let release = g.cli(&["restricted", "release", "alice@example.com", "--reason", "password reset"]);
     assert!(release.status.success(), "{}", String::from_utf8_lossy(&release.stderr));
     assert_eq!(rt.block_on(send(g.milter_port, "alice@example.com", 1)), b"cc", "released for the next transaction");
-    assert_eq!(cli(&g, &["restricted", "release", "alice@example.com"]).status.code(), Some(1));
+    assert_eq!(g.cli(&["restricted", "release", "alice@example.com"]).status.code(), Some(1));
 
-    let add = cli(&g, &["restricted", "add", "bob@example.com", "--reason", "laptop stolen", "--json"]);
+    let add = g.cli(&["restricted", "add", "bob@example.com", "--reason", "laptop stolen", "--json"]);
     assert!(add.status.success());
     let added: serde_json::Value = serde_json::from_slice(&add.stdout).unwrap();
     assert_eq!(added["source"], "admin");
     assert_eq!(rt.block_on(send(g.milter_port, "bob@example.com", 1)), b"y");
-    let bad_until = cli(&g, &["restricted", "add", "carol@example.com", "--until", "next week"]);
+    let bad_until = g.cli(&["restricted", "add", "carol@example.com", "--until", "next week"]);
     assert_eq!(bad_until.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad_until.stderr).contains("RFC 3339"));
 
     // The audit trail names who acted.
     let history: serde_json::Value =
-        serde_json::from_slice(&cli(&g, &["restricted", "show", "bob@example.com", "--json"]).stdout).unwrap();
+        serde_json::from_slice(&g.cli(&["restricted", "show", "bob@example.com", "--json"]).stdout).unwrap();
     assert_eq!(history["history"][0]["by"], "tester (cli)");
 
     let (status, _) = g.terminate();
@@ -108,7 +77,7 @@ fn a_cli_without_a_running_daemon_exits_2() {
 
 /// The external limit `account` is measured against, as `senders top --json` shows it.
 fn limit_of(g: &GuardProcess, account: &str) -> Option<u64> {
-    let top: serde_json::Value = serde_json::from_slice(&cli(g, &["senders", "top", "--json"]).stdout).ok()?;
+    let top: serde_json::Value = serde_json::from_slice(&g.cli(&["senders", "top", "--json"]).stdout).ok()?;
     top["senders"].as_array()?.iter().find(|s| s["account"] == account)?["counters"]["external_limit_per_hour"].as_u64()
 }
 
@@ -161,7 +130,7 @@ fn kill_9_in_the_middle_of_load_loses_no_acknowledged_restriction_or_release() {
     assert_eq!(acknowledged.len(), 20);
     // Release five of them.
     for account in &acknowledged[..5] {
-        assert!(cli(&g, &["restricted", "release", account]).status.success());
+        assert!(g.cli(&["restricted", "release", account]).status.success());
     }
     // More load in flight, then kill -9.
     let port = g.milter_port;
@@ -179,7 +148,7 @@ fn kill_9_in_the_middle_of_load_loses_no_acknowledged_restriction_or_release() {
     // Start again on the same state directory and configuration.
     let restarted = GuardProcess::restart(g);
     let list: serde_json::Value =
-        serde_json::from_slice(&cli(&restarted, &["restricted", "list", "--json"]).stdout).unwrap();
+        serde_json::from_slice(&restarted.cli(&["restricted", "list", "--json"]).stdout).unwrap();
     let restricted: Vec<&str> =
         list["restricted"].as_array().unwrap().iter().map(|r| r["account"].as_str().unwrap()).collect();
     for account in &acknowledged[5..] {

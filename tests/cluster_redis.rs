@@ -7,13 +7,12 @@
 
 mod common;
 
-use std::process::{Command, Output, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use common::binary::{GuardProcess, binary};
+use common::binary::GuardProcess;
+use common::mta::{runtime, send};
 use common::redis::{RedisServer, wait_until};
-use outbound_guard::milter::client::{MtaClient, POSTFIX_OFFER};
-use outbound_guard::milter::command::Command as Milter;
 
 /// External recipients per hour; `block` keeps a restriction until it is released.
 const LIMIT: usize = 4;
@@ -34,45 +33,14 @@ fn two_nodes(redis: &RedisServer) -> (GuardProcess, GuardProcess) {
     (a, b)
 }
 
-fn cli(g: &GuardProcess, args: &[&str]) -> Output {
-    Command::new(binary())
-        .arg("--config")
-        .arg(g.config_path())
-        .args(args)
-        .env("USER", "tester")
-        .stdin(Stdio::null())
-        .output()
-        .expect("run the CLI")
-}
-
 /// Accounts `g` holds restricted now.
 fn restricted_on(g: &GuardProcess) -> Vec<String> {
-    let out = cli(g, &["restricted", "list", "--json"]);
+    let out = g.cli(&["restricted", "list", "--json"]);
     let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
     list["restricted"]
         .as_array()
         .map(|a| a.iter().filter_map(|r| r["account"].as_str().map(str::to_owned)).collect())
         .unwrap_or_default()
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
-}
-
-/// One message of `account` to `n` external recipients; the reply letters (MAIL, then each
-/// RCPT). The connection ends without a message body, as after a client's QUIT.
-async fn send(port: u16, account: &str, n: usize) -> Vec<u8> {
-    let mut c = MtaClient::connect(([127, 0, 0, 1], port).into()).await.unwrap();
-    c.negotiate(POSTFIX_OFFER).await.unwrap();
-    c.macros(b'M', &[("{auth_authen}", account)]).await.unwrap();
-    let mut codes = vec![c.mail_from(&format!("<{account}>"), &[]).await.unwrap().kind().unwrap()];
-    if codes[0] == b'c' {
-        for i in 0..n {
-            codes.push(c.rcpt_to(&format!("<r{i}@example.net>")).await.unwrap().kind().unwrap());
-        }
-    }
-    c.write(Milter::Quit).await.unwrap();
-    codes
 }
 
 /// A restriction made elsewhere reaches `g` within 1 s (SPEC §6), and `g` then refuses the
@@ -119,11 +87,11 @@ fn a_restriction_on_one_node_refuses_on_the_other_within_a_second() {
 
     // A manual restriction on B holds on A for the next transaction: the API answers once
     // the restriction is in Redis, where A's MAIL FROM reads it.
-    assert!(cli(&b, &["restricted", "add", "dora@example.com", "--reason", "phished"]).status.success());
+    assert!(b.cli(&["restricted", "add", "dora@example.com", "--reason", "phished"]).status.success());
     assert_eq!(rt.block_on(send(a.milter_port, "dora@example.com", 1)), b"y");
     // The audit trail on A says where it came from.
     let show: serde_json::Value =
-        serde_json::from_slice(&cli(&a, &["restricted", "show", "dora@example.com", "--json"]).stdout).unwrap();
+        serde_json::from_slice(&a.cli(&["restricted", "show", "dora@example.com", "--json"]).stdout).unwrap();
     assert!(show["history"][0]["by"].as_str().unwrap().contains("node-b"), "{show}");
 }
 
@@ -136,7 +104,7 @@ fn a_release_on_one_node_holds_on_the_other_for_the_very_next_transaction() {
         let account = format!("carol{round}@example.com");
         assert_eq!(rt.block_on(send(a.milter_port, &account, LIMIT + 1)), b"cccccy");
         refuses_within_a_second(&b, &account);
-        let release = cli(&b, &["restricted", "release", &account, "--reason", "password changed"]);
+        let release = b.cli(&["restricted", "release", &account, "--reason", "password changed"]);
         assert!(release.status.success(), "{}", String::from_utf8_lossy(&release.stderr));
         // No wait: the very next transaction on A.
         assert_eq!(rt.block_on(send(a.milter_port, &account, 1)), b"cc", "release of {account} not in force on A");
@@ -176,7 +144,7 @@ fn redis_killed_mid_load_and_restarted_empty_loses_nothing_acknowledged() {
 
     // Apart: both serve on their local view; a restriction on A, a release on B.
     assert_eq!(rt.block_on(send(a.milter_port, "gina@example.com", LIMIT + 1)), b"cccccy");
-    let release = cli(&b, &["restricted", "release", "erin@example.com"]);
+    let release = b.cli(&["restricted", "release", "erin@example.com"]);
     assert!(release.status.success(), "{}", String::from_utf8_lossy(&release.stderr));
     assert_eq!(rt.block_on(send(b.milter_port, "erin@example.com", 1)), b"cc");
 

@@ -23,6 +23,18 @@ pub struct GuardProcess {
 }
 
 impl GuardProcess {
+    /// Runs the command line against this filter (its config, hence its admin API).
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        std::process::Command::new(binary())
+            .arg("--config")
+            .arg(self.config_path())
+            .args(args)
+            .env("USER", "tester")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run the CLI")
+    }
+
     /// Writes `config_tail` after a `[milter]` section that listens on a free port, starts the
     /// binary and waits (bounded) until it listens.
     pub fn start(milter_extra: &str, config_tail: &str) -> GuardProcess {
