@@ -32,27 +32,102 @@ pub fn is_internal_client(ip: IpAddr, internal_networks: &[IpNet]) -> bool {
 ///
 /// `None` for the null sender (`<>`) and for input that is not text.
 pub fn canonical(raw: &[u8], strip_subaddress: bool) -> Option<Cow<'_, str>> {
+    if let Some(text) = already_canonical(raw.trim_ascii(), strip_subaddress) {
+        return Some(Cow::Borrowed(text));
+    }
     let text = std::str::from_utf8(raw).ok()?.trim();
     if text.is_empty() || text == "<>" {
         return None;
     }
-    if is_canonical_fast(text, strip_subaddress) {
-        return Some(Cow::Borrowed(text));
-    }
     Some(Cow::Owned(canonicalize_slow(text, strip_subaddress)))
 }
 
-/// Lower-case ASCII, no quotes or brackets, no `+tag` to strip, an ASCII domain: nothing to do.
-fn is_canonical_fast(text: &str, strip_subaddress: bool) -> bool {
-    let bytes = text.as_bytes();
+/// Byte classes for the one-pass checks of the common case, looked up rather than computed:
+/// on these short strings a handful of comparisons per byte cost more than the rest of the
+/// decision's bookkeeping.
+const CANONICAL_BYTE: u8 = 1;
+const PLAIN_RECIPIENT_BYTE: u8 = 2;
+const DOT_ATOM_BYTE: u8 = 4;
+static BYTE_CLASS: [u8; 256] = byte_classes();
+
+const fn byte_classes() -> [u8; 256] {
+    let mut table = [0u8; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        let mut class = 0;
+        // Lower-case printable ASCII that needs neither unquoting nor unbracketing.
+        if b.is_ascii_graphic() && !b.is_ascii_uppercase() && !matches!(b, b'"' | b'<' | b'>' | b'\\' | b'[') {
+            class |= CANONICAL_BYTE;
+        }
+        // A lower-case local part that needs no quotes (RFC 5321 dot-atom: atext and dots).
+        if (b.is_ascii_alphanumeric() && !b.is_ascii_uppercase()) || b == b'.' || is_atext_special(b) {
+            class |= DOT_ATOM_BYTE;
+        }
+        // ASCII outside a quoted local part: the recipient's domain can be read on the bytes.
+        if b.is_ascii() && b != b'"' {
+            class |= PLAIN_RECIPIENT_BYTE;
+        }
+        table[i] = class;
+        i += 1;
+    }
+    table
+}
+
+const fn is_atext_special(b: u8) -> bool {
+    matches!(
+        b,
+        b'!' | b'#'
+            | b'$'
+            | b'%'
+            | b'&'
+            | b'\''
+            | b'*'
+            | b'+'
+            | b'-'
+            | b'/'
+            | b'='
+            | b'?'
+            | b'^'
+            | b'_'
+            | b'`'
+            | b'{'
+            | b'|'
+            | b'}'
+            | b'~'
+    )
+}
+
+/// Whether every byte is of `class`: one table load and one AND per byte, no branch.
+fn all_of_class(bytes: &[u8], class: u8) -> bool {
+    bytes.iter().fold(class, |acc, &b| acc & BYTE_CLASS[b as usize]) != 0
+}
+
+/// The input itself when it is already canonical: lower-case ASCII, no quotes or brackets, no
+/// `+tag` to strip, a local part that needs no quotes, an ASCII domain that does not end in a
+/// dot. Nothing to do, nothing to copy.
+fn already_canonical(bytes: &[u8], strip_subaddress: bool) -> Option<&str> {
+    if bytes.is_empty() || !all_of_class(bytes, CANONICAL_BYTE) || bytes.ends_with(b".") {
+        return None;
+    }
     let at = bytes.iter().rposition(|&b| b == b'@');
     let local = at.map_or(bytes, |i| &bytes[..i]);
-    bytes
-        .iter()
-        .all(|&b| b.is_ascii_graphic() && !b.is_ascii_uppercase() && !matches!(b, b'"' | b'<' | b'>' | b'\\' | b'['))
-        && !(strip_subaddress && local.contains(&b'+'))
-        && !text.ends_with('.')
-        && at.is_none_or(|i| i + 1 < bytes.len())
+    if strip_subaddress && local.contains(&b'+') {
+        return None;
+    }
+    // With a domain, the local part is spelled as a dot-atom or the general code quotes it.
+    if let Some(at) = at {
+        let dot_atom = all_of_class(local, DOT_ATOM_BYTE)
+            && !local.is_empty()
+            && !local.starts_with(b".")
+            && !local.ends_with(b".")
+            && !local.windows(2).any(|w| w == b"..");
+        if !dot_atom || at + 1 == bytes.len() {
+            return None;
+        }
+    }
+    // Printable ASCII, checked above, is UTF-8.
+    std::str::from_utf8(bytes).ok()
 }
 
 fn canonicalize_slow(text: &str, strip_subaddress: bool) -> String {
@@ -139,6 +214,10 @@ pub fn canonical_domain(domain: &str) -> String {
 
 /// The domain of a canonical account, if it has one (a login without `@` has none).
 pub fn domain_of(account: &str) -> Option<&str> {
+    // Without a quoted local part the last `@` is the separator; only quotes need the walk.
+    if !account.contains('"') {
+        return account.rsplit_once('@').map(|(_, domain)| domain);
+    }
     let (_, domain) = split_address(account);
     domain
 }
@@ -166,7 +245,7 @@ pub fn recipient_is_internal(recipient: &[u8], local_domains: &[String]) -> bool
     while let [rest @ .., b'>'] = addr {
         addr = rest;
     }
-    if addr.is_ascii() && !addr.contains(&b'"') {
+    if all_of_class(addr, PLAIN_RECIPIENT_BYTE) {
         let Some(at) = addr.iter().rposition(|&b| b == b'@') else {
             return true;
         };
@@ -273,6 +352,21 @@ mod tests {
         assert!(!recipient_is_internal(b"\"x@example.com\"@example.net", &local));
         assert!(!recipient_is_internal(b"a@exampleXcom", &local));
         assert!(recipient_is_internal(b"<postmaster>", &local));
+    }
+
+    proptest::proptest! {
+        /// The shortcuts agree with the general code on whatever they accept.
+        #[test]
+        fn fast_paths_agree_with_the_general_ones(raw in "[ <]{0,2}[a-zA-Z0-9.+_\"\\\\@\\[\\]-]{0,12}(@(example\\.com|Sub\\.EXAMPLE\\.com\\.|ex\\.org|xex\\.org|\\[ex\\.org\\]|[a-zA-Z0-9.-]{0,12}))?[ >]{0,2}") {
+            let local = vec!["example.com".to_owned(), "ex.org".to_owned()];
+            if let Some(fast) = already_canonical(raw.as_bytes().trim_ascii(), true) {
+                proptest::prop_assert_eq!(canonicalize_slow(fast, true), fast);
+            }
+            proptest::prop_assert_eq!(
+                recipient_is_internal(raw.as_bytes(), &local),
+                recipient_is_internal_slow(raw.as_bytes(), &local)
+            );
+        }
     }
 
     #[test]
