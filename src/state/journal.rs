@@ -33,10 +33,15 @@ fn unframe(line: &str) -> Option<&str> {
 impl Journal {
     /// Opens (creating) a journal for appending.
     ///
+    /// A torn last record (the process stopped while writing it, so it was never acknowledged)
+    /// is cut off first: appended after it, the next record would share its line and be lost
+    /// with it at the next read.
+    ///
     /// # Errors
-    /// When the file cannot be opened.
+    /// When the file cannot be opened, or its torn tail cannot be cut.
     pub fn open(path: &Path) -> io::Result<Journal> {
-        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        let file = OpenOptions::new().create(true).read(true).append(true).open(path)?;
+        cut_torn_tail(&file, path)?;
         Ok(Journal { path: path.to_owned(), file })
     }
 
@@ -53,6 +58,34 @@ impl Journal {
     pub fn path(&self) -> &Path {
         &self.path
     }
+}
+
+/// Truncates `file` after its last complete line, if anything follows it.
+fn cut_torn_tail(file: &File, path: &Path) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let len = file.metadata()?.len();
+    let mut last = [0u8; 1];
+    if len == 0 || (file.read_exact_at(&mut last, len - 1).is_ok() && last[0] == b'\n') {
+        return Ok(());
+    }
+    // Backwards a block at a time to the last newline; a torn record is one short line.
+    let mut block = [0u8; 4096];
+    let mut end = len;
+    let keep = loop {
+        let start = end.saturating_sub(block.len() as u64);
+        let chunk = &mut block[..(end - start) as usize];
+        file.read_exact_at(chunk, start)?;
+        if let Some(at) = chunk.iter().rposition(|&b| b == b'\n') {
+            break start + at as u64 + 1;
+        }
+        if start == 0 {
+            break 0;
+        }
+        end = start;
+    };
+    warn!(file = %path.display(), bytes = len - keep, "torn last record cut off (the process stopped while writing it)");
+    file.set_len(keep)?;
+    file.sync_data()
 }
 
 /// Reads every trustworthy record of a journal (none if it does not exist).
@@ -140,6 +173,17 @@ mod tests {
         text.push_str("0badc0de {\"half");
         std::fs::write(&path, text).unwrap();
         assert_eq!(read_all::<u32>(&path).unwrap(), [0, 2]);
+
+        // Opened for appending again, the torn tail is cut: the next record gets a line of its own.
+        let mut j = Journal::open(&path).unwrap();
+        j.append(&3u32).unwrap();
+        assert_eq!(read_all::<u32>(&path).unwrap(), [0, 2, 3]);
+        assert!(std::fs::read_to_string(&path).unwrap().ends_with("3\n"));
+
+        // A journal that is nothing but a torn record becomes empty.
+        std::fs::write(&path, "0badc0de {\"half").unwrap();
+        Journal::open(&path).unwrap().append(&4u32).unwrap();
+        assert_eq!(read_all::<u32>(&path).unwrap(), [4]);
 
         rewrite(&path, &[7u32, 8]).unwrap();
         assert_eq!(read_all::<u32>(&path).unwrap(), [7, 8]);
