@@ -86,7 +86,37 @@ pub fn router(state: AdminState) -> Router {
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(RequestBodyLimitLayer::new(BODY_LIMIT))
         .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT))
+        .layer(middleware::map_response(errors_as_json))
         .with_state(state)
+}
+
+fn too_large() -> String {
+    format!("request body too large (the limit is {BODY_LIMIT} bytes)")
+}
+
+/// Errors the layers raise rather than the handlers — 413 from the body limit (plain text),
+/// 408 from the timeout and 405 from the router (empty) — get the JSON shape of every other
+/// API error, so a script reads one form. Headers such as `Allow` are kept.
+async fn errors_as_json(response: Response) -> Response {
+    let status = response.status();
+    let is_json =
+        response.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let message = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => too_large(),
+        StatusCode::REQUEST_TIMEOUT => format!("request not completed within {} s", REQUEST_TIMEOUT.as_secs()),
+        other => other.canonical_reason().unwrap_or("request refused").to_owned(),
+    };
+    let (parts, _) = response.into_parts();
+    let mut json = ApiError(status, message).into_response();
+    for (name, value) in &parts.headers {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            json.headers_mut().insert(name, value.clone());
+        }
+    }
+    json
 }
 
 async fn require_token(State(state): State<AdminState>, headers: HeaderMap, request: Request, next: Next) -> Response {
@@ -148,8 +178,13 @@ async fn add_restriction(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let Json(req) = body.map_err(|e| {
         // Keep the rejection's own status: 413 for a body over the cap, 415 without JSON.
-        let status = if e.status() == StatusCode::UNPROCESSABLE_ENTITY { StatusCode::BAD_REQUEST } else { e.status() };
-        ApiError(status, format!("invalid request body: {}", e.body_text()))
+        match e.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => ApiError(e.status(), too_large()),
+            StatusCode::UNPROCESSABLE_ENTITY => {
+                ApiError(StatusCode::BAD_REQUEST, format!("invalid request body: {}", e.body_text()))
+            }
+            status => ApiError(status, format!("invalid request body: {}", e.body_text())),
+        }
     })?;
     let account = canonical(&state, &req.account)?;
     let until = match req.until.as_deref() {
@@ -329,7 +364,51 @@ mod tests {
     #[tokio::test]
     async fn oversized_bodies_are_refused() {
         let big = json!({"account": "a@example.com", "reason": "x".repeat(100_000)});
-        let (status, _) = send("POST", "/api/v1/restricted", Some("secret"), Some(big)).await;
+        let (status, body) = send("POST", "/api/v1/restricted", Some("secret"), Some(big.clone())).await;
         assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert!(body["error"].as_str().is_some_and(|e| e.contains("too large")), "{body}");
+
+        // Announced by Content-Length, the body is refused by the limit layer before it is read.
+        let text = big.to_string();
+        let req = Request::post("/api/v1/restricted")
+            .header(header::AUTHORIZATION, "Bearer secret")
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::CONTENT_LENGTH, text.len())
+            .body(Body::from(text))
+            .unwrap();
+        let (status, body) = answer(req).await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(body["error"], format!("request body too large (the limit is {BODY_LIMIT} bytes)"));
+    }
+
+    async fn answer(req: Request<Body>) -> (StatusCode, Value) {
+        let response = app().oneshot(req).await.unwrap();
+        let status = response.status();
+        assert_eq!(response.headers()[header::CONTENT_TYPE], "application/json");
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
+        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_that_never_ends_times_out_with_a_json_error() {
+        let never = futures_util::stream::pending::<Result<axum::body::Bytes, std::io::Error>>();
+        let req = Request::post("/api/v1/restricted")
+            .header(header::AUTHORIZATION, "Bearer secret")
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from_stream(never))
+            .unwrap();
+        let (status, body) = answer(req).await;
+        assert_eq!(status, StatusCode::REQUEST_TIMEOUT);
+        assert_eq!(body["error"], "request not completed within 10 s");
+    }
+
+    #[tokio::test]
+    async fn a_wrong_method_keeps_allow_and_answers_json() {
+        let req =
+            Request::put("/api/v1/senders").header(header::AUTHORIZATION, "Bearer secret").body(Body::empty()).unwrap();
+        let response = app().oneshot(req).await.unwrap();
+        assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert!(response.headers().contains_key(header::ALLOW));
+        assert_eq!(response.headers()[header::CONTENT_TYPE], "application/json");
     }
 }
