@@ -1,12 +1,9 @@
 //! The README's Postfix recipe ("Deployment" → "Postfix"), read from the README itself and
 //! given to a real Postfix with only the filter's port and the table's path changed: the
 //! per-milter `{ … }` settings and timeouts parse, mail submitted by SMTP and by `sendmail(1)`
-//! passes through the filter to the next hop, a message tagged `X-Outbound-Guard-Spam: yes` is
-//! held by the `HOLD` line, and with the filter stopped Postfix defers mail.
-//!
-//! The filter's own tagging is not needed here: the test message carries the header already,
-//! which `header_checks` acts on; `milter_header_checks` (the same table, for headers the filter
-//! adds) is configured as the README says, and is exercised once tagging exists.
+//! passes through the filter to the next hop, a message the filter judges spam and tags
+//! `X-Outbound-Guard-Spam: yes` is held through `milter_header_checks`, one that arrives already
+//! tagged is held through `header_checks`, and with the filter stopped Postfix defers mail.
 #![cfg(feature = "real-peers")]
 
 mod common;
@@ -75,7 +72,11 @@ fn main_cf_settings(lines: &[String]) -> Vec<(String, String)> {
 
 #[test]
 fn the_readme_postfix_recipe_filters_delivers_and_holds_tagged_spam() {
-    let guard = GuardProcess::start("", "");
+    // Header verdicts on, spam tagged: the shipped configuration's choices, spelled out.
+    let guard = GuardProcess::start(
+        "",
+        "[verdict]\nsources = [\"headers\"]\n[policy.default]\nspam_message_action = \"tag\"\n",
+    );
 
     // The README's header_checks table, in a file Postfix's daemons can read.
     let table_dir = tempfile::tempdir().expect("temp dir");
@@ -164,6 +165,33 @@ fn the_readme_postfix_recipe_filters_delivers_and_holds_tagged_spam() {
     assert!(pf.log().contains(&format!("{id}: hold: header X-Outbound-Guard-Spam: yes")), "{}", pf.log());
     let subjects: Vec<String> = sink.messages().iter().filter_map(|m| m.header("Subject")).collect();
     assert!(!subjects.contains(&"tagged".to_string()), "the held message was delivered: {subjects:?}");
+
+    // A message the filter judges spam (an earlier scanner's verdict in its headers) gets the
+    // filter's tag, and the README's milter_header_checks holds it.
+    let judged = Swaks::new(pf.smtp_port())
+        .from("bob@example.com")
+        .to("five@example.net")
+        .header("Subject: judged")
+        .header("X-Spam-Flag: YES")
+        .body("an earlier scanner called this spam")
+        .run();
+    assert!(judged.success(), "{}", judged.transcript);
+    let id = judged.queue_id().expect("queue id");
+    let deadline = Instant::now() + WAIT;
+    while !pf.queue_listing().contains(&format!("{id}!")) {
+        assert!(
+            Instant::now() < deadline,
+            "{id} not on hold:\n{}\nmaillog:\n{}\nfilter:\n{}",
+            pf.queue_listing(),
+            pf.log(),
+            guard.log()
+        );
+        std::thread::sleep(POLL);
+    }
+    // Postfix names the table that acted: milter_header_checks, on the header the filter added.
+    assert!(pf.log().contains(&format!("{id}: milter-header-hold: header X-Outbound-Guard-Spam: yes")), "{}", pf.log());
+    let subjects: Vec<String> = sink.messages().iter().filter_map(|m| m.header("Subject")).collect();
+    assert!(!subjects.contains(&"judged".to_string()), "the held message was delivered: {subjects:?}");
 
     let log = pf.log();
     let trouble: Vec<&str> =

@@ -50,8 +50,10 @@ fn modifications(r: &StageResult) -> Vec<String> {
     r.modifications
         .iter()
         .map(|m| match m.decode().unwrap() {
+            // As Postfix writes it: with HDR_LEADSPC negotiated (Postfix offers it, the filter
+            // takes it) the MTA puts nothing between the colon and the value.
             Reply::AddHeader { name, value } => {
-                format!("header {}: {}", String::from_utf8_lossy(name), String::from_utf8_lossy(value))
+                format!("header {}:{}", String::from_utf8_lossy(name), String::from_utf8_lossy(value))
             }
             Reply::AddRecipient(r) => format!("rcpt {}", String::from_utf8_lossy(r)),
             Reply::Quarantine(_) => "quarantine".to_owned(),

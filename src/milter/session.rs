@@ -388,7 +388,12 @@ impl<P: Policy> Session<P> {
         if outcome.decision == Decision::Continue {
             let actions = self.negotiated.map_or(0, |n| n.actions);
             if outcome.tag && actions & negotiate::action::ADD_HEADERS != 0 {
-                Reply::AddHeader { name: SPAM_TAG_HEADER, value: b"yes" }.encode(out);
+                // With HDR_LEADSPC negotiated the MTA adds no space after the colon of a header
+                // we add either: the value carries its own, or Postfix writes `Name:yes`, which
+                // `header_checks` rules written as `Name: yes` do not match.
+                let leading_space = self.negotiated.is_some_and(|n| n.header_leading_space());
+                let value: &[u8] = if leading_space { b" yes" } else { b"yes" };
+                Reply::AddHeader { name: SPAM_TAG_HEADER, value }.encode(out);
             }
             if actions & negotiate::action::ADD_RCPT != 0 {
                 for bcc in &outcome.bcc {

@@ -96,7 +96,7 @@ impl GuardProcess {
         let deadline = Instant::now() + Duration::from_secs(60);
         while !tcp_listening(milter_port) {
             if let Ok(Some(status)) = p.child.try_wait() {
-                panic!("outbound-guard exited with {status} before listening:\n{}", p.stderr_now());
+                panic!("outbound-guard exited with {status} before listening:\n{}", p.log());
             }
             assert!(Instant::now() < deadline, "outbound-guard did not listen within 60 s");
             std::thread::sleep(POLL);
@@ -134,11 +134,13 @@ impl GuardProcess {
             }
             std::thread::sleep(POLL);
         };
-        let log = self.stderr_now();
+        let log = self.log();
         (status, log)
     }
 
-    fn stderr_now(&mut self) -> String {
+    /// Everything the filter has logged so far.
+    #[allow(dead_code)] // not every test binary reads the log while the filter runs
+    pub fn log(&self) -> String {
         std::fs::read(&self.log).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
     }
 }
