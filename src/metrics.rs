@@ -85,7 +85,7 @@ impl Metrics {
         let releases = Family::<Labels, Counter>::default();
         registry.register(
             "releases",
-            "Restrictions lifted by an administrator, by the restriction's source",
+            "Restrictions lifted by an administrator, by the restriction's reason",
             releases.clone(),
         );
         let verdicts = Family::<Labels, Counter>::default();
@@ -192,9 +192,10 @@ impl Metrics {
         self.restrictions.get_or_create(&vec![("reason", reason)]).inc();
     }
 
-    /// Counts a release of a restriction made by `source` (`policy` or `admin`).
-    pub fn released(&self, source: &'static str) {
-        self.releases.get_or_create(&vec![("source", source)]).inc();
+    /// Counts a release, labelled with the restriction's cause (the same values as
+    /// [`Metrics::restricted`]'s reasons).
+    pub fn released(&self, reason: &'static str) {
+        self.releases.get_or_create(&vec![("reason", reason)]).inc();
     }
 
     /// Counts a failed Redis request (`fetch`, `commit`, `publish`, `reconcile`, `ping`).

@@ -217,9 +217,24 @@ async fn metrics_count_what_happened() {
     let d = TestDaemon::start(POLICY).await;
     restrict_through_the_milter(&d, "erin@example.com").await;
     let text = reqwest::get(format!("{}/metrics", d.admin_url())).await.unwrap().text().await.unwrap();
+    assert!(!text.contains("outbound_guard_releases_total{"), "{text}");
+    // A release counts under the cause of the restriction it lifts; a manual one under "manual".
+    let (status, _) = call(&d, Method::DELETE, "/api/v1/restricted/erin@example.com", None).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = call(
+        &d,
+        Method::POST,
+        "/api/v1/restricted",
+        Some(serde_json::json!({"account": "hal@example.com", "reason": "phished"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let text = reqwest::get(format!("{}/metrics", d.admin_url())).await.unwrap().text().await.unwrap();
     for expected in [
         "outbound_guard_restrictions_active 1",
         "outbound_guard_restrictions_total{reason=\"recipient_limit_external_per_hour\"} 1",
+        "outbound_guard_restrictions_total{reason=\"manual\"} 1",
+        "outbound_guard_releases_total{reason=\"recipient_limit_external_per_hour\"} 1",
         "outbound_guard_recipients_total{class=\"external\",outcome=\"accepted\"} 2",
         "outbound_guard_recipients_total{class=\"external\",outcome=\"refused\"} 1",
         "outbound_guard_messages_total{direction=\"outbound\",outcome=\"checked\"} 1",

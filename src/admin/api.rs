@@ -144,7 +144,12 @@ fn canonical(state: &AdminState, raw: &str) -> Result<String, ApiError> {
 }
 
 fn restriction_json(r: &Restriction) -> Value {
-    serde_json::to_value(r).unwrap_or(Value::Null)
+    let mut value = serde_json::to_value(r).unwrap_or(Value::Null);
+    // The SPEC's keys exactly; the cause is kept for the metrics, and `reason` says it in words.
+    if let Some(fields) = value.as_object_mut() {
+        fields.remove("cause");
+    }
+    value
 }
 
 async fn list_restricted(State(state): State<AdminState>) -> Json<Value> {

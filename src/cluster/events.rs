@@ -68,6 +68,7 @@ mod tests {
             until: None,
             counters: Counters::default(),
             source: Source::Policy,
+            cause: String::new(),
         };
         let restrict = ClusterEvent {
             account: "a@example.com".into(),

@@ -451,6 +451,7 @@ mod tests {
             until: None,
             counters: Counters::default(),
             source: Source::Policy,
+            cause: String::new(),
         }
     }
 

@@ -287,10 +287,7 @@ impl Engine {
         let now_secs = self.clock.now_secs();
         let released = self.restrictions.release(account, now_secs, by, reason.unwrap_or(""))?;
         if let Some(r) = &released {
-            self.metrics.released(match r.source {
-                Source::Policy => "policy",
-                Source::Admin => "admin",
-            });
+            self.metrics.released(r.cause());
             self.record_mut(account, self.current.load().policies.select(account)).set_released(utc_day(now));
             info!(account, by, reason = reason.unwrap_or(""), "account released");
             let compiled = self.current.load();
@@ -331,9 +328,11 @@ impl Engine {
             until,
             counters: self.counters(account),
             source: Source::Admin,
+            cause: "manual".to_owned(),
         };
         let created = self.restrictions.restrict(restriction.clone(), by)?;
         if created {
+            self.metrics.restricted("manual");
             warn!(account, by, reason, "account restricted by an administrator");
             self.emit_restricted(&compiled, &restriction, None, Some(by));
         }
@@ -413,6 +412,7 @@ impl Engine {
             until,
             counters,
             source: Source::Policy,
+            cause: kind.key().to_owned(),
         };
         match self.restrictions.restrict(restriction.clone(), "policy") {
             Ok(created) => {
@@ -683,6 +683,7 @@ impl Engine {
             until,
             counters: self.counters(&tx.account),
             source: Source::Policy,
+            cause: "spam".to_owned(),
         };
         match self.restrictions.restrict(restriction.clone(), "policy") {
             Ok(true) => {

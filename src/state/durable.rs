@@ -152,6 +152,7 @@ mod tests {
             until: until.map(|u| OffsetDateTime::from_unix_timestamp(u).unwrap()),
             counters: Counters::default(),
             source: Source::Policy,
+            cause: String::new(),
         }
     }
 

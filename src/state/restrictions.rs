@@ -44,9 +44,31 @@ pub struct Restriction {
     pub until: Option<OffsetDateTime>,
     pub counters: Counters,
     pub source: Source,
+    /// What led to it, as the metrics label it: a limit's key (`recipient_limit_per_day` …),
+    /// `spam` or `manual`. Empty in records written before it was kept.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub cause: String,
 }
 
 impl Restriction {
+    /// The causes a restriction can have: the limits' keys, `spam`, `manual`.
+    pub const CAUSES: [&'static str; 5] = [
+        "recipient_limit_external_per_hour",
+        "recipient_limit_internal_per_hour",
+        "recipient_limit_per_day",
+        "spam",
+        "manual",
+    ];
+
+    /// [`Restriction::cause`] as one of [`Restriction::CAUSES`]; for records written before
+    /// the cause was kept, what the source tells (`manual` or `policy`).
+    pub fn cause(&self) -> &'static str {
+        Self::CAUSES.iter().find(|c| **c == self.cause).copied().unwrap_or(match self.source {
+            Source::Admin => "manual",
+            Source::Policy => "policy",
+        })
+    }
+
     /// Whether it is in force at `now` (seconds since the epoch).
     pub fn in_force(&self, now_secs: i64) -> bool {
         self.until.is_none_or(|u| u.unix_timestamp() > now_secs)
@@ -244,7 +266,26 @@ mod tests {
             until: until.map(|u| OffsetDateTime::from_unix_timestamp(u).unwrap()),
             counters: Counters::default(),
             source: Source::Policy,
+            cause: String::new(),
         }
+    }
+
+    #[test]
+    fn every_limit_is_a_cause_and_old_records_fall_back_on_their_source() {
+        for kind in crate::policy::limits::LimitKind::ALL {
+            assert!(Restriction::CAUSES.contains(&kind.key()), "{kind:?}");
+        }
+        let mut r = restriction("a@example.com", 0, None);
+        assert_eq!(r.cause(), "policy");
+        r.source = Source::Admin;
+        assert_eq!(r.cause(), "manual");
+        r.cause = "recipient_limit_per_day".into();
+        assert_eq!(r.cause(), "recipient_limit_per_day");
+        // Written without the field (an older journal), read back with it empty.
+        let mut json = serde_json::to_value(restriction("b@example.com", 0, None)).unwrap();
+        json.as_object_mut().unwrap().remove("cause");
+        let old: Restriction = serde_json::from_value(json).unwrap();
+        assert_eq!(old.cause, "");
     }
 
     #[test]
