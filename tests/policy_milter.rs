@@ -155,6 +155,37 @@ async fn block_holds_until_released_and_the_day_of_release_is_a_grace_day() {
 }
 
 #[tokio::test]
+async fn a_restriction_raises_one_sender_restricted_whether_by_policy_or_by_hand() {
+    let mut d =
+        start("[policy.default]\nrecipient_limit_external_per_hour = 1\naction_when_threshold_reached = \"block\"\n")
+            .await;
+    let mut c = client(&d, "127.0.0.1").await;
+    // By policy: the refused recipient restricts; the refused MAIL FROM after it raises nothing.
+    assert_eq!(send_external(&mut c, Some("ivy@example.com"), "ivy@example.com", 2).await, ["c", "550 5.2.2"]);
+    assert_eq!(code(&mail(&mut c, Some("ivy@example.com"), "ivy@example.com").await), "550 5.1.8");
+    let kinds: Vec<EventKind> = d.drain_events().into_iter().map(|e| e.kind).collect();
+    assert_eq!(kinds.iter().filter(|k| **k == EventKind::SenderRestricted).count(), 1, "{kinds:?}");
+
+    // By hand: one event naming who did it; restricting again changes nothing and raises nothing.
+    let (r, created) = d.services.engine.restrict_manually("jay@example.com", "phished", None, "root").unwrap();
+    assert!(created);
+    assert_eq!(r.until, None);
+    let event = d.next_event().await.unwrap();
+    assert_eq!(
+        (event.kind, event.account.as_str(), event.by.as_deref()),
+        (EventKind::SenderRestricted, "jay@example.com", Some("root"))
+    );
+    assert_eq!(event.reason, "phished");
+    let (_, created) = d.services.engine.restrict_manually("jay@example.com", "again", None, "root").unwrap();
+    assert!(!created);
+    assert!(d.drain_events().is_empty());
+    // It holds from the very next MAIL FROM.
+    assert_eq!(code(&mail(&mut c, Some("jay@example.com"), "jay@example.com").await), "550 5.1.8");
+    drop(c);
+    d.stop().await;
+}
+
+#[tokio::test]
 async fn alert_delivers_and_notifies_once_per_hour_per_limit() {
     let mut d =
         start("[policy.default]\nrecipient_limit_external_per_hour = 2\naction_when_threshold_reached = \"alert\"\n")
