@@ -120,6 +120,45 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 mod tests {
     use super::*;
 
+    /// A receiver that accepts the connection and never answers costs one timeout, not a
+    /// notifier stuck for good.
+    #[tokio::test]
+    async fn a_receiver_that_never_answers_is_given_up_on_after_the_timeout() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let held = tokio::spawn(async move {
+            let (socket, _) = listener.accept().await.unwrap();
+            // Holds the connection open, reading nothing and answering nothing.
+            std::future::pending::<()>().await;
+            drop(socket);
+        });
+        let counters = Counters::default();
+        let payload = Payload {
+            id: "sender_restricted-webhook-1",
+            event: "sender_restricted",
+            severity: "high",
+            text: "t",
+            account: "a@example.com",
+            reason: "r",
+            policy: "default",
+            limit: None,
+            counters: &counters,
+            since: "2026-11-22T00:00:00Z".into(),
+            until: None,
+            node: "mx1",
+            by: None,
+            release_command: String::new(),
+            admin_url: String::new(),
+        };
+        let started = std::time::Instant::now();
+        let result = post(&client(Duration::from_millis(300)).unwrap(), &url, &payload).await;
+        let elapsed = started.elapsed();
+        let message = result.expect_err("no answer is a failure").to_string();
+        assert!(message.contains("timed out"), "{message}");
+        assert!(elapsed >= Duration::from_millis(300) && elapsed < Duration::from_secs(10), "{elapsed:?}");
+        held.abort();
+    }
+
     #[test]
     fn redact_keeps_the_secret_out() {
         assert_eq!(redact("https://chat.example.com/hooks/abc123"), "https://chat.example.com/…");
