@@ -7,8 +7,8 @@ mod common;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use common::binary::{GuardProcess, binary};
-use common::mta::{runtime, send};
+use common::binary::{GuardProcess, binary, cli};
+use common::mta::{runtime, send, try_send};
 use common::postfix::send_signal;
 
 const POLICY: &str = "[organization]\nlocal_domains = [\"example.com\"]\n\
@@ -132,16 +132,45 @@ fn kill_9_in_the_middle_of_load_loses_no_acknowledged_restriction_or_release() {
     for account in &acknowledged[..5] {
         assert!(g.cli(&["restricted", "release", account]).status.success());
     }
-    // More load in flight, then kill -9.
+    // Load that restricts accounts (each third recipient), and releases, while kill -9 lands.
     let port = g.milter_port;
+    let (restricted_tx, restricted_rx) = std::sync::mpsc::channel::<String>();
     let load = std::thread::spawn(move || {
         let rt = runtime();
-        for i in 100..200 {
-            let _ = rt.block_on(send(port, &format!("load{i}@example.com"), 1));
+        for i in 100..5000 {
+            let account = format!("load{i}@example.com");
+            match rt.block_on(try_send(port, &account, 3)) {
+                Ok(codes) if codes == b"cccy" => {
+                    if restricted_tx.send(account).is_err() {
+                        break;
+                    }
+                }
+                Ok(codes) => panic!("{account}: {codes:?}"),
+                Err(_) => break, // the filter is gone
+            }
         }
     });
+    let config = g.config_path();
+    let to_release = acknowledged[5..15].to_vec();
+    let releases = std::thread::spawn(move || {
+        let mut released = Vec::new();
+        for account in to_release {
+            if !cli(&config, &["restricted", "release", &account]).status.success() {
+                break; // the filter is gone
+            }
+            released.push(account);
+        }
+        released
+    });
+    // Kill once the load has had ten restrictions acknowledged: mid-stream, with more coming.
+    let mut restricted_in_flight: Vec<String> = Vec::new();
+    while restricted_in_flight.len() < 10 {
+        restricted_in_flight.push(restricted_rx.recv_timeout(Duration::from_secs(60)).expect("the load restricts"));
+    }
     send_signal(g.child.id(), "KILL");
-    let _ = load.join();
+    load.join().expect("load thread");
+    restricted_in_flight.extend(restricted_rx.try_iter());
+    let released_in_flight = releases.join().expect("release thread");
     let mut g = g;
     let _ = g.child.wait();
 
@@ -151,12 +180,12 @@ fn kill_9_in_the_middle_of_load_loses_no_acknowledged_restriction_or_release() {
         serde_json::from_slice(&restarted.cli(&["restricted", "list", "--json"]).stdout).unwrap();
     let restricted: Vec<&str> =
         list["restricted"].as_array().unwrap().iter().map(|r| r["account"].as_str().unwrap()).collect();
-    for account in &acknowledged[5..] {
+    for account in acknowledged[15..].iter().chain(&restricted_in_flight) {
         assert!(restricted.contains(&account.as_str()), "{account} lost: {restricted:?}");
     }
-    for account in &acknowledged[..5] {
+    for account in acknowledged[..5].iter().chain(&released_in_flight) {
         assert!(!restricted.contains(&account.as_str()), "release of {account} lost");
     }
-    assert_eq!(rt.block_on(send(restarted.milter_port, &acknowledged[7], 1)), b"y");
+    assert_eq!(rt.block_on(send(restarted.milter_port, &acknowledged[17], 1)), b"y");
     assert_eq!(rt.block_on(send(restarted.milter_port, &acknowledged[1], 1)), b"cc");
 }

@@ -25,14 +25,7 @@ pub struct GuardProcess {
 impl GuardProcess {
     /// Runs the command line against this filter (its config, hence its admin API).
     pub fn cli(&self, args: &[&str]) -> std::process::Output {
-        std::process::Command::new(binary())
-            .arg("--config")
-            .arg(self.config_path())
-            .args(args)
-            .env("USER", "tester")
-            .stdin(std::process::Stdio::null())
-            .output()
-            .expect("run the CLI")
+        cli(&self.config_path(), args)
     }
 
     /// Writes `config_tail` after a `[milter]` section that listens on a free port, starts the
@@ -152,6 +145,18 @@ impl Drop for GuardProcess {
             let _ = self.child.wait();
         }
     }
+}
+
+/// Runs the command line with `config` (from a thread that does not own the process).
+pub fn cli(config: &Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(binary())
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .env("USER", "tester")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run the CLI")
 }
 
 /// The binary cargo built for these tests.

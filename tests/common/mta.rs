@@ -11,15 +11,23 @@ pub fn runtime() -> tokio::runtime::Runtime {
 /// One message of the authenticated `account` to `n` external recipients; the reply letters
 /// (MAIL, then each RCPT). The connection ends without a message body, as after a QUIT.
 pub async fn send(port: u16, account: &str, n: usize) -> Vec<u8> {
-    let mut c = MtaClient::connect(([127, 0, 0, 1], port).into()).await.unwrap();
-    c.negotiate(POSTFIX_OFFER).await.unwrap();
-    c.macros(b'M', &[("{auth_authen}", account)]).await.unwrap();
-    let mut codes = vec![c.mail_from(&format!("<{account}>"), &[]).await.unwrap().kind().unwrap()];
+    try_send(port, account, n).await.expect("the filter answers")
+}
+
+/// [`send`], with the error when the filter goes away mid-conversation.
+pub async fn try_send(port: u16, account: &str, n: usize) -> std::io::Result<Vec<u8>> {
+    let mut c = MtaClient::connect(([127, 0, 0, 1], port).into()).await?;
+    c.negotiate(POSTFIX_OFFER).await?;
+    c.macros(b'M', &[("{auth_authen}", account)]).await?;
+    let reply = |r: outbound_guard::milter::client::StageResult| {
+        r.kind().ok_or_else(|| std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "no reply"))
+    };
+    let mut codes = vec![reply(c.mail_from(&format!("<{account}>"), &[]).await?)?];
     if codes[0] == b'c' {
         for i in 0..n {
-            codes.push(c.rcpt_to(&format!("<r{i}@example.net>")).await.unwrap().kind().unwrap());
+            codes.push(reply(c.rcpt_to(&format!("<r{i}@example.net>")).await?)?);
         }
     }
-    c.write(Milter::Quit).await.unwrap();
-    codes
+    c.write(Milter::Quit).await?;
+    Ok(codes)
 }
