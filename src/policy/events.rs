@@ -86,3 +86,38 @@ impl EventSink {
         self.dropped.load(Ordering::Relaxed)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(account: &str) -> Event {
+        Event {
+            kind: EventKind::SenderRestricted,
+            account: account.to_owned(),
+            reason: "test".to_owned(),
+            policy: "default".to_owned(),
+            limit: None,
+            counters: Counters::default(),
+            since: OffsetDateTime::UNIX_EPOCH,
+            until: None,
+            node: "mx1".to_owned(),
+            by: None,
+        }
+    }
+
+    /// The milter path hands events over without waiting: a full channel or a notifier that is
+    /// gone drops the event and counts it, it never blocks the caller.
+    #[test]
+    fn a_full_or_closed_channel_drops_and_counts_without_waiting() {
+        let (sink, mut rx) = EventSink::channel(1);
+        sink.emit(event("a@example.com"));
+        sink.emit(event("b@example.com"));
+        assert_eq!(sink.dropped(), 1);
+        assert_eq!(rx.try_recv().map(|e| e.account).as_deref(), Ok("a@example.com"));
+        assert!(rx.try_recv().is_err(), "the second event was dropped, not queued");
+        drop(rx);
+        sink.emit(event("c@example.com"));
+        assert_eq!(sink.dropped(), 2);
+    }
+}
