@@ -3,13 +3,20 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
 
+use outbound_guard::config::Config;
+use outbound_guard::metrics::Metrics;
 use outbound_guard::milter::command::Command;
 use outbound_guard::milter::frame::{self, Frame};
 use outbound_guard::milter::replies::ReplyTexts;
 use outbound_guard::milter::reply::Reply;
 use outbound_guard::milter::session::{Flow, Session};
 use outbound_guard::policy::PassThrough;
+use outbound_guard::policy::clock::EngineClock;
+use outbound_guard::policy::engine::Engine;
+use outbound_guard::policy::events::EventSink;
+use outbound_guard::state::restrictions::MemoryRestrictions;
 
 const CAPTURES: [&str; 4] = ["postfix-plain", "postfix-auth", "postfix-two-messages", "postfix-rset"];
 
@@ -96,4 +103,34 @@ fn postfix_sessions_replay_through_our_session() {
         let messages = frames(&mta).iter().filter(|f| f.kind == b'E').count();
         assert!(answered.matches('c').count() >= messages, "{name}: {answered}");
     }
+}
+
+/// Postfix talking to outbound-guard itself (`postfix-guard-limit`: the filter's own reduced
+/// negotiation, an account restricted at its third recipient, then refused at MAIL FROM),
+/// replayed through a fresh engine with the policy it was recorded with: our session answers
+/// byte for byte what the running filter answered Postfix.
+#[test]
+fn a_postfix_session_with_the_filter_replays_to_the_same_bytes() {
+    let policy_path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/postfix/postfix-guard-limit.toml");
+    let text = std::fs::read_to_string(&policy_path).unwrap();
+    let config = Arc::new(Config::parse(&policy_path, &text).unwrap());
+    let (sink, _events) = EventSink::channel(64);
+    let clock = EngineClock::manual(UNIX_EPOCH + Duration::from_secs(1_795_341_600));
+    let engine =
+        Arc::new(Engine::new(config, Arc::new(MemoryRestrictions::default()), sink, clock, Arc::new(Metrics::new())));
+    let mut session = Session::new(engine, Arc::new(arc_swap::ArcSwap::from_pointee(ReplyTexts::default())));
+    let mta = fixture("postfix-guard-limit.mta.bin");
+    let mut answered = Vec::new();
+    for f in frames(&mta) {
+        let command = Command::decode(f).unwrap();
+        let flow = session.handle(command, &mut answered).unwrap();
+        assert!(matches!(flow, Flow::KeepOpen | Flow::Close), "{flow:?}");
+    }
+    let recorded = fixture("postfix-guard-limit.filter.bin");
+    let kinds = |bytes: &[u8]| frames(bytes).iter().map(|f| f.kind as char).collect::<String>();
+    // Negotiation; MAIL, two recipients continue, the third restricts (y); end of message; the
+    // next MAIL FROM is refused (y).
+    assert_eq!(kinds(&recorded), "Occcycy");
+    assert_eq!(kinds(&answered), kinds(&recorded));
+    assert!(answered == recorded, "replies differ from the recording");
 }

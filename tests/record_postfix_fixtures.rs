@@ -1,5 +1,6 @@
 //! Re-records the golden milter byte fixtures in `fixtures/postfix/`:
-//! Postfix -> scripts/record-milter -> tests/peers/ref-milter.c (libmilter).
+//! Postfix -> scripts/record-milter -> tests/peers/ref-milter.c (libmilter), and
+//! Postfix -> scripts/record-milter -> outbound-guard itself (`postfix-guard-*`).
 //!
 //! Not a check: it rewrites files. It only runs when asked for:
 //!
@@ -20,6 +21,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use common::binary::GuardProcess;
 use common::postfix::{Postfix, PostfixOptions, SmtpClient, SmtpSink, Swaks, free_port, tcp_listening, wait_child};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -61,16 +63,30 @@ fn ref_milter_bin() -> &'static Path {
     .1
 }
 
-/// A recording in progress: ref-milter behind record-milter --once.
+/// The filter behind the recorder: libmilter's reference filter, or outbound-guard.
+enum Upstream {
+    RefMilter(Child),
+    Guard(GuardProcess),
+}
+
+/// A recording in progress: a filter behind record-milter --once.
 struct Recording {
     name: &'static str,
     work: tempfile::TempDir,
-    ref_milter: Child,
+    upstream: Upstream,
     recorder: Child,
     record_port: u16,
 }
 
 impl Recording {
+    /// Records Postfix talking to outbound-guard run with `config_tail`.
+    fn start_guard(name: &'static str, config_tail: &str) -> Recording {
+        let work = tempfile::tempdir().expect("tempdir");
+        let guard = GuardProcess::start("", config_tail);
+        let port = guard.milter_port;
+        Self::record(name, work, Upstream::Guard(guard), port)
+    }
+
     fn start(name: &'static str) -> Recording {
         let work = tempfile::tempdir().expect("tempdir");
         let ref_port = free_port();
@@ -90,7 +106,10 @@ impl Recording {
         assert!(line.contains("listening"), "ref-milter said {line:?}");
         // Keep draining so a later write cannot hit a closed pipe.
         std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
+        Self::record(name, work, Upstream::RefMilter(ref_milter), ref_port)
+    }
 
+    fn record(name: &'static str, work: tempfile::TempDir, upstream: Upstream, upstream_port: u16) -> Recording {
         let record_port = free_port();
         let prefix = work.path().join(name);
         let decoded = fs::File::create(work.path().join(format!("{name}.decoded.txt"))).unwrap();
@@ -98,7 +117,7 @@ impl Recording {
             .arg(repo().join("scripts/record-milter"))
             .args(["--once", "--decode"])
             .arg(record_port.to_string())
-            .arg(format!("127.0.0.1:{ref_port}"))
+            .arg(format!("127.0.0.1:{upstream_port}"))
             .arg(&prefix)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -110,7 +129,7 @@ impl Recording {
             assert!(Instant::now() < deadline, "record-milter not listening");
             std::thread::sleep(Duration::from_millis(20));
         }
-        Recording { name, work, ref_milter, recorder, record_port }
+        Recording { name, work, upstream, recorder, record_port }
     }
 
     fn options(&self, sink: &SmtpSink) -> PostfixOptions {
@@ -129,13 +148,23 @@ impl Recording {
             std::thread::sleep(Duration::from_millis(20));
         }
         assert!(self.recorder.wait().unwrap().success(), "record-milter failed");
-        std::thread::sleep(Duration::from_millis(200)); // let ref-milter log its close
-        let _ = self.ref_milter.kill();
-        wait_child(&mut self.ref_milter, Duration::from_secs(5));
+        let exts: &[&str] = match self.upstream {
+            Upstream::RefMilter(mut ref_milter) => {
+                std::thread::sleep(Duration::from_millis(200)); // let ref-milter log its close
+                let _ = ref_milter.kill();
+                wait_child(&mut ref_milter, Duration::from_secs(5));
+                &["mta.bin", "filter.bin", "decoded.txt", "ref-milter.log", "smtp.txt"]
+            }
+            Upstream::Guard(guard) => {
+                let (status, log) = guard.terminate();
+                assert!(status.success(), "outbound-guard exited with {status}:\n{log}");
+                &["mta.bin", "filter.bin", "decoded.txt", "smtp.txt"]
+            }
+        };
         fs::write(self.work.path().join(format!("{}.smtp.txt", self.name)), smtp_transcript).unwrap();
         let out = out_dir();
         fs::create_dir_all(&out).unwrap();
-        for ext in ["mta.bin", "filter.bin", "decoded.txt", "ref-milter.log", "smtp.txt"] {
+        for ext in exts {
             let f = format!("{}.{ext}", self.name);
             let src = self.work.path().join(&f);
             assert!(src.exists(), "missing {f}");
@@ -278,5 +307,40 @@ fn record_postfix_rset() {
     let msgs = sink.wait_for_messages(1, WAIT);
     assert_eq!(msgs.len(), 1, "{}", pf.log());
     assert_eq!(msgs[0].rcpts, ["dave@example.com"]);
+    rec.finish(&transcript);
+}
+
+#[test]
+#[ignore = "rewrites fixtures/postfix; run with OG_RECORD_FIXTURES=1 and --ignored"]
+fn record_postfix_guard_limit() {
+    if !enabled() {
+        return;
+    }
+    // outbound-guard's own negotiation (only MAIL, RCPT and end of message; macros by symbol
+    // list), an authenticated account reaching its limit of 2 external recipients on the third,
+    // then refused at MAIL FROM in the same SMTP session.
+    // The policy is a fixture too: tests/golden_postfix.rs replays the capture with it.
+    let policy = fs::read_to_string(repo().join("fixtures/postfix/postfix-guard-limit.toml")).expect("policy");
+    let rec = Recording::start_guard("postfix-guard-limit", &policy);
+    let sink = SmtpSink::start();
+    let pf = Postfix::start(rec.options(&sink).sasl_user("alice@example.com", "s3cret"));
+    let mut c = SmtpClient::connect(pf.smtp_port()).unwrap();
+    assert_eq!(c.ehlo(HELO).unwrap().code, 250);
+    assert_eq!(c.auth_plain("alice@example.com", "s3cret").unwrap().code, 235, "{}", c.transcript());
+    let r = c
+        .send_message(
+            "alice@example.com",
+            &["bob@example.net", "carol@example.org", "erin@example.org"],
+            "From: alice@example.com\nTo: bob@example.net, carol@example.org, erin@example.org\n\
+             Subject: two of three\nMessage-ID: <postfix-guard-limit@client.outbound-guard.test>\n\n\
+             the third recipient was refused\n",
+        )
+        .unwrap();
+    assert_eq!(r.code, 250, "{}", c.transcript());
+    assert!(c.transcript().contains("S: 550 5.2.2"), "{}", c.transcript());
+    assert_eq!(c.command("MAIL FROM:<alice@example.com>").unwrap().code, 550);
+    let transcript = c.transcript().to_string();
+    c.quit().unwrap();
+    assert_eq!(sink.wait_for_messages(1, WAIT).len(), 1, "{}", pf.log());
     rec.finish(&transcript);
 }
