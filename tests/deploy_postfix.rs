@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::binary::{GuardProcess, binary};
-use common::postfix::{POLL, Postfix, PostfixOptions, SmtpSink, Swaks};
+use common::postfix::{POLL, Postfix, PostfixOptions, SmtpSink, Swaks, SwaksOutput};
 
 const WAIT: Duration = Duration::from_secs(20);
 /// What the README's recipe points at; the test substitutes its own.
@@ -68,6 +68,29 @@ fn main_cf_settings(lines: &[String]) -> Vec<(String, String)> {
         out.push((k.trim().to_string(), v.trim().to_string()));
     }
     out
+}
+
+/// The message `sent` (subject `subject`) was accepted, is on hold in the queue by the
+/// `X-Outbound-Guard-Spam: yes` line of the table (`action` as the maillog names it: `hold`
+/// from header_checks, `milter-header-hold` from milter_header_checks) and was not delivered.
+fn assert_held(pf: &Postfix, sink: &SmtpSink, guard: &GuardProcess, sent: &SwaksOutput, subject: &str, action: &str) {
+    assert!(sent.success(), "{}", sent.transcript);
+    let id = sent.queue_id().expect("queue id");
+    let deadline = Instant::now() + WAIT;
+    // `postqueue -p` marks a held message with `!` after its queue ID.
+    while !pf.queue_listing().contains(&format!("{id}!")) {
+        assert!(
+            Instant::now() < deadline,
+            "{id} not on hold:\n{}\nmaillog:\n{}\nfilter:\n{}",
+            pf.queue_listing(),
+            pf.log(),
+            guard.log()
+        );
+        std::thread::sleep(POLL);
+    }
+    assert!(pf.log().contains(&format!("{id}: {action}: header X-Outbound-Guard-Spam: yes")), "{}", pf.log());
+    let subjects: Vec<String> = sink.messages().iter().filter_map(|m| m.header("Subject")).collect();
+    assert!(!subjects.contains(&subject.to_string()), "the held message was delivered: {subjects:?}");
 }
 
 #[test]
@@ -154,20 +177,11 @@ fn the_readme_postfix_recipe_filters_delivers_and_holds_tagged_spam() {
         .header("X-Outbound-Guard-Spam: yes")
         .body("looks like spam")
         .run();
-    assert!(tagged.success(), "{}", tagged.transcript);
-    let id = tagged.queue_id().expect("queue id");
-    let deadline = Instant::now() + WAIT;
-    // `postqueue -p` marks a held message with `!` after its queue ID.
-    while !pf.queue_listing().contains(&format!("{id}!")) {
-        assert!(Instant::now() < deadline, "{id} not on hold:\n{}\nmaillog:\n{}", pf.queue_listing(), pf.log());
-        std::thread::sleep(POLL);
-    }
-    assert!(pf.log().contains(&format!("{id}: hold: header X-Outbound-Guard-Spam: yes")), "{}", pf.log());
-    let subjects: Vec<String> = sink.messages().iter().filter_map(|m| m.header("Subject")).collect();
-    assert!(!subjects.contains(&"tagged".to_string()), "the held message was delivered: {subjects:?}");
+    assert_held(&pf, &sink, &guard, &tagged, "tagged", "hold");
 
     // A message the filter judges spam (an earlier scanner's verdict in its headers) gets the
-    // filter's tag, and the README's milter_header_checks holds it.
+    // filter's tag, and the README's milter_header_checks holds it: Postfix names the table that
+    // acted, milter_header_checks, on the header the filter added.
     let judged = Swaks::new(pf.smtp_port())
         .from("bob@example.com")
         .to("five@example.net")
@@ -175,23 +189,7 @@ fn the_readme_postfix_recipe_filters_delivers_and_holds_tagged_spam() {
         .header("X-Spam-Flag: YES")
         .body("an earlier scanner called this spam")
         .run();
-    assert!(judged.success(), "{}", judged.transcript);
-    let id = judged.queue_id().expect("queue id");
-    let deadline = Instant::now() + WAIT;
-    while !pf.queue_listing().contains(&format!("{id}!")) {
-        assert!(
-            Instant::now() < deadline,
-            "{id} not on hold:\n{}\nmaillog:\n{}\nfilter:\n{}",
-            pf.queue_listing(),
-            pf.log(),
-            guard.log()
-        );
-        std::thread::sleep(POLL);
-    }
-    // Postfix names the table that acted: milter_header_checks, on the header the filter added.
-    assert!(pf.log().contains(&format!("{id}: milter-header-hold: header X-Outbound-Guard-Spam: yes")), "{}", pf.log());
-    let subjects: Vec<String> = sink.messages().iter().filter_map(|m| m.header("Subject")).collect();
-    assert!(!subjects.contains(&"judged".to_string()), "the held message was delivered: {subjects:?}");
+    assert_held(&pf, &sink, &guard, &judged, "judged", "milter-header-hold");
 
     let log = pf.log();
     let trouble: Vec<&str> =

@@ -7,6 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::daemon::{START, TestDaemon};
+use common::mta::code;
 use outbound_guard::milter::client::{MtaClient, POSTFIX_OFFER, StageResult};
 use outbound_guard::milter::command::Command;
 use outbound_guard::policy::events::EventKind;
@@ -47,14 +48,6 @@ async fn mail(c: &mut Client, login: Option<&str>, sender: &str) -> StageResult 
 
 async fn rcpt(c: &mut Client, to: &str) -> StageResult {
     c.rcpt_to(&format!("<{to}>")).await.unwrap()
-}
-
-fn code(r: &StageResult) -> String {
-    match r.kind() {
-        Some(b'y') => r.text().unwrap()[..9].to_owned(),
-        Some(k) => (k as char).to_string(),
-        None => "-".into(),
-    }
 }
 
 /// Sends one message with `n` external recipients; returns the reply codes of the recipients.

@@ -4,15 +4,18 @@
 //! The store here fails the way a full disk or a broken state directory makes the durable one
 //! fail: its `restrict` returns an I/O error.
 
+mod common;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
+use common::mta::code;
 use outbound_guard::config::{Config, ListenAddr};
 use outbound_guard::metrics::Metrics;
-use outbound_guard::milter::client::{MtaClient, POSTFIX_OFFER, StageResult};
+use outbound_guard::milter::client::{MtaClient, POSTFIX_OFFER};
 use outbound_guard::milter::connection::Timeouts;
 use outbound_guard::milter::replies::ReplyTexts;
 use outbound_guard::milter::server::{self, Listener, ServerSettings};
@@ -50,14 +53,6 @@ impl RestrictionStore for FlakyStore {
     }
     fn history(&self, account: &str) -> Vec<AuditEntry> {
         self.inner.history(account)
-    }
-}
-
-fn code(r: &StageResult) -> String {
-    match r.kind() {
-        Some(b'y') => r.text().unwrap()[..9].to_owned(),
-        Some(k) => (k as char).to_string(),
-        None => "-".into(),
     }
 }
 

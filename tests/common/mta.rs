@@ -1,7 +1,17 @@
 //! Short MTA conversations with a running filter, through the library's own MTA client.
 
-use outbound_guard::milter::client::{MtaClient, POSTFIX_OFFER};
+use outbound_guard::milter::client::{MtaClient, POSTFIX_OFFER, StageResult};
 use outbound_guard::milter::command::Command as Milter;
+
+/// A reply as the tests compare it: the SMTP code and enhanced status of a `y` reply
+/// (`550 5.2.2`), else the reply letter (`c`, `t` …), `-` for none.
+pub fn code(r: &StageResult) -> String {
+    match r.kind() {
+        Some(b'y') => r.text().unwrap()[..9].to_owned(),
+        Some(k) => (k as char).to_string(),
+        None => "-".into(),
+    }
+}
 
 /// A current-thread runtime for a synchronous test that drives the client.
 pub fn runtime() -> tokio::runtime::Runtime {
