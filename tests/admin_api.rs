@@ -216,6 +216,13 @@ async fn reload_applies_a_valid_file_and_refuses_a_broken_one() {
 async fn metrics_count_what_happened() {
     let d = TestDaemon::start(POLICY).await;
     restrict_through_the_milter(&d, "erin@example.com").await;
+    // One message an earlier scanner called spam: a header verdict (the default source).
+    let mut c = client(&d).await;
+    assert_eq!(mail(&mut c, "ivan@example.com").await, b'c');
+    assert_eq!(c.rcpt_to("<x@example.net>").await.unwrap().kind(), Some(b'c'));
+    let eom = c.message(&[("Subject", " offer"), ("X-Spam-Flag", " YES")], b"buy\r\n").await.unwrap();
+    assert_eq!(eom.kind(), Some(b'c'));
+    drop(c);
     let text = reqwest::get(format!("{}/metrics", d.admin_url())).await.unwrap().text().await.unwrap();
     assert!(!text.contains("outbound_guard_releases_total{"), "{text}");
     // A release counts under the cause of the restriction it lifts; a manual one under "manual".
@@ -235,10 +242,11 @@ async fn metrics_count_what_happened() {
         "outbound_guard_restrictions_total{reason=\"recipient_limit_external_per_hour\"} 1",
         "outbound_guard_restrictions_total{reason=\"manual\"} 1",
         "outbound_guard_releases_total{reason=\"recipient_limit_external_per_hour\"} 1",
-        "outbound_guard_recipients_total{class=\"external\",outcome=\"accepted\"} 2",
+        "outbound_guard_verdicts_total{source=\"headers\",result=\"spam\"} 1",
+        "outbound_guard_recipients_total{class=\"external\",outcome=\"accepted\"} 3",
         "outbound_guard_recipients_total{class=\"external\",outcome=\"refused\"} 1",
-        "outbound_guard_messages_total{direction=\"outbound\",outcome=\"checked\"} 1",
-        "outbound_guard_milter_connections_total 1",
+        "outbound_guard_messages_total{direction=\"outbound\",outcome=\"checked\"} 2",
+        "outbound_guard_milter_connections_total 2",
         "outbound_guard_decision_seconds_count",
     ] {
         assert!(text.contains(expected), "missing {expected:?} in\n{text}");
