@@ -9,6 +9,8 @@ use dashmap::mapref::entry::Entry;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
+use crate::policy::limits::LimitKind;
+
 /// Counters of an account at one moment, with the limits they are measured against
 /// (a limit of 0 = none).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,19 +53,12 @@ pub struct Restriction {
 }
 
 impl Restriction {
-    /// The causes a restriction can have: the limits' keys, `spam`, `manual`.
-    pub const CAUSES: [&'static str; 5] = [
-        "recipient_limit_external_per_hour",
-        "recipient_limit_internal_per_hour",
-        "recipient_limit_per_day",
-        "spam",
-        "manual",
-    ];
-
-    /// [`Restriction::cause`] as one of [`Restriction::CAUSES`]; for records written before
-    /// the cause was kept, what the source tells (`manual` or `policy`).
+    /// What led to it, as one of the metrics' reasons: a limit's key (from
+    /// [`LimitKind::key`]), `spam` or `manual`; for records written before the cause was kept,
+    /// what the source tells (`manual` or `policy`).
     pub fn cause(&self) -> &'static str {
-        Self::CAUSES.iter().find(|c| **c == self.cause).copied().unwrap_or(match self.source {
+        let limits = LimitKind::ALL.map(LimitKind::key);
+        limits.into_iter().chain(["spam", "manual"]).find(|c| *c == self.cause).unwrap_or(match self.source {
             Source::Admin => "manual",
             Source::Policy => "policy",
         })
@@ -272,15 +267,16 @@ mod tests {
 
     #[test]
     fn every_limit_is_a_cause_and_old_records_fall_back_on_their_source() {
-        for kind in crate::policy::limits::LimitKind::ALL {
-            assert!(Restriction::CAUSES.contains(&kind.key()), "{kind:?}");
-        }
         let mut r = restriction("a@example.com", 0, None);
         assert_eq!(r.cause(), "policy");
         r.source = Source::Admin;
         assert_eq!(r.cause(), "manual");
-        r.cause = "recipient_limit_per_day".into();
-        assert_eq!(r.cause(), "recipient_limit_per_day");
+        for kind in LimitKind::ALL {
+            r.cause = kind.key().into();
+            assert_eq!(r.cause(), kind.key());
+        }
+        r.cause = "spam".into();
+        assert_eq!(r.cause(), "spam");
         // Written without the field (an older journal), read back with it empty.
         let mut json = serde_json::to_value(restriction("b@example.com", 0, None)).unwrap();
         json.as_object_mut().unwrap().remove("cause");

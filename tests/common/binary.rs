@@ -132,7 +132,6 @@ impl GuardProcess {
     }
 
     /// Everything the filter has logged so far.
-    #[allow(dead_code)] // not every test binary reads the log while the filter runs
     pub fn log(&self) -> String {
         std::fs::read(&self.log).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
     }
