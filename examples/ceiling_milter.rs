@@ -68,6 +68,9 @@ async fn serve<T: Transport>(mut stream: T) -> io::Result<()> {
     let mut buf = Vec::with_capacity(16 * 1024);
     let mut out = Vec::with_capacity(256);
     let mut negotiated: Option<Negotiated> = None;
+    // Bytes arrived since we last wrote or acknowledged, also part of a packet: as in
+    // outbound-guard's connection loop, the MTA's next write may wait for their ACK.
+    let mut unacknowledged = false;
     loop {
         let mut start = 0;
         while let Some((packet, used)) = frame::decode(&buf[start..]).map_err(|e| invalid(e.to_string()))? {
@@ -89,7 +92,7 @@ async fn serve<T: Transport>(mut stream: T) -> io::Result<()> {
         }
         buf.drain(..start);
         if out.is_empty() {
-            if start > 0 {
+            if unacknowledged {
                 stream.ack_now();
             }
         } else {
@@ -99,5 +102,6 @@ async fn serve<T: Transport>(mut stream: T) -> io::Result<()> {
         if stream.read_buf(&mut buf).await? == 0 {
             return Ok(());
         }
+        unacknowledged = true;
     }
 }
