@@ -2,6 +2,7 @@
 """The table of scripts/bench-peers: reads its JSON reports (milter-load's, and the Postfix
 runs'), prints a Markdown table with ratios, and says which targets of issue #9 are met."""
 
+import glob
 import json
 import os
 import sys
@@ -49,9 +50,18 @@ for t in ("tcp", "unix"):
         )
 
 print()
-print("| Postfix end to end (smtp-source -s 8, 2 KiB) | delivered | msgs/s | × no milter |")
-print("| --- | ---: | ---: | ---: |")
+print("| Postfix end to end (smtp-source -s 8, 2 KiB) | delivered | best msgs/s | × no milter | the rounds | mean × no milter |")
+print("| --- | ---: | ---: | ---: | --- | ---: |")
 none = load("postfix-none")
+
+
+def rounds(name):
+    """msgs/s of each round of one Postfix measurement, in the order they ran."""
+    paths = sorted(glob.glob(os.path.join(results, f"postfix-{name}.[0-9]*.json")), key=lambda p: int(p.split(".")[-2]))
+    return [json.load(open(p))["msgs_per_s"] for p in paths]
+
+
+none_rounds = rounds("none")
 for key, label in (
     ("none", "no milter"),
     ("outbound-guard", "outbound-guard"),
@@ -63,7 +73,10 @@ for key, label in (
     if r is None:
         continue
     ratio = f"{r['msgs_per_s'] / none['msgs_per_s']:.2f}" if none and none["msgs_per_s"] else "–"
-    print(f"| {label} | {r['delivered']}/{r['messages']} | {r['msgs_per_s']:,.0f} | {ratio} |")
+    these = rounds(key)
+    mean = f"{sum(these) / sum(none_rounds):.2f}" if these and none_rounds and sum(none_rounds) else "–"
+    listed = ", ".join(f"{x:.0f}" for x in these)
+    print(f"| {label} | {r['delivered']}/{r['messages']} | {r['msgs_per_s']:,.0f} | {ratio} | {listed} | {mean} |")
 
 print()
 print("What outbound-guard reaches, and what the ceiling filter (a filter that only answers) reaches")
