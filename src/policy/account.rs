@@ -49,6 +49,10 @@ const CANONICAL_BYTE: u8 = 1;
 const PLAIN_DOMAIN_BYTE: u8 = 2;
 const UPPER_CASE_BYTE: u8 = 8;
 const DOT_ATOM_BYTE: u8 = 4;
+/// Single bytes the fast paths look for, accumulated with OR over a whole string.
+const AT_BYTE: u8 = 16;
+const DOT_BYTE: u8 = 32;
+const PLUS_BYTE: u8 = 64;
 static BYTE_CLASS: [u8; 256] = byte_classes();
 
 const fn byte_classes() -> [u8; 256] {
@@ -72,6 +76,12 @@ const fn byte_classes() -> [u8; 256] {
         if b.is_ascii_uppercase() {
             class |= UPPER_CASE_BYTE;
         }
+        class |= match b {
+            b'@' => AT_BYTE,
+            b'.' => DOT_BYTE,
+            b'+' => PLUS_BYTE,
+            _ => 0,
+        };
         table[i] = class;
         i += 1;
     }
@@ -102,36 +112,40 @@ const fn is_atext_special(b: u8) -> bool {
     )
 }
 
-/// Whether every byte is of `class`: one table load and one AND per byte, no branch.
-fn all_of_class(bytes: &[u8], class: u8) -> bool {
-    bytes.iter().fold(class, |acc, &b| acc & BYTE_CLASS[b as usize]) != 0
-}
-
 /// The input itself when it is already canonical: lower-case ASCII, no quotes or brackets, no
 /// `+tag` to strip, a local part that needs no quotes, an ASCII domain that does not end in a
 /// dot. Nothing to do, nothing to copy.
+///
+/// It runs for every outbound MAIL FROM, so it makes one pass over the bytes, a table load, an
+/// AND and an OR per byte, and looks at dots only in a local part that has some.
 fn already_canonical(bytes: &[u8], strip_subaddress: bool) -> Option<&str> {
-    if bytes.is_empty() || !all_of_class(bytes, CANONICAL_BYTE) || bytes.ends_with(b".") {
+    let (every, any) = classes(bytes, CANONICAL_BYTE);
+    if bytes.is_empty() || every == 0 || bytes.ends_with(b".") || (strip_subaddress && any & PLUS_BYTE != 0) {
         return None;
     }
-    let at = bytes.iter().rposition(|&b| b == b'@');
-    let local = at.map_or(bytes, |i| &bytes[..i]);
-    if strip_subaddress && local.contains(&b'+') {
-        return None;
-    }
-    // With a domain, the local part is spelled as a dot-atom or the general code quotes it.
-    if let Some(at) = at {
-        let dot_atom = all_of_class(local, DOT_ATOM_BYTE)
-            && !local.is_empty()
-            && !local.starts_with(b".")
-            && !local.ends_with(b".")
-            && !local.windows(2).any(|w| w == b"..");
-        if !dot_atom || at + 1 == bytes.len() {
+    if any & AT_BYTE != 0 {
+        // An address: the local part a dot-atom (no dot first, last or twice; no `@`, which
+        // would need quotes), then a domain.
+        let at = bytes.iter().position(|&b| b == b'@').unwrap_or(0);
+        let (local, domain) = (&bytes[..at], &bytes[at + 1..]);
+        let (local_every, local_any) = classes(local, DOT_ATOM_BYTE);
+        let dots_fine = local_any & DOT_BYTE == 0
+            || (!local.starts_with(b".") && !local.ends_with(b".") && !local.windows(2).any(|w| w == b".."));
+        if local.is_empty() || local_every == 0 || !dots_fine || domain.is_empty() || domain.contains(&b'@') {
             return None;
         }
     }
-    // Printable ASCII, checked above, is UTF-8.
-    std::str::from_utf8(bytes).ok()
+    debug_assert!(bytes.is_ascii());
+    // SAFETY: every byte is of CANONICAL_BYTE's class, printable ASCII, so the bytes are UTF-8.
+    Some(unsafe { std::str::from_utf8_unchecked(bytes) })
+}
+
+/// The classes every byte of `bytes` has (starting from `wanted`), and those any byte has.
+fn classes(bytes: &[u8], wanted: u8) -> (u8, u8) {
+    bytes.iter().fold((wanted, 0), |(every, any), &b| {
+        let class = BYTE_CLASS[b as usize];
+        (every & class, any | class)
+    })
 }
 
 fn canonicalize_slow(text: &str, strip_subaddress: bool) -> String {
@@ -238,25 +252,27 @@ pub fn is_same_or_subdomain(domain: &str, parent: &str) -> bool {
 /// subdomain of one. A recipient without a domain (`postmaster`) is local. The local domains
 /// are canonical (lower case), as the configuration holds them.
 pub fn recipient_is_internal(recipient: &[u8], local_domains: &[String]) -> bool {
-    // The common case — a plain ASCII domain — is answered on the bytes, in one backward pass
-    // over the domain (a domain has no `@`, so the last one is the separator), and a plain
-    // comparison with the configured domain unless the recipient wrote capitals.
+    // The common case — a plain ASCII domain — is answered on the bytes: the last `@` is the
+    // separator (a domain has none), one backward pass to it classifies the domain's bytes, and a plain
+    // comparison with the configured domain does unless the recipient wrote capitals.
     let mut addr = recipient.trim_ascii();
     while let [rest @ .., b'>'] = addr {
         addr = rest;
     }
-    let mut every = PLAIN_DOMAIN_BYTE;
-    let mut any = 0;
-    let mut at = addr.len();
-    while at > 0 && addr[at - 1] != b'@' {
-        let class = BYTE_CLASS[addr[at - 1] as usize];
+    let (mut every, mut any, mut domain_len) = (PLAIN_DOMAIN_BYTE, 0, 0);
+    for &b in addr.iter().rev() {
+        if b == b'@' {
+            break;
+        }
+        let class = BYTE_CLASS[b as usize];
         every &= class;
         any |= class;
-        at -= 1;
+        domain_len += 1;
     }
+    let at = addr.len().wrapping_sub(domain_len + 1);
     // A quote in the local part may hide an `@` or leave the domain out: the general code.
-    if at > 0 && every != 0 && !addr[..at].contains(&b'"') {
-        let mut domain = &addr[at..];
+    if domain_len < addr.len() && every != 0 && !addr[..at].contains(&b'"') {
+        let mut domain = &addr[at + 1..];
         while let [rest @ .., b'.'] = domain {
             domain = rest;
         }
@@ -309,6 +325,23 @@ mod tests {
     fn fast_path_borrows() {
         assert!(matches!(canonical(b"alice@example.com", true), Some(Cow::Borrowed(_))));
         assert!(matches!(canonical(b"Alice@example.com", true), Some(Cow::Owned(_))));
+        assert!(matches!(canonical(b" first.o'neil-2@mail.example.com ", true), Some(Cow::Borrowed(_))));
+        assert!(matches!(canonical(b"bob+tag@example.com", false), Some(Cow::Borrowed(_))));
+        assert!(matches!(canonical(b"login.name.", true), Some(Cow::Owned(_))));
+        for needs_work in [
+            "bob+tag@example.com",
+            "a..b@example.com",
+            ".a@example.com",
+            "a.@example.com",
+            "a@b@example.com",
+            "a@example.com.",
+            "@example.com",
+            "a@",
+            "\"a\"@example.com",
+            "a@[192.0.2.1]",
+        ] {
+            assert!(!matches!(canonical(needs_work.as_bytes(), true), Some(Cow::Borrowed(_))), "{needs_work}");
+        }
     }
 
     #[test]

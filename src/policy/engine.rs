@@ -440,18 +440,19 @@ impl Engine {
         hourly: LimitKind,
         now: u64,
     ) -> Option<Event> {
-        let percent = u32::from(compiled.config.notify.warn_at_percent);
+        let percent = compiled.config.notify.warn_at_percent;
         if percent == 0 {
             return None;
         }
         let hour = hour_number(now);
         for kind in [hourly, LimitKind::PerDay] {
+            if !compiled.limiters.reached_percent(tx.policy, record, kind, now, percent) {
+                continue;
+            }
             let Some((used, limit)) = compiled.limiters.usage(tx.policy, record, kind, now) else {
                 continue;
             };
-            if u64::from(used) * 100 >= u64::from(limit) * u64::from(percent)
-                && record.first_notice_this_hour(Notice::Warning(kind), hour)
-            {
+            if record.first_notice_this_hour(Notice::Warning(kind), hour) {
                 let settings = compiled.policies.settings(tx.policy);
                 return Some(Event {
                     kind: EventKind::ApproachingLimit,

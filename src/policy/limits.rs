@@ -337,6 +337,29 @@ impl Limiters {
         let limit = self.limiter(policy, kind)?;
         Some((used_at(record.tat[kind as usize], now_nanos, limit.interval, limit.limit), limit.limit))
     }
+
+    /// Whether the recipients counted against `kind` at `now` have reached `percent` (0–100)
+    /// of its limit — `used · 100 ≥ limit · percent` with `used` as [`Self::usage`] counts it —
+    /// decided on the time debt itself. It is asked after every accepted recipient, and a
+    /// multiplication there spares the two divisions `usage` needs; `usage` is for the rare
+    /// recipient that does reach the level. `false` when the policy has no such limit.
+    pub fn reached_percent(
+        &self,
+        policy: PolicyIndex,
+        record: &AccountRecord,
+        kind: LimitKind,
+        now_nanos: u64,
+        percent: u8,
+    ) -> bool {
+        let Some(limit) = self.limiter(policy, kind) else { return false };
+        // `used = ⌈debt / interval⌉ ≥ level` ⇔ `debt > (level − 1) · interval`, with `level`
+        // the smallest count at the percentage (never above the limit, so the cap in
+        // `used_at` does not matter).
+        let level = (u64::from(limit.limit) * u64::from(percent.min(100))).div_ceil(100);
+        let Some(below) = level.checked_sub(1) else { return true };
+        let tat = record.tat[kind as usize];
+        tat > now_nanos && tat - now_nanos > below * limit.interval
+    }
 }
 
 /// The emission interval of a limit: one recipient is replenished every `period / limit`.
@@ -412,6 +435,40 @@ mod tests {
     fn setup(ext: u32, int: u32, day: u32) -> (Limiters, EngineClock) {
         let clock = EngineClock::manual(UNIX_EPOCH + Duration::from_secs(1_795_300_000));
         (Limiters::new(&[settings(ext, int, day)]), clock)
+    }
+
+    #[test]
+    fn the_warning_level_agrees_with_the_usage_count() {
+        for (limit, period_limit) in
+            [(1u32, LimitKind::ExternalPerHour), (7, LimitKind::PerDay), (250, LimitKind::PerDay)]
+        {
+            let mut s = settings(0, 0, 0);
+            match period_limit {
+                LimitKind::PerDay => s.recipient_limit_per_day = limit,
+                _ => s.recipient_limit_external_per_hour = limit,
+            }
+            let l = Limiters::new(&[s]);
+            let now = 1_795_300_000_000_000_000u64;
+            let interval = interval(period_limit.period(), limit);
+            // Debts on, just before and just after each multiple of the interval.
+            for step in 0..=u64::from(limit) + 1 {
+                for offset in [-1i64, 0, 1] {
+                    let debt = (step * interval).saturating_add_signed(offset);
+                    let mut r = AccountRecord::default();
+                    r.tat[period_limit as usize] = if debt == 0 { 0 } else { now + debt };
+                    let (used, lim) = l.usage(0, &r, period_limit, now).unwrap();
+                    for percent in [0u8, 1, 50, 80, 99, 100] {
+                        let expected = u64::from(used) * 100 >= u64::from(lim) * u64::from(percent);
+                        assert_eq!(
+                            l.reached_percent(0, &r, period_limit, now, percent),
+                            expected,
+                            "limit {limit}, debt {debt}, used {used}, percent {percent}"
+                        );
+                    }
+                }
+            }
+            assert!(!l.reached_percent(0, &AccountRecord::default(), LimitKind::InternalPerHour, now, 0));
+        }
     }
 
     #[test]

@@ -4,6 +4,8 @@
 //! a Redis-backed store. The MAIL FROM check ([`RestrictionStore::is_restricted`]) is the hot
 //! path: one map lookup, no clone; a restriction past its `until` no longer counts.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
 use serde::{Deserialize, Serialize};
@@ -168,6 +170,11 @@ pub trait RestrictionStore: Send + Sync {
 #[derive(Debug, Default)]
 pub struct MemoryRestrictions {
     map: DashMap<Box<str>, Restriction, ahash::RandomState>,
+    /// How many entries `map` holds, kept beside it so that the check every outbound MAIL FROM
+    /// makes costs one load while nothing is restricted — the usual state — rather than a hash
+    /// and a shard lock. Raised before an entry appears and lowered after one has gone, so it
+    /// never counts fewer entries than a reader could find.
+    entries: AtomicUsize,
     history: DashMap<Box<str>, Vec<AuditEntry>, ahash::RandomState>,
 }
 
@@ -183,7 +190,15 @@ impl MemoryRestrictions {
 
     /// Puts back a restriction read from a journal (its history comes from the audit log).
     pub fn insert_replayed(&self, restriction: Restriction) {
-        self.map.insert(restriction.account.clone().into_boxed_str(), restriction);
+        match self.map.entry(restriction.account.clone().into_boxed_str()) {
+            Entry::Vacant(v) => {
+                self.entries.fetch_add(1, Ordering::Release);
+                v.insert(restriction);
+            }
+            Entry::Occupied(mut o) => {
+                o.insert(restriction);
+            }
+        }
     }
 
     /// The newest audit entry of every account with a trail (cluster mode's view of what this
@@ -201,6 +216,9 @@ impl MemoryRestrictions {
 
 impl RestrictionStore for MemoryRestrictions {
     fn is_restricted(&self, account: &str, now_secs: i64) -> bool {
+        if self.entries.load(Ordering::Acquire) == 0 {
+            return false;
+        }
         self.map.get(account).is_some_and(|r| r.in_force(now_secs))
     }
 
@@ -213,6 +231,7 @@ impl RestrictionStore for MemoryRestrictions {
         let entry = AuditEntry::restricted(&restriction, by);
         let created = match self.map.entry(restriction.account.clone().into_boxed_str()) {
             Entry::Vacant(v) => {
+                self.entries.fetch_add(1, Ordering::Release);
                 v.insert(restriction);
                 true
             }
@@ -229,7 +248,11 @@ impl RestrictionStore for MemoryRestrictions {
     }
 
     fn release(&self, account: &str, now_secs: i64, by: &str, reason: &str) -> Result<Option<Restriction>, StoreError> {
-        let released = self.map.remove(account).map(|(_, r)| r).filter(|r| r.in_force(now_secs));
+        let removed = self.map.remove(account).map(|(_, r)| r);
+        if removed.is_some() {
+            self.entries.fetch_sub(1, Ordering::Release);
+        }
+        let released = removed.filter(|r| r.in_force(now_secs));
         if released.is_some() {
             let at = OffsetDateTime::from_unix_timestamp(now_secs).unwrap_or(OffsetDateTime::UNIX_EPOCH);
             self.remember(AuditEntry::released(account, at, by, reason));
@@ -282,6 +305,26 @@ mod tests {
         json.as_object_mut().unwrap().remove("cause");
         let old: Restriction = serde_json::from_value(json).unwrap();
         assert_eq!(old.cause, "");
+    }
+
+    #[test]
+    fn the_entry_count_follows_restrictions_releases_and_replays() {
+        let s = MemoryRestrictions::default();
+        assert!(!s.is_restricted("a@x", 100));
+        s.insert_replayed(restriction("a@x", 100, None));
+        s.insert_replayed(restriction("a@x", 101, None));
+        assert!(s.restrict(restriction("b@x", 100, None), "policy").unwrap());
+        assert!(s.restrict(restriction("c@x", 100, Some(150)), "policy").unwrap());
+        assert!(s.release("b@x", 120, "admin", "ok").unwrap().is_some());
+        // Expired, still removed: the count goes down with the entry, not with what was in force.
+        assert!(s.release("c@x", 200, "admin", "ok").unwrap().is_none());
+        assert!(s.release("nobody@x", 200, "admin", "ok").unwrap().is_none());
+        assert!(s.is_restricted("a@x", 300), "one entry left, still found");
+        assert_eq!(s.entries.load(Ordering::Acquire), 1);
+        assert!(s.release("a@x", 300, "admin", "ok").unwrap().is_some());
+        assert_eq!(s.entries.load(Ordering::Acquire), 0);
+        assert!(s.restrict(restriction("a@x", 400, None), "policy").unwrap());
+        assert!(s.is_restricted("a@x", 400));
     }
 
     #[test]
