@@ -115,13 +115,16 @@ pub async fn serve<T: Transport, P: Policy>(
             let command = Command::decode(frame)?;
             let mut flow = session.handle(command, &mut out)?;
             start += used;
+            // The two waits below are boxed: inline, their futures (a Redis round trip, a
+            // scanner's) made every connection's task 3.6 KiB rather than 2 KiB, also where
+            // neither is ever used (the memory backend without scanners).
             if flow == Flow::Prepare {
                 // Never longer than io_timeout: past it the local decision stands.
-                session.prepare(timeouts.io, &mut out).await;
+                Box::pin(session.prepare(timeouts.io, &mut out)).await;
                 flow = Flow::KeepOpen;
             }
             if flow == Flow::Scan {
-                let verdicts = session.scan().await;
+                let verdicts = Box::pin(session.scan()).await;
                 session.finish_message(&verdicts, &mut out);
                 flow = Flow::KeepOpen;
             }
