@@ -253,8 +253,9 @@ pub fn is_same_or_subdomain(domain: &str, parent: &str) -> bool {
 /// are canonical (lower case), as the configuration holds them.
 pub fn recipient_is_internal(recipient: &[u8], local_domains: &[String]) -> bool {
     // The common case — a plain ASCII domain — is answered on the bytes: the last `@` is the
-    // separator (a domain has none), one backward pass to it classifies the domain's bytes, and a plain
-    // comparison with the configured domain does unless the recipient wrote capitals.
+    // separator (a domain has none), one backward pass to it classifies the domain's bytes,
+    // and a plain comparison with the configured domain does unless the recipient wrote
+    // capitals.
     let mut addr = recipient.trim_ascii();
     while let [rest @ .., b'>'] = addr {
         addr = rest;
@@ -269,9 +270,12 @@ pub fn recipient_is_internal(recipient: &[u8], local_domains: &[String]) -> bool
         any |= class;
         domain_len += 1;
     }
-    let at = addr.len().wrapping_sub(domain_len + 1);
-    // A quote in the local part may hide an `@` or leave the domain out: the general code.
-    if domain_len < addr.len() && every != 0 && !addr[..at].contains(&b'"') {
+    // No `@` (the pass ran to the start) and a quote in the local part, which may hide an `@`
+    // or leave the domain out, are for the general code.
+    if let Some(at) = addr.len().checked_sub(domain_len + 1)
+        && every != 0
+        && !addr[..at].contains(&b'"')
+    {
         let mut domain = &addr[at + 1..];
         while let [rest @ .., b'.'] = domain {
             domain = rest;
