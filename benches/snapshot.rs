@@ -48,6 +48,11 @@ fn engine_with(n: usize) -> Engine {
     engine
 }
 
+// As in the daemon, whose memory this reports: the account table on huge pages.
+#[global_allocator]
+static ALLOCATOR: outbound_guard::huge_pages::LargeBlocksOnHugePages =
+    outbound_guard::huge_pages::LargeBlocksOnHugePages;
+
 fn rss_bytes() -> usize {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
     statm.split_whitespace().nth(1).and_then(|p| p.parse::<usize>().ok()).unwrap_or(0) * 4096

@@ -21,6 +21,7 @@
 //! - [`config`]: `plugin.toml` → raw structs → validated model with file/line/key errors.
 //! - [`cli`]: the command line definition (clap), shared with the man page generator.
 //! - [`daemon`]: wiring for `outbound-guard run`: logging, signals, the tasks.
+//! - [`huge_pages`]: the process allocator, which backs the account table with huge pages.
 //! - [`load`]: the load generator behind `milter-load` (src/bin): Postfix-like MTA-side
 //!   connections on [`milter::client`], throughput, latency, the filter's CPU and memory.
 
@@ -29,6 +30,7 @@ pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod daemon;
+pub mod huge_pages;
 pub mod load;
 pub mod metrics;
 pub mod milter;

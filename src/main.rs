@@ -18,6 +18,11 @@ use reqwest::Method;
 
 const EXIT_USAGE: u8 = 2;
 
+/// The account table on huge pages (see [`outbound_guard::huge_pages`]).
+#[global_allocator]
+static ALLOCATOR: outbound_guard::huge_pages::LargeBlocksOnHugePages =
+    outbound_guard::huge_pages::LargeBlocksOnHugePages;
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
