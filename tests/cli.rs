@@ -1,5 +1,5 @@
 //! The command line as an administrator meets it: `check-config` on the shipped file and on
-//! broken ones, `run` refusing a bad configuration, unix sockets, exit codes.
+//! broken ones, `run` refusing a bad configuration, unix sockets, exit codes, JSON logs.
 
 mod common;
 
@@ -143,4 +143,27 @@ fn a_unix_socket_replaces_a_stale_socket_but_never_a_file() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(std::fs::read_to_string(&sock).unwrap(), "precious");
+}
+
+#[test]
+fn json_logs_are_one_object_per_line_with_their_fields() {
+    let guard = common::binary::GuardProcess::start("", "[log]\nformat = \"json\"\n");
+    let milter_listen = format!("127.0.0.1:{}", guard.milter_port);
+    let (status, log) = guard.terminate();
+    assert!(status.success(), "{log}");
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON object ({e}): {l}")))
+        .collect();
+    assert!(lines.iter().all(|l| l["timestamp"].is_string() && l["level"].is_string()), "{log}");
+    let listening = lines
+        .iter()
+        .find(|l| l["message"] == "outbound-guard milter listening")
+        .unwrap_or_else(|| panic!("no listening line:\n{log}"));
+    assert_eq!(listening["level"], "INFO");
+    // Fields sit beside the message, not inside a nested object.
+    assert!(listening["listen"].as_str().is_some_and(|l| l.contains(&milter_listen)), "{listening}");
+    let saved = lines.iter().find(|l| l["message"] == "counters saved").unwrap_or_else(|| panic!("{log}"));
+    assert_eq!(saved["accounts"], 0);
 }
