@@ -1,6 +1,7 @@
 //! The whole loop through a real Postfix: an account reaches its limit through Postfix, the
 //! filter restricts it, and the administrators' notification is relayed by the very Postfix
-//! that loads the filter — without being counted or restricted itself.
+//! that loads the filter — without being counted or restricted itself — and counted in the
+//! metrics as delivered.
 #![cfg(feature = "real-peers")]
 
 mod common;
@@ -60,6 +61,42 @@ fn a_restriction_notifies_the_administrators_through_the_same_postfix() {
     let accounts: Vec<&str> =
         top["senders"].as_array().unwrap().iter().map(|s| s["account"].as_str().unwrap()).collect();
     assert!(!accounts.contains(&"outbound-guard@example.com"), "{accounts:?}");
+
+    // The delivery shows in the metrics an administrator scrapes (copied from the notifier at
+    // each scrape; polled, bounded, because the relay's reply and the sink's copy race).
+    let expected = "outbound_guard_notifications_total{channel=\"email\",outcome=\"delivered\"} 1";
+    let deadline = std::time::Instant::now() + WAIT;
+    let metrics = loop {
+        let text = scrape_metrics(&guard);
+        if text.contains(expected) || std::time::Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(common::postfix::POLL);
+    };
+    assert!(metrics.contains(expected), "missing {expected:?} in\n{metrics}");
+    assert!(metrics.contains("outbound_guard_notifications_pending{channel=\"email\"} 0"), "{metrics}");
+    assert!(
+        !metrics.contains("outbound_guard_notifications_total{channel=\"email\",outcome=\"failed\"} 1"),
+        "{metrics}"
+    );
     let (status, log) = guard.terminate();
     assert!(status.success(), "{log}");
+}
+
+/// `GET /metrics` from the filter's admin listener (open without a token), over plain HTTP/1.0.
+fn scrape_metrics(guard: &GuardProcess) -> String {
+    use std::io::{Read, Write};
+    let config = std::fs::read_to_string(guard.config_path()).unwrap();
+    let admin = config
+        .split("[admin]")
+        .nth(1)
+        .and_then(|section| section.lines().find_map(|l| l.trim().strip_prefix("listen = ")))
+        .map(|v| v.trim_matches('"').to_owned())
+        .expect("the admin listener in the test configuration");
+    let mut stream = std::net::TcpStream::connect(&admin).expect("connect to the admin API");
+    stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.0 200") || response.starts_with("HTTP/1.1 200"), "{response}");
+    response
 }
