@@ -2,7 +2,7 @@
 //! `state.dir`:
 //!
 //! - `restrictions.journal` — restrict/release records; replayed at start, then compacted to
-//!   the restrictions still in force;
+//!   the restrictions still in force, and again every 10,000 records while running;
 //! - `audit.log` — every restrict and release with who, when and why; append-only, never
 //!   compacted (it is the audit trail).
 //!
@@ -14,7 +14,7 @@ use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
-use tracing::info;
+use tracing::{info, warn};
 
 use super::journal::{self, Journal};
 use super::restrictions::{AuditEntry, MemoryRestrictions, Restriction, RestrictionStore, StoreError};
@@ -35,13 +35,20 @@ enum Record {
 struct Files {
     journal: Journal,
     audit: Journal,
+    /// Records appended to the journal since it was last compacted.
+    appended: usize,
 }
+
+/// The journal is compacted to the restrictions in force after this many appends, so a
+/// filter that runs for months neither grows it without bound nor replays years at start.
+const COMPACT_EVERY: usize = 10_000;
 
 /// Restrictions that survive `kill -9` and power loss.
 pub struct DurableRestrictions {
     memory: MemoryRestrictions,
     files: Mutex<Files>,
     dir: PathBuf,
+    compact_every: usize,
 }
 
 impl DurableRestrictions {
@@ -78,9 +85,29 @@ impl DurableRestrictions {
         }
         let count = memory.list(now_secs).len();
         info!(dir = %dir.display(), restrictions = count, "restrictions loaded");
-        let files = Files { journal: Journal::open(&journal_path)?, audit: Journal::open(&audit_path)? };
+        let files = Files { journal: Journal::open(&journal_path)?, audit: Journal::open(&audit_path)?, appended: 0 };
         journal::sync_dir(&journal_path)?;
-        Ok(DurableRestrictions { memory, files: Mutex::new(files), dir: dir.to_owned() })
+        Ok(DurableRestrictions { memory, files: Mutex::new(files), dir: dir.to_owned(), compact_every: COMPACT_EVERY })
+    }
+
+    /// Counts an append and, every `compact_every` of them, rewrites the journal to the
+    /// restrictions in force at `now_secs` (what a restart would keep of it). Called with the
+    /// files locked, after the memory map has the change, so the rewrite holds it. A failed
+    /// compaction is logged and retried at the next append; the record itself is safe.
+    fn appended(&self, files: &mut Files, now_secs: i64) {
+        files.appended += 1;
+        if files.appended < self.compact_every {
+            return;
+        }
+        let in_force: Vec<Record> =
+            self.memory.list(now_secs).into_iter().map(|restriction| Record::Restrict { restriction }).collect();
+        match journal::compact(&mut files.journal, &in_force) {
+            Ok(()) => {
+                info!(restrictions = in_force.len(), appended = files.appended, "restrictions journal compacted");
+                files.appended = 0;
+            }
+            Err(e) => warn!(path = %files.journal.path().display(), "restrictions journal not compacted: {e}"),
+        }
     }
 
     /// The newest audit entry of every account with a trail.
@@ -115,7 +142,10 @@ impl RestrictionStore for DurableRestrictions {
         }
         files.audit.append(&AuditEntry::restricted(&restriction, by))?;
         files.journal.append(&Record::Restrict { restriction: restriction.clone() })?;
-        self.memory.restrict(restriction, by)
+        let now_secs = restriction.created_at.unix_timestamp();
+        let created = self.memory.restrict(restriction, by)?;
+        self.appended(&mut files, now_secs);
+        Ok(created)
     }
 
     fn release(&self, account: &str, now_secs: i64, by: &str, reason: &str) -> Result<Option<Restriction>, StoreError> {
@@ -126,7 +156,9 @@ impl RestrictionStore for DurableRestrictions {
         let at = OffsetDateTime::from_unix_timestamp(now_secs).unwrap_or(OffsetDateTime::UNIX_EPOCH);
         files.audit.append(&AuditEntry::released(account, at, by, reason))?;
         files.journal.append(&Record::Release { account: account.to_owned(), at })?;
-        self.memory.release(account, now_secs, by, reason)
+        let released = self.memory.release(account, now_secs, by, reason)?;
+        self.appended(&mut files, now_secs);
+        Ok(released)
     }
 
     fn list(&self, now_secs: i64) -> Vec<Restriction> {
@@ -177,6 +209,46 @@ mod tests {
         // The journal was compacted to what is in force.
         let records = journal::read_all::<Record>(&dir.path().join("restrictions.journal")).unwrap();
         assert_eq!(records.len(), 1);
+    }
+
+    #[test]
+    fn the_journal_is_compacted_while_running_and_loses_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("restrictions.journal");
+        let accounts = |s: &DurableRestrictions, now| {
+            let mut a: Vec<_> = s.list(now).into_iter().map(|r| r.account).collect();
+            a.sort();
+            a
+        };
+        let before_restart = {
+            let mut s = DurableRestrictions::open(dir.path(), 100).unwrap();
+            s.compact_every = 8;
+            s.restrict(restriction("kept@x", 100, None), "policy").unwrap();
+            s.restrict(restriction("expires@x", 100, Some(150)), "policy").unwrap();
+            // 2 + 30 appends: compacted after the 8th, 16th, 24th and 32nd.
+            for i in 0..20 {
+                let account = format!("u{i:02}@x");
+                s.restrict(restriction(&account, 100 + i, None), "policy").unwrap();
+                if i % 2 == 0 {
+                    s.release(&account, 100 + i, "admin", "ok").unwrap();
+                }
+            }
+            let records = journal::read_all::<Record>(&path).unwrap();
+            assert_eq!(records.len(), 12, "kept, expires and the ten odd ones, nothing else");
+            assert!(records.iter().all(|r| matches!(r, Record::Restrict { .. })));
+            // Appends after a compaction go to the new file, not the replaced one.
+            s.release("u01@x", 130, "admin", "after compaction").unwrap();
+            assert_eq!(journal::read_all::<Record>(&path).unwrap().len(), 13);
+            accounts(&s, 130)
+        };
+        assert_eq!(before_restart.len(), 11);
+        assert!(!dir.path().join("restrictions.tmp").exists(), "no temp file left behind");
+        let s = DurableRestrictions::open(dir.path(), 130).unwrap();
+        assert_eq!(accounts(&s, 130), before_restart, "a restart sees what the running store saw");
+        assert!(!s.is_restricted("u01@x", 130));
+        // The audit trail is never compacted.
+        assert_eq!(s.history("u00@x").len(), 2);
+        assert_eq!(s.history("u01@x").len(), 2);
     }
 
     #[test]

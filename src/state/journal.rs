@@ -4,7 +4,8 @@
 //! caller survives `kill -9` and power loss. Reading skips what cannot be trusted — a torn last
 //! record (the process died mid-write), a line whose checksum does not match — with a log line,
 //! never a failed start. [`rewrite`] replaces a file atomically (temp file, fsync, rename,
-//! fsync of the directory), which is how journals are compacted.
+//! fsync of the directory), which is how journals are compacted; [`compact`] does the same
+//! to a journal in use.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Write};
@@ -127,18 +128,52 @@ pub fn read_all<T: DeserializeOwned>(path: &Path) -> io::Result<Vec<T>> {
 /// # Errors
 /// When the new file cannot be written, synced or renamed into place.
 pub fn rewrite<T: Serialize>(path: &Path, records: &[T]) -> io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    {
-        let mut file = File::create(&tmp)?;
-        let mut buf = String::new();
-        for r in records {
-            buf.push_str(&frame(&serde_json::to_string(r).map_err(io::Error::other)?));
-        }
-        file.write_all(buf.as_bytes())?;
-        file.sync_all()?;
-    }
+    let tmp = write_synced(path, records)?;
     std::fs::rename(&tmp, path)?;
     sync_dir(path)
+}
+
+/// Replaces the open journal's file with exactly `records`, atomically, and leaves the
+/// journal positioned after them. The new file is opened for appending before it is renamed
+/// into place, so the journal never appends to a file that is no longer the one at its path;
+/// on any failure the old file and the journal's handle stay as they were.
+///
+/// # Errors
+/// When the new file cannot be written, synced, opened or renamed into place.
+pub fn compact<T: Serialize>(journal: &mut Journal, records: &[T]) -> io::Result<()> {
+    let tmp = write_synced(&journal.path, records)?;
+    let opened = OpenOptions::new().append(true).open(&tmp).and_then(|file| {
+        std::fs::rename(&tmp, &journal.path)?;
+        Ok(file)
+    });
+    let file = match opened {
+        Ok(file) => file,
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+    };
+    // The rename is done: from here on the new file is the journal whatever happens; a failed
+    // directory sync leaves only the rename itself to a power loss, after which the old file,
+    // which holds the same restrictions, is read.
+    journal.file = file;
+    if let Err(e) = sync_dir(&journal.path) {
+        warn!(path = %journal.path.display(), "directory not synced after compaction: {e}");
+    }
+    Ok(())
+}
+
+/// Writes `records` to the temp file beside `path` and syncs it; returns its path.
+fn write_synced<T: Serialize>(path: &Path, records: &[T]) -> io::Result<PathBuf> {
+    let tmp = path.with_extension("tmp");
+    let mut file = File::create(&tmp)?;
+    let mut buf = String::new();
+    for r in records {
+        buf.push_str(&frame(&serde_json::to_string(r).map_err(io::Error::other)?));
+    }
+    file.write_all(buf.as_bytes())?;
+    file.sync_all()?;
+    Ok(tmp)
 }
 
 /// Syncs the directory holding `path`, so a rename or a new file survives power loss.
