@@ -7,7 +7,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
 use common::binary::GuardProcess;
@@ -204,63 +203,10 @@ fn a_password_in_the_url_is_used_and_a_wrong_one_leaves_the_node_deciding_alone(
     assert!(!log.contains("nope"), "the password must not be logged:\n{log}");
 }
 
-/// A CA and a server certificate for 127.0.0.1, made with the openssl command.
-fn tls_files(dir: &std::path::Path) {
-    let run = |args: &[&str]| {
-        let out = Command::new("openssl").args(args).current_dir(dir).output().expect("run openssl");
-        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    };
-    std::fs::write(dir.join("ext.cnf"), "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n").unwrap();
-    run(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=outbound-guard test CA",
-    ]);
-    run(&[
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "server.key",
-        "-out",
-        "server.csr",
-        "-subj",
-        "/CN=127.0.0.1",
-    ]);
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "server.pem",
-        "-days",
-        "2",
-        "-extfile",
-        "ext.cnf",
-    ]);
-}
-
 #[test]
 fn rediss_urls_speak_tls_verified_against_the_system_roots() {
     let certs = tempfile::tempdir().unwrap();
-    tls_files(certs.path());
+    common::tls::test_ca_and_server(certs.path());
     let file = |name: &str| certs.path().join(name).to_str().unwrap().to_owned();
     let redis = RedisServer::start_with(&[
         "--port",

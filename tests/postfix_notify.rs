@@ -100,3 +100,54 @@ fn scrape_metrics(guard: &GuardProcess) -> String {
     assert!(response.starts_with("HTTP/1.0 200") || response.starts_with("HTTP/1.1 200"), "{response}");
     response
 }
+
+/// The relay an administrator points `notify.smtp` at is often a submission service: TLS
+/// required, login required, a certificate from the company's own CA. Here Postfix refuses
+/// MAIL before STARTTLS (`smtpd_tls_security_level = encrypt`) and relays for nobody without
+/// AUTH (127.0.0.1 is outside `mynetworks`, no relay domains), and its certificate is signed by
+/// a private CA the filter trusts through `SSL_CERT_FILE` only.
+#[test]
+fn notifications_go_through_starttls_and_auth_trusting_the_system_roots() {
+    let certs = tempfile::tempdir().unwrap();
+    common::tls::test_ca_and_server(certs.path());
+    let file = |name: &str| certs.path().join(name).to_str().unwrap().to_owned();
+    let sink = SmtpSink::start();
+    let pf = Postfix::start(
+        PostfixOptions::new()
+            .relay_to(&sink)
+            .mynetworks("127.0.0.2/32")
+            .relay_domains(&[])
+            .sasl_user("notifier@example.com", "s3cret pass")
+            .main_cf(&format!("smtpd_tls_cert_file = {}", file("server.pem")))
+            .main_cf(&format!("smtpd_tls_key_file = {}", file("server.key")))
+            .main_cf("smtpd_tls_security_level = encrypt")
+            .main_cf("smtpd_tls_auth_only = yes")
+            .main_cf("smtpd_tls_loglevel = 1")
+            // smtpd's TLS needs the TLS manager (entropy, session cache).
+            .master_cf("tlsmgr unix - - n 1000? 1 tlsmgr"),
+    );
+    let policy = |user: &str| {
+        format!(
+            "[notify]\nrecipients = [\"postmaster@example.com\"]\nfrom = \"outbound-guard@example.com\"\n\
+             smtp = \"smtp://{user}:s3cret%20pass@127.0.0.1:{}?tls=starttls\"\nlanguage = \"en\"\n\
+",
+            pf.smtp_port()
+        )
+    };
+    let ca = file("ca.pem");
+    let guard =
+        GuardProcess::start_with_env(free_port(), "", &policy("notifier%40example.com"), &[("SSL_CERT_FILE", &ca)]);
+    let out = guard.cli(&["restricted", "add", "mallory@example.com", "--reason", "phished"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let messages = sink.wait_for_messages(1, WAIT);
+    let notification = messages
+        .iter()
+        .find(|m| m.rcpts == ["postmaster@example.com"])
+        .unwrap_or_else(|| panic!("no notification among {messages:?}\nmaillog:\n{}\n{}", pf.log(), guard.log()));
+    assert!(notification.header("Subject").is_some_and(|s| s.contains("mallory@example.com")), "{notification:?}");
+    let maillog = pf.log();
+    assert!(maillog.contains("TLS connection established from"), "{maillog}");
+    assert!(maillog.contains("sasl_username=notifier@example.com"), "{maillog}");
+    let (status, log) = guard.terminate();
+    assert!(status.success(), "{log}");
+}

@@ -13,4 +13,5 @@ pub mod postfix;
 pub mod redis;
 pub mod refmilter;
 pub mod scanners;
+pub mod tls;
 pub mod webdriver;
