@@ -413,3 +413,56 @@ async fn reload_changes_language_and_recipients_for_the_next_notice() {
     assert!(msg.subject().unwrap().starts_with("Melding uitgaande spam - b@example.com"));
     n.handle.join().await;
 }
+
+#[tokio::test]
+async fn other_events_in_every_language() {
+    let account = "jörg@exämple.se";
+    let subjects = [
+        (
+            "sv",
+            [
+                "Larm om utgående e-post - jörg@exämple.se har passerat en sändningsgräns (e-posten levereras fortfarande)",
+                "Varning om utgående e-post - jörg@exämple.se närmar sig en sändningsgräns",
+                "Utgående e-post - jörg@exämple.se får skicka utgående e-post igen",
+            ],
+        ),
+        (
+            "nl",
+            [
+                "Alarm uitgaande e-mail - jörg@exämple.se is over een verzendlimiet gegaan (e-mail wordt nog bezorgd)",
+                "Waarschuwing uitgaande e-mail - jörg@exämple.se nadert een verzendlimiet",
+                "Uitgaande e-mail - jörg@exämple.se mag weer uitgaande e-mail versturen",
+            ],
+        ),
+        (
+            "da",
+            [
+                "Alarm om udgående mail - jörg@exämple.se har overskredet en afsendelsesgrænse (mailen leveres stadig)",
+                "Advarsel om udgående mail - jörg@exämple.se nærmer sig en afsendelsesgrænse",
+                "Udgående mail - jörg@exämple.se må sende udgående mail igen",
+            ],
+        ),
+    ];
+    let mut relay = TestSmtp::start(true).await;
+    for (lang, expected) in subjects {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(dir.path(), &format!("smtp = \"{}\"\nlanguage = \"{lang}\"", relay.url()), "");
+        let n = start(&config);
+        let kinds = [EventKind::SendingLimitExceeded, EventKind::ApproachingLimit, EventKind::SenderReleased];
+        for (kind, subject) in kinds.into_iter().zip(expected) {
+            let mut event = restricted(account);
+            event.kind = kind;
+            event.by = (kind == EventKind::SenderReleased).then(|| "admin@example.com".to_owned());
+            n.events.send(event).await.unwrap();
+            let m = relay.message(WAIT).await;
+            assert_well_formed(&m.data);
+            let msg = MessageParser::default().parse(&m.data[..]).unwrap();
+            assert_eq!(msg.subject(), Some(subject), "{lang} {kind:?}");
+            let body = msg.body_text(0).expect("a text body").into_owned();
+            assert!(body.contains(account), "{lang} {kind:?}: account missing from\n{body}");
+            assert!(!body.contains("{{") && !body.contains("}}"), "{lang} {kind:?}: unrendered template\n{body}");
+        }
+        n.handle.join().await;
+    }
+    assert!(relay.drain().is_empty(), "three messages per language, no more");
+}
