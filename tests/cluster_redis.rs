@@ -252,3 +252,76 @@ fn sentinel_urls_find_the_master() {
     let members: Vec<String> = ::redis::cmd("SMEMBERS").arg("og:accounts").query(&mut conn).unwrap();
     assert_eq!(members, ["jon@example.com"]);
 }
+
+#[test]
+fn a_sentinel_failover_is_one_reconnection() {
+    let mut master = RedisServer::start();
+    let master_port = master.port.to_string();
+    let replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &master_port]);
+    let replica_port = replica.port.to_string();
+    let info = |server: &RedisServer| -> String {
+        ::redis::cmd("INFO").arg("replication").query(&mut server.connection()).unwrap_or_default()
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || info(&replica).contains("master_link_status:up")),
+        "replica not in sync"
+    );
+    let sentinel = RedisServer::sentinel(&master, "outbound");
+    let sentinel_query = |args: &[&str]| -> Vec<String> {
+        let mut c = sentinel.connection();
+        let mut cmd = ::redis::cmd("SENTINEL");
+        for a in args {
+            cmd.arg(*a);
+        }
+        match cmd.query::<::redis::Value>(&mut c) {
+            Ok(v) => flatten(v),
+            Err(_) => Vec::new(),
+        }
+    };
+    // The sentinel learns the replica from the master; only then can it fail over to it.
+    assert!(
+        wait_until(Duration::from_secs(15), || sentinel_query(&["REPLICAS", "outbound"]).contains(&replica_port)),
+        "the sentinel did not find the replica"
+    );
+
+    let url = format!("redis+sentinel://127.0.0.1:{}/outbound/0", sentinel.port);
+    let a = GuardProcess::start("", &node_config("node-a", &url));
+    let b = GuardProcess::start("", &node_config("node-b", &url));
+    nodes_share_a_restriction(&a, &b, "kim@example.com");
+
+    master.kill();
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            sentinel_query(&["GET-MASTER-ADDR-BY-NAME", "outbound"]).get(1) == Some(&replica_port)
+        }),
+        "the sentinel did not promote the replica"
+    );
+    // Each node notices the loss and reconnects to the master the sentinel now names.
+    let reconnected = |g: &GuardProcess| g.log().matches("redis reachable").count() >= 2;
+    assert!(
+        wait_until(Duration::from_secs(30), || reconnected(&a) && reconnected(&b)),
+        "the nodes did not reconnect after the failover:\n{}\n{}",
+        a.log(),
+        b.log()
+    );
+    nodes_share_a_restriction(&a, &b, "lea@example.com");
+    // The restriction made before the failover was replicated and is still shared; the new
+    // one is in the promoted master.
+    refuses_within_a_second(&b, "kim@example.com");
+    let members: Vec<String> = ::redis::cmd("SMEMBERS").arg("og:accounts").query(&mut replica.connection()).unwrap();
+    assert!(members.contains(&"lea@example.com".to_owned()), "{members:?}");
+}
+
+/// The bulk strings of a (nested) reply, in order.
+fn flatten(v: ::redis::Value) -> Vec<String> {
+    match v {
+        ::redis::Value::Array(items) => items.into_iter().flat_map(flatten).collect(),
+        ::redis::Value::Map(pairs) => {
+            pairs.into_iter().flat_map(|(k, v)| flatten(k).into_iter().chain(flatten(v))).collect()
+        }
+        ::redis::Value::BulkString(b) => vec![String::from_utf8_lossy(&b).into_owned()],
+        ::redis::Value::SimpleString(s) => vec![s],
+        ::redis::Value::Int(i) => vec![i.to_string()],
+        _ => Vec::new(),
+    }
+}
