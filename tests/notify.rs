@@ -9,7 +9,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::notify_peers::{SmtpEvent, TestHttp, TestSmtp};
+use common::notify_peers::{Received, SmtpEvent, TestHttp, TestSmtp};
 use mail_parser::{MessageParser, MimeHeaders};
 use outbound_guard::config::Config;
 use outbound_guard::notify::{self, NotifierHandle, Tuning};
@@ -72,6 +72,22 @@ struct Running {
     handle: NotifierHandle,
     events: mpsc::Sender<Event>,
     _shutdown: watch::Sender<bool>,
+}
+
+/// `base` as another kind of event (a release names who released).
+fn as_kind(base: &Event, kind: EventKind) -> Event {
+    let mut event = base.clone();
+    event.kind = kind;
+    event.by = (kind == EventKind::SenderReleased).then(|| "admin@example.com".to_owned());
+    event
+}
+
+/// Hands `event` to the notifier and waits for the relay to receive a well-formed message.
+async fn deliver(n: &Running, relay: &mut TestSmtp, event: Event) -> Received {
+    n.events.send(event).await.unwrap();
+    let m = relay.message(WAIT).await;
+    assert_well_formed(&m.data);
+    m
 }
 
 fn start(config: &Arc<Config>) -> Running {
@@ -358,12 +374,7 @@ async fn policy_recipients_and_other_events() {
         (EventKind::ApproachingLimit, "Outbound mail warning - news@example.com is close to a sending limit"),
         (EventKind::SenderReleased, "Outbound mail - news@example.com may send outbound mail again"),
     ] {
-        let mut ev = e.clone();
-        ev.kind = kind;
-        ev.by = (kind == EventKind::SenderReleased).then(|| "admin@example.com".to_owned());
-        n.events.send(ev).await.unwrap();
-        let m = relay.message(WAIT).await;
-        assert_well_formed(&m.data);
+        let m = deliver(&n, &mut relay, as_kind(&e, kind)).await;
         let msg = MessageParser::default().parse(&m.data[..]).unwrap();
         assert_eq!(msg.subject(), Some(subject));
         assert_eq!(
@@ -450,12 +461,7 @@ async fn other_events_in_every_language() {
         let n = start(&config);
         let kinds = [EventKind::SendingLimitExceeded, EventKind::ApproachingLimit, EventKind::SenderReleased];
         for (kind, subject) in kinds.into_iter().zip(expected) {
-            let mut event = restricted(account);
-            event.kind = kind;
-            event.by = (kind == EventKind::SenderReleased).then(|| "admin@example.com".to_owned());
-            n.events.send(event).await.unwrap();
-            let m = relay.message(WAIT).await;
-            assert_well_formed(&m.data);
+            let m = deliver(&n, &mut relay, as_kind(&restricted(account), kind)).await;
             let msg = MessageParser::default().parse(&m.data[..]).unwrap();
             assert_eq!(msg.subject(), Some(subject), "{lang} {kind:?}");
             let body = msg.body_text(0).expect("a text body").into_owned();
