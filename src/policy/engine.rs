@@ -603,7 +603,19 @@ impl Engine {
     /// The spam verdict on a message: counted in the account's window, thresholds checked,
     /// and the per-message action chosen.
     fn judge_message(&self, tx: &mut Transaction, facts: &MessageFacts<'_>) -> MessageOutcome {
-        let Some(compiled) = tx.compiled.clone() else { return MessageOutcome::deliver() };
+        // Taken out and put back, not cloned, as for a recipient (see `decide_rcpt`).
+        let Some(compiled) = tx.compiled.take() else { return MessageOutcome::deliver() };
+        let outcome = self.judge_message_under(tx, &compiled, facts);
+        tx.compiled = Some(compiled);
+        outcome
+    }
+
+    fn judge_message_under(
+        &self,
+        tx: &mut Transaction,
+        compiled: &Compiled,
+        facts: &MessageFacts<'_>,
+    ) -> MessageOutcome {
         let from_headers =
             if compiled.config.verdict.headers { compiled.judge.judge(facts.headers.iter().copied()) } else { None };
         let verdicts = || from_headers.iter().chain(facts.scanned);
@@ -630,7 +642,7 @@ impl Engine {
             info!(account = %tx.account, source = v.source.as_str(), detail = %v.detail, spam = spam_count, messages = total, "outbound message judged spam");
         }
         if over_threshold(spam_count, total, settings.spam_min_messages, settings.spam_percent) {
-            self.spam_threshold_reached(tx, &compiled, spam_count, total, now);
+            self.spam_threshold_reached(tx, compiled, spam_count, total, now);
         }
         let bcc = settings.bcc_suspicious_to.clone();
         match settings.spam_message_action {
