@@ -13,6 +13,7 @@ use tracing::{info, warn};
 use crate::admin::api::{self, AdminState};
 use crate::cluster::target::Target;
 use crate::cluster::{Cluster, ClusterPolicy, ClusterRestrictions};
+use crate::config::error::{KeyPath, Seg};
 use crate::config::{Backend, Config, ConfigError, LogFormat};
 use crate::metrics::Metrics;
 use crate::milter::connection::Timeouts;
@@ -48,6 +49,24 @@ pub enum StartError {
     Notify(#[from] crate::notify::NotifyError),
     #[error("state.redis_url: {0}")]
     Redis(#[from] redis::RedisError),
+}
+
+/// The configuration at `path` as the daemon takes it at start and on reload, and as
+/// `check-config` judges it: the file's own checks, then the notification template overrides,
+/// which only the notifier can compile; an error in one is reported at `notify.templates_dir`
+/// like any other error in the file. One function for the three, so that a file reload accepts
+/// is one start would accept.
+///
+/// # Errors
+/// [`ConfigError`], naming the file, line, key and value.
+pub fn load_config(path: &Path) -> Result<Config, ConfigError> {
+    let source = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { file: path.to_owned(), source })?;
+    let config = Config::parse(path, &source)?;
+    crate::notify::templates::check(&config).map_err(|e| {
+        let key = KeyPath(vec![Seg::Key("notify".into()), Seg::Key("templates_dir".into())]);
+        ConfigError::at(path, &source, &key, e.to_string())
+    })?;
+    Ok(config)
 }
 
 /// Everything a running filter shares between connections.
@@ -156,9 +175,9 @@ impl Services {
     /// Re-reads the configuration file; an invalid one is refused and the running policy stays.
     ///
     /// # Errors
-    /// The same error the file would give at start.
+    /// The same error the file would give at start ([`load_config`]).
     pub fn reload_from(&self, path: &Path) -> Result<(), ConfigError> {
-        let config = Config::load(path)?;
+        let config = load_config(path)?;
         self.reload(Arc::new(config));
         Ok(())
     }

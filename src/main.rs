@@ -40,10 +40,7 @@ fn main() -> ExitCode {
 }
 
 fn check_config(path: &Path, json: bool) -> ExitCode {
-    let checked = Config::load(path).map_err(|e| e.to_string()).and_then(|c| {
-        outbound_guard::notify::check(&c).map_err(|e| format!("{}: {e}", path.display()))?;
-        Ok(c)
-    });
+    let checked = daemon::load_config(path);
     match checked {
         Ok(_) if json => {
             println!("{}", serde_json::json!({"valid": true, "file": path.display().to_string()}));
@@ -64,7 +61,7 @@ fn check_config(path: &Path, json: bool) -> ExitCode {
 }
 
 fn run(path: &Path) -> ExitCode {
-    let config = match Config::load(path) {
+    let config = match daemon::load_config(path) {
         Ok(c) => Arc::new(c),
         Err(e) => {
             eprintln!("outbound-guard: {e}");

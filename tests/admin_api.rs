@@ -212,6 +212,35 @@ async fn reload_applies_a_valid_file_and_refuses_a_broken_one() {
     d.stop().await;
 }
 
+/// A file that start would refuse for its notification settings is refused by reload too, and
+/// nothing of it is applied (a new limit in the same file included).
+#[tokio::test]
+async fn reload_refuses_notification_settings_start_would_refuse() {
+    let d = TestDaemon::start(POLICY).await;
+    let path = d.config_path();
+    let original = std::fs::read_to_string(&path).unwrap();
+    let templates = path.parent().unwrap().join("broken-templates");
+    std::fs::create_dir(&templates).unwrap();
+    std::fs::write(templates.join("sender_restricted.body.txt"), "{% if %}").unwrap();
+    let raised = original.replace("recipient_limit_external_per_hour = 2", "recipient_limit_external_per_hour = 7");
+    for (notify, expected) in [
+        ("smtp = \"smtp://127.0.0.1:9?tls=bogus\"", "notify.smtp = \"smtp://127.0.0.1:9?tls=bogus\""),
+        ("templates_dir = \"broken-templates\"", "notify.templates_dir = \"broken-templates\""),
+    ] {
+        std::fs::write(&path, format!("{raised}\n[notify]\n{notify}\n")).unwrap();
+        let (status, body) = call(&d, Method::POST, "/api/v1/reload", None).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{notify}: {body}");
+        let error = body["error"].as_str().unwrap();
+        assert!(error.contains(expected), "{error}");
+        assert_eq!(
+            d.services.engine.config().policies.default.recipient_limit_external_per_hour,
+            2,
+            "the running policy stays"
+        );
+    }
+    d.stop().await;
+}
+
 #[tokio::test]
 async fn metrics_count_what_happened() {
     let d = TestDaemon::start(POLICY).await;

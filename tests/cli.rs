@@ -45,7 +45,18 @@ fn errors_name_file_line_key_and_value_and_exit_2() {
         ("[milter]\nio_timeout = \"soon\"\n", ":2: milter.io_timeout = \"soon\": is not a duration"),
         (
             "[milter]\nlisten = \"inet:127.0.0.1:7357\"\ncolour = \"blue\"\n",
-            ":3: milter.colour: unknown field `colour`",
+            ":3: milter.colour = \"blue\": unknown field `colour`",
+        ),
+        (
+            "[notify]\nsmtp = \"smtp://127.0.0.1:25?tls=bogus\"\n",
+            ":2: notify.smtp = \"smtp://127.0.0.1:25?tls=bogus\": tls=\"bogus\" is not one of",
+        ),
+        ("[verdict]\nspamd = \"garbage\"\n", ":2: verdict.spamd = \"garbage\": must be HOST:PORT"),
+        ("[verdict]\nrspamd = \"ftp://scanner\"\n", ":2: verdict.rspamd = \"ftp://scanner\": rspamd URL"),
+        ("[log]\nlevel = \"verbose\"\n", ":2: log.level = \"verbose\": is not a log level"),
+        (
+            "[notify]\nfrom = \"og@example.com\"\ntemplates_dir = \"broken\"\n",
+            ":3: notify.templates_dir = \"broken\": notification template",
         ),
         (
             "[policy.default]\nrecipient_limit_per_day = \"many\"\n",
@@ -68,6 +79,9 @@ fn errors_name_file_line_key_and_value_and_exit_2() {
             ":2: replies.account_restricted = \"250 2.0.0 fine\": must start with a 4xx or 5xx",
         ),
     ];
+    // A template override that does not compile (for the templates_dir case).
+    std::fs::create_dir(dir.path().join("broken")).unwrap();
+    std::fs::write(dir.path().join("broken/sender_restricted.body.txt"), "{% if %}").unwrap();
     for (text, expected) in cases {
         let path = write(dir.path(), text);
         let out = guard(&["check-config"], &path);
@@ -75,6 +89,32 @@ fn errors_name_file_line_key_and_value_and_exit_2() {
         assert_eq!(out.status.code(), Some(2), "{text}: {stderr}");
         let expected = format!("{}{expected}", path.display());
         assert!(stderr.contains(&expected), "{text}\nexpected {expected}\ngot {stderr}");
+    }
+}
+
+/// The relay's password is not repeated in an error about its URL.
+#[test]
+fn a_relay_url_error_masks_the_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), "[notify]\nsmtp = \"smtp://og:hunter2@relay.example.com?tls=sometimes\"\n");
+    let out = guard(&["check-config"], &path);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains(":2: notify.smtp = \"smtp://og:***@relay.example.com"), "{stderr}");
+    assert!(!stderr.contains("hunter2"), "{stderr}");
+}
+
+/// Log filters: levels and `target=level` directives pass, a bare word (which tracing would take
+/// for a target and so silence everything else) does not.
+#[test]
+fn log_levels_and_filters() {
+    let dir = tempfile::tempdir().unwrap();
+    for (level, valid) in
+        [("debug", true), ("WARN", true), ("warn,outbound_guard=debug", true), ("verbose", false), ("info,x=", false)]
+    {
+        let path = write(dir.path(), &format!("[log]\nlevel = \"{level}\"\n"));
+        let out = guard(&["check-config"], &path);
+        assert_eq!(out.status.success(), valid, "{level}: {}", String::from_utf8_lossy(&out.stderr));
     }
 }
 

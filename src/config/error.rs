@@ -25,6 +25,13 @@ impl KeyPath {
         p.0.push(Seg::Key(k.to_owned()));
         p
     }
+    /// The last key of the path, if it ends with one.
+    pub fn last_key(&self) -> Option<&str> {
+        match self.0.last() {
+            Some(Seg::Key(k)) => Some(k),
+            _ => None,
+        }
+    }
     pub fn index(&self, i: usize) -> KeyPath {
         let mut p = self.clone();
         p.0.push(Seg::Index(i));
@@ -108,24 +115,38 @@ impl ConfigError {
     /// An error for a toml/serde failure: the key is found from the error's position.
     pub fn from_toml(file: &Path, source: &str, err: &toml::de::Error) -> Self {
         let span = err.span();
-        let located = span.clone().and_then(|s| key_at(source, s));
+        let located = span.clone().and_then(|s| key_path_at(source, s));
         let value = span.as_ref().and_then(|s| source.get(s.clone())).map(|v| shorten(v.trim()));
         // toml's own message is its first line; position and snippet are ours to give.
         let message = err.message().lines().next().unwrap_or("invalid TOML").trim();
         let message =
             message.replace("expected i64", "expected an integer").replace("expected f64", "expected a number");
         let value = match &located {
-            // For an unknown key the span is the key itself; showing it as a value says nothing.
-            Some(k) if value.as_deref() == Some(k.rsplit('.').next().unwrap_or(k)) => None,
+            // For an unknown key the span is the key itself: the value is what was written after
+            // it (none for a table).
+            Some(path) if value.as_deref() == path.last_key() => span_of(source, path)
+                .filter(|s| Some(s) != span.as_ref())
+                .and_then(|s| source.get(s))
+                .map(|v| shorten(v.trim())),
             _ => value,
         };
         ConfigError::Invalid(Box::new(Invalid {
             file: file.to_owned(),
             line: span.map(|s| line_of(source, s.start)),
-            key: located,
+            key: located.map(|p| p.to_string()),
             value,
             message,
         }))
+    }
+
+    /// The same error showing `value` instead of the text in the file (e.g. with a password
+    /// masked).
+    #[must_use]
+    pub fn with_value(mut self, value: String) -> Self {
+        if let ConfigError::Invalid(e) = &mut self {
+            e.value = Some(value);
+        }
+        self
     }
 
     /// An error for a value that parsed but cannot be used.
@@ -186,10 +207,14 @@ pub fn span_of(source: &str, path: &KeyPath) -> Option<Range<usize>> {
 
 /// The deepest key path whose key or value contains `span`.
 pub fn key_at(source: &str, span: Range<usize>) -> Option<String> {
+    key_path_at(source, span).map(|p| p.to_string())
+}
+
+fn key_path_at(source: &str, span: Range<usize>) -> Option<KeyPath> {
     let root = DeTable::parse(source).ok()?;
     let mut best = None;
     walk_table(root.get_ref(), &KeyPath::default(), &span, &mut best);
-    best.map(|p: KeyPath| p.to_string())
+    best
 }
 
 fn contains(outer: &Range<usize>, inner: &Range<usize>) -> bool {

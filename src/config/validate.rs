@@ -199,6 +199,18 @@ pub(super) fn validate(file: &Path, source: &str, raw: RawConfig) -> Result<Conf
             return Err(v.err(&path, "is listed twice"));
         }
     }
+    // Checked whenever written, used or not: a typo should not wait for the day the source is
+    // switched on.
+    if let Some(addr) = &vr.spamd
+        && let Err(why) = crate::verdict::spamd::check_address(addr)
+    {
+        return Err(v.err(&key("verdict.spamd"), why));
+    }
+    if let Some(url) = &vr.rspamd
+        && let Err(e) = crate::verdict::rspamd::check_base_url(url)
+    {
+        return Err(v.err(&key("verdict.rspamd"), e.to_string()));
+    }
     let spamd =
         sources.iter().any(|s| s == "spamd").then(|| vr.spamd.clone().unwrap_or_else(|| "127.0.0.1:783".into()));
     let rspamd = sources
@@ -241,6 +253,11 @@ pub(super) fn validate(file: &Path, source: &str, raw: RawConfig) -> Result<Conf
     if !(smtp.starts_with("smtp://") || smtp.starts_with("smtps://")) {
         return Err(v.err(&key("notify.smtp"), "must be an smtp:// or smtps:// URL"));
     }
+    // The notifier's own parser, so that what passes here is what it can use; its error
+    // quotes the URL with the password masked, which is the value shown.
+    if let Err(crate::notify::NotifyError::SmtpUrl { url, why }) = crate::notify::email::RelayUrl::parse(&smtp) {
+        return Err(v.err(&key("notify.smtp"), why).with_value(format!("\"{url}\"")));
+    }
     if let Some(hook) = &n.webhook
         && !(hook.starts_with("http://") || hook.starts_with("https://"))
     {
@@ -268,8 +285,11 @@ pub(super) fn validate(file: &Path, source: &str, raw: RawConfig) -> Result<Conf
         )?,
         level: l.level.clone().unwrap_or_else(|| "info".into()),
     };
-    if tracing_subscriber::EnvFilter::try_new(&log.level).is_err() {
-        return Err(v.err(&key("log.level"), "is not a log level or filter (e.g. \"info\", \"debug\")"));
+    if !is_log_filter(&log.level) {
+        return Err(v.err(
+            &key("log.level"),
+            "is not a log level (trace, debug, info, warn, error, off) or a filter of `target=level` directives",
+        ));
     }
 
     let a = raw.admin.unwrap_or_default();
@@ -534,4 +554,19 @@ fn validate_policies(
     }
     rules.sort_by_key(|r| r.priority);
     Ok(Policies { default, rules })
+}
+
+/// Whether `text` is a level or a filter of directives each with a level: `info`,
+/// `warn,outbound_guard=debug`. tracing's own parser also takes a bare word as a target with
+/// every level, so `verbose` would pass it, enable only a target of that name and silence the
+/// whole log; a directive without a level is refused here instead.
+fn is_log_filter(text: &str) -> bool {
+    const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+    let is_level = |word: &str| LEVELS.iter().any(|l| l.eq_ignore_ascii_case(word.trim()));
+    !text.trim().is_empty()
+        && text.split(',').all(|directive| match directive.rsplit_once('=') {
+            Some((target, level)) => !target.trim().is_empty() && is_level(level),
+            None => is_level(directive),
+        })
+        && tracing_subscriber::EnvFilter::try_new(text).is_ok()
 }

@@ -72,6 +72,19 @@ struct Reply {
     error: Option<String>,
 }
 
+/// The `/checkv2` URL of an rspamd base URL, which must be http(s); the configuration checks
+/// `verdict.rspamd` with it, so a URL the client cannot use never gets past `check-config`.
+///
+/// # Errors
+/// [`RspamdUrlError::Url`] or [`RspamdUrlError::Scheme`].
+pub fn check_base_url(base: &str) -> Result<reqwest::Url, RspamdUrlError> {
+    let parsed: reqwest::Url = base.parse().map_err(|source| RspamdUrlError::Url { url: base.to_owned(), source })?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(RspamdUrlError::Scheme { url: base.to_owned() });
+    }
+    parsed.join("checkv2").map_err(|source| RspamdUrlError::Url { url: base.to_owned(), source })
+}
+
 /// An rspamd base URL that cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum RspamdUrlError {
@@ -103,12 +116,7 @@ impl RspamdClient {
     /// # Errors
     /// [`RspamdUrlError`] when `base` is not an http(s) URL or the HTTP client cannot be built.
     pub fn new(base: &str, timeout: Duration, max_bytes: usize) -> Result<RspamdClient, RspamdUrlError> {
-        let parsed: reqwest::Url =
-            base.parse().map_err(|source| RspamdUrlError::Url { url: base.to_owned(), source })?;
-        if !matches!(parsed.scheme(), "http" | "https") {
-            return Err(RspamdUrlError::Scheme { url: base.to_owned() });
-        }
-        let url = parsed.join("checkv2").map_err(|source| RspamdUrlError::Url { url: base.to_owned(), source })?;
+        let url = check_base_url(base)?;
         let http = reqwest::Client::builder()
             .connect_timeout(timeout.min(MAX_CONNECT_TIMEOUT))
             .timeout(timeout)
