@@ -270,17 +270,37 @@ async fn relay_down_then_restart_then_delivered_exactly_once() {
         msg.subject(),
         Some("Outbound spam notification - alice@example.com blocked from sending outbound mail")
     );
-    // The same event announced again (say, by a restarted engine) is not sent twice.
-    n.events.send(event.clone()).await.unwrap();
     n.handle.join().await;
 
-    // Third run: nothing pending, the event still known.
+    // Third run: nothing pending; the delivered notice is not sent again.
     let n = start(&config);
     assert_eq!(n.handle.stats().email.pending, 0);
-    n.events.send(event).await.unwrap();
     n.handle.join().await;
     let rest = relay.drain();
     assert!(rest.is_empty(), "delivered exactly once, got also {rest:?}");
+}
+
+/// Restricted, released, restricted and released again within one second: the events are
+/// alike in kind, account and `since` (whole seconds), and still four notices go out.
+#[tokio::test]
+async fn the_same_account_restricted_and_released_twice_in_a_second_gives_four_notices() {
+    let mut relay = TestSmtp::start(true).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path(), &format!("smtp = \"{}\"", relay.url()), "");
+    let n = start(&config);
+    let restricted = restricted("alice@example.com");
+    let released = as_kind(&restricted, EventKind::SenderReleased);
+    let mut subjects = Vec::new();
+    for event in [&restricted, &released, &restricted, &released] {
+        let m = deliver(&n, &mut relay, event.clone()).await;
+        let msg = MessageParser::default().parse(&m.data[..]).unwrap();
+        subjects.push(msg.subject().unwrap_or_default().to_owned());
+    }
+    assert_eq!(subjects[0], subjects[2]);
+    assert_eq!(subjects[1], subjects[3]);
+    assert_ne!(subjects[0], subjects[1]);
+    let stats = n.handle.join().await;
+    assert_eq!(stats.email.delivered, 4, "{stats:?}");
 }
 
 #[tokio::test]

@@ -3,6 +3,8 @@
 //! webhook body. A type of our own (not `Event` itself) so the spool format is under this
 //! module's control: a field added to `Event` cannot make yesterday's spool unreadable.
 
+use std::time::{SystemTime, UNIX_EPOCH};
+
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
@@ -94,6 +96,12 @@ pub struct Notice {
     pub until: Option<OffsetDateTime>,
     pub node: String,
     pub by: Option<String>,
+    /// When the notifier took the event in, in nanoseconds since the epoch (0 in spool files
+    /// written before it was kept). Part of the id, because everything else can repeat: an
+    /// account restricted, released and restricted again within one second gives two
+    /// `sender_restricted` events alike in kind, account, `since` and limit.
+    #[serde(default)]
+    pub taken_in_ns: u64,
 }
 
 impl From<&Event> for Notice {
@@ -109,27 +117,33 @@ impl From<&Event> for Notice {
             until: e.until,
             node: e.node.clone(),
             by: e.by.clone(),
+            taken_in_ns: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64),
         }
     }
 }
 
 impl Notice {
-    /// The deduplication id of this notice on `channel`: the same event handed over twice
-    /// (say, re-announced after a restart) maps to the same spool file and is sent once.
+    /// The id of this notice on `channel`: its spool file's name, and the webhook's
+    /// idempotency key, so that a receiver can tell a retry from a new event.
     ///
-    /// Derived from kind, account, `since`, the limit and the channel — the limit too,
-    /// because two different limits can be approached in the same second. FNV-1a rather
-    /// than std's hasher, whose output is not promised to stay the same across Rust
-    /// releases; the id must survive an upgrade with a full spool.
+    /// Derived from kind, account, `since`, the limit, the channel and the time the notifier
+    /// took the event in — the limit because two different limits can be approached in the
+    /// same second, the intake time because a restriction, its release and a new restriction
+    /// can all fall in one second. FNV-1a rather than std's hasher, whose output is not
+    /// promised to stay the same across Rust releases.
     pub fn id(&self, channel: Channel) -> String {
         let mut h = Fnv64::new();
+        let taken_in = (self.taken_in_ns != 0).then(|| self.taken_in_ns.to_string());
         for part in [
             self.kind.name(),
             &self.account,
             &self.since.unix_timestamp().to_string(),
             self.limit.as_deref().unwrap_or(""),
             channel.name(),
-        ] {
+        ]
+        .into_iter()
+        .chain(taken_in.as_deref())
+        {
             h.write(part.as_bytes());
             // A separator that cannot occur in the parts' lengths-free concatenation
             // ambiguously: ("ab","c") and ("a","bc") must differ.
@@ -184,6 +198,7 @@ pub(crate) mod tests {
             until: Some(datetime!(2026-11-23 00:00:00 UTC)),
             node: "mx1".into(),
             by: None,
+            taken_in_ns: 0,
         }
     }
 
@@ -199,14 +214,20 @@ pub(crate) mod tests {
         let mut other = n.clone();
         other.account = "bob@example.com".into();
         assert_ne!(n.id(Channel::Email), other.id(Channel::Email));
+        // The same restriction event taken in twice (restricted, released, restricted again
+        // in one second): two notices.
+        let (mut first, mut again) = (n.clone(), n.clone());
+        first.taken_in_ns = 1_795_000_000_000_000_001;
+        again.taken_in_ns = 1_795_000_000_000_000_002;
+        assert_ne!(first.id(Channel::Email), again.id(Channel::Email));
     }
 
     #[test]
     fn id_pinned_value() {
         let n = restricted("alice@example.com");
         let id = n.id(Channel::Email);
-        // Pinned: a changed derivation would send every delivered notice again when its
-        // event is re-announced after an upgrade.
+        // Pinned for a notice from a spool written before the intake time was kept (0):
+        // its id, and so its file and done marker, stay what they were.
         assert_eq!(id, "sender_restricted-email-68f1bd9cb30f1322");
         // Fnv64 reference values (from the FNV spec test vectors).
         let mut h = Fnv64::new();
