@@ -68,6 +68,29 @@ async fn send_external(c: &mut Client, login: Option<&str>, sender: &str, n: usi
     codes
 }
 
+/// The notifier's own mail is never counted: by its sender without SMTP AUTH, and by the login
+/// `notify.smtp` names when it authenticates. Another login that writes the notifier's address
+/// as its sender is counted as itself.
+#[tokio::test]
+async fn the_notifiers_own_mail_is_never_counted_and_cannot_be_forged() {
+    let d = start(
+        "from = \"og@example.com\"\nsmtp = \"smtp://notifier:pw@127.0.0.1:25\"\n\
+         [policy.default]\nrecipient_limit_external_per_hour = 1\naction_when_threshold_reached = \"block\"\n",
+    )
+    .await;
+    let mut c = client(&d, "127.0.0.1").await;
+    for login in [None, Some("notifier"), Some("Notifier")] {
+        for _ in 0..2 {
+            assert_eq!(mail(&mut c, login, "og@example.com").await.kind(), Some(b'a'), "{login:?}");
+        }
+    }
+    let codes = send_external(&mut c, Some("mallory"), "og@example.com", 2).await;
+    assert_eq!(codes[0], "c");
+    assert_ne!(codes[1], "c", "a forged notifier sender is counted against its login");
+    assert!(d.services.engine.restrictions().is_restricted("mallory", START as i64 + 1));
+    d.stop().await;
+}
+
 #[tokio::test]
 async fn inbound_mail_is_accepted_at_mail_from_and_never_counted() {
     let d = start("[policy.default]\nrecipient_limit_external_per_hour = 1\n").await;

@@ -42,7 +42,7 @@ pub struct Compiled {
     pub config: Arc<Config>,
     pub policies: CompiledPolicies,
     pub limiters: Limiters,
-    /// Senders never counted: the notifier's own address.
+    /// Accounts never counted: the notifier's own address and relay login.
     exempt: Vec<String>,
     judge: HeaderJudge,
     spamd: Option<SpamdClient>,
@@ -54,7 +54,17 @@ impl Compiled {
         let strip = config.organization.strip_subaddress;
         let policies = CompiledPolicies::new(&config.policies, &config.groups, strip);
         let limiters = Limiters::new(policies.all());
-        let exempt = canonical(config.notify.from.as_bytes(), strip).map(|c| c.into_owned()).into_iter().collect();
+        // The notifier's own mail: its sender, and the login it authenticates with when
+        // `notify.smtp` names one (then the account is that login, not the sender). Nothing
+        // else: exempting any mail that merely claims `notify.from` as its sender would let an
+        // authenticated account forge it and never be counted.
+        let relay_login = crate::notify::email::RelayUrl::parse(&config.notify.smtp)
+            .ok()
+            .and_then(|relay| relay.credentials.map(|(user, _)| user));
+        let exempt = std::iter::once(config.notify.from.as_str())
+            .chain(relay_login.as_deref())
+            .filter_map(|raw| canonical(raw.as_bytes(), strip).map(|c| c.into_owned()))
+            .collect();
         // Rules were validated with the configuration; should one still not compile, the
         // built-in rules keep working.
         let judge = HeaderJudge::new(&config.verdict).unwrap_or_else(|e| {
