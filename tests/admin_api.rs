@@ -74,6 +74,17 @@ async fn every_api_route_wants_the_bearer_token() {
         let r = http.get(format!("{}{open}", d.admin_url())).send().await.unwrap();
         assert_eq!(r.status(), StatusCode::OK, "{open}");
     }
+    // The scheme's name is case-insensitive; another scheme is not a bearer token.
+    let url = format!("{}/api/v1/restricted", d.admin_url());
+    for (value, status) in [
+        (format!("bearer {}", d.token), StatusCode::OK),
+        (format!("BEARER  {}", d.token), StatusCode::OK),
+        (format!("Basic {}", d.token), StatusCode::UNAUTHORIZED),
+        (format!("Bearer{}", d.token), StatusCode::UNAUTHORIZED),
+    ] {
+        let r = http.get(&url).header("Authorization", &value).send().await.unwrap();
+        assert_eq!(r.status(), status, "{value}");
+    }
     // The token file was created with mode 0600.
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(&d.config.admin.token_file).unwrap().permissions().mode();

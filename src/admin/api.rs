@@ -120,11 +120,7 @@ async fn errors_as_json(response: Response) -> Response {
 }
 
 async fn require_token(State(state): State<AdminState>, headers: HeaderMap, request: Request, next: Next) -> Response {
-    let presented = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+    let presented = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(bearer_credentials);
     match presented {
         Some(t) if token::matches(t, &state.token) => next.run(request).await,
         _ => {
@@ -134,6 +130,13 @@ async fn require_token(State(state): State<AdminState>, headers: HeaderMap, requ
             response
         }
     }
+}
+
+/// The credentials of an `Authorization: Bearer …` value; the scheme's name is
+/// case-insensitive (RFC 9110 §11.1), so `bearer` and `BEARER` are the same scheme.
+fn bearer_credentials(value: &str) -> Option<&str> {
+    let (scheme, credentials) = value.trim_start().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| credentials.trim())
 }
 
 fn canonical(state: &AdminState, raw: &str) -> Result<String, ApiError> {
