@@ -152,7 +152,10 @@ fn canonicalize_slow(text: &str, strip_subaddress: bool) -> String {
     let text = text.strip_prefix('<').and_then(|t| t.strip_suffix('>')).unwrap_or(text);
     let (local, domain) = split_address(text);
     let mut local = unquote(local);
+    // Only an address has sub-addresses: a login without a domain (`svc+backup`) is a user
+    // name of its own, as it matches `from` entries literally.
     if strip_subaddress
+        && domain.is_some()
         && let Some(plus) = local.find('+')
         && plus > 0
     {
@@ -323,6 +326,9 @@ mod tests {
         assert_eq!(canonical(b"alice+news@example.com", false).as_deref(), Some("alice+news@example.com"));
         assert_eq!(canon("<bob@example.com>").as_deref(), Some("bob@example.com"));
         assert_eq!(canon("+leading@example.com").as_deref(), Some("+leading@example.com"));
+        // A login without a domain keeps its `+`: not a sub-address.
+        assert_eq!(canon("svc+backup").as_deref(), Some("svc+backup"));
+        assert_eq!(canon("Svc+Backup").as_deref(), Some("svc+backup"));
     }
 
     #[test]
