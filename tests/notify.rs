@@ -97,6 +97,15 @@ fn start(config: &Arc<Config>) -> Running {
     Running { handle, events, _shutdown: shutdown }
 }
 
+/// A relay that takes every message, and a notifier on the test configuration sending to it
+/// (keep the directory: the spool is in it).
+async fn notifier_with_relay() -> (TestSmtp, tempfile::TempDir, Running) {
+    let relay = TestSmtp::start(true).await;
+    let dir = tempfile::tempdir().unwrap();
+    let n = start(&config(dir.path(), &format!("smtp = \"{}\"", relay.url()), ""));
+    (relay, dir, n)
+}
+
 /// The header block of a raw message.
 fn header_block(data: &[u8]) -> &[u8] {
     let end = data.windows(4).position(|w| w == b"\r\n\r\n").expect("a header/body separator");
@@ -191,10 +200,7 @@ async fn restriction_mail_in_every_language() {
 
 #[tokio::test]
 async fn crafted_accounts_cannot_inject_headers() {
-    let mut relay = TestSmtp::start(true).await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = config(dir.path(), &format!("smtp = \"{}\"", relay.url()), "");
-    let n = start(&config);
+    let (mut relay, _dir, n) = notifier_with_relay().await;
     let accounts = [
         "evil\r\nBcc: victim@example.net\r\nX-Injected: yes",
         "evil\nX-Injected: yes\n\nbody takeover",
@@ -284,10 +290,7 @@ async fn relay_down_then_restart_then_delivered_exactly_once() {
 /// alike in kind, account and `since` (whole seconds), and still four notices go out.
 #[tokio::test]
 async fn the_same_account_restricted_and_released_twice_in_a_second_gives_four_notices() {
-    let mut relay = TestSmtp::start(true).await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = config(dir.path(), &format!("smtp = \"{}\"", relay.url()), "");
-    let n = start(&config);
+    let (mut relay, _dir, n) = notifier_with_relay().await;
     let restricted = restricted("alice@example.com");
     let released = as_kind(&restricted, EventKind::SenderReleased);
     let mut subjects = Vec::new();
