@@ -189,3 +189,29 @@ fn kill_9_in_the_middle_of_load_loses_no_acknowledged_restriction_or_release() {
     assert_eq!(rt.block_on(send(restarted.milter_port, &acknowledged[17], 1)), b"y");
     assert_eq!(rt.block_on(send(restarted.milter_port, &acknowledged[1], 1)), b"cc");
 }
+
+#[test]
+fn a_second_filter_on_the_same_state_dir_is_refused_before_it_touches_the_journal() {
+    let g = GuardProcess::start("", POLICY);
+    assert!(g.cli(&["restricted", "add", "before@example.com"]).status.success());
+
+    // `outbound-guard` run again by hand on the same configuration (hence state.dir).
+    let second = Command::new(binary()).arg("--config").arg(g.config_path()).arg("run").output().expect("run");
+    assert_eq!(second.status.code(), Some(2));
+    let said = String::from_utf8_lossy(&second.stderr);
+    assert!(said.contains("in use by another outbound-guard"), "{said}");
+    assert!(said.contains(&format!("pid {}", g.child.id())), "{said}");
+
+    // The first filter's journal is still the one on disk: what it records now survives a crash.
+    assert!(g.cli(&["restricted", "add", "after@example.com"]).status.success());
+    let mut g = g;
+    send_signal(g.child.id(), "KILL");
+    let _ = g.child.wait();
+    let restarted = GuardProcess::restart(g);
+    let list: serde_json::Value =
+        serde_json::from_slice(&restarted.cli(&["restricted", "list", "--json"]).stdout).unwrap();
+    let mut restricted: Vec<&str> =
+        list["restricted"].as_array().unwrap().iter().map(|r| r["account"].as_str().unwrap()).collect();
+    restricted.sort_unstable();
+    assert_eq!(restricted, ["after@example.com", "before@example.com"]);
+}

@@ -45,10 +45,42 @@ const COMPACT_EVERY: usize = 10_000;
 
 /// Restrictions that survive `kill -9` and power loss.
 pub struct DurableRestrictions {
+    /// The state directory's lock, held for the life of the store (released when the file
+    /// closes, also on `kill -9`).
+    _lock: std::fs::File,
     memory: MemoryRestrictions,
     files: Mutex<Files>,
     dir: PathBuf,
     compact_every: usize,
+}
+
+/// The lock file in the state directory; it holds the owner's process id, for the error a
+/// second filter gets.
+const LOCK_FILE: &str = "lock";
+
+/// Takes the state directory's lock (`flock`, exclusive, not waiting) and writes this
+/// process's id into the lock file.
+fn lock_dir(dir: &Path) -> Result<std::fs::File, StoreError> {
+    use std::io::{Read, Seek, Write};
+    let path = dir.join(LOCK_FILE);
+    let mut file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path)?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            let holder = match holder.trim() {
+                pid if !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()) => format!("pid {pid}"),
+                _ => "pid unknown".to_owned(),
+            };
+            return Err(StoreError::InUse { dir: dir.display().to_string(), holder });
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(e.into()),
+    }
+    file.set_len(0)?;
+    file.rewind()?;
+    writeln!(file, "{}", std::process::id())?;
+    Ok(file)
 }
 
 impl DurableRestrictions {
@@ -59,6 +91,9 @@ impl DurableRestrictions {
     /// When the directory or the files cannot be created, read or written.
     pub fn open(dir: &Path, now_secs: i64) -> Result<DurableRestrictions, StoreError> {
         std::fs::create_dir_all(dir)?;
+        // Before anything is read or rewritten: a second filter started on the same directory
+        // (a stray `outbound-guard` run by hand) must not compact the journal under the first.
+        let lock = lock_dir(dir)?;
         let journal_path = dir.join("restrictions.journal");
         let audit_path = dir.join("audit.log");
 
@@ -87,7 +122,13 @@ impl DurableRestrictions {
         info!(dir = %dir.display(), restrictions = count, "restrictions loaded");
         let files = Files { journal: Journal::open(&journal_path)?, audit: Journal::open(&audit_path)?, appended: 0 };
         journal::sync_dir(&journal_path)?;
-        Ok(DurableRestrictions { memory, files: Mutex::new(files), dir: dir.to_owned(), compact_every: COMPACT_EVERY })
+        Ok(DurableRestrictions {
+            _lock: lock,
+            memory,
+            files: Mutex::new(files),
+            dir: dir.to_owned(),
+            compact_every: COMPACT_EVERY,
+        })
     }
 
     /// Counts an append and, every `compact_every` of them, rewrites the journal to the

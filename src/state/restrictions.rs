@@ -135,6 +135,10 @@ pub const HISTORY_PER_ACCOUNT: usize = 100;
 pub enum StoreError {
     #[error("restrictions store: {0}")]
     Io(#[from] std::io::Error),
+    /// Another process holds the state directory: two filters writing one journal would each
+    /// replace the other's file and lose what it recorded.
+    #[error("state directory {dir} is in use by another outbound-guard ({holder}); one filter per state.dir")]
+    InUse { dir: String, holder: String },
 }
 
 /// Where restrictions live.
