@@ -220,6 +220,40 @@ async fn alert_delivers_and_notifies_once_per_hour_per_limit() {
     d.stop().await;
 }
 
+/// Recipients delivered past the hourly limit under `alert` are still counted where there is
+/// room: the daily limit fills up and alerts in its turn. The grace day after a release works
+/// the same way, and its alert says why the mail is delivered.
+#[tokio::test]
+async fn recipients_delivered_past_a_limit_still_count_in_the_day_and_alert_it() {
+    let mut d = start(
+        "[policy.default]\nrecipient_limit_external_per_hour = 2\nrecipient_limit_per_day = 5\n\
+         action_when_threshold_reached = \"alert\"\n\
+         [[policy.rule]]\nname = \"strict\"\npriority = 0\nfrom = [\"gil@example.com\"]\n\
+         recipient_limit_external_per_hour = 2\nrecipient_limit_per_day = 5\naction_when_threshold_reached = \"block\"\n",
+    )
+    .await;
+    let mut c = client(&d, "127.0.0.1").await;
+    assert_eq!(send_external(&mut c, Some("fay@example.com"), "fay@example.com", 10).await, ["c"; 10]);
+    let counters = d.services.engine.counters("fay@example.com");
+    assert_eq!((counters.external_last_hour, counters.last_day), (2, 5));
+    let alerts: Vec<_> = d.drain_events().into_iter().filter(|e| e.kind == EventKind::SendingLimitExceeded).collect();
+    let limits: Vec<_> = alerts.iter().map(|e| e.limit).collect();
+    assert_eq!(limits, [Some(LimitKind::ExternalPerHour), Some(LimitKind::PerDay)], "{alerts:?}");
+    assert_eq!(alerts[1].counters.last_day, 5);
+
+    // Grace: released today, so the limits only alert, and the alert says so.
+    assert_eq!(send_external(&mut c, Some("gil@example.com"), "gil@example.com", 3).await, ["c", "c", "550 5.2.2"]);
+    d.services.engine.release("gil@example.com", "admin", None).unwrap();
+    d.drain_events();
+    assert_eq!(send_external(&mut c, Some("gil@example.com"), "gil@example.com", 6).await, ["c"; 6]);
+    assert_eq!(d.services.engine.counters("gil@example.com").last_day, 5);
+    let alerts: Vec<_> = d.drain_events().into_iter().filter(|e| e.kind == EventKind::SendingLimitExceeded).collect();
+    assert_eq!(alerts.len(), 2, "hourly and daily: {alerts:?}");
+    assert!(alerts[0].reason.contains("released the account today"), "{}", alerts[0].reason);
+    drop(c);
+    d.stop().await;
+}
+
 #[tokio::test]
 async fn recipients_over_the_message_cap_are_deferred_and_not_counted() {
     let d = start("[policy.default]\nmax_recipients_per_message = 2\nrecipient_limit_external_per_hour = 10\n").await;

@@ -72,10 +72,10 @@ async fn spam_is_tagged_and_copied_ham_is_left_alone() {
     let ham = send(&mut c, "alice@example.com", HAM).await;
     assert_eq!(ham.kind(), Some(b'c'));
     assert!(ham.modifications.is_empty());
-    // A message no scanner looked at is not counted either way.
+    // A message no scanner marked is one of the account's messages all the same.
     send(&mut c, "alice@example.com", UNSCANNED).await;
     let counters = d.services.engine.counters("alice@example.com");
-    assert_eq!((counters.spam_messages, counters.messages), (1, 2));
+    assert_eq!((counters.spam_messages, counters.messages), (1, 3));
     drop(c);
     d.stop().await;
 }
@@ -116,6 +116,31 @@ async fn the_spam_share_restricts_the_account_and_later_mail_gets_5_1_8() {
     assert!(events.iter().any(|e| e.kind == EventKind::SenderRestricted && e.account == "carol@example.com"));
     let refused = send(&mut c, "carol@example.com", HAM).await;
     assert_eq!(refused.text().as_deref().map(|t| &t[..9]), Some("550 5.1.8"));
+    drop(c);
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn the_share_is_of_all_the_accounts_messages_also_those_no_scanner_marked() {
+    // A scanner that marks only spam (as rspamd's milter does for authenticated senders):
+    // the clean messages carry no header and must still count, or every share is 100%.
+    let d = TestDaemon::start(&config("spam_min_messages = 2\nspam_percent = 30\nspam_action = \"block\"\n")).await;
+    let mut c = client(&d).await;
+    for _ in 0..20 {
+        send(&mut c, "erin@example.com", UNSCANNED).await;
+    }
+    send(&mut c, "erin@example.com", SPAM).await;
+    send(&mut c, "erin@example.com", SPAM).await;
+    let counters = d.services.engine.counters("erin@example.com");
+    assert_eq!((counters.spam_messages, counters.messages), (2, 22));
+    assert!(!d.services.engine.restrictions().is_restricted("erin@example.com", d.clock.now_secs()), "2 of 22 is 9%");
+    // 9 of 29 is 31%: restricted.
+    for _ in 0..7 {
+        send(&mut c, "erin@example.com", SPAM).await;
+    }
+    let r =
+        d.services.engine.restrictions().get("erin@example.com", d.clock.now_secs()).expect("restricted at 9 of 29");
+    assert!(r.reason.contains("9 of its 29 messages"), "{}", r.reason);
     drop(c);
     d.stop().await;
 }

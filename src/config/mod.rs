@@ -91,6 +91,13 @@ pub struct VerdictConfig {
     pub rules: Vec<HeaderRule>,
 }
 
+impl VerdictConfig {
+    /// Whether any verdict source is enabled (otherwise no message is ever judged).
+    pub fn any_source(&self) -> bool {
+        self.headers || self.spamd.is_some() || self.rspamd.is_some()
+    }
+}
+
 /// An administrator's extra header rule.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HeaderRule {

@@ -23,7 +23,7 @@ use super::limits::{self, AccountRecord, LimitKind, Limiters, Notice};
 use super::rules::{CompiledPolicies, PolicyIndex};
 use super::spam::{SpamWindow, over_threshold};
 use super::{Decision, MailFacts, MessageFacts, MessageOutcome, Policy, RcptFacts, Refusal, ScanRequest};
-use crate::config::{Config, LimitAction, SpamMessageAction};
+use crate::config::{Config, LimitAction, PolicySettings, SpamMessageAction};
 use crate::metrics::Metrics;
 use crate::milter::negotiate::Needs;
 use crate::state::restrictions::{Counters, Restriction, RestrictionStore, Source, StoreError};
@@ -111,6 +111,8 @@ pub struct Transaction {
     account: String,
     policy: PolicyIndex,
     recipients: u32,
+    /// Whether the message is counted in the account's spam window yet.
+    message_counted: bool,
     restricted: bool,
     /// Recipients counted per [`LimitKind`] in this transaction (shared with other nodes at
     /// its end in cluster mode).
@@ -375,26 +377,54 @@ impl Engine {
         }
     }
 
-    /// The recipient reached `kind`: restrict or alert per the policy's action.
-    fn limit_reached(&self, tx: &mut Transaction, compiled: &Compiled, kind: LimitKind, now: u64) -> Decision {
+    fn count_accepted(&self, hourly: LimitKind) {
+        match hourly {
+            LimitKind::InternalPerHour => self.metrics.recipients.internal_accepted.inc(),
+            _ => self.metrics.recipients.external_accepted.inc(),
+        };
+    }
+
+    /// The recipient (of class `hourly`) reached `kind`: restrict or alert per the policy's
+    /// action.
+    fn limit_reached(
+        &self,
+        tx: &mut Transaction,
+        compiled: &Compiled,
+        hourly: LimitKind,
+        kind: LimitKind,
+        now: u64,
+    ) -> Decision {
         let settings = compiled.policies.settings(tx.policy);
         let mut record = self.record_mut(&tx.account, tx.policy);
-        let counters = counters_of(compiled, tx.policy, &record, now);
-        let limit = kind.limit_in(settings);
-        let reason = format!(
-            "reached the limit of {limit} {} ({} counted in the last {})",
-            kind.describe(),
-            limit,
-            if kind == LimitKind::PerDay { "24 hours" } else { "hour" }
-        );
         let in_grace = record.released_on(utc_day(now));
         let action = if in_grace { LimitAction::Alert } else { settings.action_when_threshold_reached };
         if action == LimitAction::Alert {
-            let hour = hour_number(now);
-            let first_this_hour = record.first_notice_this_hour(Notice::LimitAlert(kind), hour);
-            drop(record);
+            // Delivered, so counted: in the limit that still has room (the daily one when the
+            // hourly is full, so that it too can be reached and alert), and as a message.
+            let full = compiled.limiters.add_recipient_where_room(tx.policy, &mut record, hourly, now);
+            for counted in [hourly, LimitKind::PerDay] {
+                if !full.contains(&Some(counted)) {
+                    tx.counted[counted as usize] += 1;
+                }
+            }
             tx.recipients += 1;
-            if first_this_hour {
+            count_message(tx, compiled, &mut record, now);
+            let hour = hour_number(now);
+            let alerts: Vec<LimitKind> = full
+                .into_iter()
+                .flatten()
+                .filter(|&k| record.first_notice_this_hour(Notice::LimitAlert(k), hour))
+                .collect();
+            let counters = counters_of(compiled, tx.policy, &record, now);
+            drop(record);
+            for kind in alerts {
+                let mut reason = limit_reason(settings, kind);
+                if in_grace {
+                    reason.push_str(
+                        "; delivered anyway: an administrator released the account today, so limits \
+                         only alert until 00:00 UTC",
+                    );
+                }
                 warn!(account = %tx.account, policy = %settings.name, grace = in_grace, "{reason}; delivering (alert only)");
                 self.events.emit(Event {
                     kind: EventKind::SendingLimitExceeded,
@@ -402,7 +432,7 @@ impl Engine {
                     reason,
                     policy: settings.name.clone(),
                     limit: Some(kind),
-                    counters,
+                    counters: counters.clone(),
                     since: to_datetime((now / 1_000_000_000) as i64),
                     until: None,
                     node: compiled.config.notify.node_name.clone(),
@@ -411,6 +441,8 @@ impl Engine {
             }
             return Decision::Continue;
         }
+        let counters = counters_of(compiled, tx.policy, &record, now);
+        let reason = limit_reason(settings, kind);
         drop(record);
         let now_secs = (now / 1_000_000_000) as i64;
         let until = (action == LimitAction::BlockUntilTomorrow).then(|| to_datetime(next_utc_midnight_secs(now)));
@@ -482,6 +514,27 @@ impl Engine {
     }
 }
 
+/// Why an account reached `kind`, in the restriction and the notices.
+fn limit_reason(settings: &PolicySettings, kind: LimitKind) -> String {
+    let limit = kind.limit_in(settings);
+    format!(
+        "reached the limit of {limit} {} ({limit} counted in the last {})",
+        kind.describe(),
+        if kind == LimitKind::PerDay { "24 hours" } else { "hour" }
+    )
+}
+
+/// Counts the transaction's message, once, in the account's spam window when verdicts are
+/// enabled: the spam share is of all the account's messages, judged or not.
+fn count_message(tx: &mut Transaction, compiled: &Compiled, record: &mut AccountRecord, now: u64) {
+    if tx.message_counted || !compiled.config.verdict.any_source() {
+        return;
+    }
+    tx.message_counted = true;
+    let window = compiled.policies.settings(tx.policy).spam_window;
+    record.spam.get_or_insert_with(|| Box::new(SpamWindow::new(window))).count_message(now / 1_000_000_000, window);
+}
+
 /// Counters of a record under a policy at `now`.
 fn counters_of(compiled: &Compiled, policy: PolicyIndex, record: &AccountRecord, now: u64) -> Counters {
     let window = compiled.policies.settings(policy).spam_window;
@@ -508,6 +561,7 @@ impl Transaction {
         self.account.clear();
         self.policy = 0;
         self.recipients = 0;
+        self.message_counted = false;
         self.restricted = false;
         self.counted = [0; 3];
     }
@@ -585,10 +639,8 @@ impl Engine {
                 tx.recipients += 1;
                 tx.counted[hourly as usize] += 1;
                 tx.counted[LimitKind::PerDay as usize] += 1;
-                match hourly {
-                    LimitKind::InternalPerHour => self.metrics.recipients.internal_accepted.inc(),
-                    _ => self.metrics.recipients.external_accepted.inc(),
-                };
+                self.count_accepted(hourly);
+                count_message(tx, compiled, &mut record, now);
                 let warning = self.warn_if_approaching(tx, compiled, &mut record, hourly, now);
                 drop(record);
                 if let Some(event) = warning {
@@ -598,8 +650,10 @@ impl Engine {
             }
             Err(kind) => {
                 drop(record);
-                let decision = self.limit_reached(tx, compiled, kind, now);
-                if decision != Decision::Continue {
+                let decision = self.limit_reached(tx, compiled, hourly, kind, now);
+                if decision == Decision::Continue {
+                    self.count_accepted(hourly);
+                } else {
                     match hourly {
                         LimitKind::InternalPerHour => self.metrics.recipients.internal_refused.inc(),
                         _ => self.metrics.recipients.external_refused.inc(),
@@ -639,10 +693,20 @@ impl Engine {
         let settings = compiled.policies.settings(tx.policy);
         let now = self.clock.now_nanos();
         let now_secs = now / 1_000_000_000;
+        // The message was counted with its first recipient; a verdict of ham adds nothing.
+        if !spam && tx.message_counted {
+            return MessageOutcome::deliver();
+        }
         let (spam_count, total) = {
             let mut record = self.record_mut(&tx.account, tx.policy);
             let window = record.spam.get_or_insert_with(|| Box::new(SpamWindow::new(settings.spam_window)));
-            window.record(now_secs, settings.spam_window, spam);
+            if !tx.message_counted {
+                window.count_message(now_secs, settings.spam_window);
+                tx.message_counted = true;
+            }
+            if spam {
+                window.count_spam(now_secs, settings.spam_window);
+            }
             window.counts(now_secs, settings.spam_window)
         };
         if !spam {

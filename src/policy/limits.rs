@@ -325,6 +325,29 @@ impl Limiters {
         Ok(())
     }
 
+    /// Counts a recipient that is delivered although a limit is reached (the `alert` action,
+    /// or the day's grace after a release): in the hourly and the daily limit each where it
+    /// has room, as [`Self::try_add_recipient`] would; a limit without room stays full.
+    /// Returns the limits that were full, hourly first.
+    pub fn add_recipient_where_room(
+        &self,
+        policy: PolicyIndex,
+        record: &mut AccountRecord,
+        hourly: LimitKind,
+        now_nanos: u64,
+    ) -> [Option<LimitKind>; 2] {
+        let mut full = [None; 2];
+        for (slot, kind) in full.iter_mut().zip([hourly, LimitKind::PerDay]) {
+            let Some(limit) = self.limiter(policy, kind) else { continue };
+            let cell = TatCell(Cell::new(record.tat[kind as usize]));
+            match limit.at(now_nanos).check_key(&cell) {
+                Ok(()) => record.tat[kind as usize] = cell.0.get(),
+                Err(_) => *slot = Some(kind),
+            }
+        }
+        full
+    }
+
     /// Recipients counted against `kind` at `now` (how much of the burst is in use), and the
     /// limit; `None` when the policy has no such limit.
     pub fn usage(

@@ -6,7 +6,9 @@
 //! mode of a per-account counter that never forgets). The window slides in bucket steps: a
 //! verdict counts for between `window - width` and `window`.
 //!
-//! The ring exists only for accounts whose mail has had a verdict, and is 56 bytes.
+//! Every outbound message counts, with a verdict or not (the share is of the account's
+//! messages): the message when its first recipient is accepted, the verdict at its end. The
+//! ring exists only while verdicts are enabled, and is 56 bytes.
 
 use std::time::Duration;
 
@@ -57,23 +59,36 @@ impl SpamWindow {
         self.newest = bucket;
     }
 
-    /// Counts one message at `now`.
+    /// Counts one message at `now`, judged spam or not.
     pub fn record(&mut self, now_secs: u64, window: Duration, spam: bool) {
-        self.advance(now_secs, window);
-        let i = self.newest as usize % BUCKETS;
-        self.total[i] = self.total[i].saturating_add(1);
+        self.count_message(now_secs, window);
         if spam {
-            self.spam[i] = self.spam[i].saturating_add(1);
+            self.count_spam(now_secs, window);
         }
     }
 
-    /// (spam, total) within the window at `now`.
+    /// Counts one message of the account at `now`, before (or without) its verdict.
+    pub fn count_message(&mut self, now_secs: u64, window: Duration) {
+        self.advance(now_secs, window);
+        let i = self.newest as usize % BUCKETS;
+        self.total[i] = self.total[i].saturating_add(1);
+    }
+
+    /// Counts a spam verdict at `now` on a message already counted.
+    pub fn count_spam(&mut self, now_secs: u64, window: Duration) {
+        self.advance(now_secs, window);
+        let i = self.newest as usize % BUCKETS;
+        self.spam[i] = self.spam[i].saturating_add(1);
+    }
+
+    /// (spam, total) within the window at `now`. A message counted in the bucket before its
+    /// verdict's can leave the window first; the total is never less than the spam.
     pub fn counts(&self, now_secs: u64, window: Duration) -> (u32, u32) {
         let mut view = self.clone();
         view.advance(now_secs, window);
-        let spam = view.spam.iter().map(|&n| u32::from(n)).sum();
-        let total = view.total.iter().map(|&n| u32::from(n)).sum();
-        (spam, total)
+        let spam: u32 = view.spam.iter().map(|&n| u32::from(n)).sum();
+        let total: u32 = view.total.iter().map(|&n| u32::from(n)).sum();
+        (spam, total.max(spam))
     }
 
     /// Whether every bucket is empty at `now` under the window the ring was built for (the
@@ -137,6 +152,21 @@ mod tests {
         assert!(w.is_empty_at(T0 + 2 * 86_400));
         w.record(T0 + 2 * 86_400, DAY, true);
         assert_eq!(w.counts(T0 + 2 * 86_400, DAY), (1, 1));
+    }
+
+    #[test]
+    fn messages_without_a_verdict_count_in_the_share() {
+        let mut w = SpamWindow::new(DAY);
+        for i in 0..20 {
+            w.count_message(T0 + i, DAY);
+        }
+        w.count_spam(T0 + 20, DAY);
+        assert_eq!(w.counts(T0 + 21, DAY), (1, 20));
+        // The spam of a message counted in a bucket that has aged out: never more spam than
+        // messages.
+        let mut w = SpamWindow::new(DAY);
+        w.count_spam(T0, DAY);
+        assert_eq!(w.counts(T0, DAY), (1, 1));
     }
 
     #[test]
