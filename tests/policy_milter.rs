@@ -364,7 +364,7 @@ async fn reload_mid_window_keeps_what_was_sent_against_the_new_limit() {
 #[tokio::test]
 async fn reply_texts_are_configurable() {
     let d = start(
-        "[replies]\nlimit_reached = \"550 5.2.2 Slow down, friend\"\naccount_restricted = \"550 5.1.8 Ask IT\"\n\
+        "[replies]\nlimit_reached = \"550 5.2.2 Slow down, friend\"\naccount_restricted = \"550 5.1.8 100% used; ask IT\"\n\
          [policy.default]\nrecipient_limit_external_per_hour = 1\n",
     )
     .await;
@@ -375,7 +375,8 @@ async fn reply_texts_are_configurable() {
     c.write(Command::Abort).await.unwrap();
     assert_eq!(
         mail(&mut c, Some("jo@example.com"), "jo@example.com").await.text().as_deref(),
-        Some("550 5.1.8 Ask IT")
+        Some("550 5.1.8 100%% used; ask IT"),
+        "a % doubled, as the MTA reads the text as a format"
     );
     drop(c);
     d.stop().await;

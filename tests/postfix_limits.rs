@@ -13,7 +13,8 @@ use common::postfix::{Postfix, PostfixOptions, SmtpSink, Swaks};
 const WAIT: Duration = Duration::from_secs(20);
 
 const POLICY: &str = "[organization]\nlocal_domains = [\"example.com\"]\ninternal_networks = [\"127.0.0.1/32\"]\n\
-     [policy.default]\nrecipient_limit_external_per_hour = 2\n";
+     [policy.default]\nrecipient_limit_external_per_hour = 2\n\
+     [replies]\naccount_restricted = \"550 5.1.8 Outbound mail stopped at 100% of the quota; ask IT\"\n";
 
 fn setup(guard: &GuardProcess, sink: &SmtpSink) -> Postfix {
     Postfix::start(
@@ -40,6 +41,7 @@ fn an_internal_sender_reaches_the_limit_and_inbound_mail_to_it_still_flows() {
     // Later mail from the account is refused at MAIL FROM.
     let third = Swaks::new(pf.smtp_port()).from("bob@example.com").to("d@example.net").run();
     assert!(third.has_reply("550 5.1.8"), "{}", third.transcript);
+    assert!(third.transcript.contains("stopped at 100% of the quota"), "the % as written: {}", third.transcript);
 
     // An outside client (127.0.0.2) writes to the restricted account: delivered.
     let inbound = Swaks::new(pf.smtp_port()).outside().from("friend@example.org").to("bob@example.com").run();

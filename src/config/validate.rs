@@ -316,7 +316,7 @@ pub(super) fn validate(file: &Path, source: &str, raw: RawConfig) -> Result<Conf
             if !text.starts_with(expected) {
                 return Err(v.err(&path, format!("must be a {expected}xx reply")));
             }
-            *slot = text.clone();
+            *slot = replies::escape_for_mta(text);
         }
     }
 

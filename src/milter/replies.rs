@@ -18,7 +18,16 @@ pub const DEFAULT_TOO_MANY_RECIPIENTS: &str =
 pub const DEFAULT_SPAM_REJECTED: &str =
     "550 5.7.1 Message refused: it was judged to be spam. Please contact your mail administrator";
 
-/// Reply texts in effect: `"CODE X.Y.Z text"`, validated by the configuration loader.
+/// A configured reply text as the MTA must be sent it: Postfix and Sendmail read the text of a
+/// milter reply as a format (Postfix turns `%%` into `%` and drops a lone `%`), so a `%` the
+/// administrator wrote — "100% of the quota", "a%20b" in a URL — is doubled to reach the
+/// client as written.
+pub fn escape_for_mta(text: &str) -> String {
+    text.replace('%', "%%")
+}
+
+/// Reply texts in effect: `"CODE X.Y.Z text"`, validated by the configuration loader, in the
+/// form sent to the MTA ([`escape_for_mta`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReplyTexts {
     pub account_restricted: String,
