@@ -128,8 +128,15 @@ fn operator() -> String {
 }
 
 fn admin(path: &Path, json: bool, command: Admin) -> ExitCode {
-    let config = match Config::load(path) {
-        Ok(c) => c,
+    let config = match Config::load_admin(path) {
+        Ok((admin, None)) => admin,
+        Ok((admin, Some(e))) => {
+            eprintln!(
+                "outbound-guard: warning: {e}\n\
+                 outbound-guard: (the running filter keeps the policy it has; this command uses only [admin])"
+            );
+            admin
+        }
         Err(e) => {
             eprintln!("outbound-guard: {e}");
             return ExitCode::from(EXIT_USAGE);

@@ -106,8 +106,18 @@ fn sighup_reloads_and_a_broken_file_keeps_the_running_policy() {
 
     std::fs::write(&path, original.replace("recipient_limit_external_per_hour = 2", "bogus = 1")).unwrap();
     send_signal(g.child.id(), "HUP");
-    // The CLI cannot read the broken file either; the milter shows the limit still at 4.
+    // The milter shows the limit still at 4.
     assert_eq!(rt.block_on(send(g.milter_port, "erin@example.com", 5)), b"cccccy", "the running policy stays");
+    // The commands still work while the file is being fixed (they need only [admin]), and say
+    // what is wrong with it.
+    let list = g.cli(&["restricted", "list", "--json"]);
+    assert!(list.status.success(), "{}", String::from_utf8_lossy(&list.stderr));
+    let warning = String::from_utf8_lossy(&list.stderr);
+    assert!(warning.contains("warning") && warning.contains("bogus"), "{warning}");
+    let listed: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    assert!(listed["restricted"].as_array().unwrap().iter().any(|r| r["account"] == "erin@example.com"), "{listed}");
+    assert!(g.cli(&["restricted", "release", "erin@example.com"]).status.success());
+    assert_eq!(rt.block_on(send(g.milter_port, "erin@example.com", 1)), b"cc", "released");
     let (status, log) = g.terminate();
     assert!(status.success());
     assert!(log.contains("SIGHUP: configuration reloaded"), "{log}");

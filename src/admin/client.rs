@@ -11,7 +11,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
 use super::token;
-use crate::config::Config;
+use crate::config::AdminConfig;
 
 /// Why a command could not be carried out.
 #[derive(Debug, thiserror::Error)]
@@ -44,9 +44,9 @@ pub struct AdminClient {
 impl AdminClient {
     /// # Errors
     /// When the token file cannot be read.
-    pub fn from_config(config: &Config) -> Result<AdminClient, ClientError> {
-        let token = token::read(&config.admin.token_file)?;
-        let addr = reachable(config.admin.listen);
+    pub fn from_config(admin: &AdminConfig) -> Result<AdminClient, ClientError> {
+        let token = token::read(&admin.token_file)?;
+        let addr = reachable(admin.listen);
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(15))
             .no_proxy()

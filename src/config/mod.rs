@@ -226,6 +226,26 @@ impl Config {
         Self::parse(path, &source)
     }
 
+    /// The `[admin]` settings of the file at `path`, for the administration commands: from the
+    /// whole file when it validates; otherwise from its `[admin]` table alone, with the whole
+    /// file's error handed back too, so that an administrator can still release an account
+    /// while an unrelated part of the file is being fixed (the running filter keeps the
+    /// policy it has).
+    ///
+    /// # Errors
+    /// The whole file's error when not even its `[admin]` table can be read.
+    pub fn load_admin(path: &Path) -> Result<(AdminConfig, Option<ConfigError>), ConfigError> {
+        let source =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { file: path.to_owned(), source })?;
+        match Self::parse(path, &source) {
+            Ok(config) => Ok((config.admin, None)),
+            Err(whole) => match validate::admin_only(path, &source) {
+                Ok(admin) => Ok((admin, Some(whole))),
+                Err(_) => Err(whole),
+            },
+        }
+    }
+
     /// Validates configuration text as if read from `path`.
     ///
     /// # Errors

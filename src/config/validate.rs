@@ -8,7 +8,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 
 use super::error::{ConfigError, KeyPath};
-use super::raw::{RawConfig, RawPolicy};
+use super::raw::{RawAdmin, RawConfig, RawPolicy};
 use super::*;
 use crate::milter::replies::{self, ReplyTexts};
 
@@ -108,10 +108,35 @@ impl Validator<'_> {
 }
 
 /// Validates a parsed file.
-pub(super) fn validate(file: &Path, source: &str, raw: RawConfig) -> Result<Config> {
+fn validator<'a>(file: &'a Path, source: &'a str) -> Validator<'a> {
     let base = file.parent().map(Path::to_owned).unwrap_or_default();
     let base = if base.as_os_str().is_empty() { PathBuf::from(".") } else { base };
-    let v = Validator { file, source, base };
+    Validator { file, source, base }
+}
+
+fn validate_admin(v: &Validator<'_>, a: RawAdmin) -> Result<AdminConfig> {
+    Ok(AdminConfig {
+        listen: a.listen.as_deref().unwrap_or("127.0.0.1:7358").parse().map_err(|_| {
+            v.err(&key("admin.listen"), "must be HOST:PORT with an IP address, e.g. \"127.0.0.1:7358\"")
+        })?,
+        token_file: v.path(a.token_file.as_deref().unwrap_or("state/admin.token")),
+    })
+}
+
+/// Only the `[admin]` table of a file, for the administration commands when the file as a
+/// whole does not validate.
+pub(super) fn admin_only(file: &Path, source: &str) -> Result<AdminConfig> {
+    let v = validator(file, source);
+    let table: toml::Table = toml::from_str(source).map_err(|e| ConfigError::from_toml(file, source, &e))?;
+    let raw = match table.get("admin") {
+        None => RawAdmin::default(),
+        Some(admin) => admin.clone().try_into().map_err(|_| v.err(&key("admin"), "is not a valid [admin] table"))?,
+    };
+    validate_admin(&v, raw)
+}
+
+pub(super) fn validate(file: &Path, source: &str, raw: RawConfig) -> Result<Config> {
+    let v = validator(file, source);
 
     let m = raw.milter.unwrap_or_default();
     let listen_text = m.listen.as_deref().unwrap_or("inet:127.0.0.1:7357");
@@ -292,13 +317,7 @@ pub(super) fn validate(file: &Path, source: &str, raw: RawConfig) -> Result<Conf
         ));
     }
 
-    let a = raw.admin.unwrap_or_default();
-    let admin = AdminConfig {
-        listen: a.listen.as_deref().unwrap_or("127.0.0.1:7358").parse().map_err(|_| {
-            v.err(&key("admin.listen"), "must be HOST:PORT with an IP address, e.g. \"127.0.0.1:7358\"")
-        })?,
-        token_file: v.path(a.token_file.as_deref().unwrap_or("state/admin.token")),
-    };
+    let admin = validate_admin(&v, raw.admin.unwrap_or_default())?;
 
     let rp = raw.replies.unwrap_or_default();
     let defaults = ReplyTexts::default();
