@@ -68,8 +68,8 @@ pub enum RestrictedCommand {
 pub enum SendersCommand {
     /// The busiest accounts with their live counters.
     Top {
-        /// How many accounts to show.
-        #[arg(long, default_value_t = 20)]
-        limit: usize,
+        /// How many accounts to show (1 to 10000).
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+        limit: u64,
     },
 }

@@ -121,6 +121,9 @@ async fn a_restriction_made_by_policy_is_listed_shown_and_released_for_the_next_
     let (status, released) =
         call(&d, Method::DELETE, "/api/v1/restricted/alice@example.com?reason=password%20changed&by=carol", None).await;
     assert_eq!(status, StatusCode::OK);
+    let mut keys: Vec<_> = released.as_object().unwrap().keys().cloned().collect();
+    keys.sort();
+    assert_eq!(keys, ["account", "counters", "created_at", "policy", "reason", "source", "until"], "a restriction");
     assert_eq!(released["account"], "alice@example.com");
     // The very next transaction passes, on the same connection.
     assert_eq!(mail(&mut c, "alice@example.com").await, b'c');
@@ -130,6 +133,28 @@ async fn a_restriction_made_by_policy_is_listed_shown_and_released_for_the_next_
     assert!(body["error"].as_str().unwrap().contains("not restricted"));
     let (status, _) = call(&d, Method::DELETE, "/api/v1/restricted/alice@example.com", None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+    drop(c);
+    d.stop().await;
+}
+
+/// A SASL login with a line break in it is an account like any other: restricted by the
+/// policy, it is shown and released by its name, percent-encoded as its notice writes it.
+#[tokio::test]
+async fn an_account_with_control_characters_can_still_be_released() {
+    let d = TestDaemon::start(POLICY).await;
+    let login = "evil\r\nBcc: victim@example.net";
+    restrict_through_the_milter(&d, login).await;
+    let (status, list) = call(&d, Method::GET, "/api/v1/restricted", None).await;
+    assert_eq!(status, StatusCode::OK);
+    let account = list["restricted"][0]["account"].as_str().unwrap().to_owned();
+    assert!(account.contains("\r\n"), "{account:?}");
+    let path = format!("/api/v1/restricted/{}", outbound_guard::admin::client::path_segment(&account));
+    let (status, shown) = call(&d, Method::GET, &path, None).await;
+    assert_eq!(status, StatusCode::OK, "{shown}");
+    let (status, released) = call(&d, Method::DELETE, &path, None).await;
+    assert_eq!(status, StatusCode::OK, "{released}");
+    let mut c = client(&d).await;
+    assert_eq!(mail(&mut c, login).await, b'c', "released");
     drop(c);
     d.stop().await;
 }
@@ -156,11 +181,26 @@ async fn a_manual_restriction_refuses_mail_and_validates_its_input() {
         json!({"account": "c@example.com", "until": "2020-01-01T00:00:00Z"}),
         json!({"reason": "no account"}),
         json!({"account": "c@example.com", "colour": "blue"}),
+        // Empty is not "until released" (leave the key out for that): a script's unset
+        // variable must not restrict an account for good.
+        json!({"account": "c@example.com", "until": ""}),
+        json!({"account": "c@example.com", "by": "x\n  2026-11-23T11:00:00Z  released by root"}),
+        json!({"account": "@"}),
+        json!({"account": "c@"}),
+        json!({"account": "@example.com"}),
     ] {
         let (status, body) = call(&d, Method::POST, "/api/v1/restricted", Some(bad.clone())).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}");
         assert!(body["error"].is_string(), "{bad}");
     }
+    let (status, _) = call(&d, Method::GET, "/api/v1/restricted/c@example.com", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "nothing was restricted by a refused request");
+    for bad in ["?reason=a%0d%0ab", "?by=x%0aroot"] {
+        let (status, body) = call(&d, Method::DELETE, &format!("/api/v1/restricted/bob@example.com{bad}"), None).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}");
+        assert!(body["error"].as_str().unwrap().contains("control characters"), "{body}");
+    }
+    assert_eq!(mail(&mut c, "bob@example.com").await, b'y', "still restricted");
     drop(c);
     d.stop().await;
 }
@@ -187,6 +227,11 @@ async fn senders_show_live_counters() {
     assert_eq!(one["restriction"], Value::Null);
     let (status, _) = call(&d, Method::GET, "/api/v1/senders/nobody@example.com", None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+    for bad in ["abc", "-1", "0", ""] {
+        let (status, body) = call(&d, Method::GET, &format!("/api/v1/senders?top={bad}"), None).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "top={bad}");
+        assert!(body["error"].as_str().unwrap().contains("whole number"), "{body}");
+    }
     drop(c);
     d.stop().await;
 }

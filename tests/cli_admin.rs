@@ -54,6 +54,10 @@ fn restricted_and_senders_commands_with_their_exit_codes() {
     let bad_until = g.cli(&["restricted", "add", "carol@example.com", "--until", "next week"]);
     assert_eq!(bad_until.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad_until.stderr).contains("RFC 3339"));
+    let empty_until = g.cli(&["restricted", "add", "carol@example.com", "--until", ""]);
+    assert_eq!(empty_until.status.code(), Some(2), "an empty --until is not \"until released\"");
+    assert_eq!(g.cli(&["restricted", "show", "carol@example.com"]).status.code(), Some(1));
+    assert_eq!(g.cli(&["senders", "top", "--limit", "0"]).status.code(), Some(2));
 
     // The audit trail names who acted.
     let history: serde_json::Value =

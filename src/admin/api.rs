@@ -139,11 +139,37 @@ fn bearer_credentials(value: &str) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| credentials.trim())
 }
 
+/// The account named in a request, in the engine's form, for a lookup or a release: any name
+/// the engine may have counted, control characters included (a SASL login can carry them, and
+/// such an account must still be released with the command its notice gives).
 fn canonical(state: &AdminState, raw: &str) -> Result<String, ApiError> {
+    state.engine.canonical_account(raw).ok_or_else(|| ApiError::bad_request(format!("{raw:?} is not an account name")))
+}
+
+/// The account a new restriction names: as [`canonical`], and a name an administrator can
+/// mean — no control characters, and an address with both its parts.
+fn new_account(state: &AdminState, raw: &str) -> Result<String, ApiError> {
     if raw.chars().any(char::is_control) {
         return Err(ApiError::bad_request("the account name has control characters"));
     }
-    state.engine.canonical_account(raw).ok_or_else(|| ApiError::bad_request(format!("{raw:?} is not an account name")))
+    let bare = raw.trim().trim_start_matches('<').trim_end_matches('>');
+    if let Some((local, domain)) = bare.rsplit_once('@')
+        && (local.is_empty() || domain.is_empty())
+    {
+        return Err(ApiError::bad_request(format!(
+            "{raw:?} is not an account name: an address needs a local part and a domain"
+        )));
+    }
+    canonical(state, raw)
+}
+
+/// A free text of the request (`reason`, `by`) that goes to the audit trail and the notices:
+/// one line (a tab is allowed).
+fn one_line(name: &str, text: &str) -> Result<(), ApiError> {
+    if text.chars().any(|c| c.is_control() && c != '\t') {
+        return Err(ApiError::bad_request(format!("the {name} has control characters")));
+    }
+    Ok(())
 }
 
 fn restriction_json(r: &Restriction) -> Value {
@@ -194,9 +220,14 @@ async fn add_restriction(
             status => ApiError(status, format!("invalid request body: {}", e.body_text())),
         }
     })?;
-    let account = canonical(&state, &req.account)?;
+    let account = new_account(&state, &req.account)?;
     let until = match req.until.as_deref() {
-        None | Some("") => None,
+        None => None,
+        Some(text) if text.trim().is_empty() => {
+            return Err(ApiError::bad_request(
+                "until is empty: give an RFC 3339 time, or leave until out for \"until released\"",
+            ));
+        }
         Some(text) => {
             let t = OffsetDateTime::parse(text, &Rfc3339)
                 .map_err(|_| ApiError::bad_request(format!("until {text:?} is not an RFC 3339 time")))?;
@@ -207,10 +238,9 @@ async fn add_restriction(
         }
     };
     let reason = req.reason.filter(|r| !r.trim().is_empty()).unwrap_or_else(|| "restricted by an administrator".into());
-    if reason.chars().any(|c| c.is_control() && c != '\t') {
-        return Err(ApiError::bad_request("the reason has control characters"));
-    }
+    one_line("reason", &reason)?;
     let by = req.by.unwrap_or_else(|| "admin".into());
+    one_line("by", &by)?;
     let (restriction, created) =
         state.engine.restrict_manually(&account, &reason, until, &by).map_err(ApiError::internal)?;
     // In cluster mode: on the other nodes too before the answer.
@@ -232,26 +262,42 @@ async fn release(
 ) -> Result<Json<Value>, ApiError> {
     let account = canonical(&state, &raw)?;
     let by = q.by.unwrap_or_else(|| "admin".into());
+    one_line("by", &by)?;
+    if let Some(reason) = &q.reason {
+        one_line("reason", reason)?;
+    }
     let released = state
         .engine
         .release(&account, &by, q.reason.as_deref().filter(|r| !r.is_empty()))
         .map_err(ApiError::internal)?
         .ok_or_else(|| ApiError::not_found(format!("account {account} is not restricted")))?;
     state.engine.restrictions().settled().await;
-    let mut body = restriction_json(&released);
-    body["released"] = Value::Bool(true);
-    body["released_by"] = Value::String(by);
-    Ok(Json(body))
+    // The restriction that was lifted, in the restriction's shape; who released it and why
+    // are in its history.
+    Ok(Json(restriction_json(&released)))
 }
 
 #[derive(Deserialize)]
 struct TopQuery {
-    top: Option<usize>,
+    top: Option<String>,
 }
 
-async fn top_senders(State(state): State<AdminState>, Query(q): Query<TopQuery>) -> Json<Value> {
-    let n = q.top.unwrap_or(20).min(10_000);
-    Json(json!({ "senders": state.engine.top_senders(n) }))
+/// Most accounts `GET /api/v1/senders` lists.
+const TOP_MAX: usize = 10_000;
+
+async fn top_senders(State(state): State<AdminState>, Query(q): Query<TopQuery>) -> Result<Json<Value>, ApiError> {
+    let n = match q.top.as_deref() {
+        None => 20,
+        Some(text) => match text.trim().parse::<usize>() {
+            Ok(n) if n >= 1 => n.min(TOP_MAX),
+            _ => {
+                return Err(ApiError::bad_request(format!(
+                    "top {text:?} is not a number of accounts: give a whole number from 1 (at most {TOP_MAX} are listed)"
+                )));
+            }
+        },
+    };
+    Ok(Json(json!({ "senders": state.engine.top_senders(n) })))
 }
 
 async fn show_sender(State(state): State<AdminState>, Path(raw): Path<String>) -> Result<Json<Value>, ApiError> {
