@@ -90,7 +90,10 @@ impl Services {
         let (sink, events) = EventSink::channel(EVENT_QUEUE);
         let replies = Arc::new(ArcSwap::from_pointee(config.replies.clone()));
         let durable = Arc::new(DurableRestrictions::open(&config.state.dir, clock.now_secs())?);
-        let metrics = Arc::new(Metrics::new());
+        let metrics = Arc::new(match config.state.backend {
+            Backend::Memory => Metrics::new(),
+            Backend::Redis { .. } => Metrics::for_cluster(),
+        });
         let (store, cluster): (Arc<dyn RestrictionStore>, _) = match &config.state.backend {
             Backend::Memory => (durable, None),
             Backend::Redis { url } => {

@@ -50,7 +50,7 @@ pub struct Metrics {
     pub milter_connections_open: Gauge,
     pub milter_connections: Counter,
     pub milter_connection_errors: Counter,
-    pub events_dropped: Gauge,
+    events_dropped: Counter,
     pub decision_seconds: Histogram,
     pub redis_up: Gauge,
     /// Messages decided on the local view alone in cluster mode (Redis unreachable or slow).
@@ -66,7 +66,19 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// The metrics of a filter on the memory backend.
     pub fn new() -> Metrics {
+        Self::build(false)
+    }
+
+    /// The metrics of a node on the redis backend: also `redis_up`, `redis_local_decisions`
+    /// and `redis_errors` (left out otherwise, where a `redis_up 0` would wake an alert on a
+    /// filter that has no Redis).
+    pub fn for_cluster() -> Metrics {
+        Self::build(true)
+    }
+
+    fn build(cluster: bool) -> Metrics {
         let mut registry = Registry::with_prefix("outbound_guard");
         let messages_family = Family::<Labels, Counter>::default();
         let recipients_family = Family::<Labels, Counter>::default();
@@ -106,7 +118,7 @@ impl Metrics {
             "Milter connections ended by an error (bad input, timeout)",
             milter_connection_errors.clone(),
         );
-        let events_dropped = Gauge::default();
+        let events_dropped = Counter::default();
         registry.register(
             "events_dropped",
             "Events dropped because the notifier queue was full",
@@ -125,23 +137,25 @@ impl Metrics {
             notifications_pending.clone(),
         );
         let redis_up = Gauge::default();
-        registry.register(
-            "redis_up",
-            "1 when the shared Redis state is reachable (redis backend only)",
-            redis_up.clone(),
-        );
         let redis_local_decisions = Counter::default();
-        registry.register(
-            "redis_local_decisions",
-            "Messages decided on this node's local view alone because Redis was unreachable or slow (redis backend)",
-            redis_local_decisions.clone(),
-        );
         let redis_errors = Family::<Labels, Counter>::default();
-        registry.register(
-            "redis_errors",
-            "Redis requests that failed or timed out, by operation (redis backend)",
-            redis_errors.clone(),
-        );
+        if cluster {
+            registry.register(
+                "redis_up",
+                "1 when the shared Redis state is reachable (redis backend only)",
+                redis_up.clone(),
+            );
+            registry.register(
+                "redis_local_decisions",
+                "Messages decided on this node's local view alone because Redis was unreachable or slow (redis backend)",
+                redis_local_decisions.clone(),
+            );
+            registry.register(
+                "redis_errors",
+                "Redis requests that failed or timed out, by operation (redis backend)",
+                redis_errors.clone(),
+            );
+        }
 
         let m = |d, o| counter(&messages_family, &[("direction", d), ("outcome", o)]);
         let messages = MessageCounters {
@@ -217,12 +231,59 @@ impl Metrics {
         }
     }
 
-    /// The text exposition.
-    pub fn render(&self) -> String {
+    /// Sets the count of events dropped (the event sink keeps the total; copied at scrape).
+    pub fn set_events_dropped(&self, total: u64) {
+        let now = self.events_dropped.get();
+        if total > now {
+            self.events_dropped.inc_by(total - now);
+        }
+    }
+
+    /// The OpenMetrics text exposition (`application/openmetrics-text; version=1.0.0`).
+    pub fn render_openmetrics(&self) -> String {
         let mut out = String::new();
         encode(&mut out, &self.registry).expect("writing to a String cannot fail");
         out
     }
+
+    /// The Prometheus text format 0.0.4 (`text/plain; version=0.0.4`), what a scraper that
+    /// does not ask for OpenMetrics reads.
+    pub fn render(&self) -> String {
+        to_prometheus_text(&self.render_openmetrics())
+    }
+}
+
+/// OpenMetrics text to the Prometheus text format 0.0.4. The two differ, for what this crate
+/// writes, in three things: a counter family is named without its `_total` suffix in
+/// OpenMetrics and with it in 0.0.4 (whose parsers would otherwise see samples of an
+/// undeclared family and a declared family without samples); OpenMetrics has `# UNIT` lines;
+/// and it ends with `# EOF`.
+fn to_prometheus_text(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> =
+        openmetrics.lines().filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter")).collect();
+    let mut out = String::with_capacity(openmetrics.len() + 16 * counters.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let metadata = line
+            .strip_prefix("# HELP ")
+            .map(|r| ("# HELP ", r))
+            .or_else(|| line.strip_prefix("# TYPE ").map(|r| ("# TYPE ", r)));
+        match metadata {
+            Some((kind, rest)) => {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                if counters.contains(name) {
+                    out.push_str(&format!("{kind}{name}_total {tail}"));
+                } else {
+                    out.push_str(line);
+                }
+            }
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
 }
 
 #[cfg(test)]
@@ -242,5 +303,40 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("outbound_guard_decision_seconds_bucket"), "{text}");
+    }
+
+    /// Every sample of the 0.0.4 text belongs to a family its `# TYPE` line declares (a
+    /// counter's family is named with `_total` there), as Prometheus's classic parser wants.
+    #[test]
+    fn the_prometheus_text_declares_every_sample_family() {
+        let m = Metrics::for_cluster();
+        m.messages.inbound_accepted.inc();
+        m.set_events_dropped(3);
+        m.decision_seconds.observe(2e-6);
+        let text = m.render();
+        let declared: Vec<(&str, &str)> =
+            text.lines().filter_map(|l| l.strip_prefix("# TYPE ")?.split_once(' ')).collect();
+        assert!(declared.contains(&("outbound_guard_messages_total", "counter")), "{text}");
+        assert!(declared.contains(&("outbound_guard_events_dropped_total", "counter")), "{text}");
+        assert!(!text.contains("# EOF") && !text.contains("# UNIT"), "{text}");
+        for sample in text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+            let name = sample.split(['{', ' ']).next().unwrap();
+            let family = declared.iter().find(|(f, kind)| {
+                name == *f
+                    || (*kind == "histogram"
+                        && ["_bucket", "_sum", "_count"].iter().any(|s| name.strip_suffix(s) == Some(*f)))
+            });
+            assert!(family.is_some(), "{name} has no # TYPE line:\n{text}");
+        }
+        assert!(text.contains("outbound_guard_events_dropped_total 3"), "{text}");
+        // OpenMetrics, for a scraper that asks for it, keeps its own naming and end marker.
+        let om = m.render_openmetrics();
+        assert!(om.contains("# TYPE outbound_guard_messages counter") && om.ends_with("# EOF\n"), "{om}");
+    }
+
+    #[test]
+    fn redis_metrics_only_on_the_redis_backend() {
+        assert!(!Metrics::new().render().contains("redis_up"));
+        assert!(Metrics::for_cluster().render().contains("outbound_guard_redis_up 0"));
     }
 }

@@ -336,6 +336,16 @@ async fn metrics_count_what_happened() {
     ] {
         assert!(text.contains(expected), "missing {expected:?} in\n{text}");
     }
+    assert!(text.contains("# TYPE outbound_guard_restrictions_total counter"), "{text}");
+    assert!(!text.contains("redis_up"), "no Redis metrics on the memory backend");
+    let om = reqwest::Client::new()
+        .get(format!("{}/metrics", d.admin_url()))
+        .header("Accept", "application/openmetrics-text; version=1.0.0,text/plain;q=0.5")
+        .send()
+        .await
+        .unwrap();
+    assert!(om.headers()["content-type"].to_str().unwrap().starts_with("application/openmetrics-text"));
+    assert!(om.text().await.unwrap().ends_with("# EOF\n"));
     d.stop().await;
 }
 

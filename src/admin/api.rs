@@ -320,15 +320,24 @@ async fn reload(State(state): State<AdminState>) -> Result<Json<Value>, ApiError
     Ok(Json(json!({ "reloaded": true })))
 }
 
-async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
+/// `GET /metrics`: the Prometheus text format, or OpenMetrics for a scraper that asks for it.
+async fn metrics(State(state): State<AdminState>, headers: axum::http::HeaderMap) -> impl IntoResponse {
     let m = state.engine.metrics();
     m.restrictions_active.set(state.engine.restrictions().list(state.engine.clock().now_secs()).len() as i64);
     m.tracked_accounts.set(state.engine.tracked_accounts() as i64);
-    m.events_dropped.set(state.engine.events_dropped() as i64);
+    m.set_events_dropped(state.engine.events_dropped());
     if let Some(hook) = &state.on_scrape {
         hook();
     }
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], m.render())
+    let openmetrics = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .any(|v| v.to_str().is_ok_and(|v| v.contains("application/openmetrics-text")));
+    if openmetrics {
+        ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], m.render_openmetrics())
+    } else {
+        ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], m.render())
+    }
 }
 
 #[cfg(test)]

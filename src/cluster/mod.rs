@@ -458,7 +458,7 @@ mod tests {
     fn node(dir: &std::path::Path, name: &str) -> Arc<Cluster> {
         let durable = Arc::new(DurableRestrictions::open(dir, NOW).unwrap());
         let clock = EngineClock::manual(UNIX_EPOCH + Duration::from_secs(NOW as u64));
-        Cluster::new(name.into(), durable, clock, Arc::new(Metrics::new()), Duration::from_secs(30))
+        Cluster::new(name.into(), durable, clock, Arc::new(Metrics::for_cluster()), Duration::from_secs(30))
     }
 
     fn event(account: &str, at_ms: i64, node: &str, change: Change) -> ClusterEvent {
