@@ -254,6 +254,26 @@ async fn recipients_delivered_past_a_limit_still_count_in_the_day_and_alert_it()
     d.stop().await;
 }
 
+/// Two sessions of one account at once: the one whose recipient reaches the limit gets the
+/// 5.2.2; the other, already restricted by then, gets 5.1.8 for its next recipient.
+#[tokio::test]
+async fn the_limit_reply_is_given_once_when_two_sessions_overlap() {
+    let d =
+        start("[policy.default]\nrecipient_limit_external_per_hour = 3\naction_when_threshold_reached = \"block\"\n")
+            .await;
+    let mut first = client(&d, "127.0.0.1").await;
+    let mut second = client(&d, "127.0.0.1").await;
+    assert_eq!(code(&mail(&mut first, Some("kim@example.com"), "kim@example.com").await), "c");
+    assert_eq!(code(&rcpt(&mut first, "a@example.net").await), "c");
+    assert_eq!(
+        send_external(&mut second, Some("kim@example.com"), "kim@example.com", 3).await,
+        ["c", "c", "550 5.2.2"]
+    );
+    assert_eq!(code(&rcpt(&mut first, "b@example.net").await), "550 5.1.8");
+    drop((first, second));
+    d.stop().await;
+}
+
 #[tokio::test]
 async fn recipients_over_the_message_cap_are_deferred_and_not_counted() {
     let d = start("[policy.default]\nmax_recipients_per_message = 2\nrecipient_limit_external_per_hour = 10\n").await;

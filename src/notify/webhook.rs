@@ -87,7 +87,9 @@ pub async fn post(client: &reqwest::Client, url: &str, payload: &Payload<'_>) ->
         .json(payload)
         .send()
         .await
-        .map_err(|e| err(error_chain(&e)))?;
+        // reqwest names the whole URL in its error, secret path and all; the log gets the
+        // redacted one from `err`.
+        .map_err(|e| err(error_chain(&e.without_url())))?;
     let status = response.status();
     if status.is_success() { Ok(()) } else { Err(err(format!("answered {status}"))) }
 }
@@ -155,8 +157,16 @@ mod tests {
         let elapsed = started.elapsed();
         let message = result.expect_err("no answer is a failure").to_string();
         assert!(message.contains("timed out"), "{message}");
+        assert!(!message.contains("/hook"), "the URL's path stays out of the log: {message}");
         assert!(elapsed >= Duration::from_millis(300) && elapsed < Duration::from_secs(10), "{elapsed:?}");
         held.abort();
+
+        // A connection refused names the URL in reqwest's error too.
+        let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hooks/secret123", closed.local_addr().unwrap());
+        drop(closed);
+        let message = post(&client(Duration::from_secs(5)).unwrap(), &url, &payload).await.unwrap_err().to_string();
+        assert!(!message.contains("secret123"), "{message}");
     }
 
     #[test]

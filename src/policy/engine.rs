@@ -137,6 +137,11 @@ thread_local! {
     static DECISIONS_SEEN: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
 }
 
+/// A time as the log shows it (RFC 3339, as the API and the notices do).
+fn rfc3339(t: OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339).unwrap_or_else(|_| t.to_string())
+}
+
 fn to_datetime(secs: i64) -> OffsetDateTime {
     OffsetDateTime::from_unix_timestamp(secs).unwrap_or(OffsetDateTime::UNIX_EPOCH)
 }
@@ -459,11 +464,15 @@ impl Engine {
         match self.restrictions.restrict(restriction.clone(), "policy") {
             Ok(created) => {
                 tx.restricted = true;
-                if created {
-                    self.metrics.restricted(kind.key());
-                    warn!(account = %tx.account, policy = %settings.name, until = ?until, "account restricted: {}", restriction.reason);
-                    self.emit_restricted(compiled, &restriction, Some(kind), None);
+                if !created {
+                    // Another transaction of the account reached the limit first and got the
+                    // 5.2.2; from here on the account is simply restricted.
+                    return Decision::Refuse(Refusal::AccountRestricted);
                 }
+                self.metrics.restricted(kind.key());
+                let until_text = until.map_or_else(|| "until released".to_owned(), rfc3339);
+                warn!(account = %tx.account, policy = %settings.name, until = %until_text, "account restricted: {}", restriction.reason);
+                self.emit_restricted(compiled, &restriction, Some(kind), None);
                 Decision::Refuse(Refusal::LimitReached)
             }
             Err(e) => {
@@ -775,7 +784,8 @@ impl Engine {
         match self.restrictions.restrict(restriction.clone(), "policy") {
             Ok(true) => {
                 self.metrics.restricted("spam");
-                warn!(account = %tx.account, until = ?until, "account restricted: {}", restriction.reason);
+                let until_text = until.map_or_else(|| "until released".to_owned(), rfc3339);
+                warn!(account = %tx.account, until = %until_text, "account restricted: {}", restriction.reason);
                 self.emit_restricted(compiled, &restriction, None, None);
             }
             Ok(false) => {}
