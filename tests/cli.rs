@@ -78,6 +78,21 @@ fn errors_name_file_line_key_and_value_and_exit_2() {
             "[replies]\naccount_restricted = \"250 2.0.0 fine\"\n",
             ":2: replies.account_restricted = \"250 2.0.0 fine\": must start with a 4xx or 5xx",
         ),
+        ("[milter]\nio_timeout = \"1s\"\nio_timeout = \"2s\"\n", ":3: milter.io_timeout = \"2s\": duplicate key"),
+        (
+            "[organization]\nlocal_domains = [\"example.com\", \"exa mple.com\"]\n",
+            ":2: organization.local_domains[1] = \"exa mple.com\": is not a valid domain name",
+        ),
+        (
+            "[[policy.rule]]\nname = \"a\"\npriority = 1\nsender_domain_is = [\"bad domain!\"]\n",
+            ":4: policy.rule[0].sender_domain_is[0] = \"bad domain!\": is not a valid domain name",
+        ),
+        ("[notify]\nadmin_url = \"not a url\"\n", ":2: notify.admin_url = \"not a url\": must be an http"),
+        ("[notify]\ntemplates_dir = \"missing\"\n", ":2: notify.templates_dir = \"missing\": "),
+        (
+            "[milter]\nlisten = \"inet:127.0.0.1:7400\"\n[admin]\nlisten = \"127.0.0.1:7400\"\n",
+            ":4: admin.listen = \"127.0.0.1:7400\": is the milter's address too",
+        ),
     ];
     // A template override that does not compile (for the templates_dir case).
     std::fs::create_dir(dir.path().join("broken")).unwrap();

@@ -115,7 +115,8 @@ impl ConfigError {
     /// An error for a toml/serde failure: the key is found from the error's position.
     pub fn from_toml(file: &Path, source: &str, err: &toml::de::Error) -> Self {
         let span = err.span();
-        let located = span.clone().and_then(|s| key_path_at(source, s));
+        let located =
+            span.clone().and_then(|s| key_path_at(source, s.clone()).or_else(|| key_by_table_header(source, s)));
         let value = span.as_ref().and_then(|s| source.get(s.clone())).map(|v| shorten(v.trim()));
         // toml's own message is its first line; position and snippet are ours to give.
         let message = err.message().lines().next().unwrap_or("invalid TOML").trim();
@@ -128,6 +129,16 @@ impl ConfigError {
                 .filter(|s| Some(s) != span.as_ref())
                 .and_then(|s| source.get(s))
                 .map(|v| shorten(v.trim())),
+            _ => value,
+        };
+        // A duplicate key's span is the key; its value is what follows `=` on its line.
+        let value = match (&value, &span) {
+            (_, Some(s)) if message.starts_with("duplicate key") && located.is_some() => source
+                .get(s.end..)
+                .and_then(|rest| rest.lines().next())
+                .and_then(|rest| rest.split_once('='))
+                .map(|(_, v)| shorten(v.trim()))
+                .or(value),
             _ => value,
         };
         ConfigError::Invalid(Box::new(Invalid {
@@ -215,6 +226,27 @@ fn key_path_at(source: &str, span: Range<usize>) -> Option<KeyPath> {
     let mut best = None;
     walk_table(root.get_ref(), &KeyPath::default(), &span, &mut best);
     best
+}
+
+/// The key at `span` named under the table header above it, for an error that keeps the file
+/// from parsing at all (a duplicate key), when [`key_path_at`] has no tree to walk.
+fn key_by_table_header(source: &str, span: Range<usize>) -> Option<KeyPath> {
+    let text = source.get(span.clone())?.split('=').next()?.trim();
+    let bare = |k: &str| !k.is_empty() && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if !text.split('.').all(|k| bare(k.trim())) {
+        return None;
+    }
+    let header = source[..span.start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['))
+        .map(|l| l.trim_start_matches('[').split(']').next().unwrap_or("").trim().to_owned());
+    let mut path = KeyPath::default();
+    for part in header.iter().flat_map(|h| h.split('.')).chain(text.split('.')) {
+        path = path.key(part.trim());
+    }
+    Some(path)
 }
 
 fn contains(outer: &Range<usize>, inner: &Range<usize>) -> bool {

@@ -92,7 +92,11 @@ impl Validator<'_> {
     fn domain(&self, path: &KeyPath, text: &str) -> Result<String> {
         let trimmed = text.trim().trim_start_matches('@').trim_end_matches('.');
         let ascii = idna::domain_to_ascii(trimmed).map_err(|_| self.err(path, "is not a valid domain name"))?;
-        if ascii.is_empty() || !ascii.contains(|c: char| c.is_ascii_alphanumeric()) {
+        // Labels of letters, digits, `-` (and `_`, found in real host names), 1–63 each.
+        let label_ok = |l: &str| {
+            (1..=63).contains(&l.len()) && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        };
+        if ascii.is_empty() || ascii.len() > 253 || !ascii.split('.').all(label_ok) {
             return Err(self.err(path, "is not a valid domain name"));
         }
         Ok(ascii)
@@ -299,6 +303,20 @@ pub(super) fn validate(file: &Path, source: &str, raw: RawConfig) -> Result<Conf
         node_name: n.node_name.clone().unwrap_or_else(local_hostname),
         admin_url: n.admin_url.clone(),
     };
+    if let Some(text) = &n.admin_url {
+        let ok = url::Url::parse(text).is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some());
+        if !ok {
+            return Err(v.err(
+                &key("notify.admin_url"),
+                "must be an http:// or https:// URL, e.g. \"https://mail.example.com:7358/\"",
+            ));
+        }
+    }
+    if let Some(dir) = &notify.templates_dir
+        && !dir.is_dir()
+    {
+        return Err(v.err(&key("notify.templates_dir"), format!("{} is not a directory", dir.display())));
+    }
 
     let l = raw.log.unwrap_or_default();
     let log = LogConfig {
@@ -318,6 +336,18 @@ pub(super) fn validate(file: &Path, source: &str, raw: RawConfig) -> Result<Conf
     }
 
     let admin = validate_admin(&v, raw.admin.unwrap_or_default())?;
+    if let ListenAddr::Inet(milter_addr) = &milter.listen
+        && milter_addr.port() == admin.listen.port()
+        && milter_addr.port() != 0
+        && (milter_addr.ip() == admin.listen.ip()
+            || milter_addr.ip().is_unspecified()
+            || admin.listen.ip().is_unspecified())
+    {
+        return Err(v.err(
+            &key("admin.listen"),
+            format!("is the milter's address too (milter.listen = {milter_addr}): give each its own port"),
+        ));
+    }
 
     let rp = raw.replies.unwrap_or_default();
     let defaults = ReplyTexts::default();
