@@ -21,7 +21,7 @@ use super::clock::{EngineClock, hour_number, next_utc_midnight_secs, utc_day};
 use super::events::{Event, EventKind, EventSink};
 use super::limits::{self, AccountRecord, LimitKind, Limiters, Notice};
 use super::rules::{CompiledPolicies, PolicyIndex};
-use super::spam::{SpamWindow, over_threshold};
+use super::spam::over_threshold;
 use super::{Decision, MailFacts, MessageFacts, MessageOutcome, Policy, RcptFacts, Refusal, ScanRequest};
 use crate::config::{Config, LimitAction, PolicySettings, SpamMessageAction};
 use crate::metrics::Metrics;
@@ -541,13 +541,13 @@ fn count_message(tx: &mut Transaction, compiled: &Compiled, record: &mut Account
     }
     tx.message_counted = true;
     let window = compiled.policies.settings(tx.policy).spam_window;
-    record.spam.get_or_insert_with(|| Box::new(SpamWindow::new(window))).count_message(now / 1_000_000_000, window);
+    record.spam.count_message(now / 1_000_000_000, window);
 }
 
 /// Counters of a record under a policy at `now`.
 fn counters_of(compiled: &Compiled, policy: PolicyIndex, record: &AccountRecord, now: u64) -> Counters {
     let window = compiled.policies.settings(policy).spam_window;
-    let (spam_messages, messages) = record.spam.as_ref().map_or((0, 0), |w| w.counts(now / 1_000_000_000, window));
+    let (spam_messages, messages) = record.spam.counts(now / 1_000_000_000, window);
     let usage = |kind| compiled.limiters.usage(policy, record, kind, now).unwrap_or((0, 0));
     let (external_last_hour, external_limit_per_hour) = usage(LimitKind::ExternalPerHour);
     let (internal_last_hour, internal_limit_per_hour) = usage(LimitKind::InternalPerHour);
@@ -708,7 +708,7 @@ impl Engine {
         }
         let (spam_count, total) = {
             let mut record = self.record_mut(&tx.account, tx.policy);
-            let window = record.spam.get_or_insert_with(|| Box::new(SpamWindow::new(settings.spam_window)));
+            let window = &mut record.spam;
             if !tx.message_counted {
                 window.count_message(now_secs, settings.spam_window);
                 tx.message_counted = true;

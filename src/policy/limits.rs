@@ -98,8 +98,9 @@ impl LimitKind {
 pub struct AccountRecord {
     /// GCRA state per [`LimitKind`]; 0 = never used (or fully replenished).
     pub tat: [u64; 3],
-    /// Spam verdicts over the policy's window; only for accounts whose mail had a verdict.
-    pub spam: Option<Box<super::spam::SpamWindow>>,
+    /// Messages and spam verdicts over the policy's window: counted inline until the first spam
+    /// verdict, then in a ring (see [`super::spam::SpamSlot`]).
+    pub spam: super::spam::SpamSlot,
     /// Which notices went out in which hour: the hour number in the low 24 bits (good until
     /// the year 3800), one bit per [`Notice`] above them. A new hour clears every bit.
     pub(crate) notices: u32,
@@ -183,7 +184,7 @@ impl AccountRecord {
             policy: u16::from_le_bytes([b[24], b[25]]),
             notices: u32::from_le_bytes(b[26..30].try_into().expect("4 bytes")),
             released_day: u16::from_le_bytes([b[30], b[31]]),
-            spam: None,
+            spam: super::spam::SpamSlot::default(),
         }
     }
 
@@ -222,7 +223,7 @@ impl AccountRecord {
         self.tat.iter().all(|&t| t <= now_nanos)
             && (self.notices & !HOUR_MASK == 0 || self.notices & HOUR_MASK != hour)
             && !self.released_on(utc_day(now_nanos))
-            && self.spam.as_ref().is_none_or(|w| w.is_empty_at(now_nanos / 1_000_000_000))
+            && self.spam.is_empty_at(now_nanos / 1_000_000_000)
     }
 }
 
@@ -444,6 +445,12 @@ mod tests {
     use std::time::UNIX_EPOCH;
 
     use super::*;
+
+    /// 40 bytes, so a map slot with its 24-byte key is one 64-byte cache line.
+    #[test]
+    fn an_account_record_is_40_bytes() {
+        assert_eq!(std::mem::size_of::<AccountRecord>(), 40);
+    }
     use crate::config::builtin_default_policy;
     use crate::policy::clock::EngineClock;
 

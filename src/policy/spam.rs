@@ -7,8 +7,15 @@
 //! verdict counts for between `window - width` and `window`.
 //!
 //! Every outbound message counts, with a verdict or not (the share is of the account's
-//! messages): the message when its first recipient is accepted, the verdict at its end. The
-//! ring exists only while verdicts are enabled, and is 56 bytes.
+//! messages): the message when its first recipient is accepted, the verdict at its end.
+//!
+//! The ring (56 bytes, on the heap) exists only for accounts with a spam verdict in their
+//! window. Until the first one, an account's messages are counted in the account record itself
+//! ([`SpamSlot`], one word): the count of the current period of `spam_window` and of the one
+//! before, from which the messages within the window are estimated as a sliding-window
+//! counter does (the previous period weighted by how much of it is still inside). A million
+//! accounts sending clean mail then cost no memory and no memory access beyond their record;
+//! at the first spam verdict the estimate seeds the ring.
 
 use std::time::Duration;
 
@@ -81,6 +88,20 @@ impl SpamWindow {
         self.spam[i] = self.spam[i].saturating_add(1);
     }
 
+    /// Adds `n` messages counted at `at_secs` (clamped into the window at `now`: `0` for its
+    /// oldest bucket), as the inline count hands them over.
+    fn add_messages_at(&mut self, now_secs: u64, at_secs: u64, n: u32, window: Duration) {
+        if n == 0 {
+            return;
+        }
+        self.advance(now_secs, window);
+        let oldest = self.newest.saturating_sub(BUCKETS as u32 - 1);
+        let bucket =
+            ((at_secs / u64::from(self.width_secs)).min(u64::from(u32::MAX)) as u32).clamp(oldest, self.newest);
+        let i = bucket as usize % BUCKETS;
+        self.total[i] = self.total[i].saturating_add(n.min(u32::from(u16::MAX)) as u16);
+    }
+
     /// (spam, total) within the window at `now`. A message counted in the bucket before its
     /// verdict's can leave the window first; the total is never less than the spam.
     pub fn counts(&self, now_secs: u64, window: Duration) -> (u32, u32) {
@@ -118,6 +139,211 @@ impl SpamWindow {
             newest: u32::from_le_bytes(b[4..8].try_into().expect("4 bytes")),
             spam: std::array::from_fn(|i| u16_at(8 + 2 * i)),
             total: std::array::from_fn(|i| u16_at(8 + 2 * BUCKETS + 2 * i)),
+        }
+    }
+}
+
+/// An account's spam accounting in one word of its record: nothing, the inline message count
+/// (no spam verdict in the window yet), or its ring.
+///
+/// Encoding: `0` nothing; low bit `1` the inline count — bits 1–31 the minute its current
+/// period started, bits 32–47 the previous period's messages, bits 48–63 the current
+/// period's; otherwise a pointer from `Box::into_raw` (a ring is 4-aligned, so its low bit is
+/// 0), owned by the slot.
+#[derive(Default)]
+pub struct SpamSlot(u64);
+
+const INLINE: u64 = 1;
+
+/// The inline count's fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Inline {
+    start_min: u32,
+    prev: u16,
+    cur: u16,
+}
+
+impl Inline {
+    fn decode(word: u64) -> Inline {
+        Inline { start_min: ((word >> 1) & 0x7fff_ffff) as u32, prev: (word >> 32) as u16, cur: (word >> 48) as u16 }
+    }
+
+    fn encode(self) -> u64 {
+        INLINE
+            | (u64::from(self.start_min & 0x7fff_ffff) << 1)
+            | (u64::from(self.prev) << 32)
+            | (u64::from(self.cur) << 48)
+    }
+
+    /// Moves the periods on to `now_min` (a period is `period_min` long).
+    fn roll(&mut self, now_min: u32, period_min: u32) {
+        let elapsed = now_min.saturating_sub(self.start_min);
+        if elapsed < period_min {
+            return;
+        }
+        if elapsed < 2 * period_min {
+            self.prev = self.cur;
+            self.start_min += period_min;
+        } else {
+            self.prev = 0;
+            self.start_min = now_min;
+        }
+        self.cur = 0;
+    }
+
+    /// The previous period's messages still inside the window at `now_min` (pro rata), after
+    /// [`Inline::roll`].
+    fn prev_in_window(self, now_min: u32, period_min: u32) -> u32 {
+        let into = now_min.saturating_sub(self.start_min).min(period_min);
+        u32::from(self.prev) * (period_min - into) / period_min
+    }
+}
+
+fn minutes(secs: u64) -> u32 {
+    (secs / 60).min(0x7fff_ffff) as u32
+}
+
+fn period_minutes(window: Duration) -> u32 {
+    minutes(window.as_secs()).max(1)
+}
+
+impl SpamSlot {
+    fn ring_ptr(&self) -> Option<*mut SpamWindow> {
+        (self.0 != 0 && self.0 & INLINE == 0).then_some(self.0 as usize as *mut SpamWindow)
+    }
+
+    /// The ring, when the account has one.
+    pub fn ring(&self) -> Option<&SpamWindow> {
+        // SAFETY: a non-zero word with the low bit clear is a pointer from `Box::into_raw`
+        // that this slot owns (see `set_ring`); it lives as long as the slot.
+        self.ring_ptr().map(|p| unsafe { &*p })
+    }
+
+    fn ring_mut(&mut self) -> Option<&mut SpamWindow> {
+        // SAFETY: as in `ring`; `&mut self` makes the borrow unique.
+        self.ring_ptr().map(|p| unsafe { &mut *p })
+    }
+
+    /// Makes `ring` the slot's content, dropping what it held.
+    pub fn set_ring(&mut self, ring: Box<SpamWindow>) {
+        self.clear();
+        self.0 = Box::into_raw(ring) as usize as u64;
+    }
+
+    fn clear(&mut self) {
+        if let Some(p) = self.ring_ptr() {
+            // SAFETY: the slot owns the pointer (from `Box::into_raw`) and forgets it here.
+            drop(unsafe { Box::from_raw(p) });
+        }
+        self.0 = 0;
+    }
+
+    /// Counts one message of the account at `now`, before (or without) its verdict.
+    pub fn count_message(&mut self, now_secs: u64, window: Duration) {
+        if let Some(ring) = self.ring_mut() {
+            ring.count_message(now_secs, window);
+            return;
+        }
+        let now_min = minutes(now_secs);
+        let mut inline =
+            if self.0 == 0 { Inline { start_min: now_min, prev: 0, cur: 0 } } else { Inline::decode(self.0) };
+        inline.roll(now_min, period_minutes(window));
+        inline.cur = inline.cur.saturating_add(1);
+        self.0 = inline.encode();
+    }
+
+    /// Counts a spam verdict at `now` on a message already counted; the first one moves the
+    /// inline count into a ring.
+    pub fn count_spam(&mut self, now_secs: u64, window: Duration) {
+        if self.ring().is_none() {
+            let mut ring = SpamWindow::new(window);
+            if self.0 != 0 {
+                let now_min = minutes(now_secs);
+                let period = period_minutes(window);
+                let mut inline = Inline::decode(self.0);
+                inline.roll(now_min, period);
+                let start_secs = u64::from(inline.start_min) * 60;
+                ring.add_messages_at(now_secs, start_secs, u32::from(inline.cur), window);
+                // The previous period's share in the window goes to its oldest bucket.
+                ring.add_messages_at(now_secs, 0, inline.prev_in_window(now_min, period), window);
+            }
+            self.set_ring(Box::new(ring));
+        }
+        if let Some(ring) = self.ring_mut() {
+            ring.count_spam(now_secs, window);
+        }
+    }
+
+    /// (spam, total) within the window at `now`.
+    pub fn counts(&self, now_secs: u64, window: Duration) -> (u32, u32) {
+        match self.ring() {
+            Some(ring) => ring.counts(now_secs, window),
+            None if self.0 == 0 => (0, 0),
+            None => {
+                let now_min = minutes(now_secs);
+                let period = period_minutes(window);
+                let mut inline = Inline::decode(self.0);
+                inline.roll(now_min, period);
+                (0, u32::from(inline.cur) + inline.prev_in_window(now_min, period))
+            }
+        }
+    }
+
+    /// Whether the slot holds nothing worth keeping at `now`: no ring, or a ring with every
+    /// bucket empty. An inline count is not kept for its own sake: a record otherwise idle has
+    /// sent nothing for about a day, which is the default window.
+    pub fn is_empty_at(&self, now_secs: u64) -> bool {
+        self.ring().is_none_or(|w| w.is_empty_at(now_secs))
+    }
+
+    /// The inline word for snapshots (`None` for a ring or nothing).
+    pub fn inline_word(&self) -> Option<u64> {
+        (self.0 & INLINE != 0).then_some(self.0)
+    }
+
+    /// The slot for an inline word read back from a snapshot.
+    pub fn from_inline_word(word: u64) -> SpamSlot {
+        SpamSlot(if word & INLINE != 0 { word } else { 0 })
+    }
+}
+
+impl Drop for SpamSlot {
+    fn drop(&mut self) {
+        self.clear();
+    }
+}
+
+impl Clone for SpamSlot {
+    fn clone(&self) -> Self {
+        match self.ring() {
+            Some(ring) => {
+                let mut slot = SpamSlot(0);
+                slot.set_ring(Box::new(ring.clone()));
+                slot
+            }
+            None => SpamSlot(self.0),
+        }
+    }
+}
+
+impl PartialEq for SpamSlot {
+    fn eq(&self, other: &Self) -> bool {
+        match (self.ring(), other.ring()) {
+            (Some(a), Some(b)) => a == b,
+            (None, None) => self.0 == other.0,
+            _ => false,
+        }
+    }
+}
+
+impl Eq for SpamSlot {}
+
+impl std::fmt::Debug for SpamSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.ring() {
+            Some(ring) => f.debug_tuple("SpamSlot::Ring").field(ring).finish(),
+            None if self.0 == 0 => f.write_str("SpamSlot::Empty"),
+            None => f.debug_tuple("SpamSlot::Inline").field(&Inline::decode(self.0)).finish(),
         }
     }
 }
@@ -167,6 +393,57 @@ mod tests {
         let mut w = SpamWindow::new(DAY);
         w.count_spam(T0, DAY);
         assert_eq!(w.counts(T0, DAY), (1, 1));
+    }
+
+    #[test]
+    fn clean_mail_is_counted_inline_and_seeds_the_ring_at_the_first_spam() {
+        let mut slot = SpamSlot::default();
+        assert_eq!(slot.counts(T0, DAY), (0, 0));
+        for i in 0..20 {
+            slot.count_message(T0 + i * 600, DAY);
+        }
+        assert!(slot.ring().is_none() && slot.inline_word().is_some(), "no ring for clean mail");
+        assert_eq!(slot.counts(T0 + 20 * 600, DAY), (0, 20));
+        // The first spam: 21 messages, one of them spam, now in a ring.
+        slot.count_message(T0 + 21 * 600, DAY);
+        slot.count_spam(T0 + 21 * 600, DAY);
+        assert!(slot.ring().is_some());
+        assert_eq!(slot.counts(T0 + 21 * 600, DAY), (1, 21));
+        let copy = slot.clone();
+        assert_eq!(copy, slot);
+        drop(slot);
+        assert_eq!(copy.counts(T0 + 21 * 600, DAY), (1, 21), "a clone owns its own ring");
+    }
+
+    #[test]
+    fn the_inline_count_slides_like_a_window() {
+        let mut slot = SpamSlot::default();
+        for _ in 0..100 {
+            slot.count_message(T0, DAY);
+        }
+        // Half a window into the next period, half of the previous one still counts.
+        assert_eq!(slot.counts(T0 + 86_400 + 43_200, DAY), (0, 50));
+        slot.count_message(T0 + 86_400 + 43_200, DAY);
+        assert_eq!(slot.counts(T0 + 86_400 + 43_200, DAY), (0, 51));
+        // Two windows on, nothing is left.
+        assert_eq!(slot.counts(T0 + 4 * 86_400, DAY), (0, 0));
+        // Handed to the ring, the previous period's share lands in its oldest bucket.
+        let mut slot = SpamSlot::default();
+        for _ in 0..100 {
+            slot.count_message(T0, DAY);
+        }
+        slot.count_message(T0 + 86_400 + 43_200, DAY);
+        slot.count_spam(T0 + 86_400 + 43_200, DAY);
+        assert_eq!(slot.counts(T0 + 86_400 + 43_200, DAY), (1, 51));
+    }
+
+    #[test]
+    fn inline_words_round_trip_and_nothing_else_is_taken_for_one() {
+        let mut slot = SpamSlot::default();
+        slot.count_message(T0, DAY);
+        let word = slot.inline_word().unwrap();
+        assert_eq!(SpamSlot::from_inline_word(word), slot);
+        assert_eq!(SpamSlot::from_inline_word(0x1000), SpamSlot::default(), "not a pointer from a file");
     }
 
     #[test]

@@ -1,9 +1,11 @@
 //! The counters snapshot: every tracked account's record, written at graceful shutdown and read
 //! at start, so a restart does not hand every account a fresh quota.
 //!
-//! Format: `OGSNAP03`, then per account a u16 key length, the key, the fixed-size record
+//! Format: `OGSNAP04`, then per account a u16 key length, the key, the fixed-size record
 //! (`policy::limits::RECORD_BYTES`), a flag byte and, when it is 1, the spam window
-//! (`policy::spam::WINDOW_BYTES`); then a CRC32 of everything before it. Written to a temp
+//! (`policy::spam::WINDOW_BYTES`), when it is 2 the inline message count (8 bytes, see
+//! `policy::spam::SpamSlot`); then a CRC32 of everything before it. (`OGSNAP03` is the same
+//! without flag 2; a new magic so that an older version ignores a snapshot it cannot read.) Written to a temp
 //! file, synced and renamed into place. A snapshot that does not check out is ignored with a
 //! log line: counters start empty rather than wrong. A snapshot of the previous format
 //! (`OGSNAP02`, larger records) is still read, so an upgrade keeps the counters.
@@ -14,9 +16,11 @@ use std::path::Path;
 use compact_str::CompactString;
 
 use crate::policy::limits::{AccountRecord, RECORD_BYTES, RECORD_BYTES_V2};
-use crate::policy::spam::{SpamWindow, WINDOW_BYTES};
+use crate::policy::spam::{SpamSlot, SpamWindow, WINDOW_BYTES};
 
-const MAGIC: &[u8; 8] = b"OGSNAP03";
+const MAGIC: &[u8; 8] = b"OGSNAP04";
+/// The same layout without inline message counts (flag 2): read as it is.
+const MAGIC_V3: &[u8; 8] = b"OGSNAP03";
 const MAGIC_V2: &[u8; 8] = b"OGSNAP02";
 
 /// Writes `records` to `path` atomically; returns how many were written.
@@ -39,12 +43,16 @@ pub fn write<'a>(path: &Path, records: impl Iterator<Item = (String, AccountReco
         put(&mut out, &len.to_le_bytes())?;
         put(&mut out, key.as_bytes())?;
         put(&mut out, &record.to_bytes())?;
-        match &record.spam {
-            Some(w) => {
+        match (record.spam.ring(), record.spam.inline_word()) {
+            (Some(w), _) => {
                 put(&mut out, &[1])?;
                 put(&mut out, &w.to_bytes())?;
             }
-            None => put(&mut out, &[0])?,
+            (None, Some(word)) => {
+                put(&mut out, &[2])?;
+                put(&mut out, &word.to_le_bytes())?;
+            }
+            (None, None) => put(&mut out, &[0])?,
         }
         count += 1;
     }
@@ -75,7 +83,7 @@ pub fn read(path: &Path) -> io::Result<Option<Vec<(CompactString, AccountRecord)
         return Err(bad("not a snapshot file"));
     }
     let record_bytes = match &bytes[..MAGIC.len()] {
-        m if m == MAGIC => RECORD_BYTES,
+        m if m == MAGIC || m == MAGIC_V3 => RECORD_BYTES,
         m if m == MAGIC_V2 => RECORD_BYTES_V2,
         _ => return Err(bad("not a snapshot file")),
     };
@@ -103,10 +111,18 @@ pub fn read(path: &Path) -> io::Result<Option<Vec<(CompactString, AccountRecord)
         let mut next = &after[len + record_bytes..];
         let (&flag, tail) = next.split_first().ok_or_else(|| bad("truncated entry"))?;
         next = tail;
-        if flag == 1 {
-            let (window, tail) = next.split_first_chunk::<WINDOW_BYTES>().ok_or_else(|| bad("truncated entry"))?;
-            record.spam = Some(Box::new(SpamWindow::from_bytes(window)));
-            next = tail;
+        match flag {
+            1 => {
+                let (window, tail) = next.split_first_chunk::<WINDOW_BYTES>().ok_or_else(|| bad("truncated entry"))?;
+                record.spam.set_ring(Box::new(SpamWindow::from_bytes(window)));
+                next = tail;
+            }
+            2 => {
+                let (word, tail) = next.split_first_chunk::<8>().ok_or_else(|| bad("truncated entry"))?;
+                record.spam = SpamSlot::from_inline_word(u64::from_le_bytes(*word));
+                next = tail;
+            }
+            _ => {}
         }
         records.push((key, record));
         rest = next;
@@ -133,16 +149,25 @@ mod tests {
             (
                 "spammer@example.com".to_owned(),
                 AccountRecord {
-                    spam: Some(Box::new({
-                        let mut w = SpamWindow::new(std::time::Duration::from_secs(86_400));
-                        w.record(1_795_341_600, std::time::Duration::from_secs(86_400), true);
-                        w
-                    })),
+                    spam: {
+                        let mut slot = SpamSlot::default();
+                        slot.set_ring(Box::new({
+                            let mut w = SpamWindow::new(std::time::Duration::from_secs(86_400));
+                            w.record(1_795_341_600, std::time::Duration::from_secs(86_400), true);
+                            w
+                        }));
+                        slot
+                    },
                     ..Default::default()
                 },
             ),
+            ("clean@example.com".to_owned(), {
+                let mut r = AccountRecord::default();
+                r.spam.count_message(1_795_341_600, std::time::Duration::from_secs(86_400));
+                r
+            }),
         ];
-        assert_eq!(write(&path, records.clone().into_iter()).unwrap(), 3);
+        assert_eq!(write(&path, records.clone().into_iter()).unwrap(), 4);
         let expected: Vec<_> = records.into_iter().map(|(k, r)| (CompactString::from(k), r)).collect();
         assert_eq!(read(&path).unwrap().unwrap(), expected);
         let mut bytes = std::fs::read(&path).unwrap();
