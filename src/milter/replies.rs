@@ -106,6 +106,8 @@ mod tests {
         ] {
             assert!(t.text(refusal).starts_with(prefix));
             assert_eq!(validate(t.text(refusal)), Ok(()));
+            // Defaults are stored as written, not through `escape_for_mta`: no `%` in them.
+            assert!(!t.text(refusal).contains('%'));
         }
     }
 

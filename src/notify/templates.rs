@@ -12,12 +12,11 @@ use std::path::{Path, PathBuf};
 use minijinja::{Environment, UndefinedBehavior};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde::Serialize;
-use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 
 use super::NotifyError;
 use super::notice::{Notice, NoticeKind};
 use crate::config::{Config, Language};
+use crate::policy::clock::rfc3339;
 use crate::state::restrictions::Counters;
 
 /// Which text of a notification a template makes.
@@ -253,12 +252,6 @@ impl Vars {
             language: config.notify.language.code(),
         }
     }
-}
-
-/// UTC, RFC 3339, whole seconds: what the API shows too.
-pub fn rfc3339(t: OffsetDateTime) -> String {
-    let t = t.to_offset(time::UtcOffset::UTC).replace_nanosecond(0).unwrap_or(t);
-    t.format(&Rfc3339).unwrap_or_else(|_| t.to_string())
 }
 
 /// The config file as the release command must name it: absolute, because the

@@ -9,8 +9,9 @@ use serde::Serialize;
 
 use super::NotifyError;
 use super::notice::Notice;
-use super::templates::{Vars, rfc3339};
+use super::templates::Vars;
 use crate::config::Config;
+use crate::policy::clock::rfc3339;
 use crate::state::restrictions::Counters;
 
 /// The JSON body (documented in docs/notifications.md).

@@ -142,6 +142,12 @@ pub fn next_utc_midnight_secs(nanos: u64) -> i64 {
     (i64::from(utc_day(nanos)) + 1) * 86_400
 }
 
+/// UTC, RFC 3339, whole seconds: how a time is shown in the API, the notices and the log.
+pub fn rfc3339(t: time::OffsetDateTime) -> String {
+    let t = t.to_offset(time::UtcOffset::UTC).replace_nanosecond(0).unwrap_or(t);
+    t.format(&time::format_description::well_known::Rfc3339).unwrap_or_else(|_| t.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

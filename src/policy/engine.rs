@@ -17,7 +17,7 @@ use time::OffsetDateTime;
 use tracing::{info, warn};
 
 use super::account::{self, canonical};
-use super::clock::{EngineClock, hour_number, next_utc_midnight_secs, utc_day};
+use super::clock::{EngineClock, hour_number, next_utc_midnight_secs, rfc3339, utc_day};
 use super::events::{Event, EventKind, EventSink};
 use super::limits::{self, AccountRecord, LimitKind, Limiters, Notice};
 use super::rules::{CompiledPolicies, PolicyIndex};
@@ -135,11 +135,6 @@ const TIMING_SAMPLE: u32 = 16;
 thread_local! {
     /// Decisions taken on this thread, for choosing the timed sample without sharing a counter.
     static DECISIONS_SEEN: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
-}
-
-/// A time as the log shows it (RFC 3339, as the API and the notices do).
-fn rfc3339(t: OffsetDateTime) -> String {
-    t.format(&time::format_description::well_known::Rfc3339).unwrap_or_else(|_| t.to_string())
 }
 
 fn to_datetime(secs: i64) -> OffsetDateTime {
@@ -382,10 +377,14 @@ impl Engine {
         }
     }
 
-    fn count_accepted(&self, hourly: LimitKind) {
-        match hourly {
-            LimitKind::InternalPerHour => self.metrics.recipients.internal_accepted.inc(),
-            _ => self.metrics.recipients.external_accepted.inc(),
+    /// The recipient metric of a recipient of class `hourly`, delivered or refused.
+    fn count_recipient(&self, hourly: LimitKind, accepted: bool) {
+        let r = &self.metrics.recipients;
+        match (hourly, accepted) {
+            (LimitKind::InternalPerHour, true) => r.internal_accepted.inc(),
+            (LimitKind::InternalPerHour, false) => r.internal_refused.inc(),
+            (_, true) => r.external_accepted.inc(),
+            (_, false) => r.external_refused.inc(),
         };
     }
 
@@ -648,7 +647,7 @@ impl Engine {
                 tx.recipients += 1;
                 tx.counted[hourly as usize] += 1;
                 tx.counted[LimitKind::PerDay as usize] += 1;
-                self.count_accepted(hourly);
+                self.count_recipient(hourly, true);
                 count_message(tx, compiled, &mut record, now);
                 let warning = self.warn_if_approaching(tx, compiled, &mut record, hourly, now);
                 drop(record);
@@ -660,14 +659,7 @@ impl Engine {
             Err(kind) => {
                 drop(record);
                 let decision = self.limit_reached(tx, compiled, hourly, kind, now);
-                if decision == Decision::Continue {
-                    self.count_accepted(hourly);
-                } else {
-                    match hourly {
-                        LimitKind::InternalPerHour => self.metrics.recipients.internal_refused.inc(),
-                        _ => self.metrics.recipients.external_refused.inc(),
-                    };
-                }
+                self.count_recipient(hourly, decision == Decision::Continue);
                 decision
             }
         }
@@ -708,15 +700,12 @@ impl Engine {
         }
         let (spam_count, total) = {
             let mut record = self.record_mut(&tx.account, tx.policy);
-            let window = &mut record.spam;
-            if !tx.message_counted {
-                window.count_message(now_secs, settings.spam_window);
-                tx.message_counted = true;
-            }
+            // A message that reached its end without an accepted recipient (not from Postfix).
+            count_message(tx, compiled, &mut record, now);
             if spam {
-                window.count_spam(now_secs, settings.spam_window);
+                record.spam.count_spam(now_secs, settings.spam_window);
             }
-            window.counts(now_secs, settings.spam_window)
+            record.spam.counts(now_secs, settings.spam_window)
         };
         if !spam {
             return MessageOutcome::deliver();
