@@ -76,6 +76,9 @@ pub struct Services {
     config_path: PathBuf,
     events: std::sync::Mutex<Option<mpsc::Receiver<Event>>>,
     notifier: std::sync::Mutex<Option<NotifierHandle>>,
+    /// The notices recorded with the last week's changes, for the notifier to spool what a
+    /// crash kept from it.
+    recorded_notices: std::sync::Mutex<Vec<Event>>,
     /// Cluster mode: this node's share and where Redis is.
     cluster: Option<(Arc<Cluster>, Target)>,
 }
@@ -90,6 +93,7 @@ impl Services {
         let (sink, events) = EventSink::channel(EVENT_QUEUE);
         let replies = Arc::new(ArcSwap::from_pointee(config.replies.clone()));
         let durable = Arc::new(DurableRestrictions::open(&config.state.dir, clock.now_secs())?);
+        let recorded_notices = std::sync::Mutex::new(durable.recent_notices());
         let metrics = Arc::new(match config.state.backend {
             Backend::Memory => Metrics::new(),
             Backend::Redis { .. } => Metrics::for_cluster(),
@@ -124,6 +128,7 @@ impl Services {
             config_path,
             events: std::sync::Mutex::new(Some(events)),
             notifier: std::sync::Mutex::new(None),
+            recorded_notices,
             cluster,
         })
     }
@@ -134,7 +139,9 @@ impl Services {
     /// When the spool or the templates cannot be used.
     pub fn start_notifier(&self, shutdown: watch::Receiver<bool>) -> Result<(), StartError> {
         let Some(events) = self.take_events() else { return Ok(()) };
-        let handle = crate::notify::spawn(self.engine.config(), events, shutdown)?;
+        let replay =
+            std::mem::take(&mut *self.recorded_notices.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+        let handle = crate::notify::spawn(self.engine.config(), events, replay, shutdown)?;
         *self.notifier.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(handle);
         Ok(())
     }

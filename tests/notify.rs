@@ -45,6 +45,7 @@ fn config(dir: &Path, notify: &str, tail: &str) -> Arc<Config> {
 
 fn restricted(account: &str) -> Event {
     Event {
+        id: String::new(),
         kind: EventKind::SenderRestricted,
         account: account.to_owned(),
         reason: "reached the limit of 500 external recipients per hour (500 counted in the last hour)".into(),
@@ -93,7 +94,7 @@ async fn deliver(n: &Running, relay: &mut TestSmtp, event: Event) -> Received {
 fn start(config: &Arc<Config>) -> Running {
     let (events, rx) = mpsc::channel(16);
     let (shutdown, shutdown_rx) = watch::channel(false);
-    let handle = notify::spawn_with(config.clone(), rx, shutdown_rx, tuning()).expect("notifier starts");
+    let handle = notify::spawn_with(config.clone(), rx, Vec::new(), shutdown_rx, tuning()).expect("notifier starts");
     Running { handle, events, _shutdown: shutdown }
 }
 
@@ -420,7 +421,7 @@ async fn broken_override_stops_the_start_with_its_name() {
     let config = config(dir.path(), "templates_dir = \"templates\"", "");
     let (_tx, rx) = mpsc::channel(1);
     let (_s, srx) = watch::channel(false);
-    let err = notify::spawn(config, rx, srx).err().expect("refused").to_string();
+    let err = notify::spawn(config, rx, Vec::new(), srx).err().expect("refused").to_string();
     assert!(err.contains("sender_restricted.body.txt"), "{err}");
 }
 

@@ -42,8 +42,9 @@ async fn smtp_sink_receives_a_restriction_notice_per_language() {
         let (tx, rx) = mpsc::channel(4);
         let (_stop, stop_rx) = watch::channel(false);
         let tuning = Tuning { retry_first: Duration::from_millis(100), ..Tuning::default() };
-        let n = notify::spawn_with(config, rx, stop_rx, tuning).unwrap();
+        let n = notify::spawn_with(config, rx, Vec::new(), stop_rx, tuning).unwrap();
         tx.send(Event {
+            id: String::new(),
             kind: EventKind::SenderRestricted,
             account: ACCOUNT.into(),
             reason: "restricted by an administrator".into(),

@@ -21,7 +21,7 @@ use outbound_guard::milter::replies::ReplyTexts;
 use outbound_guard::milter::server::{self, Listener, ServerSettings};
 use outbound_guard::policy::clock::EngineClock;
 use outbound_guard::policy::engine::Engine;
-use outbound_guard::policy::events::{EventKind, EventSink};
+use outbound_guard::policy::events::{Event, EventKind, EventSink};
 use outbound_guard::state::restrictions::{AuditEntry, MemoryRestrictions, Restriction, RestrictionStore, StoreError};
 use tokio::sync::watch;
 
@@ -39,14 +39,21 @@ impl RestrictionStore for FlakyStore {
     fn get(&self, account: &str, now_secs: i64) -> Option<Restriction> {
         self.inner.get(account, now_secs)
     }
-    fn restrict(&self, restriction: Restriction, by: &str) -> Result<bool, StoreError> {
+    fn restrict(&self, restriction: Restriction, by: &str, notice: Option<&Event>) -> Result<bool, StoreError> {
         if self.broken.load(Ordering::SeqCst) {
             return Err(std::io::Error::other("No space left on device").into());
         }
-        self.inner.restrict(restriction, by)
+        self.inner.restrict(restriction, by, notice)
     }
-    fn release(&self, account: &str, now_secs: i64, by: &str, reason: &str) -> Result<Option<Restriction>, StoreError> {
-        self.inner.release(account, now_secs, by, reason)
+    fn release(
+        &self,
+        account: &str,
+        now_secs: i64,
+        by: &str,
+        reason: &str,
+        notice: Option<&Event>,
+    ) -> Result<Option<Restriction>, StoreError> {
+        self.inner.release(account, now_secs, by, reason, notice)
     }
     fn list(&self, now_secs: i64) -> Vec<Restriction> {
         self.inner.list(now_secs)

@@ -71,6 +71,7 @@ pub use restrictions::ClusterRestrictions;
 use crate::metrics::Metrics;
 use crate::policy::clock::EngineClock;
 use crate::policy::engine::Engine;
+use crate::policy::events::Event;
 use crate::state::durable::DurableRestrictions;
 use crate::state::restrictions::{AuditAction, Restriction, RestrictionStore, StoreError};
 use events::{Change, ClusterEvent};
@@ -257,7 +258,7 @@ impl Cluster {
     // ----- restrictions -------------------------------------------------------------------
 
     /// A restriction made on this node: durable first, then shared.
-    fn restrict_local(&self, restriction: Restriction, by: &str) -> Result<bool, StoreError> {
+    fn restrict_local(&self, restriction: Restriction, by: &str, notice: Option<&Event>) -> Result<bool, StoreError> {
         let account = restriction.account.clone();
         let mut entry = self.known.entry(account.clone().into_boxed_str()).or_insert_with(|| ClusterEvent {
             account: account.clone(),
@@ -266,7 +267,7 @@ impl Cluster {
             by: String::new(),
             change: Change::Release { reason: String::new() },
         });
-        let created = self.durable.restrict(restriction.clone(), by)?;
+        let created = self.durable.restrict(restriction.clone(), by, notice)?;
         if created {
             let event = self.stamp(&entry, by, Change::Restrict { restriction });
             *entry = event.clone();
@@ -286,6 +287,7 @@ impl Cluster {
         now_secs: i64,
         by: &str,
         reason: &str,
+        notice: Option<&Event>,
     ) -> Result<Option<Restriction>, StoreError> {
         let mut entry = self.known.entry(account.into()).or_insert_with(|| ClusterEvent {
             account: account.to_owned(),
@@ -294,7 +296,7 @@ impl Cluster {
             by: String::new(),
             change: Change::Release { reason: String::new() },
         });
-        let released = self.durable.release(account, now_secs, by, reason)?;
+        let released = self.durable.release(account, now_secs, by, reason, notice)?;
         if released.is_some() {
             let event = self.stamp(&entry, by, Change::Release { reason: reason.to_owned() });
             *entry = event.clone();
@@ -348,7 +350,8 @@ impl Cluster {
             // Under the account's entry: two events of one account are applied in stamp order.
             match &event.change {
                 Change::Restrict { restriction } if restriction.in_force(now_secs) => {
-                    match self.durable.restrict(restriction.clone(), &by) {
+                    // The node that made it announces it.
+                    match self.durable.restrict(restriction.clone(), &by, None) {
                         Ok(true) => {
                             info!(account = %event.account, node = %event.node, "account restricted on another node: {}", restriction.reason)
                         }
@@ -359,7 +362,7 @@ impl Cluster {
                     }
                 }
                 Change::Restrict { .. } => {}
-                Change::Release { reason } => match self.durable.release(&event.account, now_secs, &by, reason) {
+                Change::Release { reason } => match self.durable.release(&event.account, now_secs, &by, reason, None) {
                     Ok(Some(_)) => {
                         info!(account = %event.account, node = %event.node, by = %event.by, "account released on another node");
                         released = true;
@@ -469,7 +472,7 @@ mod tests {
     fn the_newest_event_wins_and_a_local_event_is_stamped_after_what_is_known() {
         let dir = tempfile::tempdir().unwrap();
         let a = node(dir.path(), "a");
-        assert!(a.restrict_local(restriction("x@example.com"), "policy").unwrap());
+        assert!(a.restrict_local(restriction("x@example.com"), "policy", None).unwrap());
         let mine = a.known.get("x@example.com").unwrap().clone();
         assert_eq!(mine.at_ms, NOW * 1000);
 
@@ -485,7 +488,7 @@ mod tests {
         assert_eq!(by, "admin (on b)");
 
         // B's clock was ahead: this node's next restriction is still stamped after B's release.
-        assert!(a.restrict_local(restriction("x@example.com"), "policy").unwrap());
+        assert!(a.restrict_local(restriction("x@example.com"), "policy", None).unwrap());
         assert_eq!(a.known.get("x@example.com").unwrap().at_ms, mine.at_ms + 5001);
     }
 
@@ -494,9 +497,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let a = node(dir.path(), "a");
-            a.restrict_local(restriction("x@example.com"), "policy").unwrap();
-            a.restrict_local(restriction("y@example.com"), "policy").unwrap();
-            a.release_local("y@example.com", NOW + 10, "admin", "ok").unwrap();
+            a.restrict_local(restriction("x@example.com"), "policy", None).unwrap();
+            a.restrict_local(restriction("y@example.com"), "policy", None).unwrap();
+            a.release_local("y@example.com", NOW + 10, "admin", "ok", None).unwrap();
         }
         let a = node(dir.path(), "a2");
         let x = a.known.get("x@example.com").unwrap().clone();
@@ -505,7 +508,7 @@ mod tests {
         assert!(matches!(y.change, Change::Release { .. }));
         assert_eq!(y.at_ms, (NOW + 10) * 1000);
         // A release not in force is no event; nor is a release of an account never restricted.
-        assert_eq!(a.release_local("z@example.com", NOW, "admin", "").unwrap(), None);
+        assert_eq!(a.release_local("z@example.com", NOW, "admin", "", None).unwrap(), None);
         assert!(a.known.get("z@example.com").is_none());
     }
 }

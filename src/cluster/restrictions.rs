@@ -6,6 +6,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use super::Cluster;
+use crate::policy::events::Event;
 use crate::state::durable::DurableRestrictions;
 use crate::state::restrictions::{AuditEntry, Restriction, RestrictionStore, StoreError};
 
@@ -31,12 +32,19 @@ impl RestrictionStore for ClusterRestrictions {
     }
 
     /// On disk first (the MTA hears 5xx only after that), then shared in the background.
-    fn restrict(&self, restriction: Restriction, by: &str) -> Result<bool, StoreError> {
-        self.cluster.restrict_local(restriction, by)
+    fn restrict(&self, restriction: Restriction, by: &str, notice: Option<&Event>) -> Result<bool, StoreError> {
+        self.cluster.restrict_local(restriction, by, notice)
     }
 
-    fn release(&self, account: &str, now_secs: i64, by: &str, reason: &str) -> Result<Option<Restriction>, StoreError> {
-        self.cluster.release_local(account, now_secs, by, reason)
+    fn release(
+        &self,
+        account: &str,
+        now_secs: i64,
+        by: &str,
+        reason: &str,
+        notice: Option<&Event>,
+    ) -> Result<Option<Restriction>, StoreError> {
+        self.cluster.release_local(account, now_secs, by, reason, notice)
     }
 
     fn list(&self, now_secs: i64) -> Vec<Restriction> {

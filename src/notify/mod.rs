@@ -185,6 +185,8 @@ pub fn check(config: &Config) -> Result<(), NotifyError> {
 ///
 /// Opens the spool (`state.dir/spool/`) and reads what is pending before returning, so
 /// [`NotifierHandle::stats`] counts it at once; pending notices are attempted right away.
+/// `replay` are events recorded before this start (the durable store's recent notices): each
+/// is spooled unless the spool has it pending or delivered, before any new event.
 ///
 /// # Errors
 /// A template override that does not compile or a spool that cannot be opened — at start,
@@ -192,9 +194,10 @@ pub fn check(config: &Config) -> Result<(), NotifyError> {
 pub fn spawn(
     config: Arc<Config>,
     events: mpsc::Receiver<Event>,
+    replay: Vec<Event>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<NotifierHandle, NotifyError> {
-    spawn_with(config, events, shutdown, Tuning::default())
+    spawn_with(config, events, replay, shutdown, Tuning::default())
 }
 
 /// [`spawn`] with explicit timing.
@@ -204,6 +207,7 @@ pub fn spawn(
 pub fn spawn_with(
     config: Arc<Config>,
     events: mpsc::Receiver<Event>,
+    replay: Vec<Event>,
     shutdown: watch::Receiver<bool>,
     tuning: Tuning,
 ) -> Result<NotifierHandle, NotifyError> {
@@ -232,7 +236,7 @@ pub fn spawn_with(
     let (current, current_rx) = watch::channel(Arc::new(Current { config, templates }));
     let (stop, stop_rx) = watch::channel(false);
     let worker = worker::Worker::new(current_rx, spool, stats.clone(), tuning, http, pending);
-    let task = tokio::spawn(worker.run(events, shutdown, stop_rx));
+    let task = tokio::spawn(worker.run(replay, events, shutdown, stop_rx));
     Ok(NotifierHandle { current, stats, stop, task, spool_dir })
 }
 

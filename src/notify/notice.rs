@@ -102,6 +102,10 @@ pub struct Notice {
     /// `sender_restricted` events alike in kind, account, `since` and limit.
     #[serde(default)]
     pub taken_in_ns: u64,
+    /// The id of the restriction or release it reports ([`Event::id`]), recorded with the
+    /// change; empty for alerts and in spool files written before it was kept.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub event_id: String,
 }
 
 impl From<&Event> for Notice {
@@ -118,6 +122,7 @@ impl From<&Event> for Notice {
             node: e.node.clone(),
             by: e.by.clone(),
             taken_in_ns: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64),
+            event_id: e.id.clone(),
         }
     }
 }
@@ -126,12 +131,17 @@ impl Notice {
     /// The id of this notice on `channel`: its spool file's name, and the webhook's
     /// idempotency key, so that a receiver can tell a retry from a new event.
     ///
-    /// Derived from kind, account, `since`, the limit, the channel and the time the notifier
-    /// took the event in — the limit because two different limits can be approached in the
-    /// same second, the intake time because a restriction, its release and a new restriction
-    /// can all fall in one second. FNV-1a rather than std's hasher, whose output is not
-    /// promised to stay the same across Rust releases.
+    /// A restriction's or release's notice is named by its event's id, which was recorded
+    /// with the change: the same event handed over again after a restart gets the same id, and
+    /// the spool knows it. An alert's (no event id) is derived from kind, account, `since`,
+    /// the limit, the channel and the time the notifier took the event in — the limit because
+    /// two different limits can be approached in the same second, the intake time because
+    /// alerts can repeat within one second. FNV-1a rather than std's hasher, whose output is
+    /// not promised to stay the same across Rust releases.
     pub fn id(&self, channel: Channel) -> String {
+        if !self.event_id.is_empty() {
+            return format!("{}-{}-{}", self.kind.name(), channel.name(), self.event_id);
+        }
         let mut h = Fnv64::new();
         let taken_in = (self.taken_in_ns != 0).then(|| self.taken_in_ns.to_string());
         for part in [
@@ -199,6 +209,7 @@ pub(crate) mod tests {
             node: "mx1".into(),
             by: None,
             taken_in_ns: 0,
+            event_id: String::new(),
         }
     }
 
@@ -219,6 +230,14 @@ pub(crate) mod tests {
         let (mut first, mut again) = (n.clone(), n.clone());
         first.taken_in_ns = 1_795_000_000_000_000_001;
         again.taken_in_ns = 1_795_000_000_000_000_002;
+        assert_ne!(first.id(Channel::Email), again.id(Channel::Email));
+        // A restriction's notice is named by its event: taken in again after a restart (a
+        // new intake time), it is the same notice.
+        first.event_id = "00c0ffee00c0ffee".into();
+        again.event_id = first.event_id.clone();
+        assert_eq!(first.id(Channel::Email), again.id(Channel::Email));
+        assert_eq!(first.id(Channel::Webhook), "sender_restricted-webhook-00c0ffee00c0ffee");
+        again.event_id = "00c0ffee00c0fff0".into();
         assert_ne!(first.id(Channel::Email), again.id(Channel::Email));
     }
 

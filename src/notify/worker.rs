@@ -59,10 +59,21 @@ impl Worker {
 
     pub(super) async fn run(
         mut self,
+        replay: Vec<Event>,
         mut events: mpsc::Receiver<Event>,
         mut shutdown: watch::Receiver<bool>,
         mut stop: watch::Receiver<bool>,
     ) {
+        let mut recovered = 0;
+        for e in &replay {
+            recovered += self.accept(e).await;
+        }
+        if recovered > 0 {
+            warn!(
+                notices = recovered,
+                "notices of restrictions or releases recorded before the last stop had not reached the spool; spooled now"
+            );
+        }
         let mut events_open = true;
         loop {
             if *shutdown.borrow() || *stop.borrow() {
@@ -84,7 +95,9 @@ impl Worker {
                     self.finished(done).await;
                 }
                 event = events.recv(), if events_open => match event {
-                    Some(e) => self.accept(&e).await,
+                    Some(e) => {
+                        self.accept(&e).await;
+                    }
                     None => {
                         // The engine is gone; what is pending still gets delivered.
                         events_open = false;
@@ -128,8 +141,9 @@ impl Worker {
         }
     }
 
-    /// A new event: one notice per configured channel, spooled, then due at once.
-    async fn accept(&mut self, event: &Event) {
+    /// A new event: one notice per configured channel, spooled, then due at once. Returns how
+    /// many notices it added (none for one already pending or delivered).
+    async fn accept(&mut self, event: &Event) -> usize {
         let current = self.current.borrow().clone();
         let notice = Notice::from(event);
         let mut channels = Vec::with_capacity(2);
@@ -141,6 +155,7 @@ impl Worker {
         if current.config.notify.webhook.is_some() {
             channels.push(Channel::Webhook);
         }
+        let mut added = 0;
         for channel in channels {
             let entry = Entry::new(notice.clone(), channel);
             let id = entry.id.clone();
@@ -160,7 +175,9 @@ impl Worker {
             }
             self.stats.queued(channel);
             self.pending.insert(id, Pending { entry, due: Instant::now(), in_flight: false });
+            added += 1;
         }
+        added
     }
 
     fn launch_due(&mut self) {

@@ -297,24 +297,29 @@ impl Engine {
     pub fn release(&self, account: &str, by: &str, reason: Option<&str>) -> Result<Option<Restriction>, StoreError> {
         let now = self.clock.now_nanos();
         let now_secs = self.clock.now_secs();
-        let released = self.restrictions.release(account, now_secs, by, reason.unwrap_or(""))?;
+        let Some(in_force) = self.restrictions.get(account, now_secs) else {
+            return Ok(None);
+        };
+        // Built before the release, to be recorded with it (see `events`).
+        let event = Event {
+            id: Event::new_id(),
+            kind: EventKind::SenderReleased,
+            account: account.to_owned(),
+            reason: reason.map_or_else(|| format!("released by {by}"), str::to_owned),
+            policy: in_force.policy.clone(),
+            limit: None,
+            counters: self.counters(account),
+            since: in_force.created_at,
+            until: Some(to_datetime(now_secs)),
+            node: self.current.load().config.notify.node_name.clone(),
+            by: Some(by.to_owned()),
+        };
+        let released = self.restrictions.release(account, now_secs, by, reason.unwrap_or(""), Some(&event))?;
         if let Some(r) = &released {
             self.metrics.released(r.cause());
             self.record_mut(account, self.current.load().policies.select(account)).set_released(utc_day(now));
             info!(account, by, reason = reason.unwrap_or(""), "account released");
-            let compiled = self.current.load();
-            self.events.emit(Event {
-                kind: EventKind::SenderReleased,
-                account: account.to_owned(),
-                reason: reason.map_or_else(|| format!("released by {by}"), str::to_owned),
-                policy: r.policy.clone(),
-                limit: None,
-                counters: self.counters(account),
-                since: r.created_at,
-                until: Some(to_datetime(now_secs)),
-                node: compiled.config.notify.node_name.clone(),
-                by: Some(by.to_owned()),
-            });
+            self.events.emit(event);
         }
         Ok(released)
     }
@@ -342,29 +347,15 @@ impl Engine {
             source: Source::Admin,
             cause: "manual".to_owned(),
         };
-        let created = self.restrictions.restrict(restriction.clone(), by)?;
+        let event = restricted_event(&compiled, &restriction, None, Some(by));
+        let created = self.restrictions.restrict(restriction.clone(), by, Some(&event))?;
         if created {
             self.metrics.restricted("manual");
             warn!(account, by, reason, "account restricted by an administrator");
-            self.emit_restricted(&compiled, &restriction, None, Some(by));
+            self.events.emit(event);
         }
         let current = self.restrictions.get(account, now_secs).unwrap_or(restriction);
         Ok((current, created))
-    }
-
-    fn emit_restricted(&self, compiled: &Compiled, r: &Restriction, limit: Option<LimitKind>, by: Option<&str>) {
-        self.events.emit(Event {
-            kind: EventKind::SenderRestricted,
-            account: r.account.clone(),
-            reason: r.reason.clone(),
-            policy: r.policy.clone(),
-            limit,
-            counters: r.counters.clone(),
-            since: r.created_at,
-            until: r.until,
-            node: compiled.config.notify.node_name.clone(),
-            by: by.map(str::to_owned),
-        });
     }
 
     fn record_mut(&self, account: &str, policy: PolicyIndex) -> RefMut<'_, CompactString, AccountRecord> {
@@ -431,6 +422,7 @@ impl Engine {
                 }
                 warn!(account = %tx.account, policy = %settings.name, grace = in_grace, "{reason}; delivering (alert only)");
                 self.events.emit(Event {
+                    id: String::new(),
                     kind: EventKind::SendingLimitExceeded,
                     account: tx.account.clone(),
                     reason,
@@ -460,7 +452,8 @@ impl Engine {
             source: Source::Policy,
             cause: kind.key().to_owned(),
         };
-        match self.restrictions.restrict(restriction.clone(), "policy") {
+        let event = restricted_event(compiled, &restriction, Some(kind), None);
+        match self.restrictions.restrict(restriction.clone(), "policy", Some(&event)) {
             Ok(created) => {
                 tx.restricted = true;
                 if !created {
@@ -471,7 +464,7 @@ impl Engine {
                 self.metrics.restricted(kind.key());
                 let until_text = until.map_or_else(|| "until released".to_owned(), rfc3339);
                 warn!(account = %tx.account, policy = %settings.name, until = %until_text, "account restricted: {}", restriction.reason);
-                self.emit_restricted(compiled, &restriction, Some(kind), None);
+                self.events.emit(event);
                 Decision::Refuse(Refusal::LimitReached)
             }
             Err(e) => {
@@ -505,6 +498,7 @@ impl Engine {
             if record.first_notice_this_hour(Notice::Warning(kind), hour) {
                 let settings = compiled.policies.settings(tx.policy);
                 return Some(Event {
+                    id: String::new(),
                     kind: EventKind::ApproachingLimit,
                     account: tx.account.clone(),
                     reason: format!("{used} of {limit} {} in use ({percent}% warning level)", kind.describe()),
@@ -744,6 +738,7 @@ impl Engine {
                 warn!(account = %tx.account, "{reason}; delivering (alert only)");
                 let counters = self.counters(&tx.account);
                 self.events.emit(Event {
+                    id: String::new(),
                     kind: EventKind::SendingLimitExceeded,
                     account: tx.account.clone(),
                     reason,
@@ -770,12 +765,13 @@ impl Engine {
             source: Source::Policy,
             cause: "spam".to_owned(),
         };
-        match self.restrictions.restrict(restriction.clone(), "policy") {
+        let event = restricted_event(compiled, &restriction, None, None);
+        match self.restrictions.restrict(restriction.clone(), "policy", Some(&event)) {
             Ok(true) => {
                 self.metrics.restricted("spam");
                 let until_text = until.map_or_else(|| "until released".to_owned(), rfc3339);
                 warn!(account = %tx.account, until = %until_text, "account restricted: {}", restriction.reason);
-                self.emit_restricted(compiled, &restriction, None, None);
+                self.events.emit(event);
             }
             Ok(false) => {}
             Err(e) => tracing::error!(account = %tx.account, "cannot record restriction: {e}"),
@@ -866,5 +862,22 @@ impl Policy for Engine {
 
     fn end_transaction(&self, tx: &mut Transaction) {
         tx.reset();
+    }
+}
+
+/// The event announcing `r`, a new restriction, with a fresh id.
+fn restricted_event(compiled: &Compiled, r: &Restriction, limit: Option<LimitKind>, by: Option<&str>) -> Event {
+    Event {
+        id: Event::new_id(),
+        kind: EventKind::SenderRestricted,
+        account: r.account.clone(),
+        reason: r.reason.clone(),
+        policy: r.policy.clone(),
+        limit,
+        counters: r.counters.clone(),
+        since: r.created_at,
+        until: r.until,
+        node: compiled.config.notify.node_name.clone(),
+        by: by.map(str::to_owned),
     }
 }

@@ -2,10 +2,16 @@
 //! limit, released), handed to the notifier over a bounded channel. Emitting never waits: the
 //! milter path must not stall because a notifier is slow; a full channel drops the event with
 //! a log line and a count.
+//!
+//! A restriction's or a release's event carries an [`Event::id`] and is written into the audit
+//! trail together with the change (see `state::durable`), before the MTA or the administrator
+//! hears of it; an event that never reached the notifier's spool (the process was killed, the
+//! channel was full) is handed over again at the next start, and the id keeps one that did
+//! from being sent twice.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
 
@@ -13,7 +19,7 @@ use super::limits::LimitKind;
 use crate::state::restrictions::Counters;
 
 /// What happened.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EventKind {
     SenderRestricted,
@@ -34,8 +40,12 @@ impl EventKind {
 }
 
 /// One event with the facts a notification needs.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Event {
+    /// Unique per restriction or release ([`Event::new_id`]), the key of its notices against
+    /// duplicates; empty for the alerts, which are not durable.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub id: String,
     pub kind: EventKind,
     pub account: String,
     pub reason: String,
@@ -50,6 +60,18 @@ pub struct Event {
     pub node: String,
     /// Who acted, for administrator actions.
     pub by: Option<String>,
+}
+
+impl Event {
+    /// A fresh event id: 64 random bits in hex. Random rather than a counter so that ids from
+    /// two nodes, or from before and after a restart, never meet.
+    pub fn new_id() -> String {
+        let bits = getrandom::u64().unwrap_or_else(|_| {
+            // No entropy source: the time to the nanosecond is unique enough for one node.
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+        });
+        format!("{bits:016x}")
+    }
 }
 
 /// The sending side of the event channel.
@@ -93,6 +115,7 @@ mod tests {
 
     fn event(account: &str) -> Event {
         Event {
+            id: String::new(),
             kind: EventKind::SenderRestricted,
             account: account.to_owned(),
             reason: "test".to_owned(),

@@ -42,7 +42,7 @@ use super::rules::PolicyIndex;
 use crate::config::PolicySettings;
 
 /// The three counted limits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LimitKind {
     ExternalPerHour = 0,

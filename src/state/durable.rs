@@ -7,7 +7,10 @@
 //!   compacted (it is the audit trail).
 //!
 //! A restriction or release is on disk (fsynced) before the call returns, so before the MTA is
-//! told 5xx and before an administrator is told "released".
+//! told 5xx and before an administrator is told "released". Its audit entry holds the event
+//! that announces it: the notification and the change are one record, and
+//! [`DurableRestrictions::recent_notices`] hands the last week's back at start, for the notifier
+//! to spool whatever a crash kept from it.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -18,6 +21,12 @@ use tracing::{info, warn};
 
 use super::journal::{self, Journal};
 use super::restrictions::{AuditEntry, MemoryRestrictions, Restriction, RestrictionStore, StoreError};
+use crate::policy::events::Event;
+
+/// How far back the notices recorded with changes are handed to the notifier at start. The
+/// notifier remembers delivered notices for a week (`notify::Tuning::keep_done`), so within it
+/// a notice already sent is recognised and not sent again.
+pub const NOTICES_REPLAYED_FOR_SECS: i64 = 7 * 86_400;
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
@@ -39,6 +48,23 @@ struct Files {
     appended: usize,
 }
 
+impl Files {
+    /// Records one change in the audit trail and the journal, or in neither: when the journal
+    /// refuses it (a full disk), the audit entry is taken back, so the trail never shows a
+    /// restriction that was not made.
+    fn append_both(&mut self, entry: &AuditEntry, record: &Record) -> std::io::Result<()> {
+        let mark = self.audit.end();
+        self.audit.append(entry)?;
+        if let Err(e) = self.journal.append(record) {
+            if let Err(undo) = self.audit.roll_back(mark) {
+                warn!(path = %self.audit.path().display(), "audit entry of a refused change not taken back yet: {undo}");
+            }
+            return Err(e);
+        }
+        Ok(())
+    }
+}
+
 /// The journal is compacted to the restrictions in force after this many appends, so a
 /// filter that runs for months neither grows it without bound nor replays years at start.
 const COMPACT_EVERY: usize = 10_000;
@@ -52,6 +78,8 @@ pub struct DurableRestrictions {
     files: Mutex<Files>,
     dir: PathBuf,
     compact_every: usize,
+    /// The notices of the changes recorded in the last week, until the notifier takes them.
+    recent_notices: Mutex<Vec<Event>>,
 }
 
 /// The lock file in the state directory; it holds the owner's process id, for the error a
@@ -98,7 +126,14 @@ impl DurableRestrictions {
         let audit_path = dir.join("audit.log");
 
         let memory = MemoryRestrictions::default();
-        for entry in journal::read_all::<AuditEntry>(&audit_path)? {
+        let mut recent_notices = Vec::new();
+        for mut entry in journal::read_all::<AuditEntry>(&audit_path)? {
+            // The notice goes to the notifier, not into the in-memory history.
+            if let Some(notice) = entry.notice.take()
+                && entry.at.unix_timestamp() > now_secs - NOTICES_REPLAYED_FOR_SECS
+            {
+                recent_notices.push(notice);
+            }
             memory.remember(entry);
         }
         let mut current: Vec<Restriction> = Vec::new();
@@ -128,6 +163,7 @@ impl DurableRestrictions {
             files: Mutex::new(files),
             dir: dir.to_owned(),
             compact_every: COMPACT_EVERY,
+            recent_notices: Mutex::new(recent_notices),
         })
     }
 
@@ -155,6 +191,13 @@ impl DurableRestrictions {
         files.appended = 0;
     }
 
+    /// The notices of the restrictions and releases recorded in the last week, oldest first
+    /// (once: later calls get none). The notifier spools those it has neither pending nor
+    /// delivered, so a notice lost to a crash between the change and the spool is still sent.
+    pub fn recent_notices(&self) -> Vec<Event> {
+        std::mem::take(&mut *self.recent_notices.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
+    }
+
     /// The newest audit entry of every account with a trail.
     pub fn latest_audit(&self) -> Vec<AuditEntry> {
         self.memory.latest_audit()
@@ -180,28 +223,35 @@ impl RestrictionStore for DurableRestrictions {
         self.memory.get(account, now_secs)
     }
 
-    fn restrict(&self, restriction: Restriction, by: &str) -> Result<bool, StoreError> {
+    fn restrict(&self, restriction: Restriction, by: &str, notice: Option<&Event>) -> Result<bool, StoreError> {
         let mut files = self.files();
         if self.memory.in_force(&restriction.account, restriction.created_at.unix_timestamp()) {
             return Ok(false);
         }
-        files.audit.append(&AuditEntry::restricted(&restriction, by))?;
-        files.journal.append(&Record::Restrict { restriction: restriction.clone() })?;
+        let entry = AuditEntry::restricted(&restriction, by).announcing(notice);
+        files.append_both(&entry, &Record::Restrict { restriction: restriction.clone() })?;
         let now_secs = restriction.created_at.unix_timestamp();
-        let created = self.memory.restrict(restriction, by)?;
+        let created = self.memory.restrict(restriction, by, None)?;
         self.appended(&mut files, now_secs);
         Ok(created)
     }
 
-    fn release(&self, account: &str, now_secs: i64, by: &str, reason: &str) -> Result<Option<Restriction>, StoreError> {
+    fn release(
+        &self,
+        account: &str,
+        now_secs: i64,
+        by: &str,
+        reason: &str,
+        notice: Option<&Event>,
+    ) -> Result<Option<Restriction>, StoreError> {
         let mut files = self.files();
         if !self.memory.in_force(account, now_secs) {
             return Ok(None);
         }
         let at = OffsetDateTime::from_unix_timestamp(now_secs).unwrap_or(OffsetDateTime::UNIX_EPOCH);
-        files.audit.append(&AuditEntry::released(account, at, by, reason))?;
-        files.journal.append(&Record::Release { account: account.to_owned(), at })?;
-        let released = self.memory.release(account, now_secs, by, reason)?;
+        let entry = AuditEntry::released(account, at, by, reason).announcing(notice);
+        files.append_both(&entry, &Record::Release { account: account.to_owned(), at })?;
+        let released = self.memory.release(account, now_secs, by, reason, None)?;
         self.appended(&mut files, now_secs);
         Ok(released)
     }
@@ -238,10 +288,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let s = DurableRestrictions::open(dir.path(), 100).unwrap();
-            s.restrict(restriction("a@x", 100, None), "policy").unwrap();
-            s.restrict(restriction("b@x", 100, None), "policy").unwrap();
-            s.restrict(restriction("c@x", 100, Some(150)), "policy").unwrap();
-            s.release("b@x", 110, "admin", "password changed").unwrap();
+            s.restrict(restriction("a@x", 100, None), "policy", None).unwrap();
+            s.restrict(restriction("b@x", 100, None), "policy", None).unwrap();
+            s.restrict(restriction("c@x", 100, Some(150)), "policy", None).unwrap();
+            s.release("b@x", 110, "admin", "password changed", None).unwrap();
         }
         let s = DurableRestrictions::open(dir.path(), 200).unwrap();
         let accounts: Vec<_> = s.list(200).into_iter().map(|r| r.account).collect();
@@ -268,21 +318,21 @@ mod tests {
         let before_restart = {
             let mut s = DurableRestrictions::open(dir.path(), 100).unwrap();
             s.compact_every = 8;
-            s.restrict(restriction("kept@x", 100, None), "policy").unwrap();
-            s.restrict(restriction("expires@x", 100, Some(150)), "policy").unwrap();
+            s.restrict(restriction("kept@x", 100, None), "policy", None).unwrap();
+            s.restrict(restriction("expires@x", 100, Some(150)), "policy", None).unwrap();
             // 2 + 30 appends: compacted after the 8th, 16th, 24th and 32nd.
             for i in 0..20 {
                 let account = format!("u{i:02}@x");
-                s.restrict(restriction(&account, 100 + i, None), "policy").unwrap();
+                s.restrict(restriction(&account, 100 + i, None), "policy", None).unwrap();
                 if i % 2 == 0 {
-                    s.release(&account, 100 + i, "admin", "ok").unwrap();
+                    s.release(&account, 100 + i, "admin", "ok", None).unwrap();
                 }
             }
             let records = journal::read_all::<Record>(&path).unwrap();
             assert_eq!(records.len(), 12, "kept, expires and the ten odd ones, nothing else");
             assert!(records.iter().all(|r| matches!(r, Record::Restrict { .. })));
             // Appends after a compaction go to the new file, not the replaced one.
-            s.release("u01@x", 130, "admin", "after compaction").unwrap();
+            s.release("u01@x", 130, "admin", "after compaction", None).unwrap();
             assert_eq!(journal::read_all::<Record>(&path).unwrap().len(), 13);
             accounts(&s, 130)
         };
@@ -307,10 +357,10 @@ mod tests {
         std::fs::create_dir(&blocker).unwrap();
         let restrict_and_release = |s: &DurableRestrictions, i: i64| {
             let account = format!("f{i}@x");
-            s.restrict(restriction(&account, 100 + i, None), "policy").unwrap();
-            s.release(&account, 100 + i, "admin", "ok").unwrap();
+            s.restrict(restriction(&account, 100 + i, None), "policy", None).unwrap();
+            s.release(&account, 100 + i, "admin", "ok", None).unwrap();
         };
-        s.restrict(restriction("kept@x", 100, None), "policy").unwrap();
+        s.restrict(restriction("kept@x", 100, None), "policy", None).unwrap();
         for i in 0..2 {
             restrict_and_release(&s, i); // appends 2–5; the compaction at the 4th fails
         }
@@ -320,9 +370,9 @@ mod tests {
         restrict_and_release(&s, 2);
         assert_eq!(journal::read_all::<Record>(&path).unwrap().len(), 7);
         // … but at the fourth after it.
-        s.restrict(restriction("f3@x", 103, None), "policy").unwrap();
+        s.restrict(restriction("f3@x", 103, None), "policy", None).unwrap();
         assert_eq!(journal::read_all::<Record>(&path).unwrap().len(), 2, "compacted to kept@x and f3@x");
-        s.release("f3@x", 104, "admin", "ok").unwrap();
+        s.release("f3@x", 104, "admin", "ok", None).unwrap();
         drop(s);
         let s = DurableRestrictions::open(dir.path(), 110).unwrap();
         assert_eq!(s.list(110).into_iter().map(|r| r.account).collect::<Vec<_>>(), ["kept@x"]);
@@ -333,7 +383,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let s = DurableRestrictions::open(dir.path(), 100).unwrap();
-            s.restrict(restriction("a@x", 100, None), "policy").unwrap();
+            s.restrict(restriction("a@x", 100, None), "policy", None).unwrap();
         }
         use std::io::Write;
         let mut f = std::fs::OpenOptions::new().append(true).open(dir.path().join("restrictions.journal")).unwrap();
@@ -341,5 +391,63 @@ mod tests {
         drop(f);
         let s = DurableRestrictions::open(dir.path(), 100).unwrap();
         assert!(s.is_restricted("a@x", 100));
+    }
+
+    fn notice(account: &str, id: &str) -> Event {
+        Event {
+            id: id.into(),
+            kind: crate::policy::events::EventKind::SenderRestricted,
+            account: account.into(),
+            reason: "limit".into(),
+            policy: "default".into(),
+            limit: Some(crate::policy::limits::LimitKind::ExternalPerHour),
+            counters: Counters::default(),
+            since: OffsetDateTime::from_unix_timestamp(100).unwrap(),
+            until: None,
+            node: "mx1".into(),
+            by: None,
+        }
+    }
+
+    #[test]
+    fn the_notices_of_the_last_week_come_back_once_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let week = NOTICES_REPLAYED_FOR_SECS;
+        {
+            let s = DurableRestrictions::open(dir.path(), 100).unwrap();
+            s.restrict(restriction("old@x", 100, None), "policy", Some(&notice("old@x", "01"))).unwrap();
+            s.restrict(restriction("new@x", 100 + week, None), "policy", Some(&notice("new@x", "02"))).unwrap();
+            let mut release = notice("new@x", "03");
+            release.kind = crate::policy::events::EventKind::SenderReleased;
+            s.release("new@x", 101 + week, "admin", "ok", Some(&release)).unwrap();
+            // A change another node made (no notice of ours).
+            s.restrict(restriction("remote@x", 102 + week, None), "policy", None).unwrap();
+        }
+        let s = DurableRestrictions::open(dir.path(), 150 + week).unwrap();
+        let ids: Vec<String> = s.recent_notices().into_iter().map(|e| e.id).collect();
+        assert_eq!(ids, ["02", "03"], "the week-old one is left out");
+        assert!(s.recent_notices().is_empty(), "handed over once");
+        // The notice is not part of the history the API shows.
+        assert!(s.history("new@x").iter().all(|e| e.notice.is_none()));
+    }
+
+    /// The audit entry of a change the journal refused (a full disk) is taken back: the trail
+    /// never shows, nor re-announces, a restriction that was not made.
+    #[test]
+    fn a_change_the_journal_refuses_leaves_no_audit_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = DurableRestrictions::open(dir.path(), 100).unwrap();
+        s.restrict(restriction("a@x", 100, None), "policy", Some(&notice("a@x", "01"))).unwrap();
+        let real = std::mem::replace(&mut s.files().journal, Journal::open(Path::new("/dev/full")).unwrap());
+        assert!(s.restrict(restriction("b@x", 100, None), "policy", Some(&notice("b@x", "02"))).is_err());
+        assert!(!s.is_restricted("b@x", 100));
+        s.files().journal = real;
+        s.restrict(restriction("c@x", 100, None), "policy", Some(&notice("c@x", "03"))).unwrap();
+        drop(s);
+        let audit = journal::read_all::<AuditEntry>(&dir.path().join("audit.log")).unwrap();
+        let accounts: Vec<&str> = audit.iter().map(|e| e.account.as_str()).collect();
+        assert_eq!(accounts, ["a@x", "c@x"]);
+        let s = DurableRestrictions::open(dir.path(), 100).unwrap();
+        assert_eq!(s.recent_notices().into_iter().map(|e| e.id).collect::<Vec<_>>(), ["01", "03"]);
     }
 }

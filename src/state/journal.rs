@@ -1,9 +1,13 @@
 //! An append-only file of records, each on its own line with a checksum: `CRC32HEX JSON\n`.
 //!
 //! Every append is written and `fdatasync`ed before it returns, so a record acknowledged to the
-//! caller survives `kill -9` and power loss. Reading skips what cannot be trusted — a torn last
-//! record (the process died mid-write), a line whose checksum does not match — with a log line,
-//! never a failed start. [`rewrite`] replaces a file atomically (temp file, fsync, rename,
+//! caller survives `kill -9` and power loss. An append that fails (a full disk) is cut back off
+//! the file before the error is returned, so the next record never lands on the same line as a
+//! fragment; if even the cut fails, the next append makes it first and is refused while it
+//! cannot. Reading skips what cannot be trusted — a torn last record (the process died
+//! mid-write), a line whose checksum does not match — with a log line, never a failed start;
+//! a whole record found after a fragment on one line (written by a version without the cut) is
+//! kept. [`rewrite`] replaces a file atomically (temp file, fsync, rename,
 //! fsync of the directory), which is how journals are compacted; [`compact`] does the same
 //! to a journal in use.
 
@@ -19,6 +23,10 @@ use tracing::warn;
 pub struct Journal {
     path: PathBuf,
     file: File,
+    /// Where the last whole record ends: the file's length as far as anyone was told.
+    end: u64,
+    /// A failed append or roll-back left bytes after `end` that are still to be cut off.
+    dirty: bool,
 }
 
 fn frame(json: &str) -> String {
@@ -43,17 +51,64 @@ impl Journal {
     pub fn open(path: &Path) -> io::Result<Journal> {
         let file = OpenOptions::new().create(true).read(true).append(true).open(path)?;
         cut_torn_tail(&file, path)?;
-        Ok(Journal { path: path.to_owned(), file })
+        let end = file.metadata()?.len();
+        Ok(Journal { path: path.to_owned(), file, end, dirty: false })
     }
 
     /// Appends one record and waits until it is on disk.
     ///
     /// # Errors
-    /// When the record cannot be written or synced.
+    /// When the record cannot be written or synced; the journal is then as it was before the
+    /// call (or, if the file could not even be cut back, marked so that the next append cuts
+    /// it first).
     pub fn append<T: Serialize>(&mut self, record: &T) -> io::Result<()> {
         let json = serde_json::to_string(record).map_err(io::Error::other)?;
-        self.file.write_all(frame(&json).as_bytes())?;
-        self.file.sync_data()
+        let framed = frame(&json);
+        if self.dirty {
+            // Never after a fragment: a record glued to it would be read as damage.
+            self.cut_back()?;
+        }
+        let written = self.file.write_all(framed.as_bytes()).and_then(|()| self.file.sync_data());
+        match written {
+            Ok(()) => {
+                self.end += framed.len() as u64;
+                Ok(())
+            }
+            Err(e) => {
+                // Not acknowledged, so not kept: whatever part of it reached the file goes.
+                self.dirty = true;
+                if let Err(cut) = self.cut_back() {
+                    warn!(file = %self.path.display(), "failed record not cut off yet, trying again before the next one: {cut}");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Where the next record will start: a mark for [`Journal::roll_back`].
+    pub fn end(&self) -> u64 {
+        self.end
+    }
+
+    /// Takes back what was appended since `mark` (from [`Journal::end`]): for a change written
+    /// to two journals of which the second refused it.
+    ///
+    /// # Errors
+    /// When the file cannot be cut; the next append tries again first.
+    pub fn roll_back(&mut self, mark: u64) -> io::Result<()> {
+        if mark < self.end {
+            self.end = mark;
+            self.dirty = true;
+        }
+        if self.dirty { self.cut_back() } else { Ok(()) }
+    }
+
+    /// Truncates the file to `end` and syncs it.
+    fn cut_back(&mut self) -> io::Result<()> {
+        self.file.set_len(self.end)?;
+        self.file.sync_data()?;
+        self.dirty = false;
+        Ok(())
     }
 
     pub fn path(&self) -> &Path {
@@ -111,16 +166,45 @@ pub fn read_all<T: DeserializeOwned>(path: &Path) -> io::Result<Vec<T>> {
         number += 1;
         let complete = raw.last() == Some(&b'\n');
         let line = String::from_utf8_lossy(&raw);
-        let parsed = unframe(line.trim_end_matches('\n')).and_then(|json| serde_json::from_str::<T>(json).ok());
+        let line = line.trim_end_matches('\n');
+        let parsed = parse_record::<T>(line);
         match parsed {
             Some(record) if complete => records.push(record),
             _ if !complete => {
                 warn!(file = %path.display(), line = number, "torn last record skipped (the process stopped while writing it)")
             }
-            _ => warn!(file = %path.display(), line = number, "corrupt record skipped (checksum or format mismatch)"),
+            _ => match after_fragment::<T>(line) {
+                Some(record) => {
+                    warn!(file = %path.display(), line = number, "fragment of a failed write skipped; the record after it kept");
+                    records.push(record);
+                }
+                None => {
+                    warn!(file = %path.display(), line = number, "corrupt record skipped (checksum or format mismatch)")
+                }
+            },
         }
     }
     Ok(records)
+}
+
+fn parse_record<T: DeserializeOwned>(line: &str) -> Option<T> {
+    unframe(line).and_then(|json| serde_json::from_str::<T>(json).ok())
+}
+
+/// The whole record at the end of a line that starts with something else: what an append
+/// after a failed one wrote before appends cut failures back (the fragment has no newline, so
+/// the good record shares its line). A checksum frame (`8 hex digits, space, {`) is looked
+/// for at every later position; the first that checks out and parses is the record.
+fn after_fragment<T: DeserializeOwned>(line: &str) -> Option<T> {
+    let bytes = line.as_bytes();
+    (1..bytes.len().saturating_sub(10))
+        .filter(|&at| {
+            bytes[at + 8] == b' '
+                && bytes[at + 9] == b'{'
+                && bytes[at..at + 8].iter().all(u8::is_ascii_hexdigit)
+                && line.is_char_boundary(at)
+        })
+        .find_map(|at| parse_record(&line[at..]))
 }
 
 /// Replaces `path` with exactly `records`, atomically.
@@ -128,7 +212,7 @@ pub fn read_all<T: DeserializeOwned>(path: &Path) -> io::Result<Vec<T>> {
 /// # Errors
 /// When the new file cannot be written, synced or renamed into place.
 pub fn rewrite<T: Serialize>(path: &Path, records: &[T]) -> io::Result<()> {
-    let tmp = write_synced(path, records)?;
+    let (tmp, _) = write_synced(path, records)?;
     std::fs::rename(&tmp, path)?;
     sync_dir(path)
 }
@@ -141,7 +225,7 @@ pub fn rewrite<T: Serialize>(path: &Path, records: &[T]) -> io::Result<()> {
 /// # Errors
 /// When the new file cannot be written, synced, opened or renamed into place.
 pub fn compact<T: Serialize>(journal: &mut Journal, records: &[T]) -> io::Result<()> {
-    let tmp = write_synced(&journal.path, records)?;
+    let (tmp, len) = write_synced(&journal.path, records)?;
     let opened = OpenOptions::new().append(true).open(&tmp).and_then(|file| {
         std::fs::rename(&tmp, &journal.path)?;
         Ok(file)
@@ -157,14 +241,16 @@ pub fn compact<T: Serialize>(journal: &mut Journal, records: &[T]) -> io::Result
     // directory sync leaves only the rename itself to a power loss, after which the old file,
     // which holds the same restrictions, is read.
     journal.file = file;
+    journal.end = len;
+    journal.dirty = false;
     if let Err(e) = sync_dir(&journal.path) {
         warn!(path = %journal.path.display(), "directory not synced after compaction: {e}");
     }
     Ok(())
 }
 
-/// Writes `records` to the temp file beside `path` and syncs it; returns its path.
-fn write_synced<T: Serialize>(path: &Path, records: &[T]) -> io::Result<PathBuf> {
+/// Writes `records` to the temp file beside `path` and syncs it; returns its path and length.
+fn write_synced<T: Serialize>(path: &Path, records: &[T]) -> io::Result<(PathBuf, u64)> {
     let tmp = path.with_extension("tmp");
     let mut file = File::create(&tmp)?;
     let mut buf = String::new();
@@ -173,7 +259,7 @@ fn write_synced<T: Serialize>(path: &Path, records: &[T]) -> io::Result<PathBuf>
     }
     file.write_all(buf.as_bytes())?;
     file.sync_all()?;
-    Ok(tmp)
+    Ok((tmp, buf.len() as u64))
 }
 
 /// Syncs the directory holding `path`, so a rename or a new file survives power loss.
@@ -223,5 +309,54 @@ mod tests {
         rewrite(&path, &[7u32, 8]).unwrap();
         assert_eq!(read_all::<u32>(&path).unwrap(), [7, 8]);
         assert!(read_all::<u32>(&dir.path().join("missing")).unwrap().is_empty());
+    }
+
+    /// What an append onto a fragment wrote before failed appends were cut back: the good
+    /// record shares the fragment's line, and reading keeps it.
+    #[test]
+    fn a_whole_record_after_a_fragment_on_its_line_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j");
+        let good = frame("{\"n\":2}");
+        std::fs::write(&path, format!("{}0badc0de {{\"n\":1, \"trunc{good}{}", frame("{\"n\":0}"), frame("{\"n\":3}")))
+            .unwrap();
+        #[derive(serde::Deserialize, Debug, PartialEq)]
+        struct N {
+            n: u32,
+        }
+        let read: Vec<u32> = read_all::<N>(&path).unwrap().into_iter().map(|r| r.n).collect();
+        assert_eq!(read, [0, 2, 3]);
+        // A damaged line with nothing whole after the damage is still skipped.
+        std::fs::write(&path, format!("{}0badc0de {{\"n\":1}}\n", frame("{\"n\":0}"))).unwrap();
+        assert_eq!(read_all::<N>(&path).unwrap(), [N { n: 0 }]);
+    }
+
+    #[test]
+    fn a_roll_back_takes_back_what_was_appended_since_the_mark() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j");
+        let mut j = Journal::open(&path).unwrap();
+        j.append(&1u32).unwrap();
+        let mark = j.end();
+        j.append(&2u32).unwrap();
+        j.append(&3u32).unwrap();
+        j.roll_back(mark).unwrap();
+        assert_eq!(read_all::<u32>(&path).unwrap(), [1]);
+        j.append(&4u32).unwrap();
+        assert_eq!(read_all::<u32>(&path).unwrap(), [1, 4]);
+        assert_eq!(j.end(), std::fs::metadata(&path).unwrap().len());
+    }
+
+    /// `/dev/full` refuses every write with ENOSPC, as a full disk does, and cannot be
+    /// truncated either: the journal then refuses the next append too rather than write after
+    /// bytes it could not take back.
+    #[test]
+    fn an_append_that_cannot_be_cut_back_blocks_the_next_one() {
+        let mut j = Journal::open(Path::new("/dev/full")).unwrap();
+        let err = j.append(&1u32).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "{err}");
+        assert!(j.dirty, "the failed bytes are still to be cut");
+        assert!(j.append(&2u32).is_err());
+        assert_eq!(j.end(), 0);
     }
 }

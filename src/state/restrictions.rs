@@ -11,6 +11,7 @@ use dashmap::mapref::entry::Entry;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
+use crate::policy::events::Event;
 use crate::policy::limits::LimitKind;
 
 /// Counters of an account at one moment, with the limits they are measured against
@@ -87,6 +88,11 @@ pub struct AuditEntry {
     #[serde(default, with = "time::serde::rfc3339::option")]
     pub until: Option<OffsetDateTime>,
     pub counters: Option<Counters>,
+    /// The notification this change raised, for a restriction or release made on this node:
+    /// written with the change, so that a notice lost before it reached the spool is raised
+    /// again at the next start. Only in the durable trail, not in the API's history.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notice: Option<Event>,
 }
 
 /// What an audit entry records.
@@ -109,6 +115,7 @@ impl AuditEntry {
             policy: Some(r.policy.clone()),
             until: r.until,
             counters: Some(r.counters.clone()),
+            notice: None,
         }
     }
 
@@ -123,7 +130,15 @@ impl AuditEntry {
             policy: None,
             until: None,
             counters: None,
+            notice: None,
         }
+    }
+
+    /// The entry with the notification its change raised.
+    #[must_use]
+    pub fn announcing(mut self, notice: Option<&Event>) -> AuditEntry {
+        self.notice = notice.cloned();
+        self
     }
 }
 
@@ -148,16 +163,25 @@ pub trait RestrictionStore: Send + Sync {
     /// The restriction in force, if any.
     fn get(&self, account: &str, now_secs: i64) -> Option<Restriction>;
     /// Records a restriction; an account already restricted keeps its first restriction.
-    /// Returns whether it is new.
+    /// Returns whether it is new. `notice` is the event announcing it, recorded with it by a
+    /// durable store (see [`AuditEntry::notice`]); `None` for a change another node made.
     ///
     /// # Errors
     /// When it cannot be recorded (durable stores).
-    fn restrict(&self, restriction: Restriction, by: &str) -> Result<bool, StoreError>;
-    /// Lifts a restriction; returns it when there was one in force.
+    fn restrict(&self, restriction: Restriction, by: &str, notice: Option<&Event>) -> Result<bool, StoreError>;
+    /// Lifts a restriction; returns it when there was one in force. `notice` as for
+    /// [`RestrictionStore::restrict`].
     ///
     /// # Errors
     /// When the release cannot be recorded (durable stores).
-    fn release(&self, account: &str, now_secs: i64, by: &str, reason: &str) -> Result<Option<Restriction>, StoreError>;
+    fn release(
+        &self,
+        account: &str,
+        now_secs: i64,
+        by: &str,
+        reason: &str,
+        notice: Option<&Event>,
+    ) -> Result<Option<Restriction>, StoreError>;
     /// Every restriction in force, oldest first.
     fn list(&self, now_secs: i64) -> Vec<Restriction>;
     /// The account's audit trail, oldest first.
@@ -230,7 +254,8 @@ impl RestrictionStore for MemoryRestrictions {
         self.map.get(account).filter(|r| r.in_force(now_secs)).map(|r| r.clone())
     }
 
-    fn restrict(&self, restriction: Restriction, by: &str) -> Result<bool, StoreError> {
+    /// Memory keeps no notices: nothing of it outlives the process.
+    fn restrict(&self, restriction: Restriction, by: &str, _notice: Option<&Event>) -> Result<bool, StoreError> {
         let now = restriction.created_at.unix_timestamp();
         let entry = AuditEntry::restricted(&restriction, by);
         let created = match self.map.entry(restriction.account.clone().into_boxed_str()) {
@@ -251,7 +276,14 @@ impl RestrictionStore for MemoryRestrictions {
         Ok(created)
     }
 
-    fn release(&self, account: &str, now_secs: i64, by: &str, reason: &str) -> Result<Option<Restriction>, StoreError> {
+    fn release(
+        &self,
+        account: &str,
+        now_secs: i64,
+        by: &str,
+        reason: &str,
+        _notice: Option<&Event>,
+    ) -> Result<Option<Restriction>, StoreError> {
         let removed = self.map.remove(account).map(|(_, r)| r);
         if removed.is_some() {
             self.entries.fetch_sub(1, Ordering::Release);
@@ -317,32 +349,32 @@ mod tests {
         assert!(!s.is_restricted("a@x", 100));
         s.insert_replayed(restriction("a@x", 100, None));
         s.insert_replayed(restriction("a@x", 101, None));
-        assert!(s.restrict(restriction("b@x", 100, None), "policy").unwrap());
-        assert!(s.restrict(restriction("c@x", 100, Some(150)), "policy").unwrap());
-        assert!(s.release("b@x", 120, "admin", "ok").unwrap().is_some());
+        assert!(s.restrict(restriction("b@x", 100, None), "policy", None).unwrap());
+        assert!(s.restrict(restriction("c@x", 100, Some(150)), "policy", None).unwrap());
+        assert!(s.release("b@x", 120, "admin", "ok", None).unwrap().is_some());
         // Expired, still removed: the count goes down with the entry, not with what was in force.
-        assert!(s.release("c@x", 200, "admin", "ok").unwrap().is_none());
-        assert!(s.release("nobody@x", 200, "admin", "ok").unwrap().is_none());
+        assert!(s.release("c@x", 200, "admin", "ok", None).unwrap().is_none());
+        assert!(s.release("nobody@x", 200, "admin", "ok", None).unwrap().is_none());
         assert!(s.is_restricted("a@x", 300), "one entry left, still found");
         assert_eq!(s.entries.load(Ordering::Acquire), 1);
-        assert!(s.release("a@x", 300, "admin", "ok").unwrap().is_some());
+        assert!(s.release("a@x", 300, "admin", "ok", None).unwrap().is_some());
         assert_eq!(s.entries.load(Ordering::Acquire), 0);
-        assert!(s.restrict(restriction("a@x", 400, None), "policy").unwrap());
+        assert!(s.restrict(restriction("a@x", 400, None), "policy", None).unwrap());
         assert!(s.is_restricted("a@x", 400));
     }
 
     #[test]
     fn restrict_expire_and_release() {
         let s = MemoryRestrictions::default();
-        assert!(s.restrict(restriction("a@x", 100, Some(200)), "policy").unwrap());
-        assert!(!s.restrict(restriction("a@x", 150, None), "policy").unwrap(), "the first restriction stays");
+        assert!(s.restrict(restriction("a@x", 100, Some(200)), "policy", None).unwrap());
+        assert!(!s.restrict(restriction("a@x", 150, None), "policy", None).unwrap(), "the first restriction stays");
         assert!(s.is_restricted("a@x", 199));
         assert!(!s.is_restricted("a@x", 200), "until is exclusive");
-        assert!(s.restrict(restriction("a@x", 250, None), "policy").unwrap(), "an expired one is replaced");
+        assert!(s.restrict(restriction("a@x", 250, None), "policy", None).unwrap(), "an expired one is replaced");
         assert_eq!(s.list(300).len(), 1);
-        assert!(s.release("a@x", 300, "admin", "ok").unwrap().is_some());
+        assert!(s.release("a@x", 300, "admin", "ok", None).unwrap().is_some());
         assert!(!s.is_restricted("a@x", 300));
-        assert!(s.release("a@x", 300, "admin", "ok").unwrap().is_none());
+        assert!(s.release("a@x", 300, "admin", "ok", None).unwrap().is_none());
         let actions: Vec<_> = s.history("a@x").iter().map(|e| e.action).collect();
         assert_eq!(actions, [AuditAction::Restricted, AuditAction::Restricted, AuditAction::Released]);
     }
