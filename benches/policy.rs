@@ -1,6 +1,7 @@
 //! Policy benches: the whole decision for one outbound message with three recipients (MAIL
 //! FROM, 3 × RCPT TO, end of message) against one million resident accounts, single-threaded
-//! and with two threads contending; and one governor check on an account record.
+//! and with two threads contending; one governor check on an account record; and a restriction
+//! and its release recorded in the durable store (two `fdatasync`s each), the rare path.
 //!
 //! The setup also prints the resident memory each tracked account costs. The single-threaded
 //! decision is timed in the thread's CPU time (see `thread_cpu_time`), the contended one in
@@ -125,5 +126,42 @@ fn addresses(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, decision, limiter, addresses);
+/// A restriction made and lifted through the engine with the durable store on a temp dir: what
+/// a restriction costs besides the decision (the journal, the audit trail, the event).
+fn restriction(c: &mut Criterion) {
+    let config = Arc::new(
+        outbound_guard::config::Config::parse(
+            std::path::Path::new("bench.toml"),
+            "[organization]\nlocal_domains = [\"example.com\"]\n",
+        )
+        .unwrap(),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let clock = EngineClock::System;
+    let store =
+        Arc::new(outbound_guard::state::durable::DurableRestrictions::open(dir.path(), clock.now_secs()).unwrap());
+    let (sink, mut events) = outbound_guard::policy::events::EventSink::channel(1024);
+    let engine = outbound_guard::policy::engine::Engine::new(
+        config,
+        store,
+        sink,
+        clock,
+        Arc::new(outbound_guard::metrics::Metrics::new()),
+    );
+    let mut group = c.benchmark_group("restriction");
+    group.throughput(Throughput::Elements(1));
+    let mut i = 0usize;
+    group.bench_function("restrict_and_release_durable", |b| {
+        b.iter(|| {
+            i += 1;
+            let account = format!("bench{i}@example.com");
+            engine.restrict_manually(&account, "bench", None, "bench").unwrap();
+            engine.release(&account, "bench", None).unwrap();
+            while events.try_recv().is_ok() {}
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, decision, limiter, addresses, restriction);
 criterion_main!(benches);
