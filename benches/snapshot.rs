@@ -15,7 +15,7 @@ use outbound_guard::policy::clock::EngineClock;
 use outbound_guard::policy::engine::{Engine, Transaction};
 use outbound_guard::policy::events::EventSink;
 use outbound_guard::policy::{MailFacts, Policy, RcptFacts};
-use outbound_guard::state::restrictions::MemoryRestrictions;
+use outbound_guard::state::memory::MemoryRestrictions;
 use outbound_guard::state::snapshot;
 
 /// Low limits, so one recipient keeps an account's record in use for many minutes: an idle

@@ -23,8 +23,8 @@ use crate::notify::NotifierHandle;
 use crate::policy::clock::EngineClock;
 use crate::policy::engine::Engine;
 use crate::policy::events::{Event, EventSink};
+use crate::policy::restriction::{RestrictionStore, StoreError};
 use crate::state::durable::DurableRestrictions;
-use crate::state::restrictions::{RestrictionStore, StoreError};
 use crate::state::snapshot;
 
 /// Events waiting for the notifier at most; beyond, new ones are dropped (and counted).

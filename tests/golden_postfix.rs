@@ -16,7 +16,7 @@ use outbound_guard::policy::PassThrough;
 use outbound_guard::policy::clock::EngineClock;
 use outbound_guard::policy::engine::Engine;
 use outbound_guard::policy::events::EventSink;
-use outbound_guard::state::restrictions::MemoryRestrictions;
+use outbound_guard::state::memory::MemoryRestrictions;
 
 const CAPTURES: [&str; 4] = ["postfix-plain", "postfix-auth", "postfix-two-messages", "postfix-rset"];
 

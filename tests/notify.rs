@@ -15,7 +15,7 @@ use outbound_guard::config::Config;
 use outbound_guard::notify::{self, NotifierHandle, Tuning};
 use outbound_guard::policy::events::{Event, EventKind};
 use outbound_guard::policy::limits::LimitKind;
-use outbound_guard::state::restrictions::Counters;
+use outbound_guard::policy::restriction::Counters;
 use time::macros::datetime;
 use tokio::sync::{mpsc, watch};
 

@@ -13,7 +13,7 @@ use mail_parser::MessageParser;
 use outbound_guard::config::Config;
 use outbound_guard::notify::{self, Tuning};
 use outbound_guard::policy::events::{Event, EventKind};
-use outbound_guard::state::restrictions::Counters;
+use outbound_guard::policy::restriction::Counters;
 use time::macros::datetime;
 use tokio::sync::{mpsc, watch};
 

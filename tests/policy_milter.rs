@@ -12,7 +12,7 @@ use outbound_guard::milter::client::{MtaClient, POSTFIX_OFFER, StageResult};
 use outbound_guard::milter::command::Command;
 use outbound_guard::policy::events::EventKind;
 use outbound_guard::policy::limits::LimitKind;
-use outbound_guard::state::restrictions::Source;
+use outbound_guard::policy::restriction::Source;
 use tokio::net::TcpStream;
 
 type Client = MtaClient<TcpStream>;

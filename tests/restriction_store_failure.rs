@@ -22,7 +22,8 @@ use outbound_guard::milter::server::{self, Listener, ServerSettings};
 use outbound_guard::policy::clock::EngineClock;
 use outbound_guard::policy::engine::Engine;
 use outbound_guard::policy::events::{Event, EventKind, EventSink};
-use outbound_guard::state::restrictions::{AuditEntry, MemoryRestrictions, Restriction, RestrictionStore, StoreError};
+use outbound_guard::policy::restriction::{AuditEntry, Restriction, RestrictionStore, StoreError};
+use outbound_guard::state::memory::MemoryRestrictions;
 use tokio::sync::watch;
 
 /// The in-memory store, with writes that fail while `broken` is set.

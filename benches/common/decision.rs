@@ -11,7 +11,7 @@ use outbound_guard::policy::clock::EngineClock;
 use outbound_guard::policy::engine::{Engine, Transaction};
 use outbound_guard::policy::events::{Event, EventSink};
 use outbound_guard::policy::{MailFacts, MessageFacts, Policy, RcptFacts};
-use outbound_guard::state::restrictions::MemoryRestrictions;
+use outbound_guard::state::memory::MemoryRestrictions;
 
 pub const ACCOUNTS: usize = 1_000_000;
 

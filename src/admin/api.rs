@@ -24,7 +24,7 @@ use tower_http::timeout::TimeoutLayer;
 
 use super::token;
 use crate::policy::engine::Engine;
-use crate::state::restrictions::Restriction;
+use crate::policy::restriction::Restriction;
 
 /// Largest request body accepted.
 const BODY_LIMIT: usize = 64 * 1024;
@@ -354,7 +354,7 @@ mod tests {
     use crate::metrics::Metrics;
     use crate::policy::clock::EngineClock;
     use crate::policy::events::EventSink;
-    use crate::state::restrictions::MemoryRestrictions;
+    use crate::state::memory::MemoryRestrictions;
 
     fn app() -> Router {
         let config = Arc::new(Config::parse(Path::new("t.toml"), "").unwrap());

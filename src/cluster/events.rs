@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::state::restrictions::Restriction;
+use crate::policy::restriction::Restriction;
 
 /// A restrict or release made on one node, as stored in Redis and broadcast (JSON).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,20 +56,13 @@ mod tests {
     use time::OffsetDateTime;
 
     use super::*;
-    use crate::state::restrictions::{Counters, Source};
+    use crate::policy::restriction::Counters;
 
     #[test]
     fn events_round_trip_and_order_by_stamp_then_node() {
-        let restriction = Restriction {
-            account: "a@example.com".into(),
-            reason: "limit".into(),
-            policy: "default".into(),
-            created_at: OffsetDateTime::from_unix_timestamp(1_795_341_600).unwrap(),
-            until: None,
-            counters: Counters::default(),
-            source: Source::Policy,
-            cause: String::new(),
-        };
+        let at = OffsetDateTime::from_unix_timestamp(1_795_341_600).unwrap();
+        let restriction =
+            Restriction::by_policy("a@example.com", "limit", "default", at, None, Counters::default(), "");
         let restrict = ClusterEvent {
             account: "a@example.com".into(),
             at_ms: 1_795_341_600_123,

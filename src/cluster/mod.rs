@@ -26,7 +26,7 @@
 //!   holds for the very next transaction even if the broadcast is still on its way; for an
 //!   account restricted here that read confirms the restriction (a release elsewhere lifts it).
 //!   The admin API answers only once its event has reached Redis
-//!   ([`RestrictionStore::settled`](crate::state::restrictions::RestrictionStore::settled)).
+//!   ([`RestrictionStore::settled`](crate::policy::restriction::RestrictionStore::settled)).
 //! - **Newest wins.** Each node remembers the newest event it made or applied per account
 //!   (seeded at start from its audit log). A node's own new event is stamped later than any
 //!   event it knows for the account, so clock skew between nodes cannot make an administrator's
@@ -72,8 +72,8 @@ use crate::metrics::Metrics;
 use crate::policy::clock::EngineClock;
 use crate::policy::engine::Engine;
 use crate::policy::events::Event;
+use crate::policy::restriction::{AuditAction, Restriction, RestrictionStore, StoreError};
 use crate::state::durable::DurableRestrictions;
-use crate::state::restrictions::{AuditAction, Restriction, RestrictionStore, StoreError};
 use events::{Change, ClusterEvent};
 
 /// Upper bound of one Redis request made for a message (further bounded by `io_timeout`).
@@ -441,21 +441,13 @@ mod tests {
     use time::OffsetDateTime;
 
     use super::*;
-    use crate::state::restrictions::{Counters, Source};
+    use crate::policy::restriction::Counters;
 
     const NOW: i64 = 1_795_341_600;
 
     fn restriction(account: &str) -> Restriction {
-        Restriction {
-            account: account.into(),
-            reason: "limit".into(),
-            policy: "default".into(),
-            created_at: OffsetDateTime::from_unix_timestamp(NOW).unwrap(),
-            until: None,
-            counters: Counters::default(),
-            source: Source::Policy,
-            cause: String::new(),
-        }
+        let at = OffsetDateTime::from_unix_timestamp(NOW).unwrap();
+        Restriction::by_policy(account, "limit", "default", at, None, Counters::default(), "")
     }
 
     fn node(dir: &std::path::Path, name: &str) -> Arc<Cluster> {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use tracing::info;
 
 use super::Cluster;
-use crate::milter::negotiate::Needs;
+use crate::policy::Needs;
 use crate::policy::engine::{Engine, Transaction};
 use crate::policy::{Decision, MailFacts, MessageFacts, MessageOutcome, Policy, RcptFacts, Refusal, ScanRequest};
 use crate::verdict::Verdict;

@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use super::Cluster;
 use crate::policy::events::Event;
+use crate::policy::restriction::{AuditEntry, Restriction, RestrictionStore, StoreError};
 use crate::state::durable::DurableRestrictions;
-use crate::state::restrictions::{AuditEntry, Restriction, RestrictionStore, StoreError};
 
 /// [`DurableRestrictions`] shared through the [`Cluster`].
 pub struct ClusterRestrictions {

@@ -6,6 +6,7 @@
 //! ([`Needs`]) and encoded once per configuration, not per connection.
 
 use super::reply::{MacroRequests, NegotiateReply, Reply};
+pub use crate::policy::Needs;
 
 /// The protocol version we speak.
 pub const VERSION: u32 = 6;
@@ -59,21 +60,6 @@ pub mod macro_stage {
     pub const DATA: u32 = 4;
     pub const END_OF_MESSAGE: u32 = 5;
     pub const END_OF_HEADERS: u32 = 6;
-}
-
-/// What the policy needs to see of a transaction; everything else the MTA may skip.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Needs {
-    /// Header verdicts read the headers.
-    pub headers: bool,
-    /// A scanner query (spamd, rspamd) needs the body too.
-    pub body: bool,
-    /// End-of-message actions that may be taken (tag, quarantine, bcc).
-    pub add_headers: bool,
-    pub quarantine: bool,
-    pub add_recipients: bool,
-    /// Bytes of a message kept for a scanner.
-    pub max_scan_bytes: usize,
 }
 
 /// Macros asked for at MAIL FROM: everything that identifies the account and the client.

@@ -203,7 +203,7 @@ pub struct Session<P: Policy> {
     negotiated: Option<Negotiated>,
     macros: Macros,
     tx: P::Transaction,
-    needs: crate::milter::negotiate::Needs,
+    needs: crate::policy::Needs,
     message: MessageBuffer,
     /// The MAIL FROM decision waiting for [`Session::prepare`].
     pending_mail: Option<Decision>,
@@ -218,7 +218,7 @@ impl<P: Policy> Session<P> {
             negotiated: None,
             macros: Macros::default(),
             tx: P::Transaction::default(),
-            needs: crate::milter::negotiate::Needs::default(),
+            needs: crate::policy::Needs::default(),
             message: MessageBuffer::default(),
             pending_mail: None,
         }

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::policy::events::{Event, EventKind};
-use crate::state::restrictions::Counters;
+use crate::policy::restriction::Counters;
 
 /// Which event a notice reports. Mirrors [`EventKind`] with a serde shape we own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

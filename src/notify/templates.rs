@@ -17,7 +17,7 @@ use super::NotifyError;
 use super::notice::{Notice, NoticeKind};
 use crate::config::{Config, Language};
 use crate::policy::clock::rfc3339;
-use crate::state::restrictions::Counters;
+use crate::policy::restriction::Counters;
 
 /// Which text of a notification a template makes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

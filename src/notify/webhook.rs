@@ -12,7 +12,7 @@ use super::notice::Notice;
 use super::templates::Vars;
 use crate::config::Config;
 use crate::policy::clock::rfc3339;
-use crate::state::restrictions::Counters;
+use crate::policy::restriction::Counters;
 
 /// The JSON body (documented in docs/notifications.md).
 #[derive(Debug, Serialize)]

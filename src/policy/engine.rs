@@ -25,8 +25,8 @@ use super::spam::over_threshold;
 use super::{Decision, MailFacts, MessageFacts, MessageOutcome, Policy, RcptFacts, Refusal, ScanRequest};
 use crate::config::{Config, LimitAction, PolicySettings, SpamMessageAction};
 use crate::metrics::Metrics;
-use crate::milter::negotiate::Needs;
-use crate::state::restrictions::{Counters, Restriction, RestrictionStore, Source, StoreError};
+use crate::policy::Needs;
+use crate::policy::restriction::{Counters, Restriction, RestrictionStore, Source, StoreError};
 use crate::verdict::{HeaderJudge, RspamdClient, SpamdClient, Verdict};
 
 /// What cluster mode (`crate::cluster`) reads and merges; kept apart from the decisions.

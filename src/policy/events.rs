@@ -16,7 +16,7 @@ use time::OffsetDateTime;
 use tokio::sync::mpsc;
 
 use super::limits::LimitKind;
-use crate::state::restrictions::Counters;
+use crate::policy::restriction::Counters;
 
 /// What happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

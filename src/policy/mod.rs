@@ -9,12 +9,26 @@ pub mod clock;
 pub mod engine;
 pub mod events;
 pub mod limits;
+pub mod restriction;
 pub mod rules;
 pub mod spam;
 
 use std::net::IpAddr;
 
-use crate::milter::negotiate::Needs;
+/// What the policy needs to see of a transaction; everything else the MTA may skip.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Needs {
+    /// Header verdicts read the headers.
+    pub headers: bool,
+    /// A scanner query (spamd, rspamd) needs the body too.
+    pub body: bool,
+    /// End-of-message actions that may be taken (tag, quarantine, bcc).
+    pub add_headers: bool,
+    pub quarantine: bool,
+    pub add_recipients: bool,
+    /// Bytes of a message kept for a scanner.
+    pub max_scan_bytes: usize,
+}
 
 /// Facts of a MAIL FROM.
 #[derive(Debug, Clone, Copy)]

@@ -20,8 +20,9 @@ use time::OffsetDateTime;
 use tracing::{info, warn};
 
 use super::journal::{self, Journal};
-use super::restrictions::{AuditEntry, MemoryRestrictions, Restriction, RestrictionStore, StoreError};
+use super::memory::MemoryRestrictions;
 use crate::policy::events::Event;
+use crate::policy::restriction::{AuditEntry, Restriction, RestrictionStore, StoreError};
 
 /// How far back the notices recorded with changes are handed to the notifier at start. The
 /// notifier remembers delivered notices for a week (`notify::Tuning::keep_done`), so within it
@@ -268,19 +269,12 @@ impl RestrictionStore for DurableRestrictions {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::restrictions::{AuditAction, Counters, Source};
+    use crate::policy::restriction::{AuditAction, Counters};
 
     fn restriction(account: &str, at: i64, until: Option<i64>) -> Restriction {
-        Restriction {
-            account: account.into(),
-            reason: "limit".into(),
-            policy: "default".into(),
-            created_at: OffsetDateTime::from_unix_timestamp(at).unwrap(),
-            until: until.map(|u| OffsetDateTime::from_unix_timestamp(u).unwrap()),
-            counters: Counters::default(),
-            source: Source::Policy,
-            cause: String::new(),
-        }
+        let at = OffsetDateTime::from_unix_timestamp(at).unwrap();
+        let until = until.map(|u| OffsetDateTime::from_unix_timestamp(u).unwrap());
+        Restriction::by_policy(account, "limit", "default", at, until, Counters::default(), "")
     }
 
     #[test]

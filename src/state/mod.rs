@@ -1,7 +1,9 @@
-//! What must outlive the process: restrictions and their audit trail (a checksummed, fsynced
-//! journal), and the counters snapshot written at graceful shutdown.
+//! What must outlive the process, behind the policy's traits: restrictions and their audit
+//! trail ([`durable`], on a checksummed, fsynced [`journal`], with [`memory`] answering
+//! lookups), and the counters snapshot written at graceful shutdown ([`snapshot`], which owns
+//! the account records' byte format).
 
 pub mod durable;
 pub mod journal;
-pub mod restrictions;
+pub mod memory;
 pub mod snapshot;
