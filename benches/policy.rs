@@ -22,7 +22,8 @@ use outbound_guard::config::builtin_default_policy;
 use outbound_guard::policy::account;
 use outbound_guard::policy::clock::EngineClock;
 use outbound_guard::policy::engine::Transaction;
-use outbound_guard::policy::limits::{AccountRecord, LimitKind, Limiters};
+use outbound_guard::policy::limits::{LimitKind, Limiters};
+use outbound_guard::policy::record::AccountRecord;
 
 // As in the daemon: the account table on huge pages (see the module's documentation).
 #[global_allocator]

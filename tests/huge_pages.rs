@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::binary::GuardProcess;
 use outbound_guard::huge_pages::LARGE_BLOCK;
-use outbound_guard::policy::limits::AccountRecord;
+use outbound_guard::policy::record::AccountRecord;
 use outbound_guard::state::snapshot;
 
 /// The process's mappings advised for huge pages, as (size, of which on huge pages) in KiB.

@@ -4,105 +4,41 @@
 //! MAIL FROM decides the direction and the account and refuses a restricted account; each
 //! RCPT TO is counted against the account's policy or reaches a limit, which, per the policy's
 //! action, restricts the account (`block`, `block_until_tomorrow`) or only raises an event
-//! (`alert`). The configuration in force is an `Arc` swapped on reload and picked up by the
-//! next transaction.
+//! (`alert`); the end of message takes the spam verdict. The configuration in force is a
+//! [`Compiled`] swapped whole on reload and picked up by the next transaction; the accounts'
+//! records live in the [`AccountTable`] the engine owns.
+//!
+//! Beside the decisions: [`admin`] (what the API and the CLI read and change), [`scanning`]
+//! (asking spamd and rspamd at end of message) and [`shared`] (cluster mode's view).
 
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use compact_str::CompactString;
-use dashmap::DashMap;
-use dashmap::mapref::one::RefMut;
 use time::OffsetDateTime;
 use tracing::{info, warn};
 
 use super::account::{self, canonical};
+use super::accounts::AccountTable;
 use super::clock::{EngineClock, hour_number, next_utc_midnight_secs, rfc3339, utc_day};
+use super::compiled::Compiled;
 use super::events::{Event, EventKind, EventSink};
-use super::limits::{self, AccountRecord, LimitKind, Limiters, Notice};
-use super::rules::{CompiledPolicies, PolicyIndex};
+use super::limits::LimitKind;
+use super::record::{AccountRecord, HourlyNotice};
+use super::restriction::{Restriction, RestrictionStore};
+use super::rules::PolicyIndex;
 use super::spam::over_threshold;
-use super::{Decision, MailFacts, MessageFacts, MessageOutcome, Policy, RcptFacts, Refusal, ScanRequest};
-use crate::config::{Config, LimitAction, PolicySettings, SpamMessageAction};
+use super::{Decision, MailFacts, MessageFacts, MessageOutcome, Needs, Policy, RcptFacts, Refusal, ScanRequest};
+use crate::config::{Config, LimitAction, SpamMessageAction};
 use crate::metrics::Metrics;
-use crate::policy::Needs;
-use crate::policy::restriction::{Counters, Restriction, RestrictionStore, Source, StoreError};
-use crate::verdict::{HeaderJudge, RspamdClient, SpamdClient, Verdict};
+use crate::verdict::Verdict;
 
+pub mod admin;
+mod scanning;
 /// What cluster mode (`crate::cluster`) reads and merges; kept apart from the decisions.
 mod shared;
 
-/// Account names are inline strings: up to 24 bytes (nearly every address) live in the map's
-/// bucket itself, so a lookup compares without following a pointer and a new account costs no
-/// separate allocation.
-type Accounts = DashMap<CompactString, AccountRecord, ahash::RandomState>;
-
-/// One configuration, compiled for deciding.
-pub struct Compiled {
-    pub config: Arc<Config>,
-    pub policies: CompiledPolicies,
-    pub limiters: Limiters,
-    /// Accounts never counted: the notifier's own address and relay login.
-    exempt: Vec<String>,
-    judge: HeaderJudge,
-    spamd: Option<SpamdClient>,
-    rspamd: Option<RspamdClient>,
-}
-
-impl Compiled {
-    fn new(config: Arc<Config>) -> Compiled {
-        let strip = config.organization.strip_subaddress;
-        let policies = CompiledPolicies::new(&config.policies, &config.groups, strip);
-        let limiters = Limiters::new(policies.all());
-        // The notifier's own mail: its sender, and the login it authenticates with when
-        // `notify.smtp` names one (then the account is that login, not the sender). Nothing
-        // else: exempting any mail that merely claims `notify.from` as its sender would let an
-        // authenticated account forge it and never be counted.
-        let relay_login = crate::notify::email::RelayUrl::parse(&config.notify.smtp)
-            .ok()
-            .and_then(|relay| relay.credentials.map(|(user, _)| user));
-        let exempt = std::iter::once(config.notify.from.as_str())
-            .chain(relay_login.as_deref())
-            .filter_map(|raw| canonical(raw.as_bytes(), strip).map(|c| c.into_owned()))
-            .collect();
-        // Rules were validated with the configuration; should one still not compile, the
-        // built-in rules keep working.
-        let judge = HeaderJudge::new(&config.verdict).unwrap_or_else(|e| {
-            tracing::error!("header rules ignored: {e}");
-            let mut builtin = config.verdict.clone();
-            builtin.rules.clear();
-            HeaderJudge::new(&builtin).expect("built-in header rules compile")
-        });
-        let spamd = SpamdClient::from_config(&config.verdict);
-        let rspamd = RspamdClient::from_config(&config.verdict)
-            .and_then(|r| r.map_err(|e| tracing::error!("rspamd disabled: {e}")).ok());
-        Compiled { config, policies, limiters, exempt, judge, spamd, rspamd }
-    }
-
-    /// What the MTA must send and allow for this configuration.
-    fn needs(&self) -> Needs {
-        let v = &self.config.verdict;
-        let scanners = self.spamd.is_some() || self.rspamd.is_some();
-        let all = self.policies.all();
-        Needs {
-            headers: v.headers || scanners,
-            body: scanners,
-            add_headers: all.iter().any(|p| p.spam_message_action == SpamMessageAction::Tag),
-            quarantine: all.iter().any(|p| p.spam_message_action == SpamMessageAction::Quarantine),
-            add_recipients: all.iter().any(|p| !p.bcc_suspicious_to.is_empty()),
-            max_scan_bytes: v.max_scan_bytes,
-        }
-    }
-}
-
-/// An account's live counters as the API shows them.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct SenderInfo {
-    pub account: String,
-    pub policy: String,
-    pub counters: Counters,
-    pub restricted: bool,
-}
+pub use admin::SenderInfo;
 
 /// Per-transaction state, reused across the transactions of a connection.
 #[derive(Default)]
@@ -123,7 +59,7 @@ pub struct Transaction {
 pub struct Engine {
     metrics: Arc<Metrics>,
     current: ArcSwap<Compiled>,
-    accounts: Accounts,
+    accounts: AccountTable,
     restrictions: Arc<dyn RestrictionStore>,
     events: EventSink,
     clock: EngineClock,
@@ -152,7 +88,7 @@ impl Engine {
         Engine {
             metrics,
             current: ArcSwap::from_pointee(Compiled::new(config)),
-            accounts: Accounts::default(),
+            accounts: AccountTable::default(),
             restrictions,
             events,
             clock,
@@ -186,33 +122,13 @@ impl Engine {
     pub fn reload(&self, config: Arc<Config>) {
         let old = self.current.load_full();
         let new = Compiled::new(config);
-        let now = self.clock.now_nanos();
-        for mut entry in self.accounts.iter_mut() {
-            let index = new.policies.select(entry.key());
-            let old_settings = old.policies.settings(entry.policy).clone();
-            limits::convert_for_reload(entry.value_mut(), &old_settings, new.policies.settings(index), index, now);
-        }
+        self.accounts.convert_for_reload(&old.policies, &new.policies, self.clock.now_nanos());
         self.current.store(Arc::new(new));
     }
 
-    /// The canonical form of an account name as an administrator typed it.
-    pub fn canonical_account(&self, raw: &str) -> Option<String> {
-        let strip = self.current.load().config.organization.strip_subaddress;
-        canonical(raw.as_bytes(), strip).map(|c| c.into_owned())
-    }
-
-    /// Live counters of an account (zeros for one not seen recently).
-    pub fn counters(&self, account: &str) -> Counters {
-        let compiled = self.current.load();
-        let policy = compiled.policies.select(account);
-        let record = self.accounts.get(account).map(|r| r.clone()).unwrap_or_default();
-        counters_of(&compiled, policy, &record, self.clock.now_nanos())
-    }
-
-    /// The name of the policy that applies to an account.
-    pub fn policy_name(&self, account: &str) -> String {
-        let compiled = self.current.load();
-        compiled.policies.settings(compiled.policies.select(account)).name.clone()
+    /// The account table (the snapshot, cluster mode and the admin reads go through it).
+    pub fn accounts(&self) -> &AccountTable {
+        &self.accounts
     }
 
     /// Accounts currently tracked.
@@ -220,154 +136,24 @@ impl Engine {
         self.accounts.len()
     }
 
-    /// Live counters of one account, if it is tracked or restricted.
-    pub fn sender(&self, account: &str) -> Option<SenderInfo> {
-        let compiled = self.current.load();
-        let now = self.clock.now_nanos();
-        let restriction = self.restrictions.get(account, self.clock.now_secs());
-        let record = self.accounts.get(account).map(|r| r.clone());
-        if record.is_none() && restriction.is_none() {
-            return None;
-        }
-        let policy = compiled.policies.select(account);
-        Some(SenderInfo {
-            account: account.to_owned(),
-            policy: compiled.policies.settings(policy).name.clone(),
-            counters: counters_of(&compiled, policy, &record.unwrap_or_default(), now),
-            restricted: restriction.is_some(),
-        })
-    }
-
-    /// The `n` busiest accounts: most recipients in the last day, then in the last hour.
-    pub fn top_senders(&self, n: usize) -> Vec<SenderInfo> {
-        let compiled = self.current.load();
-        let now = self.clock.now_nanos();
-        let now_secs = self.clock.now_secs();
-        let mut all: Vec<SenderInfo> = self
-            .accounts
-            .iter()
-            .map(|entry| {
-                let counters = counters_of(&compiled, entry.policy, entry.value(), now);
-                SenderInfo {
-                    account: entry.key().to_string(),
-                    policy: compiled.policies.settings(entry.policy).name.clone(),
-                    counters,
-                    restricted: self.restrictions.is_restricted(entry.key(), now_secs),
-                }
-            })
-            .filter(|s| s.counters.last_day + s.counters.external_last_hour + s.counters.internal_last_hour > 0)
-            .collect();
-        let busy =
-            |s: &SenderInfo| (s.counters.last_day, s.counters.external_last_hour + s.counters.internal_last_hour);
-        all.sort_by(|a, b| busy(b).cmp(&busy(a)).then_with(|| a.account.cmp(&b.account)));
-        all.truncate(n);
-        all
-    }
-
     /// Every tracked account's record (for the snapshot).
     pub fn records(&self) -> impl Iterator<Item = (String, AccountRecord)> + '_ {
-        self.accounts.iter().map(|e| (e.key().to_string(), e.value().clone()))
+        self.accounts.records()
     }
 
     /// Puts back records from a snapshot, under the policy each account has now.
     pub fn restore_records(&self, records: Vec<(CompactString, AccountRecord)>) -> usize {
         let compiled = self.current.load();
-        let now = self.clock.now_nanos();
-        let mut restored = 0;
-        for (account, mut record) in records {
-            record.policy = compiled.policies.select(&account);
-            if !record.is_idle(now) {
-                self.accounts.insert(account, record);
-                restored += 1;
-            }
-        }
-        restored
+        self.accounts.restore(records, |account| compiled.policies.select(account), self.clock.now_nanos())
     }
 
     /// Drops the account records with nothing left to remember.
     pub fn evict_idle(&self) -> usize {
-        limits::evict_idle(&self.accounts, self.clock.now_nanos())
+        self.accounts.evict_idle(self.clock.now_nanos())
     }
+}
 
-    /// Releases a restricted account: it may send again at once, and a limit does not restrict
-    /// it again on the same UTC day. Returns the restriction lifted, if there was one.
-    ///
-    /// # Errors
-    /// When the release cannot be recorded.
-    pub fn release(&self, account: &str, by: &str, reason: Option<&str>) -> Result<Option<Restriction>, StoreError> {
-        let now = self.clock.now_nanos();
-        let now_secs = self.clock.now_secs();
-        let Some(in_force) = self.restrictions.get(account, now_secs) else {
-            return Ok(None);
-        };
-        // Built before the release, to be recorded with it (see `events`).
-        let event = Event {
-            id: Event::new_id(),
-            kind: EventKind::SenderReleased,
-            account: account.to_owned(),
-            reason: reason.map_or_else(|| format!("released by {by}"), str::to_owned),
-            policy: in_force.policy.clone(),
-            limit: None,
-            counters: self.counters(account),
-            since: in_force.created_at,
-            until: Some(to_datetime(now_secs)),
-            node: self.current.load().config.notify.node_name.clone(),
-            by: Some(by.to_owned()),
-        };
-        let released = self.restrictions.release(account, now_secs, by, reason.unwrap_or(""), Some(&event))?;
-        if let Some(r) = &released {
-            self.metrics.released(r.cause());
-            self.record_mut(account, self.current.load().policies.select(account)).set_released(utc_day(now));
-            info!(account, by, reason = reason.unwrap_or(""), "account released");
-            self.events.emit(event);
-        }
-        Ok(released)
-    }
-
-    /// Restricts an account by hand. Returns the restriction in force and whether it is new.
-    ///
-    /// # Errors
-    /// When the restriction cannot be recorded.
-    pub fn restrict_manually(
-        &self,
-        account: &str,
-        reason: &str,
-        until: Option<OffsetDateTime>,
-        by: &str,
-    ) -> Result<(Restriction, bool), StoreError> {
-        let now_secs = self.clock.now_secs();
-        let compiled = self.current.load_full();
-        let restriction = Restriction {
-            account: account.to_owned(),
-            reason: reason.to_owned(),
-            policy: compiled.policies.settings(compiled.policies.select(account)).name.clone(),
-            created_at: to_datetime(now_secs),
-            until,
-            counters: self.counters(account),
-            source: Source::Admin,
-            cause: "manual".to_owned(),
-        };
-        let event = restricted_event(&compiled, &restriction, None, Some(by));
-        let created = self.restrictions.restrict(restriction.clone(), by, Some(&event))?;
-        if created {
-            self.metrics.restricted("manual");
-            warn!(account, by, reason, "account restricted by an administrator");
-            self.events.emit(event);
-        }
-        let current = self.restrictions.get(account, now_secs).unwrap_or(restriction);
-        Ok((current, created))
-    }
-
-    fn record_mut(&self, account: &str, policy: PolicyIndex) -> RefMut<'_, CompactString, AccountRecord> {
-        match self.accounts.get_mut(account) {
-            Some(r) => r,
-            // Only a new account pays for the key's allocation.
-            None => {
-                self.accounts.entry(account.into()).or_insert_with(|| AccountRecord { policy, ..Default::default() })
-            }
-        }
-    }
-
+impl Engine {
     /// The recipient metric of a recipient of class `hourly`, delivered or refused.
     fn count_recipient(&self, hourly: LimitKind, accepted: bool) {
         let r = &self.metrics.recipients;
@@ -390,7 +176,7 @@ impl Engine {
         now: u64,
     ) -> Decision {
         let settings = compiled.policies.settings(tx.policy);
-        let mut record = self.record_mut(&tx.account, tx.policy);
+        let mut record = self.accounts.record_mut(&tx.account, tx.policy);
         let in_grace = record.released_on(utc_day(now));
         let action = if in_grace { LimitAction::Alert } else { settings.action_when_threshold_reached };
         if action == LimitAction::Alert {
@@ -408,12 +194,12 @@ impl Engine {
             let alerts: Vec<LimitKind> = full
                 .into_iter()
                 .flatten()
-                .filter(|&k| record.first_notice_this_hour(Notice::LimitAlert(k), hour))
+                .filter(|&k| record.first_notice_this_hour(HourlyNotice::LimitAlert(k), hour))
                 .collect();
-            let counters = counters_of(compiled, tx.policy, &record, now);
+            let counters = compiled.counters_of(tx.policy, &record, now);
             drop(record);
             for kind in alerts {
-                let mut reason = limit_reason(settings, kind);
+                let mut reason = kind.reached_reason(settings);
                 if in_grace {
                     reason.push_str(
                         "; delivered anyway: an administrator released the account today, so limits \
@@ -421,38 +207,32 @@ impl Engine {
                     );
                 }
                 warn!(account = %tx.account, policy = %settings.name, grace = in_grace, "{reason}; delivering (alert only)");
+                let at = to_datetime((now / 1_000_000_000) as i64);
+                let node = &compiled.config.notify.node_name;
                 self.events.emit(Event {
-                    id: String::new(),
-                    kind: EventKind::SendingLimitExceeded,
-                    account: tx.account.clone(),
                     reason,
-                    policy: settings.name.clone(),
                     limit: Some(kind),
                     counters: counters.clone(),
-                    since: to_datetime((now / 1_000_000_000) as i64),
-                    until: None,
-                    node: compiled.config.notify.node_name.clone(),
-                    by: None,
+                    ..Event::alert(EventKind::SendingLimitExceeded, &tx.account, &settings.name, node, at)
                 });
             }
             return Decision::Continue;
         }
-        let counters = counters_of(compiled, tx.policy, &record, now);
-        let reason = limit_reason(settings, kind);
+        let counters = compiled.counters_of(tx.policy, &record, now);
+        let reason = kind.reached_reason(settings);
         drop(record);
         let now_secs = (now / 1_000_000_000) as i64;
         let until = (action == LimitAction::BlockUntilTomorrow).then(|| to_datetime(next_utc_midnight_secs(now)));
-        let restriction = Restriction {
-            account: tx.account.clone(),
-            reason,
-            policy: settings.name.clone(),
-            created_at: to_datetime(now_secs),
+        let restriction = Restriction::by_policy(
+            &tx.account,
+            &reason,
+            &settings.name,
+            to_datetime(now_secs),
             until,
             counters,
-            source: Source::Policy,
-            cause: kind.key().to_owned(),
-        };
-        let event = restricted_event(compiled, &restriction, Some(kind), None);
+            kind.key(),
+        );
+        let event = Event::restricted(&restriction, Some(kind), &compiled.config.notify.node_name, None);
         match self.restrictions.restrict(restriction.clone(), "policy", Some(&event)) {
             Ok(created) => {
                 tx.restricted = true;
@@ -495,35 +275,20 @@ impl Engine {
             let Some((used, limit)) = compiled.limiters.usage(tx.policy, record, kind, now) else {
                 continue;
             };
-            if record.first_notice_this_hour(Notice::Warning(kind), hour) {
+            if record.first_notice_this_hour(HourlyNotice::Warning(kind), hour) {
                 let settings = compiled.policies.settings(tx.policy);
+                let at = to_datetime((now / 1_000_000_000) as i64);
+                let node = &compiled.config.notify.node_name;
                 return Some(Event {
-                    id: String::new(),
-                    kind: EventKind::ApproachingLimit,
-                    account: tx.account.clone(),
                     reason: format!("{used} of {limit} {} in use ({percent}% warning level)", kind.describe()),
-                    policy: settings.name.clone(),
                     limit: Some(kind),
-                    counters: counters_of(compiled, tx.policy, record, now),
-                    since: to_datetime((now / 1_000_000_000) as i64),
-                    until: None,
-                    node: compiled.config.notify.node_name.clone(),
-                    by: None,
+                    counters: compiled.counters_of(tx.policy, record, now),
+                    ..Event::alert(EventKind::ApproachingLimit, &tx.account, &settings.name, node, at)
                 });
             }
         }
         None
     }
-}
-
-/// Why an account reached `kind`, in the restriction and the notices.
-fn limit_reason(settings: &PolicySettings, kind: LimitKind) -> String {
-    let limit = kind.limit_in(settings);
-    format!(
-        "reached the limit of {limit} {} ({limit} counted in the last {})",
-        kind.describe(),
-        if kind == LimitKind::PerDay { "24 hours" } else { "hour" }
-    )
 }
 
 /// Counts the transaction's message, once, in the account's spam window when verdicts are
@@ -535,26 +300,6 @@ fn count_message(tx: &mut Transaction, compiled: &Compiled, record: &mut Account
     tx.message_counted = true;
     let window = compiled.policies.settings(tx.policy).spam_window;
     record.spam.count_message(now / 1_000_000_000, window);
-}
-
-/// Counters of a record under a policy at `now`.
-fn counters_of(compiled: &Compiled, policy: PolicyIndex, record: &AccountRecord, now: u64) -> Counters {
-    let window = compiled.policies.settings(policy).spam_window;
-    let (spam_messages, messages) = record.spam.counts(now / 1_000_000_000, window);
-    let usage = |kind| compiled.limiters.usage(policy, record, kind, now).unwrap_or((0, 0));
-    let (external_last_hour, external_limit_per_hour) = usage(LimitKind::ExternalPerHour);
-    let (internal_last_hour, internal_limit_per_hour) = usage(LimitKind::InternalPerHour);
-    let (last_day, limit_per_day) = usage(LimitKind::PerDay);
-    Counters {
-        external_last_hour,
-        external_limit_per_hour,
-        internal_last_hour,
-        internal_limit_per_hour,
-        last_day,
-        limit_per_day,
-        spam_messages,
-        messages,
-    }
 }
 
 impl Transaction {
@@ -635,7 +380,7 @@ impl Engine {
             LimitKind::ExternalPerHour
         };
         let now = self.clock.now_nanos();
-        let mut record = self.record_mut(&tx.account, tx.policy);
+        let mut record = self.accounts.record_mut(&tx.account, tx.policy);
         match compiled.limiters.try_add_recipient(tx.policy, &mut record, hourly, now) {
             Ok(()) => {
                 tx.recipients += 1;
@@ -693,7 +438,7 @@ impl Engine {
             return MessageOutcome::deliver();
         }
         let (spam_count, total) = {
-            let mut record = self.record_mut(&tx.account, tx.policy);
+            let mut record = self.accounts.record_mut(&tx.account, tx.policy);
             // A message that reached its end without an accepted recipient (not from Postfix).
             count_message(tx, compiled, &mut record, now);
             if spam {
@@ -733,39 +478,39 @@ impl Engine {
         let now_secs = (now / 1_000_000_000) as i64;
         if settings.spam_action == LimitAction::Alert {
             let hour = hour_number(now);
-            let first = self.record_mut(&tx.account, tx.policy).first_notice_this_hour(Notice::SpamAlert, hour);
+            let first =
+                self.accounts.record_mut(&tx.account, tx.policy).first_notice_this_hour(HourlyNotice::SpamAlert, hour);
             if first {
                 warn!(account = %tx.account, "{reason}; delivering (alert only)");
                 let counters = self.counters(&tx.account);
+                let node = &compiled.config.notify.node_name;
                 self.events.emit(Event {
-                    id: String::new(),
-                    kind: EventKind::SendingLimitExceeded,
-                    account: tx.account.clone(),
                     reason,
-                    policy: settings.name.clone(),
-                    limit: None,
                     counters,
-                    since: to_datetime(now_secs),
-                    until: None,
-                    node: compiled.config.notify.node_name.clone(),
-                    by: None,
+                    ..Event::alert(
+                        EventKind::SendingLimitExceeded,
+                        &tx.account,
+                        &settings.name,
+                        node,
+                        to_datetime(now_secs),
+                    )
                 });
             }
             return;
         }
         let until =
             (settings.spam_action == LimitAction::BlockUntilTomorrow).then(|| to_datetime(next_utc_midnight_secs(now)));
-        let restriction = Restriction {
-            account: tx.account.clone(),
-            reason,
-            policy: settings.name.clone(),
-            created_at: to_datetime(now_secs),
+        let counters = self.counters(&tx.account);
+        let restriction = Restriction::by_policy(
+            &tx.account,
+            &reason,
+            &settings.name,
+            to_datetime(now_secs),
             until,
-            counters: self.counters(&tx.account),
-            source: Source::Policy,
-            cause: "spam".to_owned(),
-        };
-        let event = restricted_event(compiled, &restriction, None, None);
+            counters,
+            "spam",
+        );
+        let event = Event::restricted(&restriction, None, &compiled.config.notify.node_name, None);
         match self.restrictions.restrict(restriction.clone(), "policy", Some(&event)) {
             Ok(true) => {
                 self.metrics.restricted("spam");
@@ -805,40 +550,11 @@ impl Policy for Engine {
     }
 
     fn scans(&self) -> bool {
-        let c = self.current.load();
-        c.spamd.is_some() || c.rspamd.is_some()
+        self.current.load().scans()
     }
 
     fn scan<'a>(&'a self, request: ScanRequest<'a>) -> impl std::future::Future<Output = Vec<Verdict>> + Send + 'a {
-        let compiled = self.current.load_full();
-        async move {
-            let spamd = async {
-                match &compiled.spamd {
-                    Some(c) => Some(c.check(&request).await),
-                    None => None,
-                }
-            };
-            let rspamd = async {
-                match &compiled.rspamd {
-                    Some(c) => Some(c.check(&request).await),
-                    None => None,
-                }
-            };
-            let (a, b) = tokio::join!(spamd, rspamd);
-            let mut verdicts = Vec::new();
-            for (name, result) in [("spamd", a), ("rspamd", b)] {
-                match result {
-                    Some(Ok(v)) => verdicts.push(v),
-                    Some(Err(e)) => {
-                        // Never a refusal: the message goes on without this verdict.
-                        warn!(queue_id = request.queue_id.unwrap_or(""), "{name} gave no verdict: {e}");
-                        self.metrics.verdict(name, "error");
-                    }
-                    None => {}
-                }
-            }
-            verdicts
-        }
+        self.scan_message(request)
     }
 
     fn mail_from(&self, tx: &mut Transaction, facts: &MailFacts<'_>) -> Decision {
@@ -862,22 +578,5 @@ impl Policy for Engine {
 
     fn end_transaction(&self, tx: &mut Transaction) {
         tx.reset();
-    }
-}
-
-/// The event announcing `r`, a new restriction, with a fresh id.
-fn restricted_event(compiled: &Compiled, r: &Restriction, limit: Option<LimitKind>, by: Option<&str>) -> Event {
-    Event {
-        id: Event::new_id(),
-        kind: EventKind::SenderRestricted,
-        account: r.account.clone(),
-        reason: r.reason.clone(),
-        policy: r.policy.clone(),
-        limit,
-        counters: r.counters.clone(),
-        since: r.created_at,
-        until: r.until,
-        node: compiled.config.notify.node_name.clone(),
-        by: by.map(str::to_owned),
     }
 }

@@ -16,7 +16,7 @@ use time::OffsetDateTime;
 use tokio::sync::mpsc;
 
 use super::limits::LimitKind;
-use crate::policy::restriction::Counters;
+use super::restriction::{Counters, Restriction};
 
 /// What happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -63,6 +63,67 @@ pub struct Event {
 }
 
 impl Event {
+    /// The event announcing `r`, a new restriction, with a fresh id.
+    pub fn restricted(r: &Restriction, limit: Option<LimitKind>, node: &str, by: Option<&str>) -> Event {
+        Event {
+            id: Event::new_id(),
+            kind: EventKind::SenderRestricted,
+            account: r.account.clone(),
+            reason: r.reason.clone(),
+            policy: r.policy.clone(),
+            limit,
+            counters: r.counters.clone(),
+            since: r.created_at,
+            until: r.until,
+            node: node.to_owned(),
+            by: by.map(str::to_owned),
+        }
+    }
+
+    /// The event announcing that `r` is lifted at `at` by `by`, with a fresh id; `counters`
+    /// are the account's at the release.
+    pub fn released(
+        r: &Restriction,
+        reason: String,
+        counters: Counters,
+        at: OffsetDateTime,
+        node: &str,
+        by: &str,
+    ) -> Event {
+        Event {
+            id: Event::new_id(),
+            kind: EventKind::SenderReleased,
+            account: r.account.clone(),
+            reason,
+            policy: r.policy.clone(),
+            limit: None,
+            counters,
+            since: r.created_at,
+            until: Some(at),
+            node: node.to_owned(),
+            by: Some(by.to_owned()),
+        }
+    }
+
+    /// An alert of `kind` about `account` at `at` (a limit reached or the spam share passed
+    /// under the `alert` action, a limit approached): not a durable fact, so no id. The caller
+    /// fills in the reason, the limit and the counters.
+    pub fn alert(kind: EventKind, account: &str, policy: &str, node: &str, at: OffsetDateTime) -> Event {
+        Event {
+            id: String::new(),
+            kind,
+            account: account.to_owned(),
+            reason: String::new(),
+            policy: policy.to_owned(),
+            limit: None,
+            counters: Counters::default(),
+            since: at,
+            until: None,
+            node: node.to_owned(),
+            by: None,
+        }
+    }
+
     /// A fresh event id: 64 random bits in hex. Random rather than a counter so that ids from
     /// two nodes, or from before and after a restart, never meet.
     pub fn new_id() -> String {

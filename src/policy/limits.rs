@@ -19,11 +19,12 @@
 //! - **Reload keeps what was consumed** (b): [`convert_for_reload`] turns each TAT back into a
 //!   count of recipients under the old quota and re-expresses that count under the new one,
 //!   so 400 of 500 becomes 400 of 1000, not a rescaled time debt.
-//! - **Snapshots** (c): a record is plain numbers; [`AccountRecord::to_bytes`] and
-//!   [`AccountRecord::from_bytes`] give a fixed-size form for the snapshot file.
+//! - **Snapshots** (c): a record is plain numbers, written in a fixed-size form by
+//!   `state::snapshot`.
 //! - **Bounded memory** (d): a record whose TATs are all in the past is indistinguishable from
-//!   a fresh one; [`evict_idle`] drops those (and ones with no other state worth keeping), so
-//!   memory follows the accounts active within the last day, not all accounts ever seen.
+//!   a fresh one; the account table (`policy::accounts`) drops those (and ones with no other
+//!   state worth keeping), so memory follows the accounts active within the last day, not all
+//!   accounts ever seen.
 //!
 //! With a limit of N, N recipients pass and the N+1-th reaches the limit; after that one more is
 //! allowed every period/N (hourly: 3600/N s; daily: 86400/N s).
@@ -37,7 +38,8 @@ use governor::nanos::Nanos;
 use governor::state::StateStore;
 use governor::{Quota, RateLimiter};
 
-use super::clock::{At, EpochInstant, utc_day};
+use super::clock::{At, EpochInstant};
+use super::record::AccountRecord;
 use super::rules::PolicyIndex;
 use crate::config::PolicySettings;
 
@@ -80,150 +82,22 @@ impl LimitKind {
         }
     }
 
+    /// Why an account reached this limit under `settings`, in the restriction and the notices.
+    pub fn reached_reason(self, settings: &PolicySettings) -> String {
+        let limit = self.limit_in(settings);
+        format!(
+            "reached the limit of {limit} {} ({limit} counted in the last {})",
+            self.describe(),
+            if self == LimitKind::PerDay { "24 hours" } else { "hour" }
+        )
+    }
+
     /// The window the limit rolls over.
     pub fn period(self) -> Duration {
         match self {
             LimitKind::PerDay => Duration::from_secs(86_400),
             _ => Duration::from_secs(3600),
         }
-    }
-}
-
-/// What the engine keeps per account between messages.
-///
-/// Kept to 40 bytes (64 with its key in the map): one million accounts are resident on a busy
-/// server, and every byte here is a million bytes there. Hence the packed notice state below
-/// rather than an hour number per notice.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct AccountRecord {
-    /// GCRA state per [`LimitKind`]; 0 = never used (or fully replenished).
-    pub tat: [u64; 3],
-    /// Messages and spam verdicts over the policy's window: counted inline until the first spam
-    /// verdict, then in a ring (see [`super::spam::SpamSlot`]).
-    pub spam: super::spam::SpamSlot,
-    /// Which notices went out in which hour: the hour number in the low 24 bits (good until
-    /// the year 3800), one bit per [`Notice`] above them. A new hour clears every bit.
-    pub(crate) notices: u32,
-    /// The policy the TATs were computed under.
-    pub policy: PolicyIndex,
-    /// UTC day number an administrator last released the account (the day's grace), 0 = never.
-    pub(crate) released_day: u16,
-}
-
-/// Notices sent at most once an hour per account.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Notice {
-    /// "Limit exceeded" under the `alert` action, per limit kind.
-    LimitAlert(LimitKind),
-    /// "Approaching the limit", per limit kind.
-    Warning(LimitKind),
-    /// The spam share passed its thresholds under the `alert` action.
-    SpamAlert,
-}
-
-impl Notice {
-    fn bit(self) -> u32 {
-        let n = match self {
-            Notice::LimitAlert(kind) => kind as u32,
-            Notice::Warning(kind) => 3 + kind as u32,
-            Notice::SpamAlert => 6,
-        };
-        1 << (HOUR_BITS + n)
-    }
-}
-
-const HOUR_BITS: u32 = 24;
-const HOUR_MASK: u32 = (1 << HOUR_BITS) - 1;
-
-/// Size of [`AccountRecord::to_bytes`].
-pub const RECORD_BYTES: usize = 3 * 8 + 2 + 4 + 2;
-
-/// Size of a record in the previous snapshot format (`OGSNAP02`): an hour number per notice.
-pub const RECORD_BYTES_V2: usize = 3 * 8 + 2 + 3 * 4 + 3 * 4 + 4 + 4;
-
-impl AccountRecord {
-    /// Whether `notice` has not gone out yet in `hour`; marks it as gone out. Call it only
-    /// when the notice is due, so that "first" means first.
-    pub fn first_notice_this_hour(&mut self, notice: Notice, hour: u32) -> bool {
-        let hour = hour & HOUR_MASK;
-        if self.notices & HOUR_MASK != hour {
-            self.notices = hour;
-        }
-        let first = self.notices & notice.bit() == 0;
-        self.notices |= notice.bit();
-        first
-    }
-
-    /// Marks the account released on UTC day `day` (see [`AccountRecord::released_on`]).
-    pub fn set_released(&mut self, day: u32) {
-        self.released_day = u16::try_from(day).unwrap_or(u16::MAX);
-    }
-
-    /// Whether an administrator released the account on UTC day `day`.
-    pub fn released_on(&self, day: u32) -> bool {
-        self.released_day != 0 && u32::from(self.released_day) == day
-    }
-
-    /// Fixed-size little-endian form for snapshots.
-    pub fn to_bytes(&self) -> [u8; RECORD_BYTES] {
-        let mut out = [0u8; RECORD_BYTES];
-        for (i, t) in self.tat.iter().enumerate() {
-            out[8 * i..8 * i + 8].copy_from_slice(&t.to_le_bytes());
-        }
-        out[24..26].copy_from_slice(&self.policy.to_le_bytes());
-        out[26..30].copy_from_slice(&self.notices.to_le_bytes());
-        out[30..32].copy_from_slice(&self.released_day.to_le_bytes());
-        out
-    }
-
-    /// The inverse of [`AccountRecord::to_bytes`].
-    pub fn from_bytes(b: &[u8; RECORD_BYTES]) -> AccountRecord {
-        let u64_at = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().expect("8 bytes"));
-        AccountRecord {
-            tat: [u64_at(0), u64_at(8), u64_at(16)],
-            policy: u16::from_le_bytes([b[24], b[25]]),
-            notices: u32::from_le_bytes(b[26..30].try_into().expect("4 bytes")),
-            released_day: u16::from_le_bytes([b[30], b[31]]),
-            spam: super::spam::SpamSlot::default(),
-        }
-    }
-
-    /// A record of the previous snapshot format, which kept an hour number per notice: the
-    /// notices of the latest of those hours are kept, older ones had lapsed anyway.
-    pub fn from_v2_bytes(b: &[u8; RECORD_BYTES_V2]) -> AccountRecord {
-        let u64_at = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().expect("8 bytes"));
-        let u32_at = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().expect("4 bytes"));
-        let mut record = AccountRecord {
-            tat: [u64_at(0), u64_at(8), u64_at(16)],
-            policy: u16::from_le_bytes([b[24], b[25]]),
-            ..Default::default()
-        };
-        record.set_released(u32_at(50));
-        let mut notices: Vec<(u32, Notice)> = Vec::with_capacity(7);
-        for (i, kind) in LimitKind::ALL.into_iter().enumerate() {
-            notices.push((u32_at(26 + 4 * i), Notice::LimitAlert(kind)));
-            notices.push((u32_at(38 + 4 * i), Notice::Warning(kind)));
-        }
-        notices.push((u32_at(54), Notice::SpamAlert));
-        let latest = notices.iter().map(|(hour, _)| *hour).max().unwrap_or(0);
-        if latest != 0 {
-            for (hour, notice) in notices {
-                if hour == latest {
-                    record.first_notice_this_hour(notice, hour);
-                }
-            }
-        }
-        record
-    }
-
-    /// Whether nothing in the record still matters at `now`: every limit fully replenished, no
-    /// notice within the current hour, no release today.
-    pub fn is_idle(&self, now_nanos: u64) -> bool {
-        let hour = super::clock::hour_number(now_nanos) & HOUR_MASK;
-        self.tat.iter().all(|&t| t <= now_nanos)
-            && (self.notices & !HOUR_MASK == 0 || self.notices & HOUR_MASK != hour)
-            && !self.released_on(utc_day(now_nanos))
-            && self.spam.is_empty_at(now_nanos / 1_000_000_000)
     }
 }
 
@@ -429,28 +303,12 @@ pub fn convert_for_reload(
     record.policy = new_index;
 }
 
-/// Drops the records with nothing left to remember; returns how many were dropped.
-pub fn evict_idle<K: Eq + std::hash::Hash, S: std::hash::BuildHasher + Clone>(
-    map: &dashmap::DashMap<K, AccountRecord, S>,
-    now_nanos: u64,
-) -> usize {
-    let before = map.len();
-    map.retain(|_, r| !r.is_idle(now_nanos));
-    map.shrink_to_fit();
-    before - map.len()
-}
-
 #[cfg(test)]
 mod tests {
     use std::time::UNIX_EPOCH;
 
     use super::*;
 
-    /// 40 bytes, so a map slot with its 24-byte key is one 64-byte cache line.
-    #[test]
-    fn an_account_record_is_40_bytes() {
-        assert_eq!(std::mem::size_of::<AccountRecord>(), 40);
-    }
     use crate::config::builtin_default_policy;
     use crate::policy::clock::EngineClock;
 
@@ -582,62 +440,5 @@ mod tests {
         let l3 = Limiters::new(&[lowered]);
         assert_eq!(l3.usage(0, &r, LimitKind::ExternalPerHour, now).map(|u| u.0 >= 100), Some(true));
         assert!(l3.try_add_recipient(0, &mut r, LimitKind::ExternalPerHour, clock.now_nanos()).is_err());
-    }
-
-    #[test]
-    fn each_notice_goes_out_once_an_hour() {
-        let mut r = AccountRecord::default();
-        let hour = 498_706;
-        assert!(r.first_notice_this_hour(Notice::LimitAlert(LimitKind::PerDay), hour));
-        assert!(!r.first_notice_this_hour(Notice::LimitAlert(LimitKind::PerDay), hour));
-        // Other notices and other kinds are independent within the hour.
-        assert!(r.first_notice_this_hour(Notice::LimitAlert(LimitKind::ExternalPerHour), hour));
-        assert!(r.first_notice_this_hour(Notice::Warning(LimitKind::PerDay), hour));
-        assert!(r.first_notice_this_hour(Notice::SpamAlert, hour));
-        assert!(!r.first_notice_this_hour(Notice::SpamAlert, hour));
-        // A new hour starts afresh.
-        assert!(r.first_notice_this_hour(Notice::SpamAlert, hour + 1));
-        assert!(r.first_notice_this_hour(Notice::LimitAlert(LimitKind::PerDay), hour + 1));
-        assert!(!r.released_on(0), "never released is not released on day 0");
-        r.set_released(20_779);
-        assert!(r.released_on(20_779) && !r.released_on(20_780));
-    }
-
-    #[test]
-    fn a_previous_format_record_keeps_its_latest_notices() {
-        let mut b = [0u8; RECORD_BYTES_V2];
-        b[0..8].copy_from_slice(&42u64.to_le_bytes());
-        b[24..26].copy_from_slice(&3u16.to_le_bytes());
-        b[26..30].copy_from_slice(&100u32.to_le_bytes()); // limit alert, external: older hour
-        b[42..46].copy_from_slice(&101u32.to_le_bytes()); // warning, internal: latest hour
-        b[50..54].copy_from_slice(&20_779u32.to_le_bytes()); // released
-        b[54..58].copy_from_slice(&101u32.to_le_bytes()); // spam alert: latest hour
-        let mut r = AccountRecord::from_v2_bytes(&b);
-        assert_eq!((r.tat[0], r.policy), (42, 3));
-        assert!(r.released_on(20_779));
-        assert!(!r.first_notice_this_hour(Notice::Warning(LimitKind::InternalPerHour), 101));
-        assert!(!r.first_notice_this_hour(Notice::SpamAlert, 101));
-        assert!(r.first_notice_this_hour(Notice::LimitAlert(LimitKind::ExternalPerHour), 101));
-    }
-
-    #[test]
-    fn records_round_trip_through_bytes_and_idle_ones_are_evicted() {
-        let mut r = AccountRecord { tat: [1, 2, 3], policy: 7, ..Default::default() };
-        r.set_released(10);
-        r.first_notice_this_hour(Notice::Warning(LimitKind::PerDay), 11);
-        r.first_notice_this_hour(Notice::SpamAlert, 11);
-        assert_eq!(AccountRecord::from_bytes(&r.to_bytes()), r);
-
-        let (l, clock) = setup(10, 10, 10);
-        let map: dashmap::DashMap<Box<str>, AccountRecord, ahash::RandomState> = dashmap::DashMap::default();
-        let mut busy = AccountRecord::default();
-        l.try_add_recipient(0, &mut busy, LimitKind::ExternalPerHour, clock.now_nanos()).unwrap();
-        map.insert("busy@example.com".into(), busy);
-        map.insert("idle@example.com".into(), AccountRecord::default());
-        assert_eq!(evict_idle(&map, clock.now_nanos()), 1);
-        assert!(map.contains_key("busy@example.com"));
-        clock.advance(Duration::from_secs(86_400));
-        assert_eq!(evict_idle(&map, clock.now_nanos()), 1);
-        assert!(map.is_empty());
     }
 }

@@ -5,10 +5,13 @@
 //! [`Decision`] to a protocol reply in one place (`milter::session`).
 
 pub mod account;
+pub mod accounts;
 pub mod clock;
+pub mod compiled;
 pub mod engine;
 pub mod events;
 pub mod limits;
+pub mod record;
 pub mod restriction;
 pub mod rules;
 pub mod spam;

@@ -2,7 +2,7 @@
 //! at start, so a restart does not hand every account a fresh quota.
 //!
 //! Format: `OGSNAP04`, then per account a u16 key length, the key, the fixed-size record
-//! (`policy::limits::RECORD_BYTES`), a flag byte and, when it is 1, the spam window
+//! ([`RECORD_BYTES`]), a flag byte and, when it is 1, the spam window
 //! (`policy::spam::WINDOW_BYTES`), when it is 2 the inline message count (8 bytes, see
 //! `policy::spam::SpamSlot`); then a CRC32 of everything before it. (`OGSNAP03` is the same
 //! without flag 2; a new magic so that an older version ignores a snapshot it cannot read.) Written to a temp
@@ -15,8 +15,67 @@ use std::path::Path;
 
 use compact_str::CompactString;
 
-use crate::policy::limits::{AccountRecord, RECORD_BYTES, RECORD_BYTES_V2};
+use crate::policy::limits::LimitKind;
+use crate::policy::record::{AccountRecord, HourlyNotice};
 use crate::policy::spam::{SpamSlot, SpamWindow, WINDOW_BYTES};
+
+/// Size of [`record_to_bytes`].
+pub const RECORD_BYTES: usize = 3 * 8 + 2 + 4 + 2;
+
+/// Size of a record in the previous snapshot format (`OGSNAP02`): an hour number per notice.
+pub const RECORD_BYTES_V2: usize = 3 * 8 + 2 + 3 * 4 + 3 * 4 + 4 + 4;
+
+/// Fixed-size little-endian form for snapshots.
+fn record_to_bytes(record: &AccountRecord) -> [u8; RECORD_BYTES] {
+    let mut out = [0u8; RECORD_BYTES];
+    for (i, t) in record.tat.iter().enumerate() {
+        out[8 * i..8 * i + 8].copy_from_slice(&t.to_le_bytes());
+    }
+    out[24..26].copy_from_slice(&record.policy.to_le_bytes());
+    out[26..30].copy_from_slice(&record.notices.to_le_bytes());
+    out[30..32].copy_from_slice(&record.released_day.to_le_bytes());
+    out
+}
+
+/// The inverse of [`record_to_bytes`].
+fn record_from_bytes(b: &[u8; RECORD_BYTES]) -> AccountRecord {
+    let u64_at = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().expect("8 bytes"));
+    AccountRecord {
+        tat: [u64_at(0), u64_at(8), u64_at(16)],
+        policy: u16::from_le_bytes([b[24], b[25]]),
+        notices: u32::from_le_bytes(b[26..30].try_into().expect("4 bytes")),
+        released_day: u16::from_le_bytes([b[30], b[31]]),
+        spam: SpamSlot::default(),
+    }
+}
+
+/// A record of the previous snapshot format, which kept an hour number per notice: the
+/// notices of the latest of those hours are kept, older ones had lapsed anyway.
+fn record_from_v2_bytes(b: &[u8; RECORD_BYTES_V2]) -> AccountRecord {
+    let u64_at = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().expect("8 bytes"));
+    let u32_at = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().expect("4 bytes"));
+    let mut record = AccountRecord {
+        tat: [u64_at(0), u64_at(8), u64_at(16)],
+        policy: u16::from_le_bytes([b[24], b[25]]),
+        ..Default::default()
+    };
+    record.set_released(u32_at(50));
+    let mut notices: Vec<(u32, HourlyNotice)> = Vec::with_capacity(7);
+    for (i, kind) in LimitKind::ALL.into_iter().enumerate() {
+        notices.push((u32_at(26 + 4 * i), HourlyNotice::LimitAlert(kind)));
+        notices.push((u32_at(38 + 4 * i), HourlyNotice::Warning(kind)));
+    }
+    notices.push((u32_at(54), HourlyNotice::SpamAlert));
+    let latest = notices.iter().map(|(hour, _)| *hour).max().unwrap_or(0);
+    if latest != 0 {
+        for (hour, notice) in notices {
+            if hour == latest {
+                record.first_notice_this_hour(notice, hour);
+            }
+        }
+    }
+    record
+}
 
 const MAGIC: &[u8; 8] = b"OGSNAP04";
 /// The same layout without inline message counts (flag 2): read as it is.
@@ -42,7 +101,7 @@ pub fn write<'a>(path: &Path, records: impl Iterator<Item = (String, AccountReco
         let Ok(len) = u16::try_from(key.len()) else { continue };
         put(&mut out, &len.to_le_bytes())?;
         put(&mut out, key.as_bytes())?;
-        put(&mut out, &record.to_bytes())?;
+        put(&mut out, &record_to_bytes(&record))?;
         match (record.spam.ring(), record.spam.inline_word()) {
             (Some(w), _) => {
                 put(&mut out, &[1])?;
@@ -105,8 +164,8 @@ pub fn read(path: &Path) -> io::Result<Option<Vec<(CompactString, AccountRecord)
             .map_err(|_| bad("account name is not UTF-8"))?;
         let fixed = &after[len..len + record_bytes];
         let mut record = match fixed.try_into() {
-            Ok(current) => AccountRecord::from_bytes(current),
-            Err(_) => AccountRecord::from_v2_bytes(fixed.try_into().expect("previous record size")),
+            Ok(current) => record_from_bytes(current),
+            Err(_) => record_from_v2_bytes(fixed.try_into().expect("previous record size")),
         };
         let mut next = &after[len + record_bytes..];
         let (&flag, tail) = next.split_first().ok_or_else(|| bad("truncated entry"))?;
@@ -193,5 +252,31 @@ mod tests {
         std::fs::write(&path, &body).unwrap();
         let records = read(&path).unwrap().unwrap();
         assert_eq!(records, vec![("a@example.com".into(), AccountRecord { tat: [7, 0, 0], ..Default::default() })]);
+    }
+
+    #[test]
+    fn a_record_round_trips_through_its_bytes() {
+        let mut r = AccountRecord { tat: [1, 2, 3], policy: 7, ..Default::default() };
+        r.set_released(10);
+        r.first_notice_this_hour(HourlyNotice::Warning(LimitKind::PerDay), 11);
+        r.first_notice_this_hour(HourlyNotice::SpamAlert, 11);
+        assert_eq!(record_from_bytes(&record_to_bytes(&r)), r);
+    }
+
+    #[test]
+    fn a_previous_format_record_keeps_its_latest_notices() {
+        let mut b = [0u8; RECORD_BYTES_V2];
+        b[0..8].copy_from_slice(&42u64.to_le_bytes());
+        b[24..26].copy_from_slice(&3u16.to_le_bytes());
+        b[26..30].copy_from_slice(&100u32.to_le_bytes()); // limit alert, external: older hour
+        b[42..46].copy_from_slice(&101u32.to_le_bytes()); // warning, internal: latest hour
+        b[50..54].copy_from_slice(&20_779u32.to_le_bytes()); // released
+        b[54..58].copy_from_slice(&101u32.to_le_bytes()); // spam alert: latest hour
+        let mut r = record_from_v2_bytes(&b);
+        assert_eq!((r.tat[0], r.policy), (42, 3));
+        assert!(r.released_on(20_779));
+        assert!(!r.first_notice_this_hour(HourlyNotice::Warning(LimitKind::InternalPerHour), 101));
+        assert!(!r.first_notice_this_hour(HourlyNotice::SpamAlert, 101));
+        assert!(r.first_notice_this_hour(HourlyNotice::LimitAlert(LimitKind::ExternalPerHour), 101));
     }
 }

@@ -45,7 +45,7 @@ impl Engine {
         if shared.iter().all(|&t| t == 0) || !tx.is_counted() {
             return;
         }
-        let mut record = self.record_mut(&tx.account, tx.policy);
+        let mut record = self.accounts.record_mut(&tx.account, tx.policy);
         for (local, shared) in record.tat.iter_mut().zip(shared) {
             *local = (*local).max(shared);
         }
@@ -54,7 +54,7 @@ impl Engine {
     /// Another node's administrator released `account`: the day's grace applies here too.
     pub fn note_released_elsewhere(&self, account: &str) {
         let now = self.clock.now_nanos();
-        self.record_mut(account, self.current.load().policies.select(account)).set_released(utc_day(now));
+        self.accounts.record_mut(account, self.current.load().policies.select(account)).set_released(utc_day(now));
     }
 
     /// Every tracked account whose limits are still in use at `now`, with its TATs — what a node

@@ -1,0 +1,84 @@
+//! One configuration compiled for deciding: the policies and their limiters, the accounts never
+//! counted, the header judge and the scanner clients — built once per load or reload and
+//! swapped whole, so a transaction decides under one configuration from MAIL FROM to its end.
+
+use std::sync::Arc;
+
+use super::Needs;
+use super::account::canonical;
+use super::limits::Limiters;
+use super::record::AccountRecord;
+use super::restriction::Counters;
+use super::rules::{CompiledPolicies, PolicyIndex};
+use crate::config::{Config, SpamMessageAction};
+use crate::verdict::{HeaderJudge, RspamdClient, SpamdClient};
+
+/// One configuration, compiled for deciding.
+pub struct Compiled {
+    pub config: Arc<Config>,
+    pub policies: CompiledPolicies,
+    pub limiters: Limiters,
+    /// Accounts never counted: the notifier's own address and relay login.
+    pub(super) exempt: Vec<String>,
+    pub(super) judge: HeaderJudge,
+    pub(super) spamd: Option<SpamdClient>,
+    pub(super) rspamd: Option<RspamdClient>,
+}
+
+impl Compiled {
+    pub fn new(config: Arc<Config>) -> Compiled {
+        let strip = config.organization.strip_subaddress;
+        let policies = CompiledPolicies::new(&config.policies, &config.groups, strip);
+        let limiters = Limiters::new(policies.all());
+        // The notifier's own mail: its sender, and the login it authenticates with when
+        // `notify.smtp` names one (then the account is that login, not the sender). Nothing
+        // else: exempting any mail that merely claims `notify.from` as its sender would let an
+        // authenticated account forge it and never be counted.
+        let relay_login = crate::notify::email::RelayUrl::parse(&config.notify.smtp)
+            .ok()
+            .and_then(|relay| relay.credentials.map(|(user, _)| user));
+        let exempt = std::iter::once(config.notify.from.as_str())
+            .chain(relay_login.as_deref())
+            .filter_map(|raw| canonical(raw.as_bytes(), strip).map(|c| c.into_owned()))
+            .collect();
+        // Rules were validated with the configuration; should one still not compile, the
+        // built-in rules keep working.
+        let judge = HeaderJudge::new(&config.verdict).unwrap_or_else(|e| {
+            tracing::error!("header rules ignored: {e}");
+            let mut builtin = config.verdict.clone();
+            builtin.rules.clear();
+            HeaderJudge::new(&builtin).expect("built-in header rules compile")
+        });
+        let spamd = SpamdClient::from_config(&config.verdict);
+        let rspamd = RspamdClient::from_config(&config.verdict)
+            .and_then(|r| r.map_err(|e| tracing::error!("rspamd disabled: {e}")).ok());
+        Compiled { config, policies, limiters, exempt, judge, spamd, rspamd }
+    }
+
+    /// Whether messages go to a scanner (spamd, rspamd) at end of message.
+    pub fn scans(&self) -> bool {
+        self.spamd.is_some() || self.rspamd.is_some()
+    }
+
+    /// What the MTA must send and allow for this configuration.
+    pub fn needs(&self) -> Needs {
+        let v = &self.config.verdict;
+        let scanners = self.scans();
+        let all = self.policies.all();
+        Needs {
+            headers: v.headers || scanners,
+            body: scanners,
+            add_headers: all.iter().any(|p| p.spam_message_action == SpamMessageAction::Tag),
+            quarantine: all.iter().any(|p| p.spam_message_action == SpamMessageAction::Quarantine),
+            add_recipients: all.iter().any(|p| !p.bcc_suspicious_to.is_empty()),
+            max_scan_bytes: v.max_scan_bytes,
+        }
+    }
+}
+
+impl Compiled {
+    /// The live counters of `record` under `policy` at `now_nanos`.
+    pub fn counters_of(&self, policy: PolicyIndex, record: &AccountRecord, now_nanos: u64) -> Counters {
+        record.counters(&self.limiters, policy, self.policies.settings(policy).spam_window, now_nanos)
+    }
+}
