@@ -109,7 +109,7 @@ fn limiter(c: &mut Criterion) {
     let mut group = c.benchmark_group("limiter");
     group.throughput(Throughput::Elements(1));
     group.bench_function("check_external_and_day", |b| {
-        b.iter(|| black_box(limiters.try_add_recipient(0, &mut record, LimitKind::ExternalPerHour, clock.now_nanos())))
+        b.iter(|| black_box(limiters.try_add_recipient(0, &mut record, LimitKind::ExternalPerHour, clock.now())))
     });
     group.finish();
 }
@@ -140,7 +140,7 @@ fn restriction(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     let clock = EngineClock::System;
     let store =
-        Arc::new(outbound_guard::state::durable::DurableRestrictions::open(dir.path(), clock.now_secs()).unwrap());
+        Arc::new(outbound_guard::state::durable::DurableRestrictions::open(dir.path(), clock.now().secs()).unwrap());
     let (sink, mut events) = outbound_guard::policy::events::EventSink::channel(1024);
     let engine = outbound_guard::policy::engine::Engine::new(
         config,

@@ -92,7 +92,7 @@ impl Services {
     pub fn new(config: Arc<Config>, clock: EngineClock) -> Result<Services, StartError> {
         let (sink, events) = EventSink::channel(EVENT_QUEUE);
         let replies = Arc::new(ArcSwap::from_pointee(config.replies.clone()));
-        let durable = Arc::new(DurableRestrictions::open(&config.state.dir, clock.now_secs())?);
+        let durable = Arc::new(DurableRestrictions::open(&config.state.dir, clock.now().secs())?);
         let recorded_notices = std::sync::Mutex::new(durable.recent_notices());
         let metrics = Arc::new(match config.state.backend {
             Backend::Memory => Metrics::new(),

@@ -121,7 +121,7 @@ async fn block_until_tomorrow_refuses_the_limit_recipient_and_later_mail_until_m
         Some("550 5.1.8")
     );
 
-    let r = d.services.engine.restrictions().get("alice@example.com", d.clock.now_secs()).expect("restricted");
+    let r = d.services.engine.restrictions().get("alice@example.com", d.clock.now().secs()).expect("restricted");
     assert_eq!(r.source, Source::Policy);
     assert_eq!(r.policy, "default");
     assert_eq!(r.counters.external_last_hour, 3);
@@ -149,7 +149,7 @@ async fn block_holds_until_released_and_the_day_of_release_is_a_grace_day() {
             .await;
     let mut c = client(&d, "127.0.0.1").await;
     assert_eq!(send_external(&mut c, Some("bob@example.com"), "bob@example.com", 3).await, ["c", "c", "550 5.2.2"]);
-    let r = d.services.engine.restrictions().get("bob@example.com", d.clock.now_secs()).unwrap();
+    let r = d.services.engine.restrictions().get("bob@example.com", d.clock.now().secs()).unwrap();
     assert_eq!(r.until, None, "block means until released");
     d.clock.advance(Duration::from_secs(3 * 86_400));
     assert_eq!(code(&mail(&mut c, Some("bob@example.com"), "bob@example.com").await), "550 5.1.8");
@@ -160,7 +160,7 @@ async fn block_holds_until_released_and_the_day_of_release_is_a_grace_day() {
     assert_eq!(d.next_event().await.unwrap().kind, EventKind::SenderReleased);
     // The very next transaction passes; reaching the limit again the same UTC day only alerts.
     assert_eq!(send_external(&mut c, Some("bob@example.com"), "bob@example.com", 4).await, ["c", "c", "c", "c"]);
-    assert!(!d.services.engine.restrictions().is_restricted("bob@example.com", d.clock.now_secs()));
+    assert!(!d.services.engine.restrictions().is_restricted("bob@example.com", d.clock.now().secs()));
     let alert = d.next_event().await.unwrap();
     assert_eq!(alert.kind, EventKind::SendingLimitExceeded);
     // The next day the limit restricts again.
@@ -212,7 +212,7 @@ async fn alert_delivers_and_notifies_once_per_hour_per_limit() {
     let events = d.drain_events();
     let alerts: Vec<_> = events.iter().filter(|e| e.kind == EventKind::SendingLimitExceeded).collect();
     assert_eq!(alerts.len(), 1, "{events:?}");
-    assert!(!d.services.engine.restrictions().is_restricted("carol@example.com", d.clock.now_secs()));
+    assert!(!d.services.engine.restrictions().is_restricted("carol@example.com", d.clock.now().secs()));
     d.clock.advance(Duration::from_secs(3600));
     assert_eq!(send_external(&mut c, Some("carol@example.com"), "carol@example.com", 3).await, ["c"; 3]);
     assert_eq!(d.next_event().await.unwrap().kind, EventKind::SendingLimitExceeded);
@@ -315,7 +315,7 @@ async fn the_null_sender_is_never_restricted() {
         c.macros(b'M', &[("{auth_authen}", "frank@example.com")]).await.unwrap();
         assert_eq!(c.mail_from("<>", &[]).await.unwrap().kind(), Some(b'a'));
     }
-    assert!(!d.services.engine.restrictions().is_restricted("frank@example.com", d.clock.now_secs()));
+    assert!(!d.services.engine.restrictions().is_restricted("frank@example.com", d.clock.now().secs()));
     drop(c);
     d.stop().await;
 }
@@ -330,8 +330,8 @@ async fn the_login_pays_not_the_mail_from_and_case_and_tags_fold() {
     let mut c = client(&d, "192.0.2.50").await;
     // Authenticated as gina, claiming the newsletter's address: gina's policy applies.
     assert_eq!(send_external(&mut c, Some("Gina@Example.com"), "news@example.com", 3).await, ["c", "c", "550 5.2.2"]);
-    assert!(d.services.engine.restrictions().is_restricted("gina@example.com", d.clock.now_secs()));
-    assert!(!d.services.engine.restrictions().is_restricted("news@example.com", d.clock.now_secs()));
+    assert!(d.services.engine.restrictions().is_restricted("gina@example.com", d.clock.now().secs()));
+    assert!(!d.services.engine.restrictions().is_restricted("news@example.com", d.clock.now().secs()));
     // The newsletter itself, from an internal client without AUTH: its own generous quota,
     // with +tags folded into it.
     let mut inside = client(&d, "10.1.2.3").await;

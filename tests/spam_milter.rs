@@ -105,10 +105,10 @@ async fn the_spam_share_restricts_the_account_and_later_mail_gets_5_1_8() {
     send(&mut c, "carol@example.com", SPAM).await;
     send(&mut c, "carol@example.com", HAM).await;
     send(&mut c, "carol@example.com", SPAM).await;
-    assert!(!d.services.engine.restrictions().is_restricted("carol@example.com", d.clock.now_secs()));
+    assert!(!d.services.engine.restrictions().is_restricted("carol@example.com", d.clock.now().secs()));
     // The third spam message: 3 of 4, 75% — restricted.
     send(&mut c, "carol@example.com", SPAM).await;
-    let r = d.services.engine.restrictions().get("carol@example.com", d.clock.now_secs()).expect("restricted");
+    let r = d.services.engine.restrictions().get("carol@example.com", d.clock.now().secs()).expect("restricted");
     assert!(r.reason.contains("3 of its 4 messages"), "{}", r.reason);
     assert_eq!(r.until, None);
     assert_eq!((r.counters.spam_messages, r.counters.messages), (3, 4));
@@ -133,13 +133,13 @@ async fn the_share_is_of_all_the_accounts_messages_also_those_no_scanner_marked(
     send(&mut c, "erin@example.com", SPAM).await;
     let counters = d.services.engine.counters("erin@example.com");
     assert_eq!((counters.spam_messages, counters.messages), (2, 22));
-    assert!(!d.services.engine.restrictions().is_restricted("erin@example.com", d.clock.now_secs()), "2 of 22 is 9%");
+    assert!(!d.services.engine.restrictions().is_restricted("erin@example.com", d.clock.now().secs()), "2 of 22 is 9%");
     // 9 of 29 is 31%: restricted.
     for _ in 0..7 {
         send(&mut c, "erin@example.com", SPAM).await;
     }
     let r =
-        d.services.engine.restrictions().get("erin@example.com", d.clock.now_secs()).expect("restricted at 9 of 29");
+        d.services.engine.restrictions().get("erin@example.com", d.clock.now().secs()).expect("restricted at 9 of 29");
     assert!(r.reason.contains("9 of its 29 messages"), "{}", r.reason);
     drop(c);
     d.stop().await;
@@ -155,7 +155,7 @@ async fn old_verdicts_age_out_so_history_alone_never_restricts() {
     assert_eq!(d.services.engine.counters("dan@example.com").spam_messages, 0);
     // A single spam message a day later does not add up with the old ones.
     send(&mut c, "dan@example.com", SPAM).await;
-    assert!(!d.services.engine.restrictions().is_restricted("dan@example.com", d.clock.now_secs()));
+    assert!(!d.services.engine.restrictions().is_restricted("dan@example.com", d.clock.now().secs()));
     drop(c);
     d.stop().await;
 }

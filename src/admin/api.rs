@@ -182,7 +182,7 @@ fn restriction_json(r: &Restriction) -> Value {
 }
 
 async fn list_restricted(State(state): State<AdminState>) -> Json<Value> {
-    let list = state.engine.restrictions().list(state.engine.clock().now_secs());
+    let list = state.engine.restrictions().list(state.engine.clock().now().secs());
     Json(json!({ "restricted": list.iter().map(restriction_json).collect::<Vec<_>>() }))
 }
 
@@ -190,7 +190,7 @@ async fn show_restriction(State(state): State<AdminState>, Path(raw): Path<Strin
     let account = canonical(&state, &raw)?;
     let store = state.engine.restrictions();
     let r = store
-        .get(&account, state.engine.clock().now_secs())
+        .get(&account, state.engine.clock().now().secs())
         .ok_or_else(|| ApiError::not_found(format!("account {account} is not restricted")))?;
     let mut body = restriction_json(&r);
     body["history"] = serde_json::to_value(store.history(&account)).unwrap_or(Value::Null);
@@ -231,7 +231,7 @@ async fn add_restriction(
         Some(text) => {
             let t = OffsetDateTime::parse(text, &Rfc3339)
                 .map_err(|_| ApiError::bad_request(format!("until {text:?} is not an RFC 3339 time")))?;
-            if t.unix_timestamp() <= state.engine.clock().now_secs() {
+            if t.unix_timestamp() <= state.engine.clock().now().secs() {
                 return Err(ApiError::bad_request(format!("until {text:?} is in the past")));
             }
             Some(t.to_offset(time::UtcOffset::UTC))
@@ -310,7 +310,7 @@ async fn show_sender(State(state): State<AdminState>, Path(raw): Path<String>) -
     body["restriction"] = state
         .engine
         .restrictions()
-        .get(&account, state.engine.clock().now_secs())
+        .get(&account, state.engine.clock().now().secs())
         .map_or(Value::Null, |r| restriction_json(&r));
     Ok(Json(body))
 }
@@ -323,7 +323,7 @@ async fn reload(State(state): State<AdminState>) -> Result<Json<Value>, ApiError
 /// `GET /metrics`: the Prometheus text format, or OpenMetrics for a scraper that asks for it.
 async fn metrics(State(state): State<AdminState>, headers: axum::http::HeaderMap) -> impl IntoResponse {
     let m = state.engine.metrics();
-    m.restrictions_active.set(state.engine.restrictions().list(state.engine.clock().now_secs()).len() as i64);
+    m.restrictions_active.set(state.engine.restrictions().list(state.engine.clock().now().secs()).len() as i64);
     m.tracked_accounts.set(state.engine.tracked_accounts() as i64);
     m.set_events_dropped(state.engine.events_dropped());
     if let Some(hook) = &state.on_scrape {

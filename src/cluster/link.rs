@@ -209,14 +209,14 @@ async fn reconcile(cluster: &Cluster, mut conn: MultiplexedConnection) -> Result
     for chunk in newer.chunks(RECONCILE_BATCH) {
         let mut pipe = redis::pipe();
         for event in chunk {
-            add_publish(&mut pipe, event, cluster.clock.now_nanos());
+            add_publish(&mut pipe, event, cluster.clock.now().nanos());
         }
         let stored: Vec<i64> = query_scripted(&mut pipe, &mut conn).await?;
         pushed += stored.iter().filter(|&&s| s == 1).count();
     }
     let mut counters = 0;
     if let Some(engine) = cluster.engine() {
-        let now_us = cluster.clock.now_nanos() / 1000;
+        let now_us = cluster.clock.now().nanos() / 1000;
         for chunk in engine.tats_in_use().chunks(RECONCILE_BATCH) {
             let mut pipe = redis::pipe();
             for (account, tats) in chunk {
@@ -281,7 +281,7 @@ pub(super) async fn push_events(cluster: Arc<Cluster>, mut rx: mpsc::UnboundedRe
         if let Some(conn) = cluster.conn.load_full() {
             let mut conn = (*conn).clone();
             let mut pipe = redis::pipe();
-            add_publish(&mut pipe, &event, cluster.clock.now_nanos());
+            add_publish(&mut pipe, &event, cluster.clock.now().nanos());
             pipe.cmd("HGET").arg(keys::event(&event.account)).arg("data");
             let sent: Result<Result<(i64, Option<String>), _>, _> =
                 tokio::time::timeout(cluster.request_timeout, query_scripted(&mut pipe, &mut conn)).await;

@@ -236,7 +236,7 @@ impl Cluster {
 
     /// Starts `known` from the audit log: the newest thing this node did or learnt per account.
     fn seed_known(&self) {
-        let now = self.clock.now_secs();
+        let now = self.clock.now().secs();
         for entry in self.durable.latest_audit() {
             let change = match entry.action {
                 AuditAction::Released => Change::Release { reason: entry.reason.clone() },
@@ -311,7 +311,7 @@ impl Cluster {
 
     /// A new local event, stamped later than anything known of the account.
     fn stamp(&self, known: &ClusterEvent, by: &str, change: Change) -> ClusterEvent {
-        let now_ms = (self.clock.now_nanos() / 1_000_000) as i64;
+        let now_ms = (self.clock.now().nanos() / 1_000_000) as i64;
         ClusterEvent {
             account: known.account.clone(),
             at_ms: now_ms.max(known.at_ms.saturating_add(1)),
@@ -337,7 +337,7 @@ impl Cluster {
     /// Applies another node's event to the local store if it is newer than what this node
     /// knows of the account. Returns whether it was applied.
     pub(crate) fn apply_remote(&self, event: ClusterEvent) -> bool {
-        let now_secs = self.clock.now_secs();
+        let now_secs = self.clock.now().secs();
         let by = format!("{} (on {})", event.by, event.node);
         let mut released = false;
         {
@@ -414,7 +414,7 @@ impl Cluster {
         if spent.is_empty() {
             return;
         }
-        let commit = Commit { key: keys::tats(account), now_us: self.clock.now_nanos() / 1000, spent };
+        let commit = Commit { key: keys::tats(account), now_us: self.clock.now().nanos() / 1000, spent };
         if self.commits.try_send(commit).is_err() {
             self.metrics.redis_error("commit");
         }

@@ -98,7 +98,7 @@ impl Policy for ClusterPolicy {
         if let Some(event) = fetched.event {
             self.cluster.apply_remote(event);
         }
-        let restricted = self.engine.restrictions().is_restricted(&account, self.engine.clock().now_secs());
+        let restricted = self.engine.restrictions().is_restricted(&account, self.engine.clock().now().secs());
         let decision = match decision {
             Decision::Refuse(Refusal::AccountRestricted) if !restricted => match tx.refused.take() {
                 Some(mail) => self.engine.mail_from(&mut tx.inner, &mail.facts()),

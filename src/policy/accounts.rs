@@ -11,6 +11,7 @@ use dashmap::DashMap;
 use dashmap::mapref::multiple::RefMulti;
 use dashmap::mapref::one::RefMut;
 
+use super::clock::Timestamp;
 use super::limits;
 use super::record::AccountRecord;
 use super::rules::{CompiledPolicies, PolicyIndex};
@@ -56,17 +57,17 @@ impl AccountTable {
     }
 
     /// Puts back records from a snapshot, each under the policy `select` gives its account now;
-    /// records with nothing left to remember at `now_nanos` are left out. Returns how many.
+    /// records with nothing left to remember at `now` are left out. Returns how many.
     pub fn restore(
         &self,
         records: Vec<(CompactString, AccountRecord)>,
         select: impl Fn(&str) -> PolicyIndex,
-        now_nanos: u64,
+        now: Timestamp,
     ) -> usize {
         let mut restored = 0;
         for (account, mut record) in records {
             record.policy = select(&account);
-            if !record.is_idle(now_nanos) {
+            if !record.is_idle(now) {
                 self.map.insert(account, record);
                 restored += 1;
             }
@@ -76,18 +77,18 @@ impl AccountTable {
 
     /// After a reload: each account keeps the recipients it has in use, re-expressed against
     /// the limits of the policy it has under `new`.
-    pub fn convert_for_reload(&self, old: &CompiledPolicies, new: &CompiledPolicies, now_nanos: u64) {
+    pub fn convert_for_reload(&self, old: &CompiledPolicies, new: &CompiledPolicies, now: Timestamp) {
         for mut entry in self.map.iter_mut() {
             let index = new.select(entry.key());
             let old_settings = old.settings(entry.policy);
-            limits::convert_for_reload(entry.value_mut(), old_settings, new.settings(index), index, now_nanos);
+            limits::convert_for_reload(entry.value_mut(), old_settings, new.settings(index), index, now);
         }
     }
 
     /// Drops the records with nothing left to remember; returns how many were dropped.
-    pub fn evict_idle(&self, now_nanos: u64) -> usize {
+    pub fn evict_idle(&self, now: Timestamp) -> usize {
         let before = self.map.len();
-        self.map.retain(|_, r| !r.is_idle(now_nanos));
+        self.map.retain(|_, r| !r.is_idle(now));
         self.map.shrink_to_fit();
         before - self.map.len()
     }
@@ -110,13 +111,13 @@ mod tests {
         let clock = EngineClock::manual(UNIX_EPOCH + Duration::from_secs(1_795_300_000));
         let table = AccountTable::default();
         let mut busy = table.record_mut("busy@example.com", 0);
-        limiters.try_add_recipient(0, &mut busy, LimitKind::ExternalPerHour, clock.now_nanos()).unwrap();
+        limiters.try_add_recipient(0, &mut busy, LimitKind::ExternalPerHour, clock.now()).unwrap();
         drop(busy);
         drop(table.record_mut("idle@example.com", 0));
-        assert_eq!(table.evict_idle(clock.now_nanos()), 1);
+        assert_eq!(table.evict_idle(clock.now()), 1);
         assert!(table.get("busy@example.com").is_some());
         clock.advance(Duration::from_secs(86_400));
-        assert_eq!(table.evict_idle(clock.now_nanos()), 1);
+        assert_eq!(table.evict_idle(clock.now()), 1);
         assert!(table.is_empty());
     }
 }

@@ -1,10 +1,11 @@
-//! The engine's clock: wall time in nanoseconds since the Unix epoch, real or manual (tests).
+//! The engine's clock and its one time type, [`Timestamp`]: wall time in nanoseconds since the
+//! Unix epoch, real or manual (tests).
 //!
 //! Governor gets the time through [`At`]: the instant the engine read once for a decision, so a
 //! recipient checked against two limits reads the clock once, not three times. Governor stores a key's GCRA state (its "theoretical arrival
 //! time") relative to the instant each `RateLimiter` was created; we want it absolute, so that a
 //! value written by one limiter means the same to the limiter that replaces it after a reload,
-//! and to the next process after a restart. [`EpochInstant::duration_since`] therefore answers
+//! and to the next process after a restart. [`Timestamp::duration_since`] therefore answers
 //! with the time since the epoch whatever the reference point — governor only ever asks it
 //! `now.duration_since(start)`, so every stored state is an absolute epoch timestamp.
 //!
@@ -20,24 +21,72 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use governor::clock::{Clock, Reference};
 use governor::nanos::Nanos;
 
-/// Nanoseconds since the Unix epoch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct EpochInstant(pub u64);
+/// An instant of wall time, in nanoseconds since the Unix epoch: the engine's one type for
+/// time. Seconds (restrictions), hour and day numbers (notices, the day's grace) and governor's
+/// instants are all read from it, never kept beside it as raw numbers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Timestamp(u64);
 
-impl Add<Nanos> for EpochInstant {
-    type Output = Self;
-    fn add(self, other: Nanos) -> Self {
-        EpochInstant(self.0.saturating_add(other.as_u64()))
+/// Nanoseconds per second, hour and day.
+const SECOND_NANOS: u64 = 1_000_000_000;
+pub const HOUR_NANOS: u64 = 3600 * SECOND_NANOS;
+pub const DAY_NANOS: u64 = 24 * HOUR_NANOS;
+
+impl Timestamp {
+    pub const fn from_nanos(nanos: u64) -> Timestamp {
+        Timestamp(nanos)
+    }
+
+    /// The instant `secs` seconds after the epoch (the epoch itself for a negative value).
+    pub const fn from_secs(secs: i64) -> Timestamp {
+        Timestamp((if secs < 0 { 0 } else { secs as u64 }).saturating_mul(SECOND_NANOS))
+    }
+
+    /// Nanoseconds since the epoch (how GCRA states are kept).
+    pub const fn nanos(self) -> u64 {
+        self.0
+    }
+
+    /// Whole seconds since the epoch, as restrictions count them.
+    pub const fn secs(self) -> i64 {
+        (self.0 / SECOND_NANOS) as i64
+    }
+
+    /// The hour number (hours since the epoch).
+    pub const fn hour(self) -> u32 {
+        (self.0 / HOUR_NANOS) as u32
+    }
+
+    /// The UTC day number (days since the epoch).
+    pub const fn utc_day(self) -> u32 {
+        (self.0 / DAY_NANOS) as u32
+    }
+
+    /// The next 00:00 UTC after this instant.
+    pub const fn next_utc_midnight(self) -> Timestamp {
+        Timestamp((self.0 / DAY_NANOS + 1) * DAY_NANOS)
+    }
+
+    /// As a date and time (UTC), for restrictions and notices.
+    pub fn datetime(self) -> time::OffsetDateTime {
+        time::OffsetDateTime::from_unix_timestamp(self.secs()).unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
     }
 }
 
-impl Reference for EpochInstant {
+impl Add<Nanos> for Timestamp {
+    type Output = Self;
+    fn add(self, other: Nanos) -> Self {
+        Timestamp(self.0.saturating_add(other.as_u64()))
+    }
+}
+
+impl Reference for Timestamp {
     /// Time since the epoch, ignoring `_earlier` (see the module documentation).
     fn duration_since(&self, _earlier: Self) -> Nanos {
         Nanos::from(self.0)
     }
     fn saturating_sub(&self, duration: Nanos) -> Self {
-        EpochInstant(self.0.saturating_sub(duration.as_u64()))
+        Timestamp(self.0.saturating_sub(duration.as_u64()))
     }
 }
 
@@ -71,28 +120,23 @@ impl EngineClock {
         }
     }
 
-    /// Nanoseconds since the epoch.
-    pub fn now_nanos(&self) -> u64 {
-        match self {
+    /// The time now.
+    pub fn now(&self) -> Timestamp {
+        Timestamp(match self {
             EngineClock::System => coarse_now_nanos(),
             EngineClock::Manual(n) => n.load(Ordering::SeqCst),
-        }
-    }
-
-    /// Seconds since the epoch.
-    pub fn now_secs(&self) -> i64 {
-        (self.now_nanos() / 1_000_000_000) as i64
+        })
     }
 }
 
-/// Governor's clock for one check: a fixed instant, in nanoseconds since the epoch.
+/// Governor's clock for one check: a fixed instant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct At(pub u64);
+pub struct At(pub Timestamp);
 
 impl Clock for At {
-    type Instant = EpochInstant;
-    fn now(&self) -> EpochInstant {
-        EpochInstant(self.0)
+    type Instant = Timestamp;
+    fn now(&self) -> Timestamp {
+        self.0
     }
 }
 
@@ -123,25 +167,6 @@ fn precise_now_nanos() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos() as u64
 }
 
-/// Nanoseconds per hour and per day.
-pub const HOUR_NANOS: u64 = 3_600_000_000_000;
-pub const DAY_NANOS: u64 = 24 * HOUR_NANOS;
-
-/// The UTC day number (days since the epoch) of an instant.
-pub fn utc_day(nanos: u64) -> u32 {
-    (nanos / DAY_NANOS) as u32
-}
-
-/// The hour number (hours since the epoch) of an instant.
-pub fn hour_number(nanos: u64) -> u32 {
-    (nanos / HOUR_NANOS) as u32
-}
-
-/// The next 00:00 UTC after `nanos`, in seconds since the epoch.
-pub fn next_utc_midnight_secs(nanos: u64) -> i64 {
-    (i64::from(utc_day(nanos)) + 1) * 86_400
-}
-
 /// UTC, RFC 3339, whole seconds: how a time is shown in the API, the notices and the log.
 pub fn rfc3339(t: time::OffsetDateTime) -> String {
     let t = t.to_offset(time::UtcOffset::UTC).replace_nanosecond(0).unwrap_or(t);
@@ -154,7 +179,7 @@ mod tests {
 
     #[test]
     fn the_system_clock_is_the_wall_clock() {
-        let coarse = EngineClock::System.now_nanos();
+        let coarse = EngineClock::System.now().nanos();
         let precise = precise_now_nanos();
         // The coarse clock lags the precise one by at most the kernel's tick (a few ms).
         assert!(coarse.abs_diff(precise) < 100_000_000, "{coarse} vs {precise}");
@@ -163,22 +188,25 @@ mod tests {
     #[test]
     fn manual_clock_moves_only_when_told() {
         let c = EngineClock::manual(UNIX_EPOCH + Duration::from_secs(1000));
-        assert_eq!(c.now_secs(), 1000);
+        assert_eq!(c.now().secs(), 1000);
         c.advance(Duration::from_secs(5));
-        assert_eq!(c.now_secs(), 1005);
+        assert_eq!(c.now().secs(), 1005);
     }
 
     #[test]
     fn midnight_and_day_numbers() {
         // 2026-11-22T23:59:59Z
-        let n = 1_795_391_999u64 * 1_000_000_000;
-        assert_eq!(next_utc_midnight_secs(n), 1_795_392_000);
-        assert_eq!(utc_day(n) + 1, utc_day(n + 1_000_000_000));
+        let t = Timestamp::from_secs(1_795_391_999);
+        assert_eq!(t.next_utc_midnight(), Timestamp::from_secs(1_795_392_000));
+        assert_eq!(t.utc_day() + 1, Timestamp::from_secs(1_795_392_000).utc_day());
+        assert_eq!(t.hour() + 1, t.next_utc_midnight().hour());
+        assert_eq!(t.datetime().unix_timestamp(), 1_795_391_999);
+        assert_eq!(Timestamp::from_secs(-5), Timestamp::default());
     }
 
     #[test]
     fn governor_sees_absolute_time() {
-        let i = EpochInstant(42);
-        assert_eq!(i.duration_since(EpochInstant(40)), Nanos::from(42));
+        let i = Timestamp(42);
+        assert_eq!(i.duration_since(Timestamp(40)), Nanos::from(42));
     }
 }

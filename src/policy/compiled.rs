@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use super::Needs;
 use super::account::canonical;
+use super::clock::Timestamp;
 use super::limits::Limiters;
 use super::record::AccountRecord;
 use super::restriction::Counters;
@@ -77,8 +78,8 @@ impl Compiled {
 }
 
 impl Compiled {
-    /// The live counters of `record` under `policy` at `now_nanos`.
-    pub fn counters_of(&self, policy: PolicyIndex, record: &AccountRecord, now_nanos: u64) -> Counters {
-        record.counters(&self.limiters, policy, self.policies.settings(policy).spam_window, now_nanos)
+    /// The live counters of `record` under `policy` at `now`.
+    pub fn counters_of(&self, policy: PolicyIndex, record: &AccountRecord, now: Timestamp) -> Counters {
+        record.counters(&self.limiters, policy, self.policies.settings(policy).spam_window, now)
     }
 }

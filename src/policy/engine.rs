@@ -15,12 +15,11 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use compact_str::CompactString;
-use time::OffsetDateTime;
 use tracing::{info, warn};
 
 use super::account::{self, canonical};
 use super::accounts::AccountTable;
-use super::clock::{EngineClock, hour_number, next_utc_midnight_secs, rfc3339, utc_day};
+use super::clock::{EngineClock, Timestamp, rfc3339};
 use super::compiled::Compiled;
 use super::events::{Event, EventKind, EventSink};
 use super::limits::LimitKind;
@@ -73,10 +72,6 @@ thread_local! {
     static DECISIONS_SEEN: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
 }
 
-fn to_datetime(secs: i64) -> OffsetDateTime {
-    OffsetDateTime::from_unix_timestamp(secs).unwrap_or(OffsetDateTime::UNIX_EPOCH)
-}
-
 impl Engine {
     pub fn new(
         config: Arc<Config>,
@@ -122,7 +117,7 @@ impl Engine {
     pub fn reload(&self, config: Arc<Config>) {
         let old = self.current.load_full();
         let new = Compiled::new(config);
-        self.accounts.convert_for_reload(&old.policies, &new.policies, self.clock.now_nanos());
+        self.accounts.convert_for_reload(&old.policies, &new.policies, self.clock.now());
         self.current.store(Arc::new(new));
     }
 
@@ -144,12 +139,12 @@ impl Engine {
     /// Puts back records from a snapshot, under the policy each account has now.
     pub fn restore_records(&self, records: Vec<(CompactString, AccountRecord)>) -> usize {
         let compiled = self.current.load();
-        self.accounts.restore(records, |account| compiled.policies.select(account), self.clock.now_nanos())
+        self.accounts.restore(records, |account| compiled.policies.select(account), self.clock.now())
     }
 
     /// Drops the account records with nothing left to remember.
     pub fn evict_idle(&self) -> usize {
-        self.accounts.evict_idle(self.clock.now_nanos())
+        self.accounts.evict_idle(self.clock.now())
     }
 }
 
@@ -173,11 +168,11 @@ impl Engine {
         compiled: &Compiled,
         hourly: LimitKind,
         kind: LimitKind,
-        now: u64,
+        now: Timestamp,
     ) -> Decision {
         let settings = compiled.policies.settings(tx.policy);
         let mut record = self.accounts.record_mut(&tx.account, tx.policy);
-        let in_grace = record.released_on(utc_day(now));
+        let in_grace = record.released_on(now.utc_day());
         let action = if in_grace { LimitAction::Alert } else { settings.action_when_threshold_reached };
         if action == LimitAction::Alert {
             // Delivered, so counted: in the limit that still has room (the daily one when the
@@ -190,7 +185,7 @@ impl Engine {
             }
             tx.recipients += 1;
             count_message(tx, compiled, &mut record, now);
-            let hour = hour_number(now);
+            let hour = now.hour();
             let alerts: Vec<LimitKind> = full
                 .into_iter()
                 .flatten()
@@ -207,7 +202,7 @@ impl Engine {
                     );
                 }
                 warn!(account = %tx.account, policy = %settings.name, grace = in_grace, "{reason}; delivering (alert only)");
-                let at = to_datetime((now / 1_000_000_000) as i64);
+                let at = now.datetime();
                 let node = &compiled.config.notify.node_name;
                 self.events.emit(Event {
                     reason,
@@ -221,17 +216,9 @@ impl Engine {
         let counters = compiled.counters_of(tx.policy, &record, now);
         let reason = kind.reached_reason(settings);
         drop(record);
-        let now_secs = (now / 1_000_000_000) as i64;
-        let until = (action == LimitAction::BlockUntilTomorrow).then(|| to_datetime(next_utc_midnight_secs(now)));
-        let restriction = Restriction::by_policy(
-            &tx.account,
-            &reason,
-            &settings.name,
-            to_datetime(now_secs),
-            until,
-            counters,
-            kind.key(),
-        );
+        let until = (action == LimitAction::BlockUntilTomorrow).then(|| now.next_utc_midnight().datetime());
+        let restriction =
+            Restriction::by_policy(&tx.account, &reason, &settings.name, now.datetime(), until, counters, kind.key());
         let event = Event::restricted(&restriction, Some(kind), &compiled.config.notify.node_name, None);
         match self.restrictions.restrict(restriction.clone(), "policy", Some(&event)) {
             Ok(created) => {
@@ -261,13 +248,13 @@ impl Engine {
         compiled: &Compiled,
         record: &mut AccountRecord,
         hourly: LimitKind,
-        now: u64,
+        now: Timestamp,
     ) -> Option<Event> {
         let percent = compiled.config.notify.warn_at_percent;
         if percent == 0 {
             return None;
         }
-        let hour = hour_number(now);
+        let hour = now.hour();
         for kind in [hourly, LimitKind::PerDay] {
             if !compiled.limiters.reached_percent(tx.policy, record, kind, now, percent) {
                 continue;
@@ -277,7 +264,7 @@ impl Engine {
             };
             if record.first_notice_this_hour(HourlyNotice::Warning(kind), hour) {
                 let settings = compiled.policies.settings(tx.policy);
-                let at = to_datetime((now / 1_000_000_000) as i64);
+                let at = now.datetime();
                 let node = &compiled.config.notify.node_name;
                 return Some(Event {
                     reason: format!("{used} of {limit} {} in use ({percent}% warning level)", kind.describe()),
@@ -293,13 +280,13 @@ impl Engine {
 
 /// Counts the transaction's message, once, in the account's spam window when verdicts are
 /// enabled: the spam share is of all the account's messages, judged or not.
-fn count_message(tx: &mut Transaction, compiled: &Compiled, record: &mut AccountRecord, now: u64) {
+fn count_message(tx: &mut Transaction, compiled: &Compiled, record: &mut AccountRecord, now: Timestamp) {
     if tx.message_counted || !compiled.config.verdict.any_source() {
         return;
     }
     tx.message_counted = true;
     let window = compiled.policies.settings(tx.policy).spam_window;
-    record.spam.count_message(now / 1_000_000_000, window);
+    record.spam.count_message(now, window);
 }
 
 impl Transaction {
@@ -342,7 +329,7 @@ impl Engine {
         }
         // Known even when refused, so cluster mode can check a restriction with the other nodes.
         tx.account.push_str(&account);
-        if self.restrictions.is_restricted(&account, self.clock.now_secs()) {
+        if self.restrictions.is_restricted(&account, self.clock.now().secs()) {
             info!(account = %account, "MAIL FROM refused: account restricted");
             self.metrics.messages.outbound_refused.inc();
             return Decision::Refuse(Refusal::AccountRestricted);
@@ -379,7 +366,7 @@ impl Engine {
         } else {
             LimitKind::ExternalPerHour
         };
-        let now = self.clock.now_nanos();
+        let now = self.clock.now();
         let mut record = self.accounts.record_mut(&tx.account, tx.policy);
         match compiled.limiters.try_add_recipient(tx.policy, &mut record, hourly, now) {
             Ok(()) => {
@@ -431,8 +418,7 @@ impl Engine {
         }
         let spam = verdicts().any(|v| v.spam);
         let settings = compiled.policies.settings(tx.policy);
-        let now = self.clock.now_nanos();
-        let now_secs = now / 1_000_000_000;
+        let now = self.clock.now();
         // The message was counted with its first recipient; a verdict of ham adds nothing.
         if !spam && tx.message_counted {
             return MessageOutcome::deliver();
@@ -442,9 +428,9 @@ impl Engine {
             // A message that reached its end without an accepted recipient (not from Postfix).
             count_message(tx, compiled, &mut record, now);
             if spam {
-                record.spam.count_spam(now_secs, settings.spam_window);
+                record.spam.count_spam(now, settings.spam_window);
             }
-            record.spam.counts(now_secs, settings.spam_window)
+            record.spam.counts(now, settings.spam_window)
         };
         if !spam {
             return MessageOutcome::deliver();
@@ -467,7 +453,7 @@ impl Engine {
     }
 
     /// The account's spam share passed the policy's thresholds: restrict or alert.
-    fn spam_threshold_reached(&self, tx: &Transaction, compiled: &Compiled, spam: u32, total: u32, now: u64) {
+    fn spam_threshold_reached(&self, tx: &Transaction, compiled: &Compiled, spam: u32, total: u32, now: Timestamp) {
         let settings = compiled.policies.settings(tx.policy);
         let reason = format!(
             "{spam} of its {total} messages in the last {} were judged spam (thresholds: {} messages and {}%)",
@@ -475,9 +461,8 @@ impl Engine {
             settings.spam_min_messages,
             settings.spam_percent
         );
-        let now_secs = (now / 1_000_000_000) as i64;
         if settings.spam_action == LimitAction::Alert {
-            let hour = hour_number(now);
+            let hour = now.hour();
             let first =
                 self.accounts.record_mut(&tx.account, tx.policy).first_notice_this_hour(HourlyNotice::SpamAlert, hour);
             if first {
@@ -487,29 +472,16 @@ impl Engine {
                 self.events.emit(Event {
                     reason,
                     counters,
-                    ..Event::alert(
-                        EventKind::SendingLimitExceeded,
-                        &tx.account,
-                        &settings.name,
-                        node,
-                        to_datetime(now_secs),
-                    )
+                    ..Event::alert(EventKind::SendingLimitExceeded, &tx.account, &settings.name, node, now.datetime())
                 });
             }
             return;
         }
         let until =
-            (settings.spam_action == LimitAction::BlockUntilTomorrow).then(|| to_datetime(next_utc_midnight_secs(now)));
+            (settings.spam_action == LimitAction::BlockUntilTomorrow).then(|| now.next_utc_midnight().datetime());
         let counters = self.counters(&tx.account);
-        let restriction = Restriction::by_policy(
-            &tx.account,
-            &reason,
-            &settings.name,
-            to_datetime(now_secs),
-            until,
-            counters,
-            "spam",
-        );
+        let restriction =
+            Restriction::by_policy(&tx.account, &reason, &settings.name, now.datetime(), until, counters, "spam");
         let event = Event::restricted(&restriction, None, &compiled.config.notify.node_name, None);
         match self.restrictions.restrict(restriction.clone(), "policy", Some(&event)) {
             Ok(true) => {

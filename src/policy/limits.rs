@@ -38,7 +38,7 @@ use governor::nanos::Nanos;
 use governor::state::StateStore;
 use governor::{Quota, RateLimiter};
 
-use super::clock::{At, EpochInstant};
+use super::clock::{At, Timestamp};
 use super::record::AccountRecord;
 use super::rules::PolicyIndex;
 use crate::config::PolicySettings;
@@ -132,7 +132,7 @@ impl StateStore for CellStore {
     }
 }
 
-type Limiter = RateLimiter<TatCell, CellStore, At, NoOpMiddleware<EpochInstant>>;
+type Limiter = RateLimiter<TatCell, CellStore, At, NoOpMiddleware<Timestamp>>;
 
 /// A limit as checked: its governor quota, the limit, and its emission interval in nanoseconds
 /// (period / limit, kept to spare a division per usage query).
@@ -146,8 +146,8 @@ struct Limit {
 }
 
 impl Limit {
-    fn at(&self, now_nanos: u64) -> Limiter {
-        RateLimiter::new(self.quota, CellStore, At(now_nanos))
+    fn at(&self, now: Timestamp) -> Limiter {
+        RateLimiter::new(self.quota, CellStore, At(now))
     }
 }
 
@@ -177,14 +177,14 @@ impl Limiters {
     }
 
     /// Tries to add one recipient of the given hourly kind (plus the daily limit) at
-    /// `now_nanos`. On success the record is updated; on refusal nothing changes and the limit
+    /// `now`. On success the record is updated; on refusal nothing changes and the limit
     /// reached is returned.
     pub fn try_add_recipient(
         &self,
         policy: PolicyIndex,
         record: &mut AccountRecord,
         hourly: LimitKind,
-        now_nanos: u64,
+        now: Timestamp,
     ) -> Result<(), LimitKind> {
         let cells = [
             TatCell(Cell::new(record.tat[hourly as usize])),
@@ -192,7 +192,7 @@ impl Limiters {
         ];
         for (cell, kind) in cells.iter().zip([hourly, LimitKind::PerDay]) {
             if let Some(limit) = self.limiter(policy, kind) {
-                limit.at(now_nanos).check_key(cell).map_err(|_| kind)?;
+                limit.at(now).check_key(cell).map_err(|_| kind)?;
             }
         }
         record.tat[hourly as usize] = cells[0].0.get();
@@ -209,13 +209,13 @@ impl Limiters {
         policy: PolicyIndex,
         record: &mut AccountRecord,
         hourly: LimitKind,
-        now_nanos: u64,
+        now: Timestamp,
     ) -> [Option<LimitKind>; 2] {
         let mut full = [None; 2];
         for (slot, kind) in full.iter_mut().zip([hourly, LimitKind::PerDay]) {
             let Some(limit) = self.limiter(policy, kind) else { continue };
             let cell = TatCell(Cell::new(record.tat[kind as usize]));
-            match limit.at(now_nanos).check_key(&cell) {
+            match limit.at(now).check_key(&cell) {
                 Ok(()) => record.tat[kind as usize] = cell.0.get(),
                 Err(_) => *slot = Some(kind),
             }
@@ -230,10 +230,10 @@ impl Limiters {
         policy: PolicyIndex,
         record: &AccountRecord,
         kind: LimitKind,
-        now_nanos: u64,
+        now: Timestamp,
     ) -> Option<(u32, u32)> {
         let limit = self.limiter(policy, kind)?;
-        Some((used_at(record.tat[kind as usize], now_nanos, limit.interval, limit.limit), limit.limit))
+        Some((used_at(record.tat[kind as usize], now.nanos(), limit.interval, limit.limit), limit.limit))
     }
 
     /// Whether the recipients counted against `kind` at `now` have reached `percent` (0–100)
@@ -246,7 +246,7 @@ impl Limiters {
         policy: PolicyIndex,
         record: &AccountRecord,
         kind: LimitKind,
-        now_nanos: u64,
+        now: Timestamp,
         percent: u8,
     ) -> bool {
         let Some(limit) = self.limiter(policy, kind) else { return false };
@@ -256,7 +256,7 @@ impl Limiters {
         let level = (u64::from(limit.limit) * u64::from(percent.min(100))).div_ceil(100);
         let Some(below) = level.checked_sub(1) else { return true };
         let tat = record.tat[kind as usize];
-        tat > now_nanos && tat - now_nanos > below * limit.interval
+        tat > now.nanos() && tat - now.nanos() > below * limit.interval
     }
 }
 
@@ -293,12 +293,12 @@ pub fn convert_for_reload(
     old: &PolicySettings,
     new: &PolicySettings,
     new_index: PolicyIndex,
-    now_nanos: u64,
+    now: Timestamp,
 ) {
     for kind in LimitKind::ALL {
         let (old_limit, new_limit) = (kind.limit_in(old), kind.limit_in(new));
-        let count = used(record.tat[kind as usize], now_nanos, kind.period(), old_limit);
-        record.tat[kind as usize] = tat_for(count, now_nanos, kind.period(), new_limit);
+        let count = used(record.tat[kind as usize], now.nanos(), kind.period(), old_limit);
+        record.tat[kind as usize] = tat_for(count, now.nanos(), kind.period(), new_limit);
     }
     record.policy = new_index;
 }
@@ -336,14 +336,14 @@ mod tests {
                 _ => s.recipient_limit_external_per_hour = limit,
             }
             let l = Limiters::new(&[s]);
-            let now = 1_795_300_000_000_000_000u64;
+            let now = Timestamp::from_secs(1_795_300_000);
             let interval = interval(period_limit.period(), limit);
             // Debts on, just before and just after each multiple of the interval.
             for step in 0..=u64::from(limit) + 1 {
                 for offset in [-1i64, 0, 1] {
                     let debt = (step * interval).saturating_add_signed(offset);
                     let mut r = AccountRecord::default();
-                    r.tat[period_limit as usize] = if debt == 0 { 0 } else { now + debt };
+                    r.tat[period_limit as usize] = if debt == 0 { 0 } else { now.nanos() + debt };
                     let (used, lim) = l.usage(0, &r, period_limit, now).unwrap();
                     for percent in [0u8, 1, 50, 80, 99, 100] {
                         let expected = u64::from(used) * 100 >= u64::from(lim) * u64::from(percent);
@@ -364,14 +364,14 @@ mod tests {
         let (l, clock) = setup(5, 0, 0);
         let mut r = AccountRecord::default();
         for _ in 0..5 {
-            assert_eq!(l.try_add_recipient(0, &mut r, LimitKind::ExternalPerHour, clock.now_nanos()), Ok(()));
+            assert_eq!(l.try_add_recipient(0, &mut r, LimitKind::ExternalPerHour, clock.now()), Ok(()));
         }
         assert_eq!(
-            l.try_add_recipient(0, &mut r, LimitKind::ExternalPerHour, clock.now_nanos()),
+            l.try_add_recipient(0, &mut r, LimitKind::ExternalPerHour, clock.now()),
             Err(LimitKind::ExternalPerHour)
         );
         // Internal recipients have no limit here.
-        assert_eq!(l.try_add_recipient(0, &mut r, LimitKind::InternalPerHour, clock.now_nanos()), Ok(()));
+        assert_eq!(l.try_add_recipient(0, &mut r, LimitKind::InternalPerHour, clock.now()), Ok(()));
     }
 
     #[test]
@@ -379,20 +379,20 @@ mod tests {
         let (l, clock) = setup(4, 0, 0);
         let mut r = AccountRecord::default();
         for _ in 0..4 {
-            l.try_add_recipient(0, &mut r, LimitKind::ExternalPerHour, clock.now_nanos()).unwrap();
+            l.try_add_recipient(0, &mut r, LimitKind::ExternalPerHour, clock.now()).unwrap();
         }
-        assert!(l.try_add_recipient(0, &mut r, LimitKind::ExternalPerHour, clock.now_nanos()).is_err());
+        assert!(l.try_add_recipient(0, &mut r, LimitKind::ExternalPerHour, clock.now()).is_err());
         clock.advance(Duration::from_secs(899));
         assert!(
-            l.try_add_recipient(0, &mut r, LimitKind::ExternalPerHour, clock.now_nanos()).is_err(),
+            l.try_add_recipient(0, &mut r, LimitKind::ExternalPerHour, clock.now()).is_err(),
             "3600/4 s not yet over"
         );
         clock.advance(Duration::from_secs(1));
-        assert!(l.try_add_recipient(0, &mut r, LimitKind::ExternalPerHour, clock.now_nanos()).is_ok());
-        assert!(l.try_add_recipient(0, &mut r, LimitKind::ExternalPerHour, clock.now_nanos()).is_err());
+        assert!(l.try_add_recipient(0, &mut r, LimitKind::ExternalPerHour, clock.now()).is_ok());
+        assert!(l.try_add_recipient(0, &mut r, LimitKind::ExternalPerHour, clock.now()).is_err());
         clock.advance(Duration::from_secs(3600));
         for _ in 0..4 {
-            l.try_add_recipient(0, &mut r, LimitKind::ExternalPerHour, clock.now_nanos()).unwrap();
+            l.try_add_recipient(0, &mut r, LimitKind::ExternalPerHour, clock.now()).unwrap();
         }
     }
 
@@ -400,21 +400,18 @@ mod tests {
     fn the_daily_limit_counts_both_classes_and_a_refusal_spends_nothing() {
         let (l, clock) = setup(100, 100, 3);
         let mut r = AccountRecord::default();
-        l.try_add_recipient(0, &mut r, LimitKind::ExternalPerHour, clock.now_nanos()).unwrap();
-        l.try_add_recipient(0, &mut r, LimitKind::InternalPerHour, clock.now_nanos()).unwrap();
-        l.try_add_recipient(0, &mut r, LimitKind::InternalPerHour, clock.now_nanos()).unwrap();
+        l.try_add_recipient(0, &mut r, LimitKind::ExternalPerHour, clock.now()).unwrap();
+        l.try_add_recipient(0, &mut r, LimitKind::InternalPerHour, clock.now()).unwrap();
+        l.try_add_recipient(0, &mut r, LimitKind::InternalPerHour, clock.now()).unwrap();
         let before = r.clone();
-        assert_eq!(
-            l.try_add_recipient(0, &mut r, LimitKind::ExternalPerHour, clock.now_nanos()),
-            Err(LimitKind::PerDay)
-        );
+        assert_eq!(l.try_add_recipient(0, &mut r, LimitKind::ExternalPerHour, clock.now()), Err(LimitKind::PerDay));
         assert_eq!(r, before, "the refused recipient must not count against the hourly limit");
-        let now = clock.now_nanos();
+        let now = clock.now();
         assert_eq!(l.usage(0, &r, LimitKind::PerDay, now), Some((3, 3)));
         assert_eq!(l.usage(0, &r, LimitKind::ExternalPerHour, now), Some((1, 100)));
         assert_eq!(l.usage(0, &r, LimitKind::InternalPerHour, now), Some((2, 100)));
         clock.advance(Duration::from_secs(86_400 / 3));
-        assert!(l.try_add_recipient(0, &mut r, LimitKind::ExternalPerHour, clock.now_nanos()).is_ok());
+        assert!(l.try_add_recipient(0, &mut r, LimitKind::ExternalPerHour, clock.now()).is_ok());
     }
 
     #[test]
@@ -422,23 +419,23 @@ mod tests {
         let (l, clock) = setup(500, 0, 0);
         let mut r = AccountRecord::default();
         for _ in 0..400 {
-            l.try_add_recipient(0, &mut r, LimitKind::ExternalPerHour, clock.now_nanos()).unwrap();
+            l.try_add_recipient(0, &mut r, LimitKind::ExternalPerHour, clock.now()).unwrap();
         }
-        let now = clock.now_nanos();
+        let now = clock.now();
         let raised = settings(1000, 0, 0);
         convert_for_reload(&mut r, &settings(500, 0, 0), &raised, 0, now);
         let l2 = Limiters::new(&[raised]);
         assert_eq!(l2.usage(0, &r, LimitKind::ExternalPerHour, now), Some((400, 1000)));
         for _ in 0..600 {
-            l2.try_add_recipient(0, &mut r, LimitKind::ExternalPerHour, clock.now_nanos()).unwrap();
+            l2.try_add_recipient(0, &mut r, LimitKind::ExternalPerHour, clock.now()).unwrap();
         }
-        assert!(l2.try_add_recipient(0, &mut r, LimitKind::ExternalPerHour, clock.now_nanos()).is_err());
+        assert!(l2.try_add_recipient(0, &mut r, LimitKind::ExternalPerHour, clock.now()).is_err());
 
         // Lowered below what is in use: the account is at the new limit at once.
         let lowered = settings(100, 0, 0);
         convert_for_reload(&mut r, &settings(1000, 0, 0), &lowered, 0, now);
         let l3 = Limiters::new(&[lowered]);
         assert_eq!(l3.usage(0, &r, LimitKind::ExternalPerHour, now).map(|u| u.0 >= 100), Some(true));
-        assert!(l3.try_add_recipient(0, &mut r, LimitKind::ExternalPerHour, clock.now_nanos()).is_err());
+        assert!(l3.try_add_recipient(0, &mut r, LimitKind::ExternalPerHour, clock.now()).is_err());
     }
 }

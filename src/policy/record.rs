@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use super::clock::utc_day;
+use super::clock::Timestamp;
 use super::limits::{LimitKind, Limiters};
 use super::restriction::Counters;
 use super::rules::PolicyIndex;
@@ -81,27 +81,27 @@ impl AccountRecord {
 
     /// Whether nothing in the record still matters at `now`: every limit fully replenished, no
     /// notice within the current hour, no release today.
-    pub fn is_idle(&self, now_nanos: u64) -> bool {
-        let hour = super::clock::hour_number(now_nanos) & HOUR_MASK;
-        self.tat.iter().all(|&t| t <= now_nanos)
+    pub fn is_idle(&self, now: Timestamp) -> bool {
+        let hour = now.hour() & HOUR_MASK;
+        self.tat.iter().all(|&t| t <= now.nanos())
             && (self.notices & !HOUR_MASK == 0 || self.notices & HOUR_MASK != hour)
-            && !self.released_on(utc_day(now_nanos))
-            && self.spam.is_empty_at(now_nanos / 1_000_000_000)
+            && !self.released_on(now.utc_day())
+            && self.spam.is_empty_at(now)
     }
 }
 
 impl AccountRecord {
-    /// The live counters of this record under `policy` at `now_nanos`: recipients in use
+    /// The live counters of this record under `policy` at `now`: recipients in use
     /// against each limit, and the spam share over `spam_window`.
     pub fn counters(
         &self,
         limiters: &Limiters,
         policy: PolicyIndex,
         spam_window: Duration,
-        now_nanos: u64,
+        now: Timestamp,
     ) -> Counters {
-        let (spam_messages, messages) = self.spam.counts(now_nanos / 1_000_000_000, spam_window);
-        let usage = |kind| limiters.usage(policy, self, kind, now_nanos).unwrap_or((0, 0));
+        let (spam_messages, messages) = self.spam.counts(now, spam_window);
+        let usage = |kind| limiters.usage(policy, self, kind, now).unwrap_or((0, 0));
         let (external_last_hour, external_limit_per_hour) = usage(LimitKind::ExternalPerHour);
         let (internal_last_hour, internal_limit_per_hour) = usage(LimitKind::InternalPerHour);
         let (last_day, limit_per_day) = usage(LimitKind::PerDay);

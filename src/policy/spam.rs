@@ -19,6 +19,8 @@
 
 use std::time::Duration;
 
+use super::clock::Timestamp;
+
 /// Buckets per window.
 pub const BUCKETS: usize = 12;
 
@@ -239,7 +241,8 @@ impl SpamSlot {
     }
 
     /// Counts one message of the account at `now`, before (or without) its verdict.
-    pub fn count_message(&mut self, now_secs: u64, window: Duration) {
+    pub fn count_message(&mut self, now: Timestamp, window: Duration) {
+        let now_secs = whole_secs(now);
         if let Some(ring) = self.ring_mut() {
             ring.count_message(now_secs, window);
             return;
@@ -254,7 +257,8 @@ impl SpamSlot {
 
     /// Counts a spam verdict at `now` on a message already counted; the first one moves the
     /// inline count into a ring.
-    pub fn count_spam(&mut self, now_secs: u64, window: Duration) {
+    pub fn count_spam(&mut self, now: Timestamp, window: Duration) {
+        let now_secs = whole_secs(now);
         if self.ring().is_none() {
             let mut ring = SpamWindow::new(window);
             if self.0 != 0 {
@@ -275,7 +279,8 @@ impl SpamSlot {
     }
 
     /// (spam, total) within the window at `now`.
-    pub fn counts(&self, now_secs: u64, window: Duration) -> (u32, u32) {
+    pub fn counts(&self, now: Timestamp, window: Duration) -> (u32, u32) {
+        let now_secs = whole_secs(now);
         match self.ring() {
             Some(ring) => ring.counts(now_secs, window),
             None if self.0 == 0 => (0, 0),
@@ -292,8 +297,8 @@ impl SpamSlot {
     /// Whether the slot holds nothing worth keeping at `now`: no ring, or a ring with every
     /// bucket empty. An inline count is not kept for its own sake: a record otherwise idle has
     /// sent nothing for about a day, which is the default window.
-    pub fn is_empty_at(&self, now_secs: u64) -> bool {
-        self.ring().is_none_or(|w| w.is_empty_at(now_secs))
+    pub fn is_empty_at(&self, now: Timestamp) -> bool {
+        self.ring().is_none_or(|w| w.is_empty_at(whole_secs(now)))
     }
 
     /// The inline word for snapshots (`None` for a ring or nothing).
@@ -348,6 +353,11 @@ impl std::fmt::Debug for SpamSlot {
     }
 }
 
+/// Seconds since the epoch, the resolution the window's buckets are kept in.
+fn whole_secs(now: Timestamp) -> u64 {
+    now.nanos() / 1_000_000_000
+}
+
 /// Whether the thresholds are reached: at least `min_messages` spam verdicts and at least
 /// `percent` of the messages. A `min_messages` of 0 with a `percent` of 0 never triggers.
 pub fn over_threshold(spam: u32, total: u32, min_messages: u32, percent: u8) -> bool {
@@ -360,6 +370,11 @@ pub fn over_threshold(spam: u32, total: u32, min_messages: u32, percent: u8) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The instant `n` seconds after the epoch.
+    fn secs(n: u64) -> Timestamp {
+        Timestamp::from_nanos(n * 1_000_000_000)
+    }
 
     const DAY: Duration = Duration::from_secs(86_400);
     const T0: u64 = 1_795_341_600;
@@ -398,49 +413,49 @@ mod tests {
     #[test]
     fn clean_mail_is_counted_inline_and_seeds_the_ring_at_the_first_spam() {
         let mut slot = SpamSlot::default();
-        assert_eq!(slot.counts(T0, DAY), (0, 0));
+        assert_eq!(slot.counts(secs(T0), DAY), (0, 0));
         for i in 0..20 {
-            slot.count_message(T0 + i * 600, DAY);
+            slot.count_message(secs(T0 + i * 600), DAY);
         }
         assert!(slot.ring().is_none() && slot.inline_word().is_some(), "no ring for clean mail");
-        assert_eq!(slot.counts(T0 + 20 * 600, DAY), (0, 20));
+        assert_eq!(slot.counts(secs(T0 + 20 * 600), DAY), (0, 20));
         // The first spam: 21 messages, one of them spam, now in a ring.
-        slot.count_message(T0 + 21 * 600, DAY);
-        slot.count_spam(T0 + 21 * 600, DAY);
+        slot.count_message(secs(T0 + 21 * 600), DAY);
+        slot.count_spam(secs(T0 + 21 * 600), DAY);
         assert!(slot.ring().is_some());
-        assert_eq!(slot.counts(T0 + 21 * 600, DAY), (1, 21));
+        assert_eq!(slot.counts(secs(T0 + 21 * 600), DAY), (1, 21));
         let copy = slot.clone();
         assert_eq!(copy, slot);
         drop(slot);
-        assert_eq!(copy.counts(T0 + 21 * 600, DAY), (1, 21), "a clone owns its own ring");
+        assert_eq!(copy.counts(secs(T0 + 21 * 600), DAY), (1, 21), "a clone owns its own ring");
     }
 
     #[test]
     fn the_inline_count_slides_like_a_window() {
         let mut slot = SpamSlot::default();
         for _ in 0..100 {
-            slot.count_message(T0, DAY);
+            slot.count_message(secs(T0), DAY);
         }
         // Half a window into the next period, half of the previous one still counts.
-        assert_eq!(slot.counts(T0 + 86_400 + 43_200, DAY), (0, 50));
-        slot.count_message(T0 + 86_400 + 43_200, DAY);
-        assert_eq!(slot.counts(T0 + 86_400 + 43_200, DAY), (0, 51));
+        assert_eq!(slot.counts(secs(T0 + 86_400 + 43_200), DAY), (0, 50));
+        slot.count_message(secs(T0 + 86_400 + 43_200), DAY);
+        assert_eq!(slot.counts(secs(T0 + 86_400 + 43_200), DAY), (0, 51));
         // Two windows on, nothing is left.
-        assert_eq!(slot.counts(T0 + 4 * 86_400, DAY), (0, 0));
+        assert_eq!(slot.counts(secs(T0 + 4 * 86_400), DAY), (0, 0));
         // Handed to the ring, the previous period's share lands in its oldest bucket.
         let mut slot = SpamSlot::default();
         for _ in 0..100 {
-            slot.count_message(T0, DAY);
+            slot.count_message(secs(T0), DAY);
         }
-        slot.count_message(T0 + 86_400 + 43_200, DAY);
-        slot.count_spam(T0 + 86_400 + 43_200, DAY);
-        assert_eq!(slot.counts(T0 + 86_400 + 43_200, DAY), (1, 51));
+        slot.count_message(secs(T0 + 86_400 + 43_200), DAY);
+        slot.count_spam(secs(T0 + 86_400 + 43_200), DAY);
+        assert_eq!(slot.counts(secs(T0 + 86_400 + 43_200), DAY), (1, 51));
     }
 
     #[test]
     fn inline_words_round_trip_and_nothing_else_is_taken_for_one() {
         let mut slot = SpamSlot::default();
-        slot.count_message(T0, DAY);
+        slot.count_message(secs(T0), DAY);
         let word = slot.inline_word().unwrap();
         assert_eq!(SpamSlot::from_inline_word(word), slot);
         assert_eq!(SpamSlot::from_inline_word(0x1000), SpamSlot::default(), "not a pointer from a file");

@@ -192,6 +192,7 @@ pub fn read(path: &Path) -> io::Result<Option<Vec<(CompactString, AccountRecord)
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::clock::Timestamp;
 
     #[test]
     fn round_trip_and_damage_detected() {
@@ -222,7 +223,7 @@ mod tests {
             ),
             ("clean@example.com".to_owned(), {
                 let mut r = AccountRecord::default();
-                r.spam.count_message(1_795_341_600, std::time::Duration::from_secs(86_400));
+                r.spam.count_message(Timestamp::from_secs(1_795_341_600), std::time::Duration::from_secs(86_400));
                 r
             }),
         ];

@@ -6,9 +6,8 @@
 use time::OffsetDateTime;
 use tracing::{info, warn};
 
-use super::{Engine, to_datetime};
+use super::Engine;
 use crate::policy::account::canonical;
-use crate::policy::clock::utc_day;
 use crate::policy::events::Event;
 use crate::policy::restriction::{Counters, Restriction, StoreError};
 
@@ -33,7 +32,7 @@ impl Engine {
         let compiled = self.current.load();
         let policy = compiled.policies.select(account);
         let record = self.accounts.get(account).unwrap_or_default();
-        compiled.counters_of(policy, &record, self.clock.now_nanos())
+        compiled.counters_of(policy, &record, self.clock.now())
     }
 
     /// The name of the policy that applies to an account.
@@ -45,8 +44,8 @@ impl Engine {
     /// Live counters of one account, if it is tracked or restricted.
     pub fn sender(&self, account: &str) -> Option<SenderInfo> {
         let compiled = self.current.load();
-        let now = self.clock.now_nanos();
-        let restriction = self.restrictions.get(account, self.clock.now_secs());
+        let now = self.clock.now();
+        let restriction = self.restrictions.get(account, self.clock.now().secs());
         let record = self.accounts.get(account);
         if record.is_none() && restriction.is_none() {
             return None;
@@ -63,8 +62,8 @@ impl Engine {
     /// The `n` busiest accounts: most recipients in the last day, then in the last hour.
     pub fn top_senders(&self, n: usize) -> Vec<SenderInfo> {
         let compiled = self.current.load();
-        let now = self.clock.now_nanos();
-        let now_secs = self.clock.now_secs();
+        let now = self.clock.now();
+        let now_secs = self.clock.now().secs();
         let mut all: Vec<SenderInfo> = self
             .accounts
             .iter()
@@ -92,8 +91,8 @@ impl Engine {
     /// # Errors
     /// When the release cannot be recorded.
     pub fn release(&self, account: &str, by: &str, reason: Option<&str>) -> Result<Option<Restriction>, StoreError> {
-        let now = self.clock.now_nanos();
-        let now_secs = self.clock.now_secs();
+        let now = self.clock.now();
+        let now_secs = now.secs();
         let Some(in_force) = self.restrictions.get(account, now_secs) else {
             return Ok(None);
         };
@@ -102,14 +101,14 @@ impl Engine {
             &in_force,
             reason.map_or_else(|| format!("released by {by}"), str::to_owned),
             self.counters(account),
-            to_datetime(now_secs),
+            now.datetime(),
             &self.current.load().config.notify.node_name,
             by,
         );
         let released = self.restrictions.release(account, now_secs, by, reason.unwrap_or(""), Some(&event))?;
         if let Some(r) = &released {
             self.metrics.released(r.cause());
-            self.accounts.record_mut(account, self.current.load().policies.select(account)).set_released(utc_day(now));
+            self.accounts.record_mut(account, self.current.load().policies.select(account)).set_released(now.utc_day());
             info!(account, by, reason = reason.unwrap_or(""), "account released");
             self.events.emit(event);
         }
@@ -127,11 +126,10 @@ impl Engine {
         until: Option<OffsetDateTime>,
         by: &str,
     ) -> Result<(Restriction, bool), StoreError> {
-        let now_secs = self.clock.now_secs();
+        let now = self.clock.now();
         let compiled = self.current.load_full();
         let policy = &compiled.policies.settings(compiled.policies.select(account)).name;
-        let restriction =
-            Restriction::by_admin(account, reason, policy, to_datetime(now_secs), until, self.counters(account));
+        let restriction = Restriction::by_admin(account, reason, policy, now.datetime(), until, self.counters(account));
         let event = Event::restricted(&restriction, None, &compiled.config.notify.node_name, Some(by));
         let created = self.restrictions.restrict(restriction.clone(), by, Some(&event))?;
         if created {
@@ -139,7 +137,7 @@ impl Engine {
             warn!(account, by, reason, "account restricted by an administrator");
             self.events.emit(event);
         }
-        let current = self.restrictions.get(account, now_secs).unwrap_or(restriction);
+        let current = self.restrictions.get(account, now.secs()).unwrap_or(restriction);
         Ok((current, created))
     }
 }

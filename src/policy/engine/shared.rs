@@ -5,7 +5,6 @@
 //! the decisions themselves stay synchronous and local — cluster mode only moves the local
 //! records closer to what every node together has spent.
 
-use super::super::clock::utc_day;
 use super::super::limits::LimitKind;
 use super::{Engine, Transaction};
 
@@ -53,14 +52,18 @@ impl Engine {
 
     /// Another node's administrator released `account`: the day's grace applies here too.
     pub fn note_released_elsewhere(&self, account: &str) {
-        let now = self.clock.now_nanos();
-        self.accounts.record_mut(account, self.current.load().policies.select(account)).set_released(utc_day(now));
+        let now = self.clock.now();
+        self.accounts.record_mut(account, self.current.load().policies.select(account)).set_released(now.utc_day());
     }
 
     /// Every tracked account whose limits are still in use at `now`, with its TATs — what a node
     /// pushes to the cluster after being apart from it.
     pub fn tats_in_use(&self) -> Vec<(String, [u64; 3])> {
-        let now = self.clock.now_nanos();
-        self.accounts.iter().filter(|e| e.tat.iter().any(|&t| t > now)).map(|e| (e.key().to_string(), e.tat)).collect()
+        let now = self.clock.now();
+        self.accounts
+            .iter()
+            .filter(|e| e.tat.iter().any(|&t| t > now.nanos()))
+            .map(|e| (e.key().to_string(), e.tat))
+            .collect()
     }
 }
