@@ -9,7 +9,13 @@
 //!   where a decision becomes a reply) → [`milter::connection`] (socket, timeouts) →
 //!   [`milter::server`] (accept loop, connection cap, drain on shutdown).
 //! - [`policy`]: decisions from plain facts (account, recipients, verdicts); knows nothing of
-//!   the protocol.
+//!   the protocol or of storage. The engine ([`policy::engine`]) decides under one
+//!   [`policy::compiled::Compiled`] configuration, keeps the [`policy::accounts`] table of
+//!   [`policy::record`]s, and records restrictions through the [`policy::restriction`] store
+//!   trait with the events that announce them ([`policy::events`]); time is one type,
+//!   [`policy::clock::Timestamp`].
+//! - [`state`]: the policy's traits on disk — restrictions in memory and in a checksummed,
+//!   fsynced journal with an audit trail; the counters snapshot.
 //! - [`notify`]: administrator notifications — events → localized email and webhook,
 //!   through a durable spool with retries; never on the milter path.
 //! - [`verdict`]: the spam verdict on a message — from the headers a scanner in front of us
