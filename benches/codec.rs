@@ -5,9 +5,9 @@ use std::hint::black_box;
 use std::sync::Arc;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use outbound_guard::config::ReplyTexts;
 use outbound_guard::milter::command::Command;
 use outbound_guard::milter::frame;
-use outbound_guard::milter::replies::ReplyTexts;
 use outbound_guard::milter::session::Session;
 use outbound_guard::policy::PassThrough;
 

@@ -6,10 +6,10 @@ use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use outbound_guard::config::Config;
+use outbound_guard::config::ReplyTexts;
 use outbound_guard::metrics::Metrics;
 use outbound_guard::milter::command::Command;
 use outbound_guard::milter::frame::{self, Frame};
-use outbound_guard::milter::replies::ReplyTexts;
 use outbound_guard::milter::reply::Reply;
 use outbound_guard::milter::session::{Flow, Session};
 use outbound_guard::policy::PassThrough;

@@ -13,11 +13,11 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use common::mta::code;
+use outbound_guard::config::ReplyTexts;
 use outbound_guard::config::{Config, ListenAddr};
 use outbound_guard::metrics::Metrics;
 use outbound_guard::milter::client::{MtaClient, POSTFIX_OFFER};
 use outbound_guard::milter::connection::Timeouts;
-use outbound_guard::milter::replies::ReplyTexts;
 use outbound_guard::milter::server::{self, Listener, ServerSettings};
 use outbound_guard::policy::clock::EngineClock;
 use outbound_guard::policy::engine::Engine;

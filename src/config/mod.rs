@@ -7,6 +7,7 @@
 pub mod duration;
 pub mod error;
 pub mod raw;
+pub mod replies;
 pub mod socket;
 mod validate;
 
@@ -17,10 +18,9 @@ use std::time::Duration;
 use ipnet::IpNet;
 
 pub use error::{ConfigError, Invalid};
+pub use replies::ReplyTexts;
 pub use socket::ListenAddr;
 pub use validate::builtin_default_policy;
-
-use crate::milter::replies::ReplyTexts;
 
 /// A validated configuration.
 #[derive(Debug, Clone, PartialEq)]

@@ -9,8 +9,8 @@ use ipnet::IpNet;
 
 use super::error::{ConfigError, KeyPath};
 use super::raw::{RawAdmin, RawConfig, RawPolicy};
+use super::replies::{self, ReplyTexts};
 use super::*;
-use crate::milter::replies::{self, ReplyTexts};
 
 struct Validator<'a> {
     file: &'a Path,

@@ -8,7 +8,6 @@ pub mod connection;
 pub mod frame;
 pub mod macros;
 pub mod negotiate;
-pub mod replies;
 pub mod reply;
 pub mod server;
 pub mod session;

@@ -15,9 +15,9 @@ use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
 use super::connection::{self, Timeouts, Transport};
-use super::replies::ReplyTexts;
 use super::session::Session;
 use crate::config::ListenAddr;
+use crate::config::ReplyTexts;
 use crate::metrics::Metrics;
 use crate::policy::Policy;
 

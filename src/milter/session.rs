@@ -24,10 +24,9 @@ use thiserror::Error;
 use super::command::{Command, printable};
 use super::macros::{Macro, Macros};
 use super::negotiate::{self, Negotiated, NegotiationError};
-use super::replies::ReplyTexts;
 use super::reply::Reply;
-use crate::config::InternalErrorAction;
-use crate::policy::{Decision, MailFacts, MessageFacts, Policy, RcptFacts};
+use crate::config::{InternalErrorAction, ReplyTexts};
+use crate::policy::{Decision, MailFacts, MessageFacts, Policy, RcptFacts, Refusal};
 
 /// Where in a message the MTA is; only moves forward.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -419,12 +418,20 @@ fn parse_ip(raw: &[u8]) -> Option<IpAddr> {
 }
 
 impl ReplyTexts {
-    /// The one place where a decision becomes a reply.
+    /// The one place where a decision becomes a reply: each refusal has its configured text.
     pub fn reply_for(&self, decision: Decision) -> Reply<'_> {
         match decision {
             Decision::Continue => Reply::Continue,
             Decision::Accept => Reply::Accept,
-            Decision::Refuse(refusal) => Reply::ReplyCode(self.text(refusal).as_bytes()),
+            Decision::Refuse(refusal) => Reply::ReplyCode(
+                match refusal {
+                    Refusal::AccountRestricted => &self.account_restricted,
+                    Refusal::LimitReached => &self.limit_reached,
+                    Refusal::TooManyRecipients => &self.too_many_recipients,
+                    Refusal::Spam => &self.spam_rejected,
+                }
+                .as_bytes(),
+            ),
             Decision::InternalError => match self.on_internal_error {
                 InternalErrorAction::Tempfail => Reply::Tempfail,
                 InternalErrorAction::Accept => Reply::Accept,
