@@ -7,6 +7,7 @@
 pub mod duration;
 pub mod error;
 pub mod raw;
+pub mod relay;
 pub mod replies;
 pub mod socket;
 mod validate;
@@ -18,6 +19,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 
 pub use error::{ConfigError, Invalid};
+pub use relay::{RelaySecurity, RelayUrl, RelayUrlError};
 pub use replies::ReplyTexts;
 pub use socket::ListenAddr;
 pub use validate::builtin_default_policy;
@@ -111,7 +113,8 @@ pub struct HeaderRule {
 pub struct NotifyConfig {
     pub recipients: Vec<String>,
     pub from: String,
-    pub smtp: String,
+    /// Where notifications are relayed.
+    pub smtp: RelayUrl,
     pub webhook: Option<String>,
     pub language: Language,
     pub templates_dir: Option<PathBuf>,

@@ -278,15 +278,13 @@ pub(super) fn validate(file: &Path, source: &str, raw: RawConfig) -> Result<Conf
         Some(list) => v.addresses(&key("notify.recipients"), Some(list))?,
     };
     let from = v.address(&key("notify.from"), n.from.as_deref().unwrap_or("outbound-guard@example.com"))?;
-    let smtp = n.smtp.clone().unwrap_or_else(|| "smtp://127.0.0.1:25".into());
-    if !(smtp.starts_with("smtp://") || smtp.starts_with("smtps://")) {
+    let smtp_text = n.smtp.as_deref().unwrap_or("smtp://127.0.0.1:25");
+    if !(smtp_text.starts_with("smtp://") || smtp_text.starts_with("smtps://")) {
         return Err(v.err(&key("notify.smtp"), "must be an smtp:// or smtps:// URL"));
     }
-    // The notifier's own parser, so that what passes here is what it can use; its error
-    // quotes the URL with the password masked, which is the value shown.
-    if let Err(crate::notify::NotifyError::SmtpUrl { url, why }) = crate::notify::email::RelayUrl::parse(&smtp) {
-        return Err(v.err(&key("notify.smtp"), why).with_value(format!("\"{url}\"")));
-    }
+    // The error quotes the URL with the password masked, which is the value shown.
+    let smtp = RelayUrl::parse(smtp_text)
+        .map_err(|e| v.err(&key("notify.smtp"), e.why).with_value(format!("\"{}\"", e.url)))?;
     if let Some(hook) = &n.webhook
         && !(hook.starts_with("http://") || hook.starts_with("https://"))
     {

@@ -171,13 +171,12 @@ pub struct NotifierHandle {
     spool_dir: PathBuf,
 }
 
-/// Checks what the notifier would refuse at start — the relay URL and the administrator's
-/// templates — for `check-config`.
+/// Checks what the notifier would refuse at start — the administrator's templates (the relay
+/// URL was parsed with the configuration) — for `check-config`.
 ///
 /// # Errors
-/// The first problem found, naming the file or the URL.
+/// The first problem found, naming the file.
 pub fn check(config: &Config) -> Result<(), NotifyError> {
-    email::RelayUrl::parse(&config.notify.smtp)?;
     templates::check(config)
 }
 
@@ -212,8 +211,6 @@ pub fn spawn_with(
     tuning: Tuning,
 ) -> Result<NotifierHandle, NotifyError> {
     let templates = Arc::new(Templates::load(&config)?);
-    // Checked here so a typo in the URL stops the start instead of failing every attempt.
-    email::RelayUrl::parse(&config.notify.smtp)?;
     let http = webhook::client(tuning.webhook_timeout)?;
     let spool_dir = config.state.dir.join("spool");
     let spool = spool::Spool::open(&spool_dir)?;
@@ -245,12 +242,11 @@ impl NotifierHandle {
     /// templates). Pending notices are rendered with it too.
     ///
     /// # Errors
-    /// When the new templates do not compile or the new relay URL is invalid: the new
-    /// configuration is still used, with the templates that were in force.
+    /// When the new templates do not compile: the new configuration is still used, with the
+    /// templates that were in force.
     pub fn reload(&self, config: Arc<Config>) -> Result<(), NotifyError> {
         let old = self.current.borrow().templates.clone();
-        let checked = Templates::load(&config).and_then(|t| email::RelayUrl::parse(&config.notify.smtp).map(|_| t));
-        let (templates, result) = match checked {
+        let (templates, result) = match Templates::load(&config) {
             Ok(t) => (Arc::new(t), Ok(())),
             Err(e) => {
                 tracing::error!("notification settings partly refused, keeping the previous templates: {e}");

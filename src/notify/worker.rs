@@ -286,15 +286,12 @@ async fn attempt(entry: &Entry, current: &Current, http: &reqwest::Client, tunin
             if to.is_empty() {
                 return Outcome::Dropped("no email recipients are configured any more");
             }
-            let relay = match email::RelayUrl::parse(&config.notify.smtp) {
-                Ok(r) => r,
-                Err(e) => return Outcome::Failed(e),
-            };
+            let relay = &config.notify.smtp;
             let message = match email::build(config, &to, &rendered, entry.notice.kind.name(), &entry.id) {
                 Ok(m) => m,
                 Err(e) => return Outcome::Failed(e),
             };
-            match email::send(&relay, &config.notify.node_name, tuning.smtp_timeout, message).await {
+            match email::send(relay, &config.notify.node_name, tuning.smtp_timeout, message).await {
                 Ok(()) => Outcome::Delivered,
                 Err(e) => Outcome::Failed(e),
             }

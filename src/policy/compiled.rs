@@ -35,11 +35,9 @@ impl Compiled {
         // `notify.smtp` names one (then the account is that login, not the sender). Nothing
         // else: exempting any mail that merely claims `notify.from` as its sender would let an
         // authenticated account forge it and never be counted.
-        let relay_login = crate::notify::email::RelayUrl::parse(&config.notify.smtp)
-            .ok()
-            .and_then(|relay| relay.credentials.map(|(user, _)| user));
+        let relay_login = config.notify.smtp.credentials.as_ref().map(|(user, _)| user.as_str());
         let exempt = std::iter::once(config.notify.from.as_str())
-            .chain(relay_login.as_deref())
+            .chain(relay_login)
             .filter_map(|raw| canonical(raw.as_bytes(), strip).map(|c| c.into_owned()))
             .collect();
         // Rules were validated with the configuration; should one still not compile, the
