@@ -7,6 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::messages::{fixture, large_message};
+use outbound_guard::config::RspamdUrl;
 use outbound_guard::verdict::{RspamdClient, ScanError, ScanRequest, Source, SpamdClient};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
@@ -195,7 +196,7 @@ const HAM_JSON: &str = r#"{"is_skipped":false,"score":1.2,"required_score":15.0,
 #[tokio::test]
 async fn rspamd_envelope_headers_cap_and_connection_reuse() {
     let (url, mut seen) = fake_rspamd("200 OK", HAM_JSON).await;
-    let client = RspamdClient::new(&url, Duration::from_secs(10), CAP).unwrap();
+    let client = RspamdClient::new(&RspamdUrl::parse(&url).unwrap(), Duration::from_secs(10), CAP).unwrap();
     let large = large_message(2 * 1024 * 1024);
     let rcpt = ["bob@example.org", "carol@example.net"];
     let req = ScanRequest {
@@ -238,7 +239,7 @@ async fn rspamd_envelope_headers_cap_and_connection_reuse() {
 #[tokio::test]
 async fn rspamd_actions_map_to_spam() {
     let (url, _seen) = fake_rspamd("200 OK", r#"{"score":16.2,"required_score":15.0,"action":"reject"}"#).await;
-    let v = RspamdClient::new(&url, Duration::from_secs(5), CAP)
+    let v = RspamdClient::new(&RspamdUrl::parse(&url).unwrap(), Duration::from_secs(5), CAP)
         .unwrap()
         .check(&request(b"Subject: x\r\n\r\nx\r\n"))
         .await
@@ -252,7 +253,7 @@ async fn rspamd_failures_are_scan_errors() {
     let small = b"Subject: x\r\n\r\nx\r\n";
     let addr = closed_port().await;
     let started = Instant::now();
-    let err = RspamdClient::new(&format!("http://{addr}"), Duration::from_secs(5), CAP)
+    let err = RspamdClient::new(&RspamdUrl::parse(&format!("http://{addr}")).unwrap(), Duration::from_secs(5), CAP)
         .unwrap()
         .check(&request(small))
         .await
@@ -263,8 +264,11 @@ async fn rspamd_failures_are_scan_errors() {
     let addr = silent_server().await;
     let timeout = Duration::from_millis(300);
     let started = Instant::now();
-    let err =
-        RspamdClient::new(&format!("http://{addr}"), timeout, CAP).unwrap().check(&request(small)).await.unwrap_err();
+    let err = RspamdClient::new(&RspamdUrl::parse(&format!("http://{addr}")).unwrap(), timeout, CAP)
+        .unwrap()
+        .check(&request(small))
+        .await
+        .unwrap_err();
     let took = started.elapsed();
     assert!(matches!(err, ScanError::Timeout { .. }), "{err}");
     assert!(took >= timeout && took < timeout * 4, "{took:?}");
@@ -277,8 +281,11 @@ async fn rspamd_failures_are_scan_errors() {
         ("404 Not Found", "nope", "status 404"),
     ] {
         let (url, _seen) = fake_rspamd(status, reply).await;
-        let err =
-            RspamdClient::new(&url, Duration::from_secs(5), CAP).unwrap().check(&request(small)).await.unwrap_err();
+        let err = RspamdClient::new(&RspamdUrl::parse(&url).unwrap(), Duration::from_secs(5), CAP)
+            .unwrap()
+            .check(&request(small))
+            .await
+            .unwrap_err();
         assert!(matches!(err, ScanError::Protocol { .. }), "{reply}: {err}");
         assert!(err.to_string().contains(says), "{err}");
     }
@@ -286,7 +293,7 @@ async fn rspamd_failures_are_scan_errors() {
     // A value that would inject a header is refused before anything is sent.
     let (url, _seen) = fake_rspamd("200 OK", HAM_JSON).await;
     let rcpt = ["bob@example.org\r\nUser: root"];
-    let err = RspamdClient::new(&url, Duration::from_secs(5), CAP)
+    let err = RspamdClient::new(&RspamdUrl::parse(&url).unwrap(), Duration::from_secs(5), CAP)
         .unwrap()
         .check(&ScanRequest { message: small, rcpt: &rcpt, ..ScanRequest::default() })
         .await
@@ -297,8 +304,9 @@ async fn rspamd_failures_are_scan_errors() {
 #[test]
 fn rspamd_url_must_be_http() {
     for bad in ["127.0.0.1:11333", "ftp://127.0.0.1/", "http//x"] {
-        assert!(RspamdClient::new(bad, Duration::from_secs(1), CAP).is_err(), "{bad}");
+        assert!(RspamdUrl::parse(bad).is_err(), "{bad}");
     }
-    let c = RspamdClient::new("http://127.0.0.1:11333", Duration::from_secs(1), CAP).unwrap();
+    let c =
+        RspamdClient::new(&RspamdUrl::parse("http://127.0.0.1:11333").unwrap(), Duration::from_secs(1), CAP).unwrap();
     assert_eq!(c.base(), "http://127.0.0.1:11333");
 }

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::messages::{fixture, large_message};
 use common::scanners::{Rspamd, Spamd};
+use outbound_guard::config::RspamdUrl;
 use outbound_guard::verdict::{RspamdClient, ScanError, ScanRequest, Source, SpamdClient};
 
 /// The first scan after a start may wait for rules to load, and spamd takes about 10 s for
@@ -80,7 +81,7 @@ fn real_spamd_gtube_is_spam_ham_is_ham_and_the_cap_holds() {
 #[test]
 fn real_rspamd_gtube_is_spam_ham_is_ham_and_the_cap_holds() {
     let rspamd = Rspamd::start().expect("rspamd starts");
-    let client = RspamdClient::new(&rspamd.url(), TIMEOUT, CAP).unwrap();
+    let client = RspamdClient::new(&RspamdUrl::parse(&rspamd.url()).unwrap(), TIMEOUT, CAP).unwrap();
     let rt = runtime();
     let rcpt = ["bob@example.org", "carol@example.net"];
 

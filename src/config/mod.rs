@@ -9,6 +9,7 @@ pub mod error;
 pub mod raw;
 pub mod relay;
 pub mod replies;
+pub mod scanner;
 pub mod socket;
 mod validate;
 
@@ -21,6 +22,7 @@ use ipnet::IpNet;
 pub use error::{ConfigError, Invalid};
 pub use relay::{RelaySecurity, RelayUrl, RelayUrlError};
 pub use replies::ReplyTexts;
+pub use scanner::{RspamdUrl, RspamdUrlError, SpamdAddress};
 pub use socket::ListenAddr;
 pub use validate::builtin_default_policy;
 
@@ -86,8 +88,10 @@ pub enum Backend {
 #[derive(Debug, Clone, PartialEq)]
 pub struct VerdictConfig {
     pub headers: bool,
-    pub spamd: Option<String>,
-    pub rspamd: Option<String>,
+    /// spamd, when it is among the sources.
+    pub spamd: Option<SpamdAddress>,
+    /// rspamd, when it is among the sources.
+    pub rspamd: Option<RspamdUrl>,
     pub timeout: Duration,
     pub max_scan_bytes: usize,
     pub rules: Vec<HeaderRule>,

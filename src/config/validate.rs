@@ -230,22 +230,12 @@ pub(super) fn validate(file: &Path, source: &str, raw: RawConfig) -> Result<Conf
     }
     // Checked whenever written, used or not: a typo should not wait for the day the source is
     // switched on.
-    if let Some(addr) = &vr.spamd
-        && let Err(why) = crate::verdict::spamd::check_address(addr)
-    {
-        return Err(v.err(&key("verdict.spamd"), why));
-    }
-    if let Some(url) = &vr.rspamd
-        && let Err(e) = crate::verdict::rspamd::check_base_url(url)
-    {
-        return Err(v.err(&key("verdict.rspamd"), e.to_string()));
-    }
-    let spamd =
-        sources.iter().any(|s| s == "spamd").then(|| vr.spamd.clone().unwrap_or_else(|| "127.0.0.1:783".into()));
-    let rspamd = sources
-        .iter()
-        .any(|s| s == "rspamd")
-        .then(|| vr.rspamd.clone().unwrap_or_else(|| "http://127.0.0.1:11333".into()));
+    let spamd = SpamdAddress::parse(vr.spamd.as_deref().unwrap_or("127.0.0.1:783"))
+        .map_err(|why| v.err(&key("verdict.spamd"), why))?;
+    let rspamd = RspamdUrl::parse(vr.rspamd.as_deref().unwrap_or("http://127.0.0.1:11333"))
+        .map_err(|e| v.err(&key("verdict.rspamd"), e.to_string()))?;
+    let spamd = sources.iter().any(|s| s == "spamd").then_some(spamd);
+    let rspamd = sources.iter().any(|s| s == "rspamd").then_some(rspamd);
     let mut rules = Vec::new();
     for (i, r) in vr.rule.iter().flatten().enumerate() {
         let path = key("verdict.rule").index(i);

@@ -49,8 +49,13 @@ impl Compiled {
             HeaderJudge::new(&builtin).expect("built-in header rules compile")
         });
         let spamd = SpamdClient::from_config(&config.verdict);
-        let rspamd = RspamdClient::from_config(&config.verdict)
-            .and_then(|r| r.map_err(|e| tracing::error!("rspamd disabled: {e}")).ok());
+        // The URL was parsed with the configuration; what can still fail is the HTTP client's
+        // TLS set-up, which leaves the other sources working.
+        let rspamd = config.verdict.rspamd.as_ref().and_then(|url| {
+            RspamdClient::new(url, config.verdict.timeout, config.verdict.max_scan_bytes)
+                .map_err(|e| tracing::error!("rspamd disabled: {e}"))
+                .ok()
+        });
         Compiled { config, policies, limiters, exempt, judge, spamd, rspamd }
     }
 

@@ -26,7 +26,7 @@ use serde::Deserialize;
 
 use super::spamd::MAX_CONNECT_TIMEOUT;
 use super::{ScanError, ScanRequest, Source, Verdict, clip, header_safe};
-use crate::config::VerdictConfig;
+use crate::config::RspamdUrl;
 
 /// rspamd's reply lists every symbol that fired, with options: a few kilobytes normally.
 pub const MAX_REPLY: usize = 1024 * 1024;
@@ -72,41 +72,13 @@ struct Reply {
     error: Option<String>,
 }
 
-/// The `/checkv2` URL of an rspamd base URL, which must be http(s); the configuration checks
-/// `verdict.rspamd` with it, so a URL the client cannot use never gets past `check-config`.
-///
-/// # Errors
-/// [`RspamdUrlError::Url`] or [`RspamdUrlError::Scheme`].
-pub fn check_base_url(base: &str) -> Result<reqwest::Url, RspamdUrlError> {
-    let parsed: reqwest::Url = base.parse().map_err(|source| RspamdUrlError::Url { url: base.to_owned(), source })?;
-    if !matches!(parsed.scheme(), "http" | "https") {
-        return Err(RspamdUrlError::Scheme { url: base.to_owned() });
-    }
-    parsed.join("checkv2").map_err(|source| RspamdUrlError::Url { url: base.to_owned(), source })
-}
-
-/// An rspamd base URL that cannot be used.
+/// The HTTP client for rspamd could not be set up (its TLS backend failed to initialise).
 #[derive(Debug, thiserror::Error)]
-pub enum RspamdUrlError {
-    #[error("invalid rspamd URL {url:?}")]
-    Url {
-        url: String,
-        #[source]
-        source: url_error::ParseError,
-    },
-    #[error("rspamd URL {url:?} must start with http:// or https://")]
-    Scheme { url: String },
-    #[error("cannot set up the HTTP client for rspamd at {url:?}")]
-    Client {
-        url: String,
-        #[source]
-        source: reqwest::Error,
-    },
-}
-
-/// reqwest re-exports the URL type but not its parse error under a stable name.
-mod url_error {
-    pub type ParseError = <reqwest::Url as std::str::FromStr>::Err;
+#[error("cannot set up the HTTP client for rspamd at {url:?}")]
+pub struct RspamdClientError {
+    url: String,
+    #[source]
+    source: reqwest::Error,
 }
 
 impl RspamdClient {
@@ -114,9 +86,8 @@ impl RspamdClient {
     /// `timeout` bounds each whole request; at most `max_bytes` of each message are sent.
     ///
     /// # Errors
-    /// [`RspamdUrlError`] when `base` is not an http(s) URL or the HTTP client cannot be built.
-    pub fn new(base: &str, timeout: Duration, max_bytes: usize) -> Result<RspamdClient, RspamdUrlError> {
-        let url = check_base_url(base)?;
+    /// [`RspamdClientError`] when the HTTP client cannot be built.
+    pub fn new(base: &RspamdUrl, timeout: Duration, max_bytes: usize) -> Result<RspamdClient, RspamdClientError> {
         let http = reqwest::Client::builder()
             .connect_timeout(timeout.min(MAX_CONNECT_TIMEOUT))
             .timeout(timeout)
@@ -125,17 +96,8 @@ impl RspamdClient {
             .no_proxy()
             .user_agent(concat!("outbound-guard/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|source| RspamdUrlError::Client { url: base.to_owned(), source })?;
-        Ok(RspamdClient { http, url, base: base.to_owned(), timeout, max_bytes })
-    }
-
-    /// The client `[verdict]` asks for, if `rspamd` is among its sources.
-    ///
-    /// # Errors
-    /// As [`RspamdClient::new`].
-    pub fn from_config(config: &VerdictConfig) -> Option<Result<RspamdClient, RspamdUrlError>> {
-        let base = config.rspamd.as_ref()?;
-        Some(RspamdClient::new(base, config.timeout, config.max_scan_bytes))
+            .map_err(|source| RspamdClientError { url: base.base().to_owned(), source })?;
+        Ok(RspamdClient { http, url: base.checkv2().clone(), base: base.base().to_owned(), timeout, max_bytes })
     }
 
     /// The base URL it talks to.

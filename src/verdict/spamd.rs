@@ -35,27 +35,6 @@ const MAX_REPLY: usize = 16 * 1024;
 /// long is down or overloaded, and waiting longer only holds the SMTP client.
 pub const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// Whether `addr` is the `host:port` the client connects to (a name, an IPv4 address or an
-/// IPv6 one in brackets, and a port); the configuration checks `verdict.spamd` with it. The
-/// name is resolved at each connection, not here.
-///
-/// # Errors
-/// What is wrong, in words for the configuration error.
-pub fn check_address(addr: &str) -> Result<(), &'static str> {
-    const FORM: &str = "must be HOST:PORT, e.g. \"127.0.0.1:783\" or \"[::1]:783\"";
-    let (host, port) = addr.rsplit_once(':').ok_or(FORM)?;
-    if port.parse::<u16>().map_or(true, |p| p == 0) {
-        return Err(FORM);
-    }
-    let plain_host =
-        !host.is_empty() && host.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'));
-    let bracketed_ipv6 = host
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .is_some_and(|ip| ip.parse::<std::net::Ipv6Addr>().is_ok());
-    if plain_host || bracketed_ipv6 { Ok(()) } else { Err(FORM) }
-}
-
 /// A spamd at one address.
 #[derive(Debug, Clone)]
 pub struct SpamdClient {
@@ -75,7 +54,7 @@ impl SpamdClient {
     /// The client `[verdict]` asks for, if `spamd` is among its sources.
     pub fn from_config(config: &VerdictConfig) -> Option<SpamdClient> {
         let addr = config.spamd.as_ref()?;
-        Some(SpamdClient::new(addr.clone(), config.timeout, config.max_scan_bytes))
+        Some(SpamdClient::new(addr.as_str(), config.timeout, config.max_scan_bytes))
     }
 
     /// The address it talks to.
