@@ -11,11 +11,10 @@ use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
 use crate::admin::api::{self, AdminState};
-use crate::cluster::target::Target;
 use crate::cluster::{Cluster, ClusterPolicy, ClusterRestrictions};
 use crate::config::ReplyTexts;
 use crate::config::error::{KeyPath, Seg};
-use crate::config::{Backend, Config, ConfigError, LogFormat};
+use crate::config::{Backend, Config, ConfigError, LogFormat, RedisTarget};
 use crate::metrics::Metrics;
 use crate::milter::connection::Timeouts;
 use crate::milter::server::{self, Listener, ServerSettings};
@@ -47,8 +46,6 @@ pub enum StartError {
     AdminBind { addr: String, source: std::io::Error },
     #[error(transparent)]
     Notify(#[from] crate::notify::NotifyError),
-    #[error("state.redis_url: {0}")]
-    Redis(#[from] redis::RedisError),
 }
 
 /// The configuration at `path` as the daemon takes it at start and on reload, and as
@@ -80,7 +77,7 @@ pub struct Services {
     /// crash kept from it.
     recorded_notices: std::sync::Mutex<Vec<Event>>,
     /// Cluster mode: this node's share and where Redis is.
-    cluster: Option<(Arc<Cluster>, Target)>,
+    cluster: Option<(Arc<Cluster>, RedisTarget)>,
 }
 
 impl Services {
@@ -96,12 +93,12 @@ impl Services {
         let recorded_notices = std::sync::Mutex::new(durable.recent_notices());
         let metrics = Arc::new(match config.state.backend {
             Backend::Memory => Metrics::new(),
-            Backend::Redis { .. } => Metrics::for_cluster(),
+            Backend::Redis(_) => Metrics::for_cluster(),
         });
         let (store, cluster): (Arc<dyn RestrictionStore>, _) = match &config.state.backend {
             Backend::Memory => (durable, None),
-            Backend::Redis { url } => {
-                let target = Target::parse(url)?;
+            Backend::Redis(url) => {
+                let target = url.target().clone();
                 // Unique per process, also for two nodes on one host.
                 let node = format!("{}/{}", config.notify.node_name, std::process::id());
                 let cluster =

@@ -10,12 +10,14 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use redis::aio::MultiplexedConnection;
+use redis::sentinel::{SentinelClient, SentinelServerType};
 use redis::{AsyncConnectionConfig, RedisError};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use super::events::{self, Change, ClusterEvent};
 use super::{Cluster, ClusterError, Commit, keys, scripts};
+use crate::config::RedisTarget;
 
 /// First wait after a failed connection; doubles up to [`BACKOFF_MAX`].
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -32,11 +34,7 @@ const RELEASE_TTL_MS: i64 = 30 * 86_400_000;
 const RESTRICT_GRACE_MS: i64 = 86_400_000;
 
 /// Runs the link until `shutdown`.
-pub(super) async fn supervise(
-    cluster: Arc<Cluster>,
-    target: super::target::Target,
-    mut shutdown: watch::Receiver<bool>,
-) {
+pub(super) async fn supervise(cluster: Arc<Cluster>, target: RedisTarget, mut shutdown: watch::Receiver<bool>) {
     let mut backoff = BACKOFF_MIN;
     // Whether "unreachable" was already said since the link was last up.
     let mut said_down = false;
@@ -106,12 +104,29 @@ async fn within<T>(
     tokio::time::timeout(limit, f).await.map_err(|_| ClusterError::Timeout(limit))?
 }
 
+/// A client of the server to use now: the configured one, or for Sentinel the current master,
+/// asked of the sentinels at every (re)connection so that a failover is one reconnection.
+async fn client_of(target: &RedisTarget) -> redis::RedisResult<redis::Client> {
+    match target {
+        RedisTarget::Direct(c) => Ok(c.clone()),
+        RedisTarget::Sentinel { sentinels, service, node } => {
+            let mut sentinel = SentinelClient::build(
+                sentinels.clone(),
+                service.clone(),
+                Some(node.clone()),
+                SentinelServerType::Master,
+            )?;
+            sentinel.async_get_client().await
+        }
+    }
+}
+
 async fn connect(
     cluster: &Cluster,
-    target: &super::target::Target,
+    target: &RedisTarget,
 ) -> Result<(MultiplexedConnection, redis::aio::PubSub), ClusterError> {
     let limit = cluster.request_timeout;
-    let client = within(limit, async { Ok(target.client().await?) }).await?;
+    let client = within(limit, async { Ok(client_of(target).await?) }).await?;
     let config = AsyncConnectionConfig::new().set_connection_timeout(Some(limit)).set_response_timeout(Some(limit));
     let mut conn =
         within(limit, async { Ok(client.get_multiplexed_async_connection_with_config(&config).await?) }).await?;

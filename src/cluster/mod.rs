@@ -42,7 +42,7 @@
 //!   when Redis came back empty), and raises the shared TATs to its local ones (max).
 //! - **Keys** carry the account as a hash tag (`og:{account}:…`), so the keys one script
 //!   touches are in one Redis Cluster slot; `og:accounts` and the channel are single names.
-//!   Redis Sentinel is supported by the URL (`redis+sentinel://`, [`target`]): the master is
+//!   Redis Sentinel is supported by the URL (`redis+sentinel://`, [`crate::config::RedisUrl`]): the master is
 //!   asked of the sentinels at each (re)connection, so a failover is a reconnection.
 //!
 //! Spam windows stay per node (a spam share is a ratio that N nodes each see the same way).
@@ -53,7 +53,6 @@ mod link;
 pub mod policy;
 pub mod restrictions;
 mod scripts;
-pub mod target;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
@@ -68,6 +67,7 @@ use tracing::{error, info};
 pub use policy::ClusterPolicy;
 pub use restrictions::ClusterRestrictions;
 
+use crate::config::RedisTarget;
 use crate::metrics::Metrics;
 use crate::policy::clock::EngineClock;
 use crate::policy::engine::Engine;
@@ -188,7 +188,7 @@ impl Cluster {
     /// background writers, until `shutdown`.
     pub fn spawn(
         self: &Arc<Self>,
-        target: target::Target,
+        target: RedisTarget,
         engine: &Arc<Engine>,
         shutdown: watch::Receiver<bool>,
     ) -> Vec<tokio::task::JoinHandle<()>> {

@@ -7,6 +7,7 @@
 pub mod duration;
 pub mod error;
 pub mod raw;
+pub mod redis;
 pub mod relay;
 pub mod replies;
 pub mod scanner;
@@ -20,6 +21,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 
 pub use error::{ConfigError, Invalid};
+pub use redis::{RedisTarget, RedisUrl, RedisUrlError};
 pub use relay::{RelaySecurity, RelayUrl, RelayUrlError};
 pub use replies::ReplyTexts;
 pub use scanner::{RspamdUrl, RspamdUrlError, SpamdAddress};
@@ -81,7 +83,8 @@ pub struct StateConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Backend {
     Memory,
-    Redis { url: String },
+    /// Cluster mode: counters and restrictions shared through Redis at this URL.
+    Redis(RedisUrl),
 }
 
 /// `[verdict]`.

@@ -194,23 +194,8 @@ pub(super) fn validate(file: &Path, source: &str, raw: RawConfig) -> Result<Conf
         v.choice(&key("state.backend"), s.backend.as_ref(), "memory", &[("memory", "memory"), ("redis", "redis")])?;
     let backend = match backend {
         "redis" => {
-            let url = s.redis_url.clone().unwrap_or_else(|| "redis://127.0.0.1:6379/0".into());
-            if !(url.starts_with("redis://")
-                || url.starts_with("rediss://")
-                || url.starts_with("redis+unix://")
-                || url.starts_with("unix://")
-                || url.starts_with("redis+sentinel://")
-                || url.starts_with("rediss+sentinel://"))
-            {
-                return Err(v.err(
-                    &key("state.redis_url"),
-                    "must be a redis://, rediss://, redis+unix:// or redis+sentinel:// URL",
-                ));
-            }
-            if let Err(e) = crate::cluster::target::Target::parse(&url) {
-                return Err(v.err(&key("state.redis_url"), format!("is not a usable Redis URL: {e}")));
-            }
-            Backend::Redis { url }
+            let text = s.redis_url.as_deref().unwrap_or("redis://127.0.0.1:6379/0");
+            Backend::Redis(RedisUrl::parse(text).map_err(|e| v.err(&key("state.redis_url"), e.to_string()))?)
         }
         _ => Backend::Memory,
     };
