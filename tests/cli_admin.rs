@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::binary::{GuardProcess, binary, cli};
 use common::mta::{runtime, send, try_send};
-use common::postfix::send_signal;
+use common::process::send_signal;
 
 const POLICY: &str = "[organization]\nlocal_domains = [\"example.com\"]\n\
     [policy.default]\nrecipient_limit_external_per_hour = 2\naction_when_threshold_reached = \"block\"\n";

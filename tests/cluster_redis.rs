@@ -226,8 +226,8 @@ fn rediss_urls_speak_tls_verified_against_the_system_roots() {
     // rustls reads the roots from SSL_CERT_FILE when it is set: here, only the test CA.
     let ca = file("ca.pem");
     let env = [("SSL_CERT_FILE", ca.as_str())];
-    let a = GuardProcess::start_with_env(common::postfix::free_port(), "", &node_config("node-a", &url), &env);
-    let b = GuardProcess::start_with_env(common::postfix::free_port(), "", &node_config("node-b", &url), &env);
+    let a = GuardProcess::start_with_env(common::process::free_port(), "", &node_config("node-a", &url), &env);
+    let b = GuardProcess::start_with_env(common::process::free_port(), "", &node_config("node-b", &url), &env);
     nodes_share_a_restriction(&a, &b, "ines@example.com");
 
     // Without the CA among its roots, a node refuses the server's certificate.
