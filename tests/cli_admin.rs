@@ -1,6 +1,6 @@
 //! The administration CLI against the real running binary: restricted list / show / add /
-//! release, senders top, `--json`, the exit codes of SPEC §6; SIGHUP reload; and `kill -9` in
-//! the middle of load losing no acknowledged restriction or release.
+//! release, senders top, `--json`, the exit codes of the README's "Command line" section; SIGHUP
+//! reload; and `kill -9` in the middle of load losing no acknowledged restriction or release.
 
 mod common;
 

@@ -42,8 +42,9 @@ fn restricted_on(g: &GuardProcess) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// A restriction made elsewhere reaches `g` within 1 s (SPEC §6), and `g` then refuses the
-/// account at MAIL FROM. (The restriction is shared after the MTA heard 5xx, never before.)
+/// A restriction made elsewhere reaches `g` within 1 s (docs/cluster.md, "What each node does"),
+/// and `g` then refuses the account at MAIL FROM. (The restriction is shared after the MTA heard
+/// 5xx, never before.)
 fn refuses_within_a_second(g: &GuardProcess, account: &str) {
     assert!(
         wait_until(Duration::from_secs(1), || restricted_on(g).contains(&account.to_owned())),
