@@ -1,6 +1,7 @@
 //! The admin HTTP API over a real socket against an in-process filter: authentication, the
-//! JSON shapes of SPEC §6, restrict/release taking effect on the very next transaction, live
-//! counters, reload, metrics, and state that survives a restart.
+//! JSON shapes of the README's "HTTP API and web page" section, restrict/release taking effect
+//! on the very next transaction, live counters, reload, metrics, and state that survives a
+//! restart.
 
 mod common;
 

@@ -9,7 +9,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::binary::binary;
-use common::postfix::send_signal;
+use common::process::send_signal;
 
 fn guard(args: &[&str], config: &Path) -> Output {
     Command::new(binary())

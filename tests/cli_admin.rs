@@ -1,6 +1,6 @@
 //! The administration CLI against the real running binary: restricted list / show / add /
-//! release, senders top, `--json`, the exit codes of SPEC §6; SIGHUP reload; and `kill -9` in
-//! the middle of load losing no acknowledged restriction or release.
+//! release, senders top, `--json`, the exit codes of the README's "Command line" section; SIGHUP
+//! reload; and `kill -9` in the middle of load losing no acknowledged restriction or release.
 
 mod common;
 
@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::binary::{GuardProcess, binary, cli};
 use common::mta::{runtime, send, try_send};
-use common::postfix::send_signal;
+use common::process::send_signal;
 
 const POLICY: &str = "[organization]\nlocal_domains = [\"example.com\"]\n\
     [policy.default]\nrecipient_limit_external_per_hour = 2\naction_when_threshold_reached = \"block\"\n";

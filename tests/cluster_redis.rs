@@ -42,8 +42,9 @@ fn restricted_on(g: &GuardProcess) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// A restriction made elsewhere reaches `g` within 1 s (SPEC §6), and `g` then refuses the
-/// account at MAIL FROM. (The restriction is shared after the MTA heard 5xx, never before.)
+/// A restriction made elsewhere reaches `g` within 1 s (docs/cluster.md, "What each node does"),
+/// and `g` then refuses the account at MAIL FROM. (The restriction is shared after the MTA heard
+/// 5xx, never before.)
 fn refuses_within_a_second(g: &GuardProcess, account: &str) {
     assert!(
         wait_until(Duration::from_secs(1), || restricted_on(g).contains(&account.to_owned())),
@@ -226,8 +227,8 @@ fn rediss_urls_speak_tls_verified_against_the_system_roots() {
     // rustls reads the roots from SSL_CERT_FILE when it is set: here, only the test CA.
     let ca = file("ca.pem");
     let env = [("SSL_CERT_FILE", ca.as_str())];
-    let a = GuardProcess::start_with_env(common::postfix::free_port(), "", &node_config("node-a", &url), &env);
-    let b = GuardProcess::start_with_env(common::postfix::free_port(), "", &node_config("node-b", &url), &env);
+    let a = GuardProcess::start_with_env(common::process::free_port(), "", &node_config("node-a", &url), &env);
+    let b = GuardProcess::start_with_env(common::process::free_port(), "", &node_config("node-b", &url), &env);
     nodes_share_a_restriction(&a, &b, "ines@example.com");
 
     // Without the CA among its roots, a node refuses the server's certificate.

@@ -23,7 +23,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::binary::binary;
-use common::postfix::{POLL, free_port, send_signal, tcp_listening, wait_child};
+use common::process::{POLL, free_port, send_signal, tcp_listening, wait_child};
 use outbound_guard::milter::client::{MtaClient, POSTFIX_OFFER};
 
 const PACKAGE: &str = "outbound-guard";

@@ -13,7 +13,10 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::binary::{GuardProcess, binary};
-use common::postfix::{POLL, Postfix, PostfixOptions, SmtpSink, Swaks, SwaksOutput};
+use common::postfix::{Postfix, PostfixOptions};
+use common::process::POLL;
+use common::smtp_sink::SmtpSink;
+use common::swaks::{Swaks, SwaksOutput};
 
 const WAIT: Duration = Duration::from_secs(20);
 /// What the README's recipe points at; the test substitutes its own.

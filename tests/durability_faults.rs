@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use common::binary::GuardProcess;
 use common::mta::{runtime, send, try_send};
 use common::notify_peers::TestHttp;
-use common::postfix::{free_port, send_signal};
+use common::process::{free_port, send_signal};
 
 const POLICY: &str = "[organization]\nlocal_domains = [\"example.com\"]\n\
     [policy.default]\nrecipient_limit_external_per_hour = 2\naction_when_threshold_reached = \"block\"\n";
@@ -45,7 +45,7 @@ fn restart_gracefully(mut g: GuardProcess) -> GuardProcess {
     let deadline = Instant::now() + Duration::from_secs(30);
     while g.child.try_wait().unwrap().is_none() {
         assert!(Instant::now() < deadline, "no exit within 30 s of SIGTERM");
-        std::thread::sleep(common::postfix::POLL);
+        std::thread::sleep(common::process::POLL);
     }
     GuardProcess::restart(g)
 }

@@ -1,4 +1,5 @@
-//! SPEC §4 row by row, through the milter protocol against an in-process filter whose clock the
+//! The policy of the README ("What it is", "Policy choices where the specification is silent")
+//! case by case, through the milter protocol against an in-process filter whose clock the
 //! test moves: inbound mail, restricted accounts, recipient limits and their actions, the
 //! per-message cap, grace after a release, alerts and warnings, rules and reload.
 

@@ -1,12 +1,15 @@
-//! Checks of the real-Postfix harness itself (`tests/common/postfix.rs`):
-//! needs root, Postfix, smtp-sink, swaks and the Cyrus SASL tools.
+//! Checks of the real-Postfix harness itself (`tests/common/postfix.rs`, `smtp_sink.rs` and
+//! `swaks.rs`): needs root, Postfix, smtp-sink, swaks and the Cyrus SASL tools.
 #![cfg(feature = "real-peers")]
 
 mod common;
 
 use std::time::Duration;
 
-use common::postfix::{Postfix, PostfixOptions, SmtpSink, Swaks, free_port};
+use common::postfix::{Postfix, PostfixOptions};
+use common::process::free_port;
+use common::smtp_sink::SmtpSink;
+use common::swaks::Swaks;
 
 const WAIT: Duration = Duration::from_secs(20);
 

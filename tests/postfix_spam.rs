@@ -10,8 +10,10 @@ mod common;
 use std::time::Duration;
 
 use common::binary::GuardProcess;
-use common::postfix::{Postfix, PostfixOptions, SmtpSink, Swaks};
+use common::postfix::{Postfix, PostfixOptions};
 use common::scanners::Spamd;
+use common::smtp_sink::SmtpSink;
+use common::swaks::Swaks;
 
 const WAIT: Duration = Duration::from_secs(30);
 

@@ -22,7 +22,11 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use common::binary::GuardProcess;
-use common::postfix::{Postfix, PostfixOptions, SmtpClient, SmtpSink, Swaks, free_port, tcp_listening, wait_child};
+use common::postfix::{Postfix, PostfixOptions};
+use common::process::{free_port, tcp_listening, wait_child};
+use common::smtp_client::SmtpClient;
+use common::smtp_sink::SmtpSink;
+use common::swaks::Swaks;
 
 const WAIT: Duration = Duration::from_secs(30);
 const HELO: &str = "client.outbound-guard.test";

@@ -1,6 +1,7 @@
-//! SPEC §4's end-of-message row through the milter protocol: header verdicts, the per-message
-//! actions (accept, tag, quarantine, reject, copies to `bcc_suspicious_to`), the spam share
-//! that restricts an account, and verdicts ageing out of the window.
+//! The README's "Spam verdicts" section at end of message, through the milter protocol: header
+//! verdicts, the per-message actions (accept, tag, quarantine, reject, copies to
+//! `bcc_suspicious_to`), the spam share that restricts an account, and verdicts ageing out of the
+//! window.
 
 mod common;
 

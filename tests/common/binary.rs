@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use super::postfix::{POLL, free_port, send_signal, tcp_listening};
+use super::process::{POLL, free_port, send_signal, tcp_listening};
 
 /// A running `outbound-guard run`.
 pub struct GuardProcess {

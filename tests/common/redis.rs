@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::postfix::{POLL, free_port, send_signal, tcp_listening};
+use super::process::{POLL, free_port, send_signal, tcp_listening};
 
 /// A running `redis-server` (or a sentinel, see [`RedisServer::sentinel`]).
 pub struct RedisServer {

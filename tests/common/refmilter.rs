@@ -11,7 +11,7 @@ use std::sync::OnceLock;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use super::postfix::{POLL, free_port, send_signal, wait_child};
+use super::process::{POLL, free_port, send_signal, wait_child};
 
 /// How long ref-milter may take to say it listens.
 const READY_WITHIN: Duration = Duration::from_secs(10);

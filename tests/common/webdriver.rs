@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use super::postfix::{POLL, children_of, free_port, reap_or_kill, send_signal};
+use super::process::{POLL, children_of, free_port, reap_or_kill, send_signal};
 
 /// The WebDriver id of an element in the W3C protocol.
 const ELEMENT_KEY: &str = "element-6066-11e4-a52e-4f735466cecf";

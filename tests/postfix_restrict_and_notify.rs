@@ -10,7 +10,10 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::binary::{GuardProcess, binary};
-use common::postfix::{Postfix, PostfixOptions, SmtpSink, Swaks, free_port};
+use common::postfix::{Postfix, PostfixOptions};
+use common::process::free_port;
+use common::smtp_sink::SmtpSink;
+use common::swaks::Swaks;
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -71,7 +74,7 @@ fn a_restriction_notifies_the_administrators_through_the_same_postfix() {
         if text.contains(expected) || std::time::Instant::now() > deadline {
             break text;
         }
-        std::thread::sleep(common::postfix::POLL);
+        std::thread::sleep(common::process::POLL);
     };
     assert!(metrics.contains(expected), "missing {expected:?} in\n{metrics}");
     assert!(metrics.contains("outbound_guard_notifications_pending{channel=\"email\"} 0"), "{metrics}");

@@ -8,7 +8,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::postfix::SmtpSink;
+use common::smtp_sink::SmtpSink;
 use mail_parser::MessageParser;
 use outbound_guard::config::Config;
 use outbound_guard::notify::{self, Tuning};
