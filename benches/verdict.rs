@@ -9,7 +9,7 @@ mod common;
 
 use common::thread_cpu_time;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use outbound_guard::config::{HeaderRule, VerdictConfig};
+use outbound_guard::config::{HeaderPattern, HeaderRule, HeaderTest, VerdictConfig};
 use outbound_guard::verdict::HeaderJudge;
 
 /// The headers of an ordinary message as Postfix hands them to a milter (leading space kept,
@@ -70,11 +70,10 @@ fn verdict(c: &mut Criterion) {
         max_scan_bytes: 512 * 1024,
         rules: vec![HeaderRule {
             header: "X-Scanner-Verdict".into(),
-            pattern: Some("(?i)verdict=spam".into()),
-            min_score: None,
+            test: HeaderTest::Pattern(HeaderPattern::new("(?i)verdict=spam").expect("valid pattern")),
         }],
     };
-    let judge = HeaderJudge::new(&config).expect("valid rules");
+    let judge = HeaderJudge::new(&config);
     let cases = [
         ("headers_20_none", message(&[("X-Originating-IP", " [192.0.2.10]"), ("Thread-Topic", " meeting")])),
         ("headers_20_spamassassin", message(&SPAMASSASSIN)),

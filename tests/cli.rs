@@ -53,6 +53,18 @@ fn errors_name_file_line_key_and_value_and_exit_2() {
         ),
         ("[verdict]\nspamd = \"garbage\"\n", ":2: verdict.spamd = \"garbage\": must be HOST:PORT"),
         ("[verdict]\nrspamd = \"ftp://scanner\"\n", ":2: verdict.rspamd = \"ftp://scanner\": rspamd URL"),
+        (
+            "[[verdict.rule]]\nheader = \"X-Verdict\"\npattern = \"(unclosed\"\n",
+            ":3: verdict.rule[0].pattern = \"(unclosed\": is not a valid regular expression",
+        ),
+        (
+            "[[verdict.rule]]\nheader = \"X-Verdict\"\npattern = \"spam\"\nmin_score = 5.0\n",
+            ":1: verdict.rule[0] = [[verdict.rule]]: needs exactly one of",
+        ),
+        (
+            "[state]\nbackend = \"redis\"\nredis_url = \"http://r:6379\"\n",
+            ":3: state.redis_url = \"http://r:6379\": must be a redis://",
+        ),
         ("[log]\nlevel = \"verbose\"\n", ":2: log.level = \"verbose\": is not a log level"),
         (
             "[notify]\nfrom = \"og@example.com\"\ntemplates_dir = \"broken\"\n",

@@ -8,7 +8,7 @@ use std::cell::Cell;
 use std::time::Duration;
 
 use common::messages::{fixture, headers};
-use outbound_guard::config::{HeaderRule, VerdictConfig};
+use outbound_guard::config::{HeaderPattern, HeaderRule, HeaderTest, VerdictConfig};
 use outbound_guard::verdict::HeaderJudge;
 
 thread_local! {
@@ -46,9 +46,11 @@ fn no_allocation_without_scanner_headers() {
         rspamd: None,
         timeout: Duration::from_secs(10),
         max_scan_bytes: 512 * 1024,
-        rules: vec![HeaderRule { header: "X-Scanner-Verdict".into(), pattern: Some("spam".into()), min_score: None }],
-    })
-    .unwrap();
+        rules: vec![HeaderRule {
+            header: "X-Scanner-Verdict".into(),
+            test: HeaderTest::Pattern(HeaderPattern::new("spam").unwrap()),
+        }],
+    });
     let ham = headers(&fixture("ham.eml"), true);
     let before = allocations();
     let verdict = judge.judge(ham.iter().map(|(n, v)| (n.as_slice(), v.as_slice())));

@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::messages::{fixture, headers, large_message, split};
-use outbound_guard::config::{HeaderRule, VerdictConfig};
+use outbound_guard::config::{HeaderPattern, HeaderRule, HeaderTest, VerdictConfig};
 use outbound_guard::verdict::{HeaderJudge, ScanMessage, Source};
 
 fn config() -> VerdictConfig {
@@ -19,8 +19,7 @@ fn config() -> VerdictConfig {
         max_scan_bytes: 512 * 1024,
         rules: vec![HeaderRule {
             header: "X-Scanner-Verdict".into(),
-            pattern: Some("verdict=spam".into()),
-            min_score: None,
+            test: HeaderTest::Pattern(HeaderPattern::new("verdict=spam").unwrap()),
         }],
     }
 }
@@ -41,7 +40,7 @@ const EXPECTED: [(&str, Option<Outcome>); 7] = [
 
 #[test]
 fn fixtures_give_the_documented_verdicts() {
-    let judge = HeaderJudge::new(&config()).unwrap();
+    let judge = HeaderJudge::new(&config());
     for lf_only in [false, true] {
         for (name, expected) in EXPECTED {
             let hs = headers(&fixture(name), lf_only);
@@ -58,7 +57,7 @@ fn fixtures_give_the_documented_verdicts() {
 
 #[test]
 fn forged_clean_headers_before_the_scanner_do_not_count() {
-    let judge = HeaderJudge::new(&config()).unwrap();
+    let judge = HeaderJudge::new(&config());
     let hs = headers(&fixture("forged-then-real.eml"), true);
     // The forged ones are really there, first.
     assert_eq!(hs[0], (b"X-Spam-Flag".to_vec(), b" NO".to_vec()));
@@ -68,7 +67,7 @@ fn forged_clean_headers_before_the_scanner_do_not_count() {
 
 #[test]
 fn administrator_rule_reads_a_folded_latin1_header() {
-    let judge = HeaderJudge::new(&config()).unwrap();
+    let judge = HeaderJudge::new(&config());
     let hs = headers(&fixture("non-utf8-folded.eml"), true);
     // Only the rule's header: the pattern matches across the fold.
     let rule_only = hs.iter().filter(|(n, _)| n == b"X-Scanner-Verdict");

@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
-use outbound_guard::config::{HeaderRule, VerdictConfig};
+use outbound_guard::config::{HeaderPattern, HeaderRule, HeaderTest, VerdictConfig};
 use outbound_guard::verdict::{DETAIL_MAX, HeaderJudge};
 
 fn judge() -> &'static HeaderJudge {
@@ -18,8 +18,10 @@ fn judge() -> &'static HeaderJudge {
     JUDGE.get_or_init(|| {
         let rule = |header: &str, pattern: Option<&str>, min_score: Option<f64>| HeaderRule {
             header: header.into(),
-            pattern: pattern.map(Into::into),
-            min_score,
+            test: match (pattern, min_score) {
+                (Some(p), _) => HeaderTest::Pattern(HeaderPattern::new(p).expect("the pattern compiles")),
+                (None, min) => HeaderTest::MinScore(min.unwrap_or_default()),
+            },
         };
         HeaderJudge::new(&VerdictConfig {
             headers: true,
@@ -29,7 +31,6 @@ fn judge() -> &'static HeaderJudge {
             max_scan_bytes: 512 * 1024,
             rules: vec![rule("X-Scanner-Verdict", Some("(?i)verdict=spam"), None), rule("X-Score", None, Some(7.5))],
         })
-        .expect("the rules compile")
     })
 }
 

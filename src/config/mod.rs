@@ -107,12 +107,45 @@ impl VerdictConfig {
     }
 }
 
-/// An administrator's extra header rule.
+/// An administrator's extra header rule: a header field and what makes it say spam.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HeaderRule {
     pub header: String,
-    pub pattern: Option<String>,
-    pub min_score: Option<f64>,
+    pub test: HeaderTest,
+}
+
+/// When a header rule's field says spam.
+#[derive(Debug, Clone, PartialEq)]
+pub enum HeaderTest {
+    /// `pattern`: the field's value matches this regular expression.
+    Pattern(HeaderPattern),
+    /// `min_score`: the first number in the field's value is at least this.
+    MinScore(f64),
+}
+
+/// A compiled `pattern`; two are equal when written the same.
+#[derive(Debug, Clone)]
+pub struct HeaderPattern(regex::Regex);
+
+impl HeaderPattern {
+    /// Compiles a pattern.
+    ///
+    /// # Errors
+    /// When it is not a valid regular expression.
+    pub fn new(pattern: &str) -> Result<HeaderPattern, regex::Error> {
+        regex::Regex::new(pattern).map(HeaderPattern)
+    }
+
+    /// The compiled expression.
+    pub fn regex(&self) -> &regex::Regex {
+        &self.0
+    }
+}
+
+impl PartialEq for HeaderPattern {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.as_str() == other.0.as_str()
+    }
 }
 
 /// `[notify]`.

@@ -226,16 +226,15 @@ pub(super) fn validate(file: &Path, source: &str, raw: RawConfig) -> Result<Conf
         let path = key("verdict.rule").index(i);
         let header = r.header.clone().filter(|h| !h.is_empty() && h.bytes().all(|b| b.is_ascii_graphic() && b != b':'));
         let header = header.ok_or_else(|| v.err(&path.key("header"), "must name a header field"))?;
-        if r.pattern.is_none() == r.min_score.is_none() {
-            return Err(v.err(&path, "needs exactly one of `pattern` or `min_score`"));
-        }
-        if let Some(pattern) = &r.pattern
-            && let Err(e) = regex::Regex::new(pattern)
-        {
-            let why = e.to_string().lines().last().unwrap_or("invalid").trim().to_owned();
-            return Err(v.err(&path.key("pattern"), format!("is not a valid regular expression: {why}")));
-        }
-        rules.push(HeaderRule { header, pattern: r.pattern.clone(), min_score: r.min_score });
+        let test = match (&r.pattern, r.min_score) {
+            (Some(pattern), None) => HeaderTest::Pattern(HeaderPattern::new(pattern).map_err(|e| {
+                let why = e.to_string().lines().last().unwrap_or("invalid").trim().to_owned();
+                v.err(&path.key("pattern"), format!("is not a valid regular expression: {why}"))
+            })?),
+            (None, Some(min)) => HeaderTest::MinScore(min),
+            _ => return Err(v.err(&path, "needs exactly one of `pattern` or `min_score`")),
+        };
+        rules.push(HeaderRule { header, test });
     }
     let verdict = VerdictConfig {
         headers: sources.iter().any(|s| s == "headers"),

@@ -40,14 +40,7 @@ impl Compiled {
             .chain(relay_login)
             .filter_map(|raw| canonical(raw.as_bytes(), strip).map(|c| c.into_owned()))
             .collect();
-        // Rules were validated with the configuration; should one still not compile, the
-        // built-in rules keep working.
-        let judge = HeaderJudge::new(&config.verdict).unwrap_or_else(|e| {
-            tracing::error!("header rules ignored: {e}");
-            let mut builtin = config.verdict.clone();
-            builtin.rules.clear();
-            HeaderJudge::new(&builtin).expect("built-in header rules compile")
-        });
+        let judge = HeaderJudge::new(&config.verdict);
         let spamd = SpamdClient::from_config(&config.verdict);
         // The URL was parsed with the configuration; what can still fail is the HTTP client's
         // TLS set-up, which leaves the other sources working.

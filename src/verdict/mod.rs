@@ -37,7 +37,7 @@ use std::time::Duration;
 
 use thiserror::Error;
 
-pub use headers::{HeaderJudge, HeaderRuleError};
+pub use headers::HeaderJudge;
 pub use rspamd::RspamdClient;
 pub use spamd::SpamdClient;
 
