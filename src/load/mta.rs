@@ -248,8 +248,8 @@ impl Conversation {
     pub async fn pipelined(&mut self, workload: &Workload, messages: &[Message]) -> io::Result<u64> {
         let agreed = self.client.agreed.unwrap_or(crate::milter::negotiate::Negotiated {
             version: 6,
-            actions: 0,
-            steps: 0,
+            actions: crate::milter::negotiate::Actions::empty(),
+            steps: crate::milter::negotiate::Steps::empty(),
             symbol_list: false,
         });
         let mut owed = 0u64;

@@ -16,11 +16,12 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::command::{Command, Envelope, NulStrings, Offer};
 use super::frame;
-use super::negotiate::{Negotiated, action, step};
+use super::negotiate::{Actions, Negotiated, Steps};
 use super::reply::Reply;
 
 /// What Postfix 3.7 offers: every action, every step it knows.
-pub const POSTFIX_OFFER: Offer = Offer { version: 6, actions: 0x1ff, steps: 0x1f_ffff };
+pub const POSTFIX_OFFER: Offer =
+    Offer { version: 6, actions: Actions::from_bits_retain(0x1ff), steps: Steps::from_bits_retain(0x1f_ffff) };
 
 /// A reply as received, owned.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -122,7 +123,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> MtaClient<S> {
             version: n.version,
             actions: n.actions,
             steps: n.steps,
-            symbol_list: n.actions & action::SET_SYMBOL_LIST != 0,
+            symbol_list: n.actions.contains(Actions::SET_SYMBOL_LIST),
         };
         self.macro_requests =
             n.macros.iter().map(|(stage, names)| (stage, String::from_utf8_lossy(names).into_owned())).collect();
@@ -134,18 +135,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> MtaClient<S> {
     pub fn skipped(&self, kind: u8) -> bool {
         let Some(n) = self.agreed else { return false };
         let flag = match kind {
-            b'C' => step::NO_CONNECT,
-            b'H' => step::NO_HELO,
-            b'M' => step::NO_MAIL,
-            b'R' => step::NO_RCPT,
-            b'T' => step::NO_DATA,
-            b'L' => step::NO_HEADERS,
-            b'N' => step::NO_EOH,
-            b'B' => step::NO_BODY,
-            b'U' => step::NO_UNKNOWN,
-            _ => 0,
+            b'C' => Steps::NO_CONNECT,
+            b'H' => Steps::NO_HELO,
+            b'M' => Steps::NO_MAIL,
+            b'R' => Steps::NO_RCPT,
+            b'T' => Steps::NO_DATA,
+            b'L' => Steps::NO_HEADERS,
+            b'N' => Steps::NO_EOH,
+            b'B' => Steps::NO_BODY,
+            b'U' => Steps::NO_UNKNOWN,
+            _ => Steps::empty(),
         };
-        n.steps & flag != 0
+        n.steps.intersects(flag)
     }
 
     /// Sends macros for a stage (never answered).

@@ -13,6 +13,7 @@ use nom::{IResult, Parser};
 use thiserror::Error;
 
 use super::frame::{self, Frame};
+use super::negotiate::{Actions, Steps};
 
 /// One command from the MTA.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,8 +54,8 @@ pub enum Command<'a> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Offer {
     pub version: u32,
-    pub actions: u32,
-    pub steps: u32,
+    pub actions: Actions,
+    pub steps: Steps,
 }
 
 /// Where the SMTP client connected from.
@@ -170,7 +171,14 @@ fn nul_strings(input: &[u8]) -> Res<'_, NulStrings<'_>> {
 }
 
 fn offer(input: &[u8]) -> Res<'_, Offer> {
-    (be_u32, be_u32, be_u32).map(|(version, actions, steps)| Offer { version, actions, steps }).parse(input)
+    // Bits we do not know are kept: the MTA may offer more than this crate names.
+    (be_u32, be_u32, be_u32)
+        .map(|(version, actions, steps)| Offer {
+            version,
+            actions: Actions::from_bits_retain(actions),
+            steps: Steps::from_bits_retain(steps),
+        })
+        .parse(input)
 }
 
 fn macros(input: &[u8]) -> Res<'_, Command<'_>> {
@@ -285,7 +293,7 @@ impl<'a> Command<'a> {
         let start = frame::begin(self.kind(), out);
         match *self {
             Command::Negotiate(Offer { version, actions, steps }) => {
-                for v in [version, actions, steps] {
+                for v in [version, actions.bits(), steps.bits()] {
                     out.extend_from_slice(&v.to_be_bytes());
                 }
             }

@@ -23,7 +23,7 @@ use thiserror::Error;
 
 use super::command::{Command, printable};
 use super::macros::{Macro, Macros};
-use super::negotiate::{self, Negotiated, NegotiationError};
+use super::negotiate::{self, Actions, Negotiated, NegotiationError};
 use super::replies::ReplyTexts;
 use super::reply::Reply;
 use crate::config::InternalErrorAction;
@@ -386,8 +386,8 @@ impl<P: Policy> Session<P> {
         self.policy.end_transaction(&mut self.tx);
         self.message.clear();
         if outcome.decision == Decision::Continue {
-            let actions = self.negotiated.map_or(0, |n| n.actions);
-            if outcome.tag && actions & negotiate::action::ADD_HEADERS != 0 {
+            let actions = self.negotiated.map_or(Actions::empty(), |n| n.actions);
+            if outcome.tag && actions.contains(Actions::ADD_HEADERS) {
                 // With HDR_LEADSPC negotiated the MTA adds no space after the colon of a header
                 // we add either: the value carries its own, or Postfix writes `Name:yes`, which
                 // `header_checks` rules written as `Name: yes` do not match.
@@ -395,12 +395,12 @@ impl<P: Policy> Session<P> {
                 let value: &[u8] = if leading_space { b" yes" } else { b"yes" };
                 Reply::AddHeader { name: SPAM_TAG_HEADER, value }.encode(out);
             }
-            if actions & negotiate::action::ADD_RCPT != 0 {
+            if actions.contains(Actions::ADD_RCPT) {
                 for bcc in &outcome.bcc {
                     Reply::AddRecipient(format!("<{bcc}>").as_bytes()).encode(out);
                 }
             }
-            if outcome.quarantine && actions & negotiate::action::QUARANTINE != 0 {
+            if outcome.quarantine && actions.contains(Actions::QUARANTINE) {
                 Reply::Quarantine(QUARANTINE_REASON).encode(out);
             }
         }
