@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use super::command::{Command, Envelope, NulStrings, Offer};
+use super::command::{Command, CommandKind, Envelope, NulStrings, Offer};
 use super::frame;
 use super::negotiate::{Actions, Negotiated, Steps};
 use super::reply::Reply;
@@ -132,19 +132,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> MtaClient<S> {
     }
 
     /// Whether the filter asked to skip this stage.
-    pub fn skipped(&self, kind: u8) -> bool {
+    pub fn skipped(&self, kind: CommandKind) -> bool {
+        use CommandKind as K;
         let Some(n) = self.agreed else { return false };
         let flag = match kind {
-            b'C' => Steps::NO_CONNECT,
-            b'H' => Steps::NO_HELO,
-            b'M' => Steps::NO_MAIL,
-            b'R' => Steps::NO_RCPT,
-            b'T' => Steps::NO_DATA,
-            b'L' => Steps::NO_HEADERS,
-            b'N' => Steps::NO_EOH,
-            b'B' => Steps::NO_BODY,
-            b'U' => Steps::NO_UNKNOWN,
-            _ => Steps::empty(),
+            K::Connect => Steps::NO_CONNECT,
+            K::Helo => Steps::NO_HELO,
+            K::MailFrom => Steps::NO_MAIL,
+            K::RcptTo => Steps::NO_RCPT,
+            K::Data => Steps::NO_DATA,
+            K::Header => Steps::NO_HEADERS,
+            K::EndOfHeaders => Steps::NO_EOH,
+            K::Body => Steps::NO_BODY,
+            K::Unknown => Steps::NO_UNKNOWN,
+            K::Negotiate | K::Macros | K::EndOfMessage | K::Abort | K::Quit | K::QuitNewConnection => Steps::empty(),
         };
         n.steps.intersects(flag)
     }

@@ -5,6 +5,7 @@
 //! does not make, so the request is computed from what the active policy actually uses
 //! ([`Needs`]) and encoded once per configuration, not per connection.
 
+use super::command::CommandKind;
 use super::reply::{MacroRequests, NegotiateReply, Reply};
 pub use crate::policy::Needs;
 
@@ -145,20 +146,21 @@ pub struct Negotiated {
 
 impl Negotiated {
     /// Whether the MTA waits for our reply after a command of this kind.
-    pub fn expects_reply(&self, kind: u8) -> bool {
+    pub fn expects_reply(&self, kind: CommandKind) -> bool {
+        use CommandKind as K;
         let waived = match kind {
-            b'C' => Steps::NR_CONNECT,
-            b'H' => Steps::NR_HELO,
-            b'M' => Steps::NR_MAIL,
-            b'R' => Steps::NR_RCPT,
-            b'T' => Steps::NR_DATA,
-            b'U' => Steps::NR_UNKNOWN,
-            b'L' => Steps::NR_HEADER,
-            b'N' => Steps::NR_EOH,
-            b'B' => Steps::NR_BODY,
-            b'O' | b'E' => return true,
+            K::Connect => Steps::NR_CONNECT,
+            K::Helo => Steps::NR_HELO,
+            K::MailFrom => Steps::NR_MAIL,
+            K::RcptTo => Steps::NR_RCPT,
+            K::Data => Steps::NR_DATA,
+            K::Unknown => Steps::NR_UNKNOWN,
+            K::Header => Steps::NR_HEADER,
+            K::EndOfHeaders => Steps::NR_EOH,
+            K::Body => Steps::NR_BODY,
+            K::Negotiate | K::EndOfMessage => return true,
             // Macros, abort and quit are never answered.
-            _ => return false,
+            K::Macros | K::Abort | K::Quit | K::QuitNewConnection => return false,
         };
         !self.steps.intersects(waived)
     }
@@ -214,8 +216,10 @@ mod tests {
             assert!(n.steps.contains(skipped), "stage {skipped:?} should be skipped");
         }
         assert!(!n.steps.intersects(Steps::NO_MAIL | Steps::NO_RCPT));
-        assert!(n.expects_reply(b'M') && n.expects_reply(b'R') && n.expects_reply(b'E'));
-        assert!(!n.expects_reply(b'D') && !n.expects_reply(b'L') && !n.expects_reply(b'A'));
+        let expects = |kinds: &[CommandKind]| kinds.iter().map(|&k| n.expects_reply(k)).collect::<Vec<_>>();
+        use CommandKind as K;
+        assert_eq!(expects(&[K::MailFrom, K::RcptTo, K::EndOfMessage]), [true; 3]);
+        assert_eq!(expects(&[K::Macros, K::Header, K::Abort]), [false; 3]);
         assert_eq!(n.actions, Actions::SET_SYMBOL_LIST);
     }
 
@@ -232,7 +236,7 @@ mod tests {
     fn steps_not_offered_are_not_requested() {
         let n = answer(6, POSTFIX_ACTIONS, Steps::NO_CONNECT, Needs::default()).unwrap();
         assert_eq!(n.steps, Steps::NO_CONNECT);
-        assert!(n.expects_reply(b'H'));
+        assert!(n.expects_reply(CommandKind::Helo));
     }
 
     #[test]
