@@ -77,7 +77,8 @@ pub async fn serve<T: Transport>(mut stream: T) -> io::Result<()> {
         let mut start = 0;
         while let Some((packet, used)) = frame::decode(&buf[start..]).map_err(|e| invalid(e.to_string()))? {
             start += used;
-            match Command::decode(packet).map_err(|e| invalid(e.to_string()))? {
+            let command = Command::decode(packet).map_err(|e| invalid(e.to_string()))?;
+            match command {
                 Command::Negotiate(offer) => {
                     let agreed = negotiate::answer(offer.version, offer.actions, offer.steps, Needs::default())
                         .map_err(|e| invalid(e.to_string()))?;
@@ -88,7 +89,7 @@ pub async fn serve<T: Transport>(mut stream: T) -> io::Result<()> {
                     stream.write_all(&out).await?;
                     return Ok(());
                 }
-                _ if negotiated.is_some_and(|n| n.expects_reply(packet.kind)) => Reply::Continue.encode(&mut out),
+                _ if negotiated.is_some_and(|n| n.expects_reply(command.kind())) => Reply::Continue.encode(&mut out),
                 _ => {}
             }
         }

@@ -42,7 +42,7 @@ fn every_postfix_packet_decodes() {
         let mta = fixture(&format!("{name}.mta.bin"));
         let kinds: String = frames(&mta)
             .into_iter()
-            .map(|f| Command::decode(f).unwrap_or_else(|e| panic!("{name}: {e}")).kind() as char)
+            .map(|f| Command::decode(f).unwrap_or_else(|e| panic!("{name}: {e}")).kind().code() as char)
             .collect();
         assert!(kinds.starts_with('O'), "{name}: {kinds}");
         assert!(kinds.ends_with('Q'), "{name}: {kinds}");

@@ -18,7 +18,7 @@ use common::binary::GuardProcess;
 use common::refmilter::{RefMilter, miltertest};
 use outbound_guard::milter::client::{MtaClient, POSTFIX_OFFER, StageResult};
 use outbound_guard::milter::command::{Command, Envelope, NulStrings, Peer};
-use outbound_guard::milter::negotiate::{macro_stage, step};
+use outbound_guard::milter::negotiate::{Actions, Steps, macro_stage};
 use outbound_guard::milter::reply::Reply;
 
 type Client = MtaClient<tokio::net::TcpStream>;
@@ -84,8 +84,8 @@ async fn libmilter_decodes_every_stage_of_our_client_exactly_as_sent() {
     // Negotiation: libmilter's `O` reply decodes with our decoder into what the filter chose.
     let agreed = c.negotiate(POSTFIX_OFFER).await.expect("negotiate");
     assert_eq!(agreed.version, 6);
-    assert_eq!(agreed.actions, 0x1ff, "every action Postfix offers");
-    assert_eq!(agreed.steps, step::SKIP, "every stage, every reply");
+    assert_eq!(agreed.actions, Actions::from_bits_retain(0x1ff), "every action Postfix offers");
+    assert_eq!(agreed.steps, Steps::SKIP, "every stage, every reply");
     assert!(agreed.symbol_list);
     assert_eq!(
         c.macro_requests,
@@ -98,7 +98,10 @@ async fn libmilter_decodes_every_stage_of_our_client_exactly_as_sent() {
     );
     let mut want = vec![format!(
         "1 negotiate offered_actions=0x{:x} offered_steps=0x{:x} actions=0x{:x} steps=0x{:x}",
-        POSTFIX_OFFER.actions, POSTFIX_OFFER.steps, agreed.actions, agreed.steps
+        POSTFIX_OFFER.actions.bits(),
+        POSTFIX_OFFER.steps.bits(),
+        agreed.actions.bits(),
+        agreed.steps.bits()
     )];
 
     // CONNECT (inet4) with its macros; `j` was not asked for and must not shift the pairs.
@@ -299,12 +302,12 @@ async fn libmilter_decodes_every_stage_of_our_client_exactly_as_sent() {
 async fn our_client_skips_declined_stages_and_waits_only_for_owed_replies() {
     // The filter declines CONNECT, HELO and unknown commands and waives the replies to MAIL,
     // RCPT, DATA, each header, EOH and body chunks: only end of message is answered.
-    let declined = step::NO_CONNECT | step::NO_HELO | step::NO_UNKNOWN;
-    let waived = step::NR_MAIL | step::NR_RCPT | step::NR_DATA | step::NR_HEADER | step::NR_EOH | step::NR_BODY;
-    let refm = RefMilter::start(true, &["-P", &format!("{:#x}", declined | waived)]);
+    let declined = Steps::NO_CONNECT | Steps::NO_HELO | Steps::NO_UNKNOWN;
+    let waived = Steps::NR_MAIL | Steps::NR_RCPT | Steps::NR_DATA | Steps::NR_HEADER | Steps::NR_EOH | Steps::NR_BODY;
+    let refm = RefMilter::start(true, &["-P", &format!("{:#x}", (declined | waived).bits())]);
     let mut c = negotiated(&refm).await;
     let agreed = c.agreed.expect("negotiated");
-    assert_eq!(agreed.steps, declined | waived | step::SKIP);
+    assert_eq!(agreed.steps, declined | waived | Steps::SKIP);
 
     for (command, what) in [
         (

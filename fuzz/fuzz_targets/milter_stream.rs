@@ -35,7 +35,7 @@ fuzz_target!(|data: &[u8]| {
         let Ok(command) = Command::decode(packet) else {
             break;
         };
-        assert_eq!(command.kind(), packet.kind);
+        assert_eq!(command.kind().code(), packet.kind);
         check_encoding(&command, raw);
 
         out.clear();

@@ -18,7 +18,7 @@ use super::stats::{Outcome, Tally};
 use super::workload::{CLIENT_ADDR, CLIENT_NAME, HELO_NAME, Message, Workload};
 use crate::config::ListenAddr;
 use crate::milter::client::{MtaClient, POSTFIX_OFFER, StageResult};
-use crate::milter::command::{Command, Envelope, NulStrings, Peer};
+use crate::milter::command::{Command, CommandKind, Envelope, NulStrings, Peer};
 use crate::milter::negotiate::macro_stage;
 
 /// When packets leave the client.
@@ -147,13 +147,13 @@ impl Conversation {
             *list = names.split_whitespace().map(str::to_owned).collect();
         }
         let mut c = Conversation { client, writes, macros };
-        c.send_macros(macro_stage::CONNECT, b'C', workload, first, None).await?;
+        c.send_macros(macro_stage::CONNECT, CommandKind::Connect, workload, first, None).await?;
         let peer = Peer::Inet { port: 40000, address: CLIENT_ADDR.as_bytes() };
         let r = c.client.stage(Command::Connect { hostname: CLIENT_NAME.as_bytes(), peer }).await?;
         if let Some(outcome) = refused("connect", &r, tally) {
             return Ok((c, Some(outcome)));
         }
-        c.send_macros(macro_stage::HELO, b'H', workload, first, None).await?;
+        c.send_macros(macro_stage::HELO, CommandKind::Helo, workload, first, None).await?;
         let r = c.client.stage(Command::Helo { name: HELO_NAME.as_bytes() }).await?;
         let outcome = refused("helo", &r, tally);
         Ok((c, outcome))
@@ -170,7 +170,7 @@ impl Conversation {
         body: &[u8],
         tally: &mut Tally,
     ) -> io::Result<Outcome> {
-        self.send_macros(macro_stage::MAIL, b'M', workload, m, None).await?;
+        self.send_macros(macro_stage::MAIL, CommandKind::MailFrom, workload, m, None).await?;
         let sender = format!("<{}>", m.sender);
         let esmtp_args = NulStrings::default();
         let r = self.client.stage(Command::MailFrom(Envelope { address: sender.as_bytes(), esmtp_args })).await?;
@@ -179,7 +179,7 @@ impl Conversation {
         }
         let mut accepted = 0;
         for rcpt in &m.recipients {
-            self.send_macros(macro_stage::RCPT, b'R', workload, m, Some(rcpt)).await?;
+            self.send_macros(macro_stage::RCPT, CommandKind::RcptTo, workload, m, Some(rcpt)).await?;
             let address = format!("<{rcpt}>");
             let r = self.client.stage(Command::RcptTo(Envelope { address: address.as_bytes(), esmtp_args })).await?;
             if let Some(reply) = &r.reply {
@@ -197,7 +197,7 @@ impl Conversation {
             self.client.write(Command::Abort).await?;
             return Ok(Outcome::NoRecipient);
         }
-        self.send_macros(macro_stage::DATA, b'T', workload, m, None).await?;
+        self.send_macros(macro_stage::DATA, CommandKind::Data, workload, m, None).await?;
         let r = self.client.stage(Command::Data).await?;
         if let Some(outcome) = refused("data", &r, tally) {
             return Ok(outcome.at_data());
@@ -212,7 +212,7 @@ impl Conversation {
                 return Ok(outcome.at_data());
             }
         }
-        self.send_macros(macro_stage::END_OF_HEADERS, b'N', workload, m, None).await?;
+        self.send_macros(macro_stage::END_OF_HEADERS, CommandKind::EndOfHeaders, workload, m, None).await?;
         let r = self.client.stage(Command::EndOfHeaders).await?;
         if let Some(outcome) = refused("eoh", &r, tally) {
             return Ok(outcome.at_data());
@@ -226,7 +226,7 @@ impl Conversation {
                 return Ok(outcome.at_data());
             }
         }
-        self.send_macros(macro_stage::END_OF_MESSAGE, b'E', workload, m, None).await?;
+        self.send_macros(macro_stage::END_OF_MESSAGE, CommandKind::EndOfMessage, workload, m, None).await?;
         let r = self.client.stage(Command::EndOfMessage(b"")).await?;
         if let Some(reply) = &r.reply {
             tally.reply("eom", reply);
@@ -248,25 +248,26 @@ impl Conversation {
     pub async fn pipelined(&mut self, workload: &Workload, messages: &[Message]) -> io::Result<u64> {
         let agreed = self.client.agreed.unwrap_or(crate::milter::negotiate::Negotiated {
             version: 6,
-            actions: 0,
-            steps: 0,
+            actions: crate::milter::negotiate::Actions::empty(),
+            steps: crate::milter::negotiate::Steps::empty(),
             symbol_list: false,
         });
         let mut owed = 0u64;
         for m in messages {
-            self.send_macros(macro_stage::MAIL, b'M', workload, m, None).await?;
+            self.send_macros(macro_stage::MAIL, CommandKind::MailFrom, workload, m, None).await?;
             let sender = format!("<{}>", m.sender);
             let esmtp_args = NulStrings::default();
             self.client.write(Command::MailFrom(Envelope { address: sender.as_bytes(), esmtp_args })).await?;
             for rcpt in &m.recipients {
-                self.send_macros(macro_stage::RCPT, b'R', workload, m, Some(rcpt)).await?;
+                self.send_macros(macro_stage::RCPT, CommandKind::RcptTo, workload, m, Some(rcpt)).await?;
                 let address = format!("<{rcpt}>");
                 self.client.write(Command::RcptTo(Envelope { address: address.as_bytes(), esmtp_args })).await?;
             }
-            self.send_macros(macro_stage::END_OF_MESSAGE, b'E', workload, m, None).await?;
+            self.send_macros(macro_stage::END_OF_MESSAGE, CommandKind::EndOfMessage, workload, m, None).await?;
             self.client.write(Command::EndOfMessage(b"")).await?;
-            owed += [b'M', b'E'].iter().filter(|&&k| !self.client.skipped(k) && agreed.expects_reply(k)).count() as u64
-                + if !self.client.skipped(b'R') && agreed.expects_reply(b'R') { m.recipients.len() as u64 } else { 0 };
+            let owes = |k: CommandKind| !self.client.skipped(k) && agreed.expects_reply(k);
+            owed += [CommandKind::MailFrom, CommandKind::EndOfMessage].into_iter().filter(|&k| owes(k)).count() as u64
+                + if owes(CommandKind::RcptTo) { m.recipients.len() as u64 } else { 0 };
         }
         let mut bad = 0;
         while owed > 0 {
@@ -293,7 +294,7 @@ impl Conversation {
     async fn send_macros(
         &mut self,
         stage: u32,
-        letter: u8,
+        letter: CommandKind,
         workload: &Workload,
         m: &Message,
         rcpt: Option<&str>,
@@ -305,7 +306,7 @@ impl Conversation {
         let values: Vec<(&str, String)> =
             names.iter().filter_map(|n| workload.macro_value(n, m, rcpt).map(|v| (n.as_str(), v))).collect();
         let pairs: Vec<(&str, &str)> = values.iter().map(|(n, v)| (*n, v.as_str())).collect();
-        self.client.macros(letter, &pairs).await
+        self.client.macros(letter.code(), &pairs).await
     }
 }
 

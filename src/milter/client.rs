@@ -14,13 +14,14 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use super::command::{Command, Envelope, NulStrings, Offer};
+use super::command::{Command, CommandKind, Envelope, NulStrings, Offer};
 use super::frame;
-use super::negotiate::{Negotiated, action, step};
+use super::negotiate::{Actions, Negotiated, Steps};
 use super::reply::Reply;
 
 /// What Postfix 3.7 offers: every action, every step it knows.
-pub const POSTFIX_OFFER: Offer = Offer { version: 6, actions: 0x1ff, steps: 0x1f_ffff };
+pub const POSTFIX_OFFER: Offer =
+    Offer { version: 6, actions: Actions::from_bits_retain(0x1ff), steps: Steps::from_bits_retain(0x1f_ffff) };
 
 /// A reply as received, owned.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -122,7 +123,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> MtaClient<S> {
             version: n.version,
             actions: n.actions,
             steps: n.steps,
-            symbol_list: n.actions & action::SET_SYMBOL_LIST != 0,
+            symbol_list: n.actions.contains(Actions::SET_SYMBOL_LIST),
         };
         self.macro_requests =
             n.macros.iter().map(|(stage, names)| (stage, String::from_utf8_lossy(names).into_owned())).collect();
@@ -131,21 +132,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> MtaClient<S> {
     }
 
     /// Whether the filter asked to skip this stage.
-    pub fn skipped(&self, kind: u8) -> bool {
+    pub fn skipped(&self, kind: CommandKind) -> bool {
+        use CommandKind as K;
         let Some(n) = self.agreed else { return false };
         let flag = match kind {
-            b'C' => step::NO_CONNECT,
-            b'H' => step::NO_HELO,
-            b'M' => step::NO_MAIL,
-            b'R' => step::NO_RCPT,
-            b'T' => step::NO_DATA,
-            b'L' => step::NO_HEADERS,
-            b'N' => step::NO_EOH,
-            b'B' => step::NO_BODY,
-            b'U' => step::NO_UNKNOWN,
-            _ => 0,
+            K::Connect => Steps::NO_CONNECT,
+            K::Helo => Steps::NO_HELO,
+            K::MailFrom => Steps::NO_MAIL,
+            K::RcptTo => Steps::NO_RCPT,
+            K::Data => Steps::NO_DATA,
+            K::Header => Steps::NO_HEADERS,
+            K::EndOfHeaders => Steps::NO_EOH,
+            K::Body => Steps::NO_BODY,
+            K::Unknown => Steps::NO_UNKNOWN,
+            K::Negotiate | K::Macros | K::EndOfMessage | K::Abort | K::Quit | K::QuitNewConnection => Steps::empty(),
         };
-        n.steps & flag != 0
+        n.steps.intersects(flag)
     }
 
     /// Sends macros for a stage (never answered).

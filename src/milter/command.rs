@@ -13,13 +13,15 @@ use nom::{IResult, Parser};
 use thiserror::Error;
 
 use super::frame::{self, Frame};
+use super::negotiate::{Actions, Steps};
 
 /// One command from the MTA.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Command<'a> {
     /// `O`: the MTA's protocol version, actions and steps it offers.
     Negotiate(Offer),
-    /// `D`: macro values for the stage named by `stage` (a command letter).
+    /// `D`: macro values for the stage named by `stage` (a command letter). Kept as the byte
+    /// sent: an MTA may name a stage we do not know, and its macros are then simply ignored.
     Macros { stage: u8, pairs: NulStrings<'a> },
     /// `C`: the SMTP client.
     Connect { hostname: &'a [u8], peer: Peer<'a> },
@@ -49,12 +51,101 @@ pub enum Command<'a> {
     Unknown(&'a [u8]),
 }
 
+/// The command letters (`SMFIC_*`): the kind byte of a packet from the MTA.
+///
+/// A byte that names none of them is refused when decoding ([`CommandError::UnknownKind`]),
+/// so code past the decoder matches on this enum, never on raw bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum CommandKind {
+    Negotiate = b'O',
+    Macros = b'D',
+    Connect = b'C',
+    Helo = b'H',
+    MailFrom = b'M',
+    RcptTo = b'R',
+    Data = b'T',
+    Header = b'L',
+    EndOfHeaders = b'N',
+    Body = b'B',
+    EndOfMessage = b'E',
+    Abort = b'A',
+    Quit = b'Q',
+    QuitNewConnection = b'K',
+    /// `U`: an SMTP command the MTA did not recognise (not an unknown milter command).
+    Unknown = b'U',
+}
+
+impl CommandKind {
+    /// The kind named by a packet's first byte, if any.
+    pub const fn from_byte(byte: u8) -> Option<Self> {
+        Some(match byte {
+            b'O' => Self::Negotiate,
+            b'D' => Self::Macros,
+            b'C' => Self::Connect,
+            b'H' => Self::Helo,
+            b'M' => Self::MailFrom,
+            b'R' => Self::RcptTo,
+            b'T' => Self::Data,
+            b'L' => Self::Header,
+            b'N' => Self::EndOfHeaders,
+            b'B' => Self::Body,
+            b'E' => Self::EndOfMessage,
+            b'A' => Self::Abort,
+            b'Q' => Self::Quit,
+            b'K' => Self::QuitNewConnection,
+            b'U' => Self::Unknown,
+            _ => return None,
+        })
+    }
+
+    /// The byte on the wire.
+    pub const fn code(self) -> u8 {
+        self as u8
+    }
+
+    /// The libmilter name without its `SMFIC_` prefix, for messages.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Negotiate => "OPTNEG",
+            Self::Macros => "MACRO",
+            Self::Connect => "CONNECT",
+            Self::Helo => "HELO",
+            Self::MailFrom => "MAIL",
+            Self::RcptTo => "RCPT",
+            Self::Data => "DATA",
+            Self::Header => "HEADER",
+            Self::EndOfHeaders => "EOH",
+            Self::Body => "BODY",
+            Self::EndOfMessage => "EOM",
+            Self::Abort => "ABORT",
+            Self::Quit => "QUIT",
+            Self::QuitNewConnection => "QUIT_NC",
+            Self::Unknown => "UNKNOWN",
+        }
+    }
+}
+
+impl TryFrom<u8> for CommandKind {
+    type Error = CommandError;
+
+    fn try_from(byte: u8) -> Result<Self, CommandError> {
+        Self::from_byte(byte).ok_or(CommandError::UnknownKind(byte))
+    }
+}
+
+impl From<CommandKind> for u8 {
+    fn from(kind: CommandKind) -> u8 {
+        kind.code()
+    }
+}
+
 /// The MTA's negotiation offer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Offer {
     pub version: u32,
-    pub actions: u32,
-    pub steps: u32,
+    pub actions: Actions,
+    pub steps: Steps,
 }
 
 /// Where the SMTP client connected from.
@@ -147,8 +238,8 @@ impl std::fmt::Debug for NulStrings<'_> {
 pub enum CommandError {
     #[error("unknown milter command {}", printable(*.0))]
     UnknownKind(u8),
-    #[error("malformed {} packet: {what}", printable(*.kind))]
-    Malformed { kind: u8, what: &'static str },
+    #[error("malformed {} packet: {what}", printable(.kind.code()))]
+    Malformed { kind: CommandKind, what: &'static str },
 }
 
 /// Renders a command letter for messages: `'M'`, or its code when not printable.
@@ -170,7 +261,14 @@ fn nul_strings(input: &[u8]) -> Res<'_, NulStrings<'_>> {
 }
 
 fn offer(input: &[u8]) -> Res<'_, Offer> {
-    (be_u32, be_u32, be_u32).map(|(version, actions, steps)| Offer { version, actions, steps }).parse(input)
+    // Bits we do not know are kept: the MTA may offer more than this crate names.
+    (be_u32, be_u32, be_u32)
+        .map(|(version, actions, steps)| Offer {
+            version,
+            actions: Actions::from_bits_retain(actions),
+            steps: Steps::from_bits_retain(steps),
+        })
+        .parse(input)
 }
 
 fn macros(input: &[u8]) -> Res<'_, Command<'_>> {
@@ -208,7 +306,8 @@ impl<'a> Command<'a> {
     /// # Errors
     /// [`CommandError`] naming the command and what is wrong with it.
     pub fn decode(frame: Frame<'a>) -> Result<Self, CommandError> {
-        let kind = frame.kind;
+        use CommandKind as K;
+        let kind = CommandKind::try_from(frame.kind)?;
         let p = frame.payload;
         let malformed = |what| move |_| CommandError::Malformed { kind, what };
         let whole = |r: Res<'a, Command<'a>>, what| r.map(|(_, c)| c).map_err(malformed(what));
@@ -220,72 +319,73 @@ impl<'a> Command<'a> {
             }
         };
         match kind {
-            b'O' => whole(
+            K::Negotiate => whole(
                 all_consuming(offer).map(Command::Negotiate).parse(p),
                 "expected version, actions and steps (12 bytes)",
             ),
-            b'D' => {
+            K::Macros => {
                 whole(all_consuming(macros).parse(p), "expected a stage letter and NUL-terminated name/value pairs")
             }
-            b'C' => whole(
+            K::Connect => whole(
                 all_consuming((cstr, peer)).map(|(hostname, peer)| Command::Connect { hostname, peer }).parse(p),
                 "expected hostname, family (U, L, 4, 6), port and address",
             ),
-            b'H' => whole(
+            K::Helo => whole(
                 all_consuming(cstr).map(|name| Command::Helo { name }).parse(p),
                 "expected a NUL-terminated HELO name",
             ),
-            b'M' => whole(
+            K::MailFrom => whole(
                 all_consuming(envelope).map(Command::MailFrom).parse(p),
                 "expected a NUL-terminated sender and ESMTP arguments",
             ),
-            b'R' => whole(
+            K::RcptTo => whole(
                 all_consuming(envelope).map(Command::RcptTo).parse(p),
                 "expected a NUL-terminated recipient and ESMTP arguments",
             ),
-            b'T' => empty(Command::Data),
-            b'L' => whole(
+            K::Data => empty(Command::Data),
+            K::Header => whole(
                 all_consuming((cstr, cstr)).map(|(name, value)| Command::Header { name, value }).parse(p),
                 "expected a NUL-terminated header name and value",
             ),
-            b'N' => empty(Command::EndOfHeaders),
-            b'B' => whole(rest.map(Command::Body).parse(p), "unreachable"),
-            b'E' => whole(rest.map(Command::EndOfMessage).parse(p), "unreachable"),
-            b'A' => empty(Command::Abort),
-            b'Q' => empty(Command::Quit),
-            b'K' => empty(Command::QuitNewConnection),
-            b'U' => whole(all_consuming(cstr).map(Command::Unknown).parse(p), "expected a NUL-terminated SMTP command"),
-            other => Err(CommandError::UnknownKind(other)),
+            K::EndOfHeaders => empty(Command::EndOfHeaders),
+            K::Body => whole(rest.map(Command::Body).parse(p), "unreachable"),
+            K::EndOfMessage => whole(rest.map(Command::EndOfMessage).parse(p), "unreachable"),
+            K::Abort => empty(Command::Abort),
+            K::Quit => empty(Command::Quit),
+            K::QuitNewConnection => empty(Command::QuitNewConnection),
+            K::Unknown => {
+                whole(all_consuming(cstr).map(Command::Unknown).parse(p), "expected a NUL-terminated SMTP command")
+            }
         }
     }
 
     /// The command letter.
-    pub fn kind(&self) -> u8 {
+    pub fn kind(&self) -> CommandKind {
         match self {
-            Command::Negotiate(_) => b'O',
-            Command::Macros { .. } => b'D',
-            Command::Connect { .. } => b'C',
-            Command::Helo { .. } => b'H',
-            Command::MailFrom(_) => b'M',
-            Command::RcptTo(_) => b'R',
-            Command::Data => b'T',
-            Command::Header { .. } => b'L',
-            Command::EndOfHeaders => b'N',
-            Command::Body(_) => b'B',
-            Command::EndOfMessage(_) => b'E',
-            Command::Abort => b'A',
-            Command::Quit => b'Q',
-            Command::QuitNewConnection => b'K',
-            Command::Unknown(_) => b'U',
+            Command::Negotiate(_) => CommandKind::Negotiate,
+            Command::Macros { .. } => CommandKind::Macros,
+            Command::Connect { .. } => CommandKind::Connect,
+            Command::Helo { .. } => CommandKind::Helo,
+            Command::MailFrom(_) => CommandKind::MailFrom,
+            Command::RcptTo(_) => CommandKind::RcptTo,
+            Command::Data => CommandKind::Data,
+            Command::Header { .. } => CommandKind::Header,
+            Command::EndOfHeaders => CommandKind::EndOfHeaders,
+            Command::Body(_) => CommandKind::Body,
+            Command::EndOfMessage(_) => CommandKind::EndOfMessage,
+            Command::Abort => CommandKind::Abort,
+            Command::Quit => CommandKind::Quit,
+            Command::QuitNewConnection => CommandKind::QuitNewConnection,
+            Command::Unknown(_) => CommandKind::Unknown,
         }
     }
 
     /// Appends this command as one packet to `out`.
     pub fn encode(&self, out: &mut Vec<u8>) {
-        let start = frame::begin(self.kind(), out);
+        let start = frame::begin(self.kind().code(), out);
         match *self {
             Command::Negotiate(Offer { version, actions, steps }) => {
-                for v in [version, actions, steps] {
+                for v in [version, actions.bits(), steps.bits()] {
                     out.extend_from_slice(&v.to_be_bytes());
                 }
             }
@@ -395,6 +495,24 @@ mod tests {
         assert!(decode(b'T', b"x").is_err());
         assert_eq!(decode(b'Z', b"").unwrap_err(), CommandError::UnknownKind(b'Z'));
         assert_eq!(decode(0x01, b"").unwrap_err().to_string(), "unknown milter command 0x01");
+        // 'U' is a command (an SMTP command the MTA did not know), not an unknown one.
+        assert_eq!(
+            decode(b'U', b"").unwrap_err().to_string(),
+            "malformed 'U' packet: expected a NUL-terminated SMTP command"
+        );
+    }
+
+    #[test]
+    fn every_kind_is_its_own_byte() {
+        for byte in 0..=u8::MAX {
+            match CommandKind::from_byte(byte) {
+                Some(kind) => {
+                    assert_eq!(kind.code(), byte);
+                    assert_eq!(CommandKind::try_from(byte), Ok(kind));
+                }
+                None => assert_eq!(CommandKind::try_from(byte), Err(CommandError::UnknownKind(byte))),
+            }
+        }
     }
 
     #[test]

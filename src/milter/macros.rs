@@ -6,6 +6,8 @@
 //! forgets what that stage owns, so a value never leaks from one message into the next (a
 //! message without `{auth_authen}` after an authenticated one is unauthenticated).
 
+use super::command::CommandKind;
+
 /// The macros we read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Macro {
@@ -43,11 +45,11 @@ impl Macro {
 
     /// The stage whose `D` packet resets this macro: connection facts at CONNECT, the rest with
     /// the message or recipient they describe.
-    fn owner(self) -> u8 {
+    fn owner(self) -> CommandKind {
         match self {
-            Macro::ClientAddr | Macro::ClientName | Macro::DaemonName => b'C',
-            Macro::AuthAuthen | Macro::AuthType | Macro::MailAddr | Macro::QueueId => b'M',
-            Macro::RcptAddr => b'R',
+            Macro::ClientAddr | Macro::ClientName | Macro::DaemonName => CommandKind::Connect,
+            Macro::AuthAuthen | Macro::AuthType | Macro::MailAddr | Macro::QueueId => CommandKind::MailFrom,
+            Macro::RcptAddr => CommandKind::RcptTo,
         }
     }
 }
@@ -75,11 +77,12 @@ impl Macros {
 
     /// Forgets the values owned by `stage` and by the stages after it within a transaction.
     pub fn forget_stage(&mut self, stage: u8) {
-        let forget: &[u8] = match stage {
-            b'C' => b"CMR",
-            b'M' => b"MR",
-            b'R' => b"R",
-            _ => b"",
+        use CommandKind as K;
+        let forget: &[CommandKind] = match CommandKind::from_byte(stage) {
+            Some(K::Connect) => &[K::Connect, K::MailFrom, K::RcptTo],
+            Some(K::MailFrom) => &[K::MailFrom, K::RcptTo],
+            Some(K::RcptTo) => &[K::RcptTo],
+            _ => &[],
         };
         for m in ALL {
             if forget.contains(&m.owner()) {

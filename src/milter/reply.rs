@@ -13,6 +13,7 @@ use thiserror::Error;
 
 use super::command::printable;
 use super::frame::{self, Frame};
+use super::negotiate::{Actions, Steps};
 
 /// One reply to the MTA.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,8 +60,8 @@ pub enum Reply<'a> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NegotiateReply<'a> {
     pub version: u32,
-    pub actions: u32,
-    pub steps: u32,
+    pub actions: Actions,
+    pub steps: Steps,
     pub macros: MacroRequests<'a>,
 }
 
@@ -178,7 +179,7 @@ impl<'a> Reply<'a> {
         let start = frame::begin(self.kind(), out);
         match *self {
             Reply::Negotiate(n) => {
-                for v in [n.version, n.actions, n.steps] {
+                for v in [n.version, n.actions.bits(), n.steps.bits()] {
                     out.extend_from_slice(&v.to_be_bytes());
                 }
                 out.extend_from_slice(n.macros.raw());
@@ -233,8 +234,14 @@ impl<'a> Reply<'a> {
         match kind {
             b'O' => whole(
                 all_consuming((be_u32, be_u32, be_u32, macro_requests))
+                    // Bits we do not know are kept, so a reply decodes and encodes back as sent.
                     .map(|(version, actions, steps, macros)| {
-                        Reply::Negotiate(NegotiateReply { version, actions, steps, macros })
+                        Reply::Negotiate(NegotiateReply {
+                            version,
+                            actions: Actions::from_bits_retain(actions),
+                            steps: Steps::from_bits_retain(steps),
+                            macros,
+                        })
                     })
                     .parse(p),
                 "expected version, actions, steps and a symbol list",
@@ -312,8 +319,8 @@ mod tests {
         for reply in [
             Reply::Negotiate(NegotiateReply {
                 version: 6,
-                actions: 0x1ff,
-                steps: 0x3ff,
+                actions: Actions::all(),
+                steps: Steps::from_bits_retain(0x3ff),
                 macros: MacroRequests::new(&list).unwrap(),
             }),
             Reply::Continue,

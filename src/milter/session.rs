@@ -21,9 +21,9 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use thiserror::Error;
 
-use super::command::{Command, printable};
+use super::command::{Command, CommandKind, printable};
 use super::macros::{Macro, Macros};
-use super::negotiate::{self, Negotiated, NegotiationError};
+use super::negotiate::{self, Actions, Negotiated, NegotiationError};
 use super::reply::Reply;
 use crate::config::{InternalErrorAction, ReplyTexts};
 use crate::policy::{Decision, MailFacts, MessageFacts, Policy, RcptFacts, Refusal};
@@ -54,31 +54,10 @@ pub enum State {
 
 /// A command that may not come in the current state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
-#[error("unexpected {} command {} while {}", describe(*.kind), printable(*.kind), state_words(*.state))]
+#[error("unexpected {} command {} while {}", .kind.name(), printable(.kind.code()), state_words(*.state))]
 pub struct OutOfOrder {
-    pub kind: u8,
+    pub kind: CommandKind,
     pub state: State,
-}
-
-fn describe(kind: u8) -> &'static str {
-    match kind {
-        b'O' => "OPTNEG",
-        b'D' => "MACRO",
-        b'C' => "CONNECT",
-        b'H' => "HELO",
-        b'M' => "MAIL",
-        b'R' => "RCPT",
-        b'T' => "DATA",
-        b'L' => "HEADER",
-        b'N' => "EOH",
-        b'B' => "BODY",
-        b'E' => "EOM",
-        b'A' => "ABORT",
-        b'Q' => "QUIT",
-        b'K' => "QUIT_NC",
-        b'U' => "UNKNOWN",
-        _ => "unknown",
-    }
 }
 
 fn state_words(state: State) -> &'static str {
@@ -96,7 +75,8 @@ fn state_words(state: State) -> &'static str {
 ///
 /// # Errors
 /// [`OutOfOrder`] when `kind` may not come now.
-pub fn transition(state: State, kind: u8) -> Result<State, OutOfOrder> {
+pub fn transition(state: State, kind: CommandKind) -> Result<State, OutOfOrder> {
+    use CommandKind as K;
     use State::*;
     let out_of_order = Err(OutOfOrder { kind, state });
     let within = |phase: Phase, to: Phase| {
@@ -104,25 +84,25 @@ pub fn transition(state: State, kind: u8) -> Result<State, OutOfOrder> {
     };
     match (state, kind) {
         (Closed, _) => out_of_order,
-        (Negotiating, b'O') => Ok(Ready),
-        (Negotiating, b'Q') => Ok(Closed),
+        (Negotiating, K::Negotiate) => Ok(Ready),
+        (Negotiating, K::Quit) => Ok(Closed),
         (Negotiating, _) => out_of_order,
-        (_, b'O') => out_of_order,
-        (_, b'Q') => Ok(Closed),
-        (_, b'K') => Ok(Ready),
-        (_, b'A') => Ok(Ready),
-        (s, b'D' | b'U') => Ok(s),
-        (_, b'M') => Ok(Message(Phase::Envelope)),
+        (_, K::Negotiate) => out_of_order,
+        (_, K::Quit) => Ok(Closed),
+        (_, K::QuitNewConnection) => Ok(Ready),
+        (_, K::Abort) => Ok(Ready),
+        (s, K::Macros | K::Unknown) => Ok(s),
+        (_, K::MailFrom) => Ok(Message(Phase::Envelope)),
         // HELO/EHLO resets an SMTP transaction; an MTA may not tell us with an abort first.
-        (Ready | Message(_), b'H') => Ok(Ready),
-        (Ready, b'C') => Ok(Ready),
+        (Ready | Message(_), K::Helo) => Ok(Ready),
+        (Ready, K::Connect) => Ok(Ready),
         (Ready, _) => out_of_order,
-        (Message(p), b'R') => within(p, Phase::Recipients),
-        (Message(p), b'T') => within(p, Phase::Data),
-        (Message(p), b'L') => within(p, Phase::Headers),
-        (Message(p), b'N') => within(p, Phase::EndOfHeaders),
-        (Message(p), b'B') => within(p, Phase::Body),
-        (Message(_), b'E') => Ok(Ready),
+        (Message(p), K::RcptTo) => within(p, Phase::Recipients),
+        (Message(p), K::Data) => within(p, Phase::Data),
+        (Message(p), K::Header) => within(p, Phase::Headers),
+        (Message(p), K::EndOfHeaders) => within(p, Phase::EndOfHeaders),
+        (Message(p), K::Body) => within(p, Phase::Body),
+        (Message(_), K::EndOfMessage) => Ok(Ready),
         (Message(_), _) => out_of_order,
     }
 }
@@ -240,7 +220,10 @@ impl<P: Policy> Session<P> {
     pub fn handle(&mut self, command: Command<'_>, out: &mut Vec<u8>) -> Result<Flow, SessionError> {
         let before = self.state;
         self.state = transition(before, command.kind())?;
-        if matches!(before, State::Message(_)) && !matches!(self.state, State::Message(_)) && command.kind() != b'E' {
+        if matches!(before, State::Message(_))
+            && !matches!(self.state, State::Message(_))
+            && command.kind() != CommandKind::EndOfMessage
+        {
             self.policy.end_transaction(&mut self.tx);
         }
         let reply = match command {
@@ -352,7 +335,7 @@ impl<P: Policy> Session<P> {
             self.state = State::Ready;
             self.policy.end_transaction(&mut self.tx);
         }
-        if self.expects_reply(b'M') {
+        if self.expects_reply(CommandKind::MailFrom) {
             self.replies.load().reply_for(decision).encode(out);
         }
     }
@@ -385,8 +368,8 @@ impl<P: Policy> Session<P> {
         self.policy.end_transaction(&mut self.tx);
         self.message.clear();
         if outcome.decision == Decision::Continue {
-            let actions = self.negotiated.map_or(0, |n| n.actions);
-            if outcome.tag && actions & negotiate::action::ADD_HEADERS != 0 {
+            let actions = self.negotiated.map_or(Actions::empty(), |n| n.actions);
+            if outcome.tag && actions.contains(Actions::ADD_HEADERS) {
                 // With HDR_LEADSPC negotiated the MTA adds no space after the colon of a header
                 // we add either: the value carries its own, or Postfix writes `Name:yes`, which
                 // `header_checks` rules written as `Name: yes` do not match.
@@ -394,19 +377,19 @@ impl<P: Policy> Session<P> {
                 let value: &[u8] = if leading_space { b" yes" } else { b"yes" };
                 Reply::AddHeader { name: SPAM_TAG_HEADER, value }.encode(out);
             }
-            if actions & negotiate::action::ADD_RCPT != 0 {
+            if actions.contains(Actions::ADD_RCPT) {
                 for bcc in &outcome.bcc {
                     Reply::AddRecipient(format!("<{bcc}>").as_bytes()).encode(out);
                 }
             }
-            if outcome.quarantine && actions & negotiate::action::QUARANTINE != 0 {
+            if outcome.quarantine && actions.contains(Actions::QUARANTINE) {
                 Reply::Quarantine(QUARANTINE_REASON).encode(out);
             }
         }
         self.replies.load().reply_for(outcome.decision).encode(out);
     }
 
-    fn expects_reply(&self, kind: u8) -> bool {
+    fn expects_reply(&self, kind: CommandKind) -> bool {
         self.negotiated.is_none_or(|n| n.expects_reply(kind))
     }
 }
@@ -443,64 +426,70 @@ impl ReplyTexts {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use CommandKind as K;
     use State::*;
 
     #[test]
     fn transition_table() {
         let ok = [
-            (Negotiating, b'O', Ready),
-            (Ready, b'C', Ready),
-            (Ready, b'H', Ready),
-            (Ready, b'D', Ready),
-            (Ready, b'M', Message(Phase::Envelope)),
-            (Message(Phase::Envelope), b'R', Message(Phase::Recipients)),
-            (Message(Phase::Recipients), b'R', Message(Phase::Recipients)),
-            (Message(Phase::Recipients), b'T', Message(Phase::Data)),
-            (Message(Phase::Envelope), b'L', Message(Phase::Headers)),
-            (Message(Phase::Headers), b'L', Message(Phase::Headers)),
-            (Message(Phase::Headers), b'N', Message(Phase::EndOfHeaders)),
-            (Message(Phase::EndOfHeaders), b'B', Message(Phase::Body)),
-            (Message(Phase::Body), b'B', Message(Phase::Body)),
-            (Message(Phase::Body), b'E', Ready),
-            (Message(Phase::Recipients), b'E', Ready),
-            (Message(Phase::Body), b'D', Message(Phase::Body)),
-            (Message(Phase::Headers), b'A', Ready),
-            (Message(Phase::Recipients), b'M', Message(Phase::Envelope)),
-            (Message(Phase::Recipients), b'H', Ready),
-            (Ready, b'K', Ready),
-            (Message(Phase::Body), b'K', Ready),
-            (Ready, b'Q', Closed),
-            (Negotiating, b'Q', Closed),
-            (Ready, b'U', Ready),
+            (Negotiating, K::Negotiate, Ready),
+            (Ready, K::Connect, Ready),
+            (Ready, K::Helo, Ready),
+            (Ready, K::Macros, Ready),
+            (Ready, K::MailFrom, Message(Phase::Envelope)),
+            (Message(Phase::Envelope), K::RcptTo, Message(Phase::Recipients)),
+            (Message(Phase::Recipients), K::RcptTo, Message(Phase::Recipients)),
+            (Message(Phase::Recipients), K::Data, Message(Phase::Data)),
+            (Message(Phase::Envelope), K::Header, Message(Phase::Headers)),
+            (Message(Phase::Headers), K::Header, Message(Phase::Headers)),
+            (Message(Phase::Headers), K::EndOfHeaders, Message(Phase::EndOfHeaders)),
+            (Message(Phase::EndOfHeaders), K::Body, Message(Phase::Body)),
+            (Message(Phase::Body), K::Body, Message(Phase::Body)),
+            (Message(Phase::Body), K::EndOfMessage, Ready),
+            (Message(Phase::Recipients), K::EndOfMessage, Ready),
+            (Message(Phase::Body), K::Macros, Message(Phase::Body)),
+            (Message(Phase::Headers), K::Abort, Ready),
+            (Message(Phase::Recipients), K::MailFrom, Message(Phase::Envelope)),
+            (Message(Phase::Recipients), K::Helo, Ready),
+            (Ready, K::QuitNewConnection, Ready),
+            (Message(Phase::Body), K::QuitNewConnection, Ready),
+            (Ready, K::Quit, Closed),
+            (Negotiating, K::Quit, Closed),
+            (Ready, K::Unknown, Ready),
         ];
         for (from, kind, to) in ok {
-            assert_eq!(transition(from, kind), Ok(to), "{from:?} --{}-->", kind as char);
+            assert_eq!(transition(from, kind), Ok(to), "{from:?} --{}-->", kind.code() as char);
         }
         let refused = [
-            (Negotiating, b'C'),
-            (Negotiating, b'M'),
-            (Negotiating, b'D'),
-            (Ready, b'O'),
-            (Ready, b'B'),
-            (Ready, b'R'),
-            (Ready, b'E'),
-            (Ready, b'T'),
-            (Message(Phase::Headers), b'R'),
-            (Message(Phase::Body), b'L'),
-            (Message(Phase::Body), b'N'),
-            (Message(Phase::Data), b'C'),
-            (Closed, b'M'),
+            (Negotiating, K::Connect),
+            (Negotiating, K::MailFrom),
+            (Negotiating, K::Macros),
+            (Ready, K::Negotiate),
+            (Ready, K::Body),
+            (Ready, K::RcptTo),
+            (Ready, K::EndOfMessage),
+            (Ready, K::Data),
+            (Message(Phase::Headers), K::RcptTo),
+            (Message(Phase::Body), K::Header),
+            (Message(Phase::Body), K::EndOfHeaders),
+            (Message(Phase::Data), K::Connect),
+            (Closed, K::MailFrom),
         ];
         for (from, kind) in refused {
-            assert_eq!(transition(from, kind), Err(OutOfOrder { kind, state: from }), "{from:?} --{}-->", kind as char);
+            assert_eq!(
+                transition(from, kind),
+                Err(OutOfOrder { kind, state: from }),
+                "{from:?} --{}-->",
+                kind.code() as char
+            );
         }
     }
 
     #[test]
     fn out_of_order_message_says_what_and_when() {
-        let err = transition(Ready, b'B').unwrap_err();
+        let err = transition(Ready, K::Body).unwrap_err();
         assert_eq!(err.to_string(), "unexpected BODY command 'B' while no message is in progress (before MAIL)");
-        let err = transition(Negotiating, b'C').unwrap_err();
+        let err = transition(Negotiating, K::Connect).unwrap_err();
         assert_eq!(err.to_string(), "unexpected CONNECT command 'C' while waiting for the option negotiation");
     }
 
