@@ -174,7 +174,7 @@ fn one_line(name: &str, text: &str) -> Result<(), ApiError> {
 
 fn restriction_json(r: &Restriction) -> Value {
     let mut value = serde_json::to_value(r).unwrap_or(Value::Null);
-    // The SPEC's keys exactly; the cause is kept for the metrics, and `reason` says it in words.
+    // The documented keys exactly (README, "HTTP API and web page"); the cause is kept for the metrics, and `reason` says it in words.
     if let Some(fields) = value.as_object_mut() {
         fields.remove("cause");
     }

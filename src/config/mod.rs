@@ -84,7 +84,7 @@ pub struct StateConfig {
 pub enum Backend {
     Memory,
     /// Cluster mode: counters and restrictions shared through Redis at this URL.
-    Redis(RedisUrl),
+    Redis(Box<RedisUrl>),
 }
 
 /// `[verdict]`.

@@ -195,7 +195,7 @@ pub(super) fn validate(file: &Path, source: &str, raw: RawConfig) -> Result<Conf
     let backend = match backend {
         "redis" => {
             let text = s.redis_url.as_deref().unwrap_or("redis://127.0.0.1:6379/0");
-            Backend::Redis(RedisUrl::parse(text).map_err(|e| v.err(&key("state.redis_url"), e.to_string()))?)
+            Backend::Redis(Box::new(RedisUrl::parse(text).map_err(|e| v.err(&key("state.redis_url"), e.to_string()))?))
         }
         _ => Backend::Memory,
     };
@@ -476,7 +476,7 @@ fn settings(
     })
 }
 
-/// The built-in defaults of `[policy.default]` (SPEC §3).
+/// The built-in defaults of `[policy.default]`, as `plugin.toml` documents them.
 pub fn builtin_default_policy() -> PolicySettings {
     PolicySettings {
         name: "default".into(),

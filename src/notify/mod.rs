@@ -1,4 +1,4 @@
-//! Administrator notifications (SPEC §5): events from the policy engine become emails (in
+//! Administrator notifications (docs/notifications.md): events from the policy engine become emails (in
 //! the configured language) and webhook posts, through a durable spool, retried with
 //! backoff until delivered — never on the milter path, which only `try_send`s an event.
 //!
@@ -55,7 +55,7 @@ pub enum NotifyError {
     HttpClient(String),
 }
 
-/// Timing of deliveries and retries. SPEC §5 fixes the defaults (first retry within 10 s,
+/// Timing of deliveries and retries. docs/notifications.md gives the defaults (first retry within 10 s,
 /// capped at 10 minutes); tests shorten them.
 #[derive(Debug, Clone)]
 pub struct Tuning {

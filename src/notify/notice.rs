@@ -39,7 +39,7 @@ impl NoticeKind {
         }
     }
 
-    /// SPEC §5 severities, for the webhook receiver's routing.
+    /// The severities docs/notifications.md lists, for the webhook receiver's routing.
     pub fn severity(self) -> &'static str {
         match self {
             NoticeKind::SenderRestricted => "high",

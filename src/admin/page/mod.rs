@@ -1,4 +1,4 @@
-//! The "Restricted accounts" web page served at `GET /` (SPEC §6): one HTML file, its stylesheet
+//! The "Restricted accounts" web page served at `GET /` (README, "HTTP API and web page"): one HTML file, its stylesheet
 //! and its script, compiled into the binary so the page needs nothing from outside.
 //!
 //! The page itself is public; it holds no data. Its script asks the administrator for the bearer
