@@ -76,6 +76,33 @@ fn quota_spent_on_one_node_counts_on_the_other() {
     assert!(log.contains("redis reachable"), "{log}");
 }
 
+/// Recipients of a message that was not delivered are never shared: only a delivered
+/// message's recipients are committed to Redis.
+#[test]
+fn an_aborted_message_spends_nothing_on_the_other_node() {
+    let redis = RedisServer::start();
+    let (a, b) = two_nodes(&redis);
+    let rt = runtime();
+    rt.block_on(async {
+        use outbound_guard::milter::client::{MtaClient, POSTFIX_OFFER};
+        let mut c = MtaClient::connect(([127, 0, 0, 1], a.milter_port).into()).await.unwrap();
+        c.negotiate(POSTFIX_OFFER).await.unwrap();
+        c.macros(b'M', &[("{auth_authen}", "ivy@example.com")]).await.unwrap();
+        assert_eq!(c.mail_from("<ivy@example.com>", &[]).await.unwrap().kind(), Some(b'c'));
+        for i in 0..3 {
+            assert_eq!(c.rcpt_to(&format!("<r{i}@example.net>")).await.unwrap().kind(), Some(b'c'));
+        }
+        c.write(outbound_guard::milter::command::Command::Abort).await.unwrap();
+        c.write(outbound_guard::milter::command::Command::Quit).await.unwrap();
+    });
+    // A delivered message of one recipient afterwards; once its commit is in Redis, B sees
+    // exactly that one recipient spent (the aborted three would have been committed first).
+    assert_eq!(rt.block_on(send(a.milter_port, "ivy@example.com", 1)), b"cc");
+    assert!(wait_until(Duration::from_secs(5), || shared_tat_exists(&redis, "ivy@example.com")));
+    // MAIL, then three of the four recipients left; the fourth reaches the limit.
+    assert_eq!(rt.block_on(send(b.milter_port, "ivy@example.com", LIMIT)), b"ccccy");
+}
+
 #[test]
 fn a_restriction_on_one_node_refuses_on_the_other_within_a_second() {
     let redis = RedisServer::start();

@@ -429,3 +429,116 @@ async fn reload_lowering_a_limit_below_what_is_in_use_restricts_at_the_next_reci
     drop(c);
     d.stop().await;
 }
+
+/// Counters of `account` once the filter has handled what the test sent: bounded wait, for
+/// the server's side of a closed connection.
+async fn external_last_hour_becomes(d: &TestDaemon, account: &str, expected: u32) -> u32 {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let now = d.services.engine.counters(account).external_last_hour;
+        if now == expected || tokio::time::Instant::now() >= deadline {
+            return now;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Reserved at RCPT TO, counted when the end of message delivers: an aborted message's
+/// recipients are given back, so the client that sends it again is not charged twice, while
+/// a limit still cannot be overshot by messages in flight together.
+#[tokio::test]
+async fn recipients_of_an_aborted_message_are_given_back() {
+    let d =
+        start("[policy.default]\nrecipient_limit_external_per_hour = 3\naction_when_threshold_reached = \"block\"\n")
+            .await;
+    let mut c = client(&d, "127.0.0.1").await;
+    let login = Some("erin@example.com");
+    assert_eq!(code(&mail(&mut c, login, "erin@example.com").await), "c");
+    for i in 0..3 {
+        assert_eq!(code(&rcpt(&mut c, &format!("r{i}@example.net")).await), "c");
+    }
+    // While the first message is in flight its recipients are reserved: a second session of
+    // the account cannot pass the limit meanwhile.
+    let mut other = client(&d, "127.0.0.1").await;
+    assert_eq!(code(&mail(&mut other, login, "erin@example.com").await), "c");
+    assert_eq!(code(&rcpt(&mut other, "x@example.net").await), "550 5.2.2");
+    other.write(Command::Abort).await.unwrap();
+    assert!(d.services.engine.restrictions().is_restricted("erin@example.com", START as i64 + 1));
+    d.services.engine.release("erin@example.com", "test", None).unwrap();
+
+    c.write(Command::Abort).await.unwrap();
+    assert_eq!(external_last_hour_becomes(&d, "erin@example.com", 0).await, 0);
+    // Sent again (released today: limits only alert, but the count is what matters here).
+    assert_eq!(send_external(&mut c, login, "erin@example.com", 3).await, ["c", "c", "c"]);
+    assert_eq!(d.services.engine.counters("erin@example.com").external_last_hour, 3);
+    drop((c, other));
+    d.stop().await;
+}
+
+/// A connection lost in the middle of a message (the MTA died, a timeout cut it) gives back
+/// what the message reserved; a delivered message keeps its count.
+#[tokio::test]
+async fn a_connection_lost_mid_message_gives_back_its_recipients() {
+    let d = start("[policy.default]\nrecipient_limit_external_per_hour = 3\n").await;
+    let mut kept = client(&d, "127.0.0.1").await;
+    assert_eq!(send_external(&mut kept, Some("finn@example.com"), "finn@example.com", 1).await, ["c"]);
+    let mut lost = client(&d, "127.0.0.1").await;
+    assert_eq!(code(&mail(&mut lost, Some("finn@example.com"), "finn@example.com").await), "c");
+    for i in 0..2 {
+        assert_eq!(code(&rcpt(&mut lost, &format!("r{i}@example.net")).await), "c");
+    }
+    assert_eq!(d.services.engine.counters("finn@example.com").external_last_hour, 3);
+    drop(lost);
+    assert_eq!(external_last_hour_becomes(&d, "finn@example.com", 1).await, 1);
+    assert_eq!(send_external(&mut kept, Some("finn@example.com"), "finn@example.com", 2).await, ["c", "c"]);
+    assert!(!d.services.engine.restrictions().is_restricted("finn@example.com", START as i64 + 1));
+    drop(kept);
+    d.stop().await;
+}
+
+/// A message the filter itself refuses at its end (judged spam under `reject`) is not
+/// delivered, so its recipients are not counted either; the spam verdict still is.
+#[tokio::test]
+async fn a_message_refused_at_its_end_counts_no_recipient() {
+    let d = start("[policy.default]\nrecipient_limit_external_per_hour = 3\nspam_message_action = \"reject\"\n").await;
+    let mut c = client(&d, "127.0.0.1").await;
+    let login = Some("gus@example.com");
+    assert_eq!(code(&mail(&mut c, login, "gus@example.com").await), "c");
+    for i in 0..2 {
+        assert_eq!(code(&rcpt(&mut c, &format!("r{i}@example.net")).await), "c");
+    }
+    let end = c.message(&[("X-Spam-Flag", "YES")], b"x\r\n").await.unwrap();
+    assert_eq!(code(&end).get(..9), Some("550 5.7.1"));
+    assert_eq!(d.services.engine.counters("gus@example.com").external_last_hour, 0);
+    assert_eq!(send_external(&mut c, login, "gus@example.com", 3).await, ["c", "c", "c"]);
+    assert_eq!(d.services.engine.counters("gus@example.com").external_last_hour, 3);
+    drop(c);
+    d.stop().await;
+}
+
+/// The spam share is of the messages an account sent: a message aborted before its end (and
+/// typically sent again) is not a message of the share, so it cannot dilute it.
+#[tokio::test]
+async fn aborted_messages_do_not_dilute_the_spam_share() {
+    let d = start(
+        "[policy.default]\nspam_min_messages = 2\nspam_percent = 60\nspam_action = \"block\"\n\
+         spam_message_action = \"accept\"\n",
+    )
+    .await;
+    let mut c = client(&d, "127.0.0.1").await;
+    let login = Some("hal@example.com");
+    for _ in 0..2 {
+        assert_eq!(code(&mail(&mut c, login, "hal@example.com").await), "c");
+        assert_eq!(code(&rcpt(&mut c, "r@example.net").await), "c");
+        c.write(Command::Abort).await.unwrap();
+    }
+    for _ in 0..2 {
+        assert_eq!(code(&mail(&mut c, login, "hal@example.com").await), "c");
+        assert_eq!(code(&rcpt(&mut c, "r@example.net").await), "c");
+        assert_eq!(code(&c.message(&[("X-Spam-Flag", "YES")], b"x\r\n").await.unwrap()), "c");
+    }
+    // Two of two messages were spam (100% ≥ 60%), not two of four (50%).
+    assert!(d.services.engine.restrictions().is_restricted("hal@example.com", START as i64 + 1));
+    drop(c);
+    d.stop().await;
+}

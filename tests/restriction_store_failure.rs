@@ -97,7 +97,12 @@ async fn a_restriction_that_cannot_be_recorded_tempfails_instead_of_refusing() {
                 codes.push(code(&c.rcpt_to(to).await.unwrap()));
             }
         }
-        c.write(outbound_guard::milter::command::Command::Abort).await.unwrap();
+        // Delivered when a recipient was accepted (only then do its recipients count).
+        if codes[1..].iter().any(|c| c == "c") {
+            c.message(&[("Subject", "x")], b"x\r\n").await.unwrap();
+        } else {
+            c.write(outbound_guard::milter::command::Command::Abort).await.unwrap();
+        }
         codes
     };
 

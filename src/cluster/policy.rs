@@ -133,11 +133,13 @@ impl Policy for ClusterPolicy {
         self.engine.end_of_message(&mut tx.inner, facts)
     }
 
-    /// Recipients accepted in this transaction are spent whatever becomes of the message (as
-    /// in the local records): committed to the shared counters here.
+    /// Recipients of a message the end of message delivered are committed to the shared
+    /// counters here; those of a message that was not (abort, refusal, tempfail, a lost
+    /// connection) were never shared and are given back locally by the engine.
     fn end_transaction(&self, tx: &mut ClusterTransaction) {
         let counted = tx.inner.counted();
         if tx.inner.is_counted()
+            && tx.inner.is_committed()
             && counted.iter().any(|&n| n > 0)
             && let Some(account) = tx.inner.account()
         {

@@ -400,6 +400,16 @@ fn parse_ip(raw: &[u8]) -> Option<IpAddr> {
     text.parse().ok()
 }
 
+impl<P: Policy> Drop for Session<P> {
+    /// A connection lost (or cut by a timeout) in the middle of a message ends its
+    /// transaction as an abort would: what it reserved is given back.
+    fn drop(&mut self) {
+        if matches!(self.state, State::Message(_)) {
+            self.policy.end_transaction(&mut self.tx);
+        }
+    }
+}
+
 impl ReplyTexts {
     /// The one place where a decision becomes a reply: each refusal has its configured text.
     pub fn reply_for(&self, decision: Decision) -> Reply<'_> {

@@ -46,12 +46,17 @@ pub struct Transaction {
     account: String,
     policy: PolicyIndex,
     recipients: u32,
-    /// Whether the message is counted in the account's spam window yet.
-    message_counted: bool,
+    /// When the message was counted in the account's spam window, if it is yet.
+    message_counted: Option<Timestamp>,
+    /// Whether the message reached its end of message (and so its verdict).
+    reached_end: bool,
     restricted: bool,
-    /// Recipients counted per [`LimitKind`] in this transaction (shared with other nodes at
-    /// its end in cluster mode).
+    /// Recipients counted per [`LimitKind`] in this transaction: reserved at RCPT TO, kept
+    /// when the end of message delivers (and then shared with other nodes in cluster mode),
+    /// given back otherwise.
     counted: [u32; 3],
+    /// Whether the end of message delivered the message, which makes its recipients counted.
+    committed: bool,
 }
 
 /// The engine shared by all milter connections.
@@ -278,13 +283,39 @@ impl Engine {
     }
 }
 
+impl Engine {
+    /// The transaction ended without the MTA accepting its message: the recipients it reserved
+    /// are not counted after all (a client that retries is not charged twice), nor, when it
+    /// ended before its end of message, the message in the spam share. A message refused at
+    /// its end keeps its verdict: the share is of what the account tried to send. Limits
+    /// reached and restrictions made on the way stand: they were answered to the MTA.
+    fn give_back(&self, tx: &mut Transaction) {
+        let Some(compiled) = &tx.compiled else { return };
+        let message = tx.message_counted.filter(|_| !tx.reached_end);
+        if tx.counted.iter().all(|&n| n == 0) && message.is_none() {
+            return;
+        }
+        let mut record = self.accounts.record_mut(&tx.account, tx.policy);
+        for kind in LimitKind::ALL {
+            compiled.limiters.give_back(tx.policy, &mut record, kind, tx.counted[kind as usize]);
+        }
+        if let Some(at) = message {
+            let window = compiled.policies.settings(tx.policy).spam_window;
+            record.spam.uncount_message(at, self.clock.now(), window);
+        }
+        drop(record);
+        tx.counted = [0; 3];
+        tx.message_counted = None;
+    }
+}
+
 /// Counts the transaction's message, once, in the account's spam window when verdicts are
 /// enabled: the spam share is of all the account's messages, judged or not.
 fn count_message(tx: &mut Transaction, compiled: &Compiled, record: &mut AccountRecord, now: Timestamp) {
-    if tx.message_counted || !compiled.config.verdict.any_source() {
+    if tx.message_counted.is_some() || !compiled.config.verdict.any_source() {
         return;
     }
-    tx.message_counted = true;
+    tx.message_counted = Some(now);
     let window = compiled.policies.settings(tx.policy).spam_window;
     record.spam.count_message(now, window);
 }
@@ -295,9 +326,11 @@ impl Transaction {
         self.account.clear();
         self.policy = 0;
         self.recipients = 0;
-        self.message_counted = false;
+        self.message_counted = None;
+        self.reached_end = false;
         self.restricted = false;
         self.counted = [0; 3];
+        self.committed = false;
     }
 }
 
@@ -420,7 +453,7 @@ impl Engine {
         let settings = compiled.policies.settings(tx.policy);
         let now = self.clock.now();
         // The message was counted with its first recipient; a verdict of ham adds nothing.
-        if !spam && tx.message_counted {
+        if !spam && tx.message_counted.is_some() {
             return MessageOutcome::deliver();
         }
         let (spam_count, total) = {
@@ -539,16 +572,25 @@ impl Policy for Engine {
 
     fn end_of_message(&self, tx: &mut Transaction, facts: &MessageFacts<'_>) -> MessageOutcome {
         let outcome = self.judge_message(tx, facts);
+        tx.reached_end = true;
         if tx.compiled.is_some() {
             match outcome.decision {
-                Decision::Continue => self.metrics.messages.outbound_delivered.inc(),
-                _ => self.metrics.messages.outbound_rejected.inc(),
-            };
+                Decision::Continue | Decision::Accept => {
+                    tx.committed = true;
+                    self.metrics.messages.outbound_delivered.inc();
+                }
+                _ => {
+                    self.metrics.messages.outbound_rejected.inc();
+                }
+            }
         }
         outcome
     }
 
     fn end_transaction(&self, tx: &mut Transaction) {
+        if !tx.committed {
+            self.give_back(tx);
+        }
         tx.reset();
     }
 }

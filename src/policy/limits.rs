@@ -223,6 +223,18 @@ impl Limiters {
         full
     }
 
+    /// Gives back `count` recipients of `kind` that a transaction reserved and the MTA then did
+    /// not accept (an abort, a refusal or tempfail later, a lost connection): the TAT moves back
+    /// by as many emission intervals — the exact inverse of the checks that reserved them,
+    /// whatever other transactions spent meanwhile. A TAT that lands in the past means nothing
+    /// in use, as it would have had they never been counted.
+    pub fn give_back(&self, policy: PolicyIndex, record: &mut AccountRecord, kind: LimitKind, count: u32) {
+        if let Some(limit) = self.limiter(policy, kind) {
+            let tat = &mut record.tat[kind as usize];
+            *tat = tat.saturating_sub(u64::from(count).saturating_mul(limit.interval));
+        }
+    }
+
     /// Recipients counted against `kind` at `now` (how much of the burst is in use), and the
     /// limit; `None` when the policy has no such limit.
     pub fn usage(

@@ -90,6 +90,18 @@ impl SpamWindow {
         self.spam[i] = self.spam[i].saturating_add(1);
     }
 
+    /// Takes back one message counted at `at_secs` that never reached its end; nothing when its
+    /// bucket has left the window.
+    pub fn uncount_message(&mut self, now_secs: u64, at_secs: u64, window: Duration) {
+        self.advance(now_secs, window);
+        let oldest = self.newest.saturating_sub(BUCKETS as u32 - 1);
+        let bucket = (at_secs / u64::from(self.width_secs)).min(u64::from(u32::MAX)) as u32;
+        if (oldest..=self.newest).contains(&bucket) {
+            let i = bucket as usize % BUCKETS;
+            self.total[i] = self.total[i].saturating_sub(1);
+        }
+    }
+
     /// Adds `n` messages counted at `at_secs` (clamped into the window at `now`: `0` for its
     /// oldest bucket), as the inline count hands them over.
     fn add_messages_at(&mut self, now_secs: u64, at_secs: u64, n: u32, window: Duration) {
@@ -278,6 +290,29 @@ impl SpamSlot {
         }
     }
 
+    /// Takes back one message counted at `at` (by [`SpamSlot::count_message`]) whose
+    /// transaction ended before its end of message: the share is of the messages the account
+    /// sent, and an aborted one, sent again, would otherwise count twice.
+    pub fn uncount_message(&mut self, at: Timestamp, now: Timestamp, window: Duration) {
+        let (at_secs, now_secs) = (whole_secs(at), whole_secs(now));
+        if let Some(ring) = self.ring_mut() {
+            ring.uncount_message(now_secs, at_secs, window);
+            return;
+        }
+        if self.0 == 0 {
+            return;
+        }
+        let (now_min, at_min, period) = (minutes(now_secs), minutes(at_secs), period_minutes(window));
+        let mut inline = Inline::decode(self.0);
+        inline.roll(now_min, period);
+        if at_min >= inline.start_min {
+            inline.cur = inline.cur.saturating_sub(1);
+        } else if at_min >= inline.start_min.saturating_sub(period) {
+            inline.prev = inline.prev.saturating_sub(1);
+        }
+        self.0 = inline.encode();
+    }
+
     /// (spam, total) within the window at `now`.
     pub fn counts(&self, now: Timestamp, window: Duration) -> (u32, u32) {
         let now_secs = whole_secs(now);
@@ -450,6 +485,34 @@ mod tests {
         slot.count_message(secs(T0 + 86_400 + 43_200), DAY);
         slot.count_spam(secs(T0 + 86_400 + 43_200), DAY);
         assert_eq!(slot.counts(secs(T0 + 86_400 + 43_200), DAY), (1, 51));
+    }
+
+    #[test]
+    fn a_message_taken_back_leaves_the_count_as_before_inline_and_in_the_ring() {
+        let mut slot = SpamSlot::default();
+        slot.uncount_message(secs(T0), secs(T0), DAY);
+        assert_eq!(slot.counts(secs(T0), DAY), (0, 0), "nothing to take back");
+        for _ in 0..3 {
+            slot.count_message(secs(T0), DAY);
+        }
+        slot.uncount_message(secs(T0), secs(T0 + 30), DAY);
+        assert_eq!(slot.counts(secs(T0 + 30), DAY), (0, 2));
+        // Counted in one period, taken back in the next: from the previous period's count.
+        let next = T0 + DAY.as_secs();
+        slot.count_message(secs(next), DAY);
+        slot.uncount_message(secs(T0), secs(next), DAY);
+        assert_eq!(slot.counts(secs(next), DAY), (0, 2));
+        // With a ring: from the bucket it was counted in; never below the spam.
+        slot.count_spam(secs(next), DAY);
+        let before = slot.counts(secs(next + 60), DAY);
+        slot.count_message(secs(next + 60), DAY);
+        slot.uncount_message(secs(next + 60), secs(next + 120), DAY);
+        assert_eq!(slot.counts(secs(next + 120), DAY), before);
+        // Long gone from the window: nothing to take back.
+        let later = next + 3 * DAY.as_secs();
+        slot.count_message(secs(later), DAY);
+        slot.uncount_message(secs(T0), secs(later), DAY);
+        assert_eq!(slot.counts(secs(later), DAY), (0, 1));
     }
 
     #[test]

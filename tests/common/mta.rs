@@ -19,7 +19,8 @@ pub fn runtime() -> tokio::runtime::Runtime {
 }
 
 /// One message of the authenticated `account` to `n` external recipients; the reply letters
-/// (MAIL, then each RCPT). The connection ends without a message body, as after a QUIT.
+/// (MAIL, then each RCPT). The message is sent to its end when a recipient was accepted (its
+/// recipients count once it is delivered), then the connection ends with QUIT.
 pub async fn send(port: u16, account: &str, n: usize) -> Vec<u8> {
     try_send(port, account, n).await.expect("the filter answers")
 }
@@ -36,6 +37,9 @@ pub async fn try_send(port: u16, account: &str, n: usize) -> std::io::Result<Vec
     if codes[0] == b'c' {
         for i in 0..n {
             codes.push(reply(c.rcpt_to(&format!("<r{i}@example.net>")).await?)?);
+        }
+        if codes[1..].contains(&b'c') {
+            c.message(&[("Subject", "load")], b"x\r\n").await?;
         }
     }
     c.write(Milter::Quit).await?;

@@ -24,6 +24,12 @@ impl Transaction {
         self.counted
     }
 
+    /// Whether the end of message delivered the message, so that its recipients count (and are
+    /// shared); otherwise they are given back when the transaction ends.
+    pub fn is_committed(&self) -> bool {
+        self.committed
+    }
+
     /// The GCRA emission interval (nanoseconds per recipient) of each [`LimitKind`] under the
     /// transaction's policy; 0 where the policy has no such limit.
     pub fn intervals(&self) -> [u64; 3] {
