@@ -14,7 +14,7 @@ use outbound_guard::metrics::Metrics;
 use outbound_guard::policy::clock::EngineClock;
 use outbound_guard::policy::engine::{Engine, Transaction};
 use outbound_guard::policy::events::EventSink;
-use outbound_guard::policy::{MailFacts, Policy, RcptFacts};
+use outbound_guard::policy::{MailFacts, MessageFacts, Policy, RcptFacts};
 use outbound_guard::state::memory::MemoryRestrictions;
 use outbound_guard::state::snapshot;
 
@@ -39,10 +39,17 @@ fn engine_with(n: usize) -> Engine {
     for i in 0..n {
         name.clear();
         std::fmt::Write::write_fmt(&mut name, format_args!("user{i}@example.com")).unwrap();
-        let facts =
-            MailFacts { sender: name.as_bytes(), auth_login: Some(name.as_bytes()), client_addr: None, queue_id: None };
+        let facts = MailFacts {
+            sender: name.as_bytes(),
+            auth_login: Some(name.as_bytes()),
+            client_addr: None,
+            queue_id: None,
+            local_submission: false,
+        };
         engine.mail_from(&mut tx, &facts);
         engine.rcpt_to(&mut tx, &RcptFacts { recipient: b"a@example.net" });
+        // Delivered, so counted (an unfinished transaction gives its recipients back).
+        engine.end_of_message(&mut tx, &MessageFacts { queue_id: None, headers: &[], scanned: &[] });
         engine.end_transaction(&mut tx);
     }
     engine

@@ -158,6 +158,7 @@ impl Services {
         let old = self.engine.config();
         for (key, changed) in [
             ("milter.listen", old.milter.listen != config.milter.listen),
+            ("milter.local_listen", old.milter.local_listen != config.milter.local_listen),
             ("milter.max_connections", old.milter.max_connections != config.milter.max_connections),
             ("milter.io_timeout", old.milter.io_timeout != config.milter.io_timeout),
             ("milter.idle_timeout", old.milter.idle_timeout != config.milter.idle_timeout),
@@ -226,6 +227,13 @@ impl Services {
     }
 }
 
+/// Runs `f` when there is one.
+async fn optional(f: Option<impl std::future::Future<Output = ()>>) {
+    if let Some(f) = f {
+        f.await;
+    }
+}
+
 /// Binds the admin API listener and loads (or creates) its token.
 ///
 /// # Errors
@@ -238,10 +246,23 @@ pub async fn bind_admin(config: &Config) -> Result<(tokio::net::TcpListener, Str
     Ok((listener, token))
 }
 
-/// Serves the milter on `listener` (and the admin API on `admin`, when given) until
+/// The milter's sockets: the one for SMTP sessions (`milter.listen`) and, when configured,
+/// the one for local submissions (`milter.local_listen`).
+pub struct MilterListeners {
+    pub smtp: Listener,
+    pub local: Option<Listener>,
+}
+
+impl From<Listener> for MilterListeners {
+    fn from(smtp: Listener) -> Self {
+        MilterListeners { smtp, local: None }
+    }
+}
+
+/// Serves the milter on `listeners` (and the admin API on `admin`, when given) until
 /// `shutdown` turns true; then drains, saves the counters and returns.
 pub async fn run(
-    listener: Listener,
+    listeners: impl Into<MilterListeners>,
     admin: Option<(tokio::net::TcpListener, AdminState)>,
     services: Arc<Services>,
     mut shutdown: watch::Receiver<bool>,
@@ -252,6 +273,7 @@ pub async fn run(
         max_connections: config.milter.max_connections,
         replies: services.replies.clone(),
         metrics: services.engine.metrics().clone(),
+        local_submissions: false,
     };
     // Without a notifier (tests that read the events themselves take them first), events
     // still reach the log.
@@ -294,15 +316,25 @@ pub async fn run(
         }
         None => Vec::new(),
     };
-    if let Ok(addr) = listener.local_addr() {
+    let MilterListeners { smtp, local } = listeners.into();
+    if let Some(addr) = local.as_ref().and_then(|l| l.local_addr().ok()) {
+        info!(listen = %addr, "local submissions listening");
+    }
+    if let Ok(addr) = smtp.local_addr() {
         info!(listen = %addr, "outbound-guard milter listening");
     }
+    let local_settings = ServerSettings { local_submissions: true, ..settings.clone() };
     match &services.cluster {
         Some((cluster, _)) => {
             let policy = Arc::new(ClusterPolicy::new(services.engine.clone(), cluster.clone()));
-            server::run(listener, policy, settings, shutdown.clone()).await;
+            let local = local.map(|l| server::run(l, policy.clone(), local_settings, shutdown.clone()));
+            tokio::join!(server::run(smtp, policy, settings, shutdown.clone()), optional(local));
         }
-        None => server::run(listener, services.engine.clone(), settings, shutdown.clone()).await,
+        None => {
+            let engine = services.engine.clone();
+            let local = local.map(|l| server::run(l, engine.clone(), local_settings, shutdown.clone()));
+            tokio::join!(server::run(smtp, engine, settings, shutdown.clone()), optional(local));
+        }
     }
     let _ = shutdown.wait_for(|s| *s).await;
     evictor.abort();

@@ -93,6 +93,17 @@ fn run(path: &Path) -> ExitCode {
                 return ExitCode::from(EXIT_USAGE);
             }
         };
+        let local = match &config.milter.local_listen {
+            None => None,
+            Some(addr) => match Listener::bind(addr, config.milter.socket_mode).await {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    tracing::error!("milter.local_listen: {e}");
+                    return ExitCode::from(EXIT_USAGE);
+                }
+            },
+        };
+        let listener = daemon::MilterListeners { smtp: listener, local };
         let admin = match daemon::bind_admin(&config).await {
             Ok((l, token)) => (l, services.admin_state(token)),
             Err(e) => {

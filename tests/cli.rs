@@ -65,6 +65,14 @@ fn errors_name_file_line_key_and_value_and_exit_2() {
             "[state]\nbackend = \"redis\"\nredis_url = \"http://r:6379\"\n",
             ":3: state.redis_url = \"http://r:6379\": must be a redis://",
         ),
+        (
+            "[milter]\nlisten = \"inet:127.0.0.1:7357\"\nlocal_listen = \"inet:127.0.0.1:7357\"\n",
+            ":3: milter.local_listen = \"inet:127.0.0.1:7357\": is milter.listen too",
+        ),
+        (
+            "[organization]\nlocal_submission_account = \"a b\"\n",
+            ":2: organization.local_submission_account = \"a b\": must be an account name",
+        ),
         ("[log]\nlevel = \"verbose\"\n", ":2: log.level = \"verbose\": is not a log level"),
         (
             "[notify]\nfrom = \"og@example.com\"\ntemplates_dir = \"broken\"\n",

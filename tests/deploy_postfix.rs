@@ -14,13 +14,14 @@ use std::time::{Duration, Instant};
 
 use common::binary::{GuardProcess, binary};
 use common::postfix::{Postfix, PostfixOptions};
-use common::process::POLL;
+use common::process::{POLL, free_port};
 use common::smtp_sink::SmtpSink;
 use common::swaks::{Swaks, SwaksOutput};
 
 const WAIT: Duration = Duration::from_secs(20);
 /// What the README's recipe points at; the test substitutes its own.
 const README_MILTER: &str = "inet:127.0.0.1:7357";
+const README_LOCAL_MILTER: &str = "inet:127.0.0.1:7359";
 const README_TABLE: &str = "/etc/postfix/outbound-guard_header_checks";
 
 /// The fenced blocks of the README's "### Postfix" section (under "## Deployment"), keyed by
@@ -99,8 +100,9 @@ fn assert_held(pf: &Postfix, sink: &SmtpSink, guard: &GuardProcess, sent: &Swaks
 #[test]
 fn the_readme_postfix_recipe_filters_delivers_and_holds_tagged_spam() {
     // Header verdicts on, spam tagged: the shipped configuration's choices, spelled out.
+    let local_port = free_port();
     let guard = GuardProcess::start(
-        "",
+        &format!("local_listen = \"inet:127.0.0.1:{local_port}\""),
         "[verdict]\nsources = [\"headers\"]\n[policy.default]\nspam_message_action = \"tag\"\n",
     );
 
@@ -135,8 +137,10 @@ fn the_readme_postfix_recipe_filters_delivers_and_holds_tagged_spam() {
         assert!(keys.contains(&wanted), "README's main.cf lacks {wanted}: {keys:?}");
     }
     for (key, value) in &settings {
-        let value =
-            value.replace(README_MILTER, &guard.milter_address()).replace(README_TABLE, &table.display().to_string());
+        let value = value
+            .replace(README_MILTER, &guard.milter_address())
+            .replace(README_LOCAL_MILTER, &format!("inet:127.0.0.1:{local_port}"))
+            .replace(README_TABLE, &table.display().to_string());
         // The harness writes these four itself; the rest are appended as written.
         opts = match key.as_str() {
             "smtpd_milters" => opts.smtpd_milters(&value),
@@ -212,6 +216,9 @@ fn the_readme_postfix_recipe_filters_delivers_and_holds_tagged_spam() {
     let accounts: Vec<&str> =
         top["senders"].as_array().expect("senders").iter().filter_map(|s| s["account"].as_str()).collect();
     assert!(accounts.contains(&"bob@example.com") && accounts.contains(&"cron@example.com"), "{top}");
+    // The sendmail(1) message came in on the local-submission socket: also counted under the
+    // aggregate account.
+    assert!(accounts.contains(&"local-submissions"), "{top}");
 
     // Every message went through the filter: one milter connection per SMTP session and one for
     // the sendmail(1) submission.

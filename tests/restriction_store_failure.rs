@@ -81,6 +81,7 @@ async fn a_restriction_that_cannot_be_recorded_tempfails_instead_of_refusing() {
         max_connections: 4,
         replies: Arc::new(ArcSwap::from_pointee(ReplyTexts::default())),
         metrics,
+        local_submissions: false,
     };
     let (stop, stopped) = watch::channel(false);
     let server = tokio::spawn(server::run(listener, engine, settings, stopped));

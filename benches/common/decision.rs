@@ -64,7 +64,13 @@ pub fn account(buf: &mut [u8; 32], i: usize) -> &[u8] {
 
 /// One authenticated message: two external recipients and one internal.
 pub fn one_message(engine: &Engine, tx: &mut Transaction, account: &[u8]) {
-    let facts = MailFacts { sender: account, auth_login: Some(account), client_addr: None, queue_id: None };
+    let facts = MailFacts {
+        sender: account,
+        auth_login: Some(account),
+        client_addr: None,
+        queue_id: None,
+        local_submission: false,
+    };
     black_box(engine.mail_from(tx, &facts));
     for to in [&b"a@example.net"[..], b"b@example.org", b"c@example.com"] {
         black_box(engine.rcpt_to(tx, &RcptFacts { recipient: to }));

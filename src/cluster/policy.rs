@@ -38,6 +38,7 @@ struct RefusedMail {
     auth_login: Option<Vec<u8>>,
     client_addr: Option<IpAddr>,
     queue_id: Option<Vec<u8>>,
+    local_submission: bool,
 }
 
 impl RefusedMail {
@@ -47,6 +48,7 @@ impl RefusedMail {
             auth_login: self.auth_login.as_deref(),
             client_addr: self.client_addr,
             queue_id: self.queue_id.as_deref(),
+            local_submission: self.local_submission,
         }
     }
 }
@@ -67,6 +69,7 @@ impl Policy for ClusterPolicy {
                 auth_login: facts.auth_login.map(<[u8]>::to_vec),
                 client_addr: facts.client_addr,
                 queue_id: facts.queue_id.map(<[u8]>::to_vec),
+                local_submission: facts.local_submission,
             });
         }
         decision

@@ -55,6 +55,9 @@ pub struct MilterConfig {
     pub idle_timeout: Duration,
     /// Permissions of a unix socket.
     pub socket_mode: u32,
+    /// A second socket for the MTA's local submissions (Postfix `non_smtpd_milters`): every
+    /// transaction on it is a local submission.
+    pub local_listen: Option<ListenAddr>,
 }
 
 /// What the MTA is told when the filter cannot decide.
@@ -71,6 +74,9 @@ pub struct Organization {
     pub local_domains: Vec<String>,
     pub internal_networks: Vec<IpNet>,
     pub strip_subaddress: bool,
+    /// The aggregate account every local submission is also counted under, as written;
+    /// `None` when configured as `""`.
+    pub local_submission_account: Option<String>,
 }
 
 /// `[state]`.

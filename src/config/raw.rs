@@ -30,6 +30,7 @@ pub struct RawMilter {
     pub io_timeout: Option<String>,
     pub idle_timeout: Option<String>,
     pub socket_mode: Option<String>,
+    pub local_listen: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -38,6 +39,7 @@ pub struct RawOrganization {
     pub local_domains: Option<Vec<String>>,
     pub internal_networks: Option<Vec<String>>,
     pub strip_subaddress: Option<bool>,
+    pub local_submission_account: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -102,6 +104,7 @@ pub struct RawReplies {
     pub limit_reached: Option<String>,
     pub too_many_recipients: Option<String>,
     pub spam_rejected: Option<String>,
+    pub too_many_recipients_local: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -13,6 +13,11 @@ pub const DEFAULT_LIMIT_REACHED: &str = "550 5.2.2 This account has reached its 
 pub const DEFAULT_TOO_MANY_RECIPIENTS: &str =
     "452 4.5.3 Too many recipients for one message; send the rest in another message";
 
+/// Default for a local submission over the per-message cap: refused whole and for good, since
+/// the MTA cannot refuse some recipients of a local message and a retry cannot succeed.
+pub const DEFAULT_TOO_MANY_RECIPIENTS_LOCAL: &str =
+    "550 5.5.3 Too many recipients for one message; send it as several smaller messages";
+
 /// Default for a message judged spam under `spam_message_action = "reject"`.
 pub const DEFAULT_SPAM_REJECTED: &str =
     "550 5.7.1 Message refused: it was judged to be spam. Please contact your mail administrator";
@@ -33,6 +38,7 @@ pub struct ReplyTexts {
     pub limit_reached: String,
     pub too_many_recipients: String,
     pub spam_rejected: String,
+    pub too_many_recipients_local: String,
     /// What the MTA is told when the filter cannot decide.
     pub on_internal_error: InternalErrorAction,
 }
@@ -44,6 +50,7 @@ impl Default for ReplyTexts {
             limit_reached: DEFAULT_LIMIT_REACHED.to_owned(),
             too_many_recipients: DEFAULT_TOO_MANY_RECIPIENTS.to_owned(),
             spam_rejected: DEFAULT_SPAM_REJECTED.to_owned(),
+            too_many_recipients_local: DEFAULT_TOO_MANY_RECIPIENTS_LOCAL.to_owned(),
             on_internal_error: InternalErrorAction::Tempfail,
         }
     }
@@ -91,6 +98,7 @@ mod tests {
             (&t.limit_reached, "550 5.2.2 "),
             (&t.too_many_recipients, "452 4.5.3 "),
             (&t.spam_rejected, "550 5.7.1 "),
+            (&t.too_many_recipients_local, "550 5.5.3 "),
         ] {
             assert!(text.starts_with(prefix));
             assert_eq!(validate(text), Ok(()));

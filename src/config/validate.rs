@@ -155,7 +155,20 @@ pub(super) fn validate(file: &Path, source: &str, raw: RawConfig) -> Result<Conf
             .filter(|mode| *mode <= 0o777)
             .ok_or_else(|| v.err(&key("milter.socket_mode"), "must be an octal file mode such as \"0660\""))?,
     };
+    let local_listen = match &m.local_listen {
+        None => None,
+        Some(text) => Some(match text.parse::<ListenAddr>().map_err(|e| v.err(&key("milter.local_listen"), e))? {
+            ListenAddr::Unix(p) => ListenAddr::Unix(v.path(&p.to_string_lossy())),
+            inet => inet,
+        }),
+    };
+    if local_listen.as_ref().is_some_and(|l| *l == listen && !matches!(l, ListenAddr::Inet(a) if a.port() == 0)) {
+        return Err(
+            v.err(&key("milter.local_listen"), "is milter.listen too: local submissions need a socket of their own")
+        );
+    }
     let milter = MilterConfig {
+        local_listen,
         listen,
         on_internal_error: v.choice(
             &key("milter.on_internal_error"),
@@ -186,8 +199,26 @@ pub(super) fn validate(file: &Path, source: &str, raw: RawConfig) -> Result<Conf
             })?;
         internal_networks.push(net.trunc());
     }
-    let organization =
-        Organization { local_domains, internal_networks, strip_subaddress: o.strip_subaddress.unwrap_or(true) };
+    let organization = Organization {
+        local_domains,
+        internal_networks,
+        strip_subaddress: o.strip_subaddress.unwrap_or(true),
+        local_submission_account: None,
+    };
+    let aggregate = o.local_submission_account.as_deref().unwrap_or("local-submissions");
+    let organization = Organization {
+        local_submission_account: match aggregate {
+            "" => None,
+            name if name.chars().any(|c| c.is_whitespace() || c.is_control() || c == '<' || c == '>') => {
+                return Err(v.err(
+                    &key("organization.local_submission_account"),
+                    "must be an account name without spaces, control characters or angle brackets (\"\" for none)",
+                ));
+            }
+            name => Some(name.to_owned()),
+        },
+        ..organization
+    };
 
     let s = raw.state.unwrap_or_default();
     let backend =
@@ -330,6 +361,7 @@ pub(super) fn validate(file: &Path, source: &str, raw: RawConfig) -> Result<Conf
         ("limit_reached", &rp.limit_reached, &mut reply_texts.limit_reached, '5'),
         ("too_many_recipients", &rp.too_many_recipients, &mut reply_texts.too_many_recipients, '4'),
         ("spam_rejected", &rp.spam_rejected, &mut reply_texts.spam_rejected, '5'),
+        ("too_many_recipients_local", &rp.too_many_recipients_local, &mut reply_texts.too_many_recipients_local, '5'),
     ] {
         if let Some(text) = value {
             let path = key("replies").key(name);

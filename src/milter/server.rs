@@ -97,6 +97,8 @@ pub struct ServerSettings {
     pub max_connections: usize,
     pub replies: Arc<ArcSwap<ReplyTexts>>,
     pub metrics: Arc<Metrics>,
+    /// Whether the listener is `milter.local_listen` (every transaction a local submission).
+    pub local_submissions: bool,
 }
 
 /// Serves milter connections until `shutdown` turns true, then drains.
@@ -138,6 +140,7 @@ pub async fn run<P: Policy>(
         };
         let id = ids.fetch_add(1, Ordering::Relaxed);
         let session = Session::new(policy.clone(), settings.replies.clone());
+        let session = if settings.local_submissions { session.for_local_submissions() } else { session };
         let timeouts = settings.timeouts;
         let shutdown = shutdown.clone();
         let metrics = settings.metrics.clone();

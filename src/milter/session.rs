@@ -186,6 +186,8 @@ pub struct Session<P: Policy> {
     message: MessageBuffer,
     /// The MAIL FROM decision waiting for [`Session::prepare`].
     pending_mail: Option<Decision>,
+    /// Whether this connection carries the MTA's local submissions (`milter.local_listen`).
+    local_submissions: bool,
 }
 
 impl<P: Policy> Session<P> {
@@ -200,7 +202,15 @@ impl<P: Policy> Session<P> {
             needs: crate::policy::Needs::default(),
             message: MessageBuffer::default(),
             pending_mail: None,
+            local_submissions: false,
         }
+    }
+
+    /// The session of a connection on `milter.local_listen`: its transactions are local
+    /// submissions.
+    pub fn for_local_submissions(mut self) -> Self {
+        self.local_submissions = true;
+        self
     }
 
     pub fn state(&self) -> State {
@@ -251,6 +261,7 @@ impl<P: Policy> Session<P> {
                     auth_login: self.macros.get(Macro::AuthAuthen),
                     client_addr: self.macros.get(Macro::ClientAddr).and_then(parse_ip),
                     queue_id: self.macros.get(Macro::QueueId),
+                    local_submission: self.local_submissions,
                 };
                 let decision = self.policy.mail_from(&mut self.tx, &facts);
                 self.message.clear();
@@ -422,6 +433,7 @@ impl ReplyTexts {
                     Refusal::LimitReached => &self.limit_reached,
                     Refusal::TooManyRecipients => &self.too_many_recipients,
                     Refusal::Spam => &self.spam_rejected,
+                    Refusal::TooManyRecipientsLocal => &self.too_many_recipients_local,
                 }
                 .as_bytes(),
             ),

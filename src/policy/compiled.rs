@@ -21,6 +21,8 @@ pub struct Compiled {
     pub limiters: Limiters,
     /// Accounts never counted: the notifier's own address and relay login.
     pub(super) exempt: Vec<String>,
+    /// The aggregate account of local submissions, canonical; `None` when there is none.
+    pub(super) local_submission_account: Option<String>,
     pub(super) judge: HeaderJudge,
     pub(super) spamd: Option<SpamdClient>,
     pub(super) rspamd: Option<RspamdClient>,
@@ -40,6 +42,11 @@ impl Compiled {
             .chain(relay_login)
             .filter_map(|raw| canonical(raw.as_bytes(), strip).map(|c| c.into_owned()))
             .collect();
+        let local_submission_account = config
+            .organization
+            .local_submission_account
+            .as_deref()
+            .and_then(|name| canonical(name.as_bytes(), strip).map(|c| c.into_owned()));
         let judge = HeaderJudge::new(&config.verdict);
         let spamd = SpamdClient::from_config(&config.verdict);
         // The URL was parsed with the configuration; what can still fail is the HTTP client's
@@ -49,7 +56,7 @@ impl Compiled {
                 .map_err(|e| tracing::error!("rspamd disabled: {e}"))
                 .ok()
         });
-        Compiled { config, policies, limiters, exempt, judge, spamd, rspamd }
+        Compiled { config, policies, limiters, exempt, local_submission_account, judge, spamd, rspamd }
     }
 
     /// Whether messages go to a scanner (spamd, rspamd) at end of message.

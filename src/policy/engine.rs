@@ -57,6 +57,12 @@ pub struct Transaction {
     counted: [u32; 3],
     /// Whether the end of message delivered the message, which makes its recipients counted.
     committed: bool,
+    /// A local submission: recipients are only classified at RCPT TO (external, internal) and
+    /// the whole message is decided at its end.
+    local: bool,
+    local_recipients: [u32; 2],
+    /// For a local submission, the same message counted under the aggregate account.
+    aggregate: Option<Box<Transaction>>,
 }
 
 /// The engine shared by all milter connections.
@@ -331,6 +337,9 @@ impl Transaction {
         self.restricted = false;
         self.counted = [0; 3];
         self.committed = false;
+        self.local = false;
+        self.local_recipients = [0; 2];
+        self.aggregate = None;
     }
 }
 
@@ -339,7 +348,8 @@ impl Engine {
         tx.reset();
         let compiled = self.current.load_full();
         let org = &compiled.config.organization;
-        if !account::is_outbound(facts.auth_login, facts.client_addr, &org.internal_networks) {
+        if !facts.local_submission && !account::is_outbound(facts.auth_login, facts.client_addr, &org.internal_networks)
+        {
             self.metrics.messages.inbound_accepted.inc();
             return Decision::Accept;
         }
@@ -348,7 +358,9 @@ impl Engine {
             self.metrics.messages.outbound_exempt.inc();
             return Decision::Accept;
         }
-        let raw = facts.auth_login.unwrap_or(facts.sender);
+        // A local submission has no login: its account is the envelope sender (which Postfix's
+        // `local_login_sender_maps` can tie to the Unix user).
+        let raw = if facts.local_submission { facts.sender } else { facts.auth_login.unwrap_or(facts.sender) };
         let account = match canonical(raw, org.strip_subaddress) {
             Some(a) => a,
             None => match canonical(String::from_utf8_lossy(raw).as_bytes(), org.strip_subaddress) {
@@ -366,6 +378,22 @@ impl Engine {
             info!(account = %account, "MAIL FROM refused: account restricted");
             self.metrics.messages.outbound_refused.inc();
             return Decision::Refuse(Refusal::AccountRestricted);
+        }
+        if facts.local_submission {
+            if let Some(aggregate) = &compiled.local_submission_account {
+                if self.restrictions.is_restricted(aggregate, self.clock.now().secs()) {
+                    info!(account = %account, aggregate = %aggregate, "MAIL FROM refused: local submissions restricted");
+                    self.metrics.messages.outbound_refused.inc();
+                    return Decision::Refuse(Refusal::AccountRestricted);
+                }
+                let mut sub = Box::<Transaction>::default();
+                sub.account.push_str(aggregate);
+                sub.policy = compiled.policies.select(aggregate);
+                sub.compiled = Some(compiled.clone());
+                sub.local = true;
+                tx.aggregate = Some(sub);
+            }
+            tx.local = true;
         }
         tx.policy = compiled.policies.select(&account);
         tx.compiled = Some(compiled);
@@ -385,20 +413,38 @@ impl Engine {
     }
 
     fn decide_rcpt_under(&self, tx: &mut Transaction, compiled: &Arc<Compiled>, facts: &RcptFacts<'_>) -> Decision {
-        if tx.restricted {
-            return Decision::Refuse(Refusal::AccountRestricted);
-        }
-        let settings = compiled.policies.settings(tx.policy);
-        let cap = settings.max_recipients_per_message;
-        if cap > 0 && tx.recipients >= cap {
-            self.metrics.recipients.deferred_over_cap.inc();
-            return Decision::Refuse(Refusal::TooManyRecipients);
-        }
         let hourly = if account::recipient_is_internal(facts.recipient, &compiled.config.organization.local_domains) {
             LimitKind::InternalPerHour
         } else {
             LimitKind::ExternalPerHour
         };
+        if tx.local {
+            // The MTA cannot refuse one recipient of a local message (it would defer the whole
+            // message and submit it again): noted here, decided at the end of the message.
+            tx.local_recipients[hourly as usize] += 1;
+            return Decision::Continue;
+        }
+        if tx.restricted {
+            return Decision::Refuse(Refusal::AccountRestricted);
+        }
+        let cap = compiled.policies.settings(tx.policy).max_recipients_per_message;
+        if cap > 0 && tx.recipients >= cap {
+            self.metrics.recipients.deferred_over_cap.inc();
+            return Decision::Refuse(Refusal::TooManyRecipients);
+        }
+        self.reserve_recipient(tx, compiled, hourly, true)
+    }
+
+    /// Reserves one recipient of class `hourly` for the transaction's account, or reaches a
+    /// limit (restrict or alert per the policy). `metered`: counted in the recipient metrics
+    /// (not for the aggregate account's second count of the same recipient).
+    fn reserve_recipient(
+        &self,
+        tx: &mut Transaction,
+        compiled: &Compiled,
+        hourly: LimitKind,
+        metered: bool,
+    ) -> Decision {
         let now = self.clock.now();
         let mut record = self.accounts.record_mut(&tx.account, tx.policy);
         match compiled.limiters.try_add_recipient(tx.policy, &mut record, hourly, now) {
@@ -406,7 +452,9 @@ impl Engine {
                 tx.recipients += 1;
                 tx.counted[hourly as usize] += 1;
                 tx.counted[LimitKind::PerDay as usize] += 1;
-                self.count_recipient(hourly, true);
+                if metered {
+                    self.count_recipient(hourly, true);
+                }
                 count_message(tx, compiled, &mut record, now);
                 let warning = self.warn_if_approaching(tx, compiled, &mut record, hourly, now);
                 drop(record);
@@ -418,10 +466,51 @@ impl Engine {
             Err(kind) => {
                 drop(record);
                 let decision = self.limit_reached(tx, compiled, hourly, kind, now);
-                self.count_recipient(hourly, decision == Decision::Continue);
+                if metered {
+                    self.count_recipient(hourly, decision == Decision::Continue);
+                }
                 decision
             }
         }
+    }
+
+    /// The end of a local submission: the whole message over the per-message cap is refused
+    /// for good; otherwise its recipients are counted under the sender and the aggregate
+    /// account, and one that reaches a limit refuses the message as a recipient of an SMTP
+    /// message would be (what was counted is given back when the transaction ends).
+    fn decide_local_message(&self, tx: &mut Transaction) -> Decision {
+        let Some(compiled) = tx.compiled.clone() else { return Decision::Continue };
+        let total: u32 = tx.local_recipients.iter().sum();
+        let cap = compiled.policies.settings(tx.policy).max_recipients_per_message;
+        if cap > 0 && total > cap {
+            self.metrics.recipients.deferred_over_cap.inc_by(u64::from(total - cap));
+            info!(account = %tx.account, recipients = total, cap, "local submission refused: over the per-message cap");
+            return Decision::Refuse(Refusal::TooManyRecipientsLocal);
+        }
+        let counts = tx.local_recipients;
+        let mut aggregate = tx.aggregate.take();
+        let mut decision = self.reserve_local(tx, &compiled, counts, true);
+        if decision == Decision::Continue
+            && let Some(sub) = aggregate.as_deref_mut()
+        {
+            decision = self.reserve_local(sub, &compiled, counts, false);
+        }
+        tx.aggregate = aggregate;
+        decision
+    }
+
+    /// Reserves a local submission's recipients (`counts`: external, internal) for one
+    /// account; the first that is not simply counted decides.
+    fn reserve_local(&self, tx: &mut Transaction, compiled: &Compiled, counts: [u32; 2], metered: bool) -> Decision {
+        for hourly in [LimitKind::ExternalPerHour, LimitKind::InternalPerHour] {
+            for _ in 0..counts[hourly as usize] {
+                let decision = self.reserve_recipient(tx, compiled, hourly, metered);
+                if decision != Decision::Continue {
+                    return decision;
+                }
+            }
+        }
+        Decision::Continue
     }
 
     /// The spam verdict on a message: counted in the account's window, thresholds checked,
@@ -571,12 +660,22 @@ impl Policy for Engine {
     }
 
     fn end_of_message(&self, tx: &mut Transaction, facts: &MessageFacts<'_>) -> MessageOutcome {
-        let outcome = self.judge_message(tx, facts);
+        let outcome = if tx.local {
+            match self.timed(|| self.decide_local_message(tx)) {
+                Decision::Continue => self.judge_message(tx, facts),
+                refused => MessageOutcome { decision: refused, ..MessageOutcome::deliver() },
+            }
+        } else {
+            self.judge_message(tx, facts)
+        };
         tx.reached_end = true;
         if tx.compiled.is_some() {
             match outcome.decision {
                 Decision::Continue | Decision::Accept => {
                     tx.committed = true;
+                    if let Some(sub) = tx.aggregate.as_deref_mut() {
+                        sub.committed = true;
+                    }
                     self.metrics.messages.outbound_delivered.inc();
                 }
                 _ => {
@@ -590,6 +689,9 @@ impl Policy for Engine {
     fn end_transaction(&self, tx: &mut Transaction) {
         if !tx.committed {
             self.give_back(tx);
+            if let Some(sub) = tx.aggregate.as_deref_mut() {
+                self.give_back(sub);
+            }
         }
         tx.reset();
     }

@@ -44,6 +44,9 @@ pub struct MailFacts<'a> {
     pub client_addr: Option<IpAddr>,
     /// The MTA's queue id (`i`), when known at this stage.
     pub queue_id: Option<&'a [u8]>,
+    /// Whether the message is a local submission (it arrived on `milter.local_listen`):
+    /// outbound whatever the client address, decided whole at its end.
+    pub local_submission: bool,
 }
 
 /// Facts of a RCPT TO.
@@ -111,6 +114,8 @@ pub enum Refusal {
     TooManyRecipients,
     /// A message judged spam under `spam_message_action = "reject"` (`550 5.7.1`).
     Spam,
+    /// A local submission over the per-message cap, refused whole (`550 5.5.3`).
+    TooManyRecipientsLocal,
 }
 
 /// The policy engine as the milter session sees it.

@@ -17,6 +17,8 @@ pub const START: u64 = 1_795_341_600;
 /// A running filter; dropping it without [`TestDaemon::stop`] aborts it.
 pub struct TestDaemon {
     pub addr: SocketAddr,
+    /// The socket for local submissions (as `milter.local_listen` would be).
+    pub local_addr: SocketAddr,
     pub config: Arc<Config>,
     pub services: Arc<Services>,
     /// The engine's clock: manual, starting at 2026-11-22T10:00:00Z.
@@ -54,6 +56,11 @@ impl TestDaemon {
             .await
             .expect("bind a loopback port");
         let Ok(ListenAddr::Inet(addr)) = listener.local_addr() else { panic!("not an inet listener") };
+        let local = Listener::bind(&ListenAddr::Inet("127.0.0.1:0".parse().unwrap()), 0o660)
+            .await
+            .expect("bind a loopback port");
+        let Ok(ListenAddr::Inet(local_addr)) = local.local_addr() else { panic!("not an inet listener") };
+        let listeners = daemon::MilterListeners { smtp: listener, local: Some(local) };
         let config = Arc::new(config);
         let clock = EngineClock::manual(std::time::UNIX_EPOCH + std::time::Duration::from_secs(START));
         let services = Arc::new(Services::new(config.clone(), clock.clone()).expect("state directory usable"));
@@ -62,9 +69,10 @@ impl TestDaemon {
         let admin_addr = admin_listener.local_addr().unwrap();
         let admin = Some((admin_listener, services.admin_state(token.clone())));
         let (shutdown, rx) = watch::channel(false);
-        let task = tokio::spawn(daemon::run(listener, admin, services.clone(), rx));
+        let task = tokio::spawn(daemon::run(listeners, admin, services.clone(), rx));
         TestDaemon {
             addr,
+            local_addr,
             config,
             services,
             clock,
