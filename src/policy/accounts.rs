@@ -24,6 +24,9 @@ pub struct AccountTable {
 
 impl AccountTable {
     /// The account's record, created under `policy` if it is new; held locked until dropped.
+    // Inlined at its callers: with more of them (giving back, local submissions) it stopped
+    // being inlined on the RCPT TO path, 70 instructions per decision (callgrind).
+    #[inline]
     pub fn record_mut(&self, account: &str, policy: PolicyIndex) -> RefMut<'_, CompactString, AccountRecord> {
         match self.map.get_mut(account) {
             Some(r) => r,
