@@ -52,6 +52,15 @@ pub struct Restriction {
 }
 
 impl Restriction {
+    /// A policy restriction of `account` made at `at` (Unix seconds) until `until`, for the
+    /// stores' tests.
+    #[cfg(test)]
+    pub(crate) fn for_test(account: &str, reason: &str, at: i64, until: Option<i64>) -> Restriction {
+        let at = OffsetDateTime::from_unix_timestamp(at).expect("a valid time");
+        let until = until.map(|u| OffsetDateTime::from_unix_timestamp(u).expect("a valid time"));
+        Restriction::by_policy(account, reason, "default", at, until, Counters::default(), "")
+    }
+
     /// A restriction the policy makes: `cause` is what led to it, as the metrics label it (a
     /// limit's key or `spam`, see [`Restriction::cause`]).
     pub fn by_policy(
@@ -230,9 +239,7 @@ mod tests {
     use super::*;
 
     fn restriction(account: &str, at: i64, until: Option<i64>) -> Restriction {
-        let at = OffsetDateTime::from_unix_timestamp(at).unwrap();
-        let until = until.map(|u| OffsetDateTime::from_unix_timestamp(u).unwrap());
-        Restriction::by_policy(account, "test", "default", at, until, Counters::default(), "")
+        Restriction::for_test(account, "test", at, until)
     }
 
     #[test]

@@ -272,9 +272,7 @@ mod tests {
     use crate::policy::restriction::{AuditAction, Counters};
 
     fn restriction(account: &str, at: i64, until: Option<i64>) -> Restriction {
-        let at = OffsetDateTime::from_unix_timestamp(at).unwrap();
-        let until = until.map(|u| OffsetDateTime::from_unix_timestamp(u).unwrap());
-        Restriction::by_policy(account, "limit", "default", at, until, Counters::default(), "")
+        Restriction::for_test(account, "limit", at, until)
     }
 
     #[test]

@@ -130,12 +130,10 @@ impl RestrictionStore for MemoryRestrictions {
 mod tests {
     use super::*;
 
-    use crate::policy::restriction::{AuditAction, Counters};
+    use crate::policy::restriction::AuditAction;
 
     fn restriction(account: &str, at: i64, until: Option<i64>) -> Restriction {
-        let at = OffsetDateTime::from_unix_timestamp(at).unwrap();
-        let until = until.map(|u| OffsetDateTime::from_unix_timestamp(u).unwrap());
-        Restriction::by_policy(account, "test", "default", at, until, Counters::default(), "")
+        Restriction::for_test(account, "test", at, until)
     }
 
     #[test]
