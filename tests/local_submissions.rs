@@ -31,6 +31,18 @@ async fn local_client(d: &TestDaemon) -> Client {
     c
 }
 
+/// A connection on the SMTP socket from 127.0.0.1 (not an internal network here), with the
+/// login `login` when given.
+async fn smtp_client(d: &TestDaemon, login: Option<&str>) -> Client {
+    let mut c = MtaClient::connect(d.addr).await.unwrap();
+    c.negotiate(POSTFIX_OFFER).await.unwrap();
+    c.macros(b'C', &[("{client_addr}", "127.0.0.1")]).await.unwrap();
+    if let Some(login) = login {
+        c.macros(b'M', &[("{auth_authen}", login)]).await.unwrap();
+    }
+    c
+}
+
 /// One local message from `sender` to `n` external recipients; the replies to MAIL FROM, each
 /// RCPT TO and the end of message (`-` when the message did not get that far).
 async fn submit(c: &mut Client, sender: &str, n: usize) -> Vec<String> {
@@ -62,9 +74,7 @@ async fn local_mail_is_outbound_whatever_internal_networks_says_and_counted_twic
     assert_eq!(external(&d, "www@example.com"), 2, "counted under the envelope sender");
     assert_eq!(external(&d, "local-submissions"), 2, "and under the aggregate account");
     // The same client on the SMTP socket is inbound (127.0.0.1 is not an internal network).
-    let mut smtp = MtaClient::connect(d.addr).await.unwrap();
-    smtp.negotiate(POSTFIX_OFFER).await.unwrap();
-    smtp.macros(b'C', &[("{client_addr}", "127.0.0.1")]).await.unwrap();
+    let mut smtp = smtp_client(&d, None).await;
     assert_eq!(code(&smtp.mail_from("<www@example.com>", &[]).await.unwrap()), "a");
     drop((c, smtp));
     d.stop().await;
@@ -78,6 +88,11 @@ async fn over_the_cap_the_whole_message_is_refused_for_good_and_nothing_counted(
     assert_eq!(submit(&mut c, "cron@example.com", 3).await, ["c", "c", "c", "c", "550 5.5.3"]);
     assert_eq!(external(&d, "cron@example.com"), 0);
     assert!(!restricted(&d, "cron@example.com"), "a mailing over the cap does not block its sender");
+    let metrics = d.services.engine.metrics().render();
+    assert!(
+        metrics.lines().any(|l| l.contains("outcome=\"deferred\"") && l.ends_with(" 0")),
+        "a final refusal is not counted as deferred recipients:\n{metrics}"
+    );
     // Within the cap: delivered to both, nothing bounced.
     assert_eq!(submit(&mut c, "cron@example.com", 2).await, ["c", "c", "c", "c"]);
     assert_eq!(external(&d, "cron@example.com"), 2);
@@ -112,9 +127,7 @@ async fn a_script_changing_its_sender_meets_the_aggregate_limit() {
     assert_eq!(external(&d, "a3@example.com"), 0, "given back with the refused message");
     // Every local submission is refused now; SMTP mail of an account is not.
     assert_eq!(submit(&mut c, "a4@example.com", 1).await, ["550 5.1.8"]);
-    let mut smtp = MtaClient::connect(d.addr).await.unwrap();
-    smtp.negotiate(POSTFIX_OFFER).await.unwrap();
-    smtp.macros(b'M', &[("{auth_authen}", "a4@example.com")]).await.unwrap();
+    let mut smtp = smtp_client(&d, Some("a4@example.com")).await;
     assert_eq!(code(&smtp.mail_from("<a4@example.com>", &[]).await.unwrap()), "c");
     smtp.write(Command::Abort).await.unwrap();
     drop((c, smtp));

@@ -483,7 +483,7 @@ impl Engine {
         let total: u32 = tx.local_recipients.iter().sum();
         let cap = compiled.policies.settings(tx.policy).max_recipients_per_message;
         if cap > 0 && total > cap {
-            self.metrics.recipients.deferred_over_cap.inc_by(u64::from(total - cap));
+            // Counted as a refused message (not as deferred recipients: this refusal is final).
             info!(account = %tx.account, recipients = total, cap, "local submission refused: over the per-message cap");
             return Decision::Refuse(Refusal::TooManyRecipientsLocal);
         }
