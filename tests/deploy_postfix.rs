@@ -92,7 +92,7 @@ fn assert_held(pf: &Postfix, sink: &SmtpSink, guard: &GuardProcess, sent: &Swaks
         );
         std::thread::sleep(POLL);
     }
-    assert!(pf.log().contains(&format!("{id}: {action}: header X-Outbound-Guard-Spam: yes")), "{}", pf.log());
+    assert!(pf.wait_log(&format!("{id}: {action}: header X-Outbound-Guard-Spam: yes"), WAIT), "{}", pf.log());
     let subjects: Vec<String> = sink.messages().iter().filter_map(|m| m.header("Subject")).collect();
     assert!(!subjects.contains(&subject.to_string()), "the held message was delivered: {subjects:?}");
 }
