@@ -85,3 +85,34 @@ fn an_authenticated_submission_reaches_the_limit() {
     assert!(spoof.has_reply("550 5.1.8"), "{}", spoof.transcript);
     assert_eq!(sink.wait_for_messages(1, WAIT).len(), 1);
 }
+
+/// Recipients are counted when the message is accepted, not at RCPT TO: a message that Postfix
+/// defers after its recipients (here at DATA) and the client sends again is counted once.
+#[test]
+fn a_message_deferred_after_its_recipients_and_sent_again_counts_once() {
+    let guard = GuardProcess::start("", POLICY);
+    let sink = SmtpSink::start();
+    let pf = Postfix::start(
+        PostfixOptions::new()
+            .relay_to(&sink)
+            .smtpd_milters(&guard.milter_address())
+            .milter_default_action("tempfail")
+            .main_cf(
+                "smtpd_data_restrictions = check_sender_access inline:{ { bob@example.com = 450 4.3.0 try again } }",
+            ),
+    );
+    let send = || Swaks::new(pf.smtp_port()).from("bob@example.com").tos(&["a@example.net", "b@example.net"]).run();
+    // Two tries deferred at DATA: with recipients counted at RCPT TO, the second one would
+    // already have passed the limit of 2.
+    for _ in 0..2 {
+        let deferred = send();
+        assert!(deferred.has_reply("450 4.3.0"), "{}", deferred.transcript);
+    }
+    pf.reconfigure(&["smtpd_data_restrictions="]).expect("lift the DATA restriction");
+    let accepted = send();
+    assert!(accepted.success(), "{}", accepted.transcript);
+    assert_eq!(sink.wait_for_messages(1, WAIT).len(), 1);
+    // The limit is reached by the next recipient, not before.
+    let over = Swaks::new(pf.smtp_port()).from("bob@example.com").to("c@example.net").run();
+    assert!(over.has_reply("550 5.2.2"), "{}", over.transcript);
+}

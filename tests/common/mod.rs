@@ -10,6 +10,7 @@ pub mod messages;
 pub mod mta;
 pub mod notify_peers;
 pub mod postfix;
+pub mod postfix_alternate_dirs;
 pub mod process;
 pub mod redis;
 pub mod refmilter;

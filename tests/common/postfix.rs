@@ -30,14 +30,16 @@
 use std::fmt::Write as _;
 use std::fs;
 use std::io::{self, Write};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
+use super::postfix_alternate_dirs::AlternateConfigDir;
 use super::process::{
-    INSIDE_ADDR, POLL, children_of, chmod, chown_user, free_port, lossy, output_text, reap_or_kill, send_signal,
-    tcp_listening, wait_child,
+    INSIDE_ADDR, POLL, children_of, chmod, chown_user, free_port, lossy, output_text, passwd_ids, reap_or_kill,
+    send_signal, tcp_listening, wait_child,
 };
 use super::smtp_sink::SmtpSink;
 
@@ -94,6 +96,9 @@ pub struct PostfixOptions {
     /// The master exits by itself after this long (`master -e`), in case the
     /// test process dies without dropping the [`Postfix`].
     pub max_lifetime: Duration,
+    /// Let unprivileged users submit with `sendmail -C` ([`Postfix::sendmail_as`]): the
+    /// instance's config directory is listed in the standard `main.cf` while it runs.
+    pub unprivileged_submission: bool,
 }
 
 impl Default for PostfixOptions {
@@ -112,6 +117,7 @@ impl Default for PostfixOptions {
             extra_main_cf: Vec::new(),
             extra_master_cf: Vec::new(),
             max_lifetime: Duration::from_secs(1800),
+            unprivileged_submission: false,
         }
     }
 }
@@ -184,6 +190,11 @@ impl PostfixOptions {
         self.max_lifetime = d;
         self
     }
+    /// See [`PostfixOptions::unprivileged_submission`].
+    pub fn unprivileged_submission(mut self) -> Self {
+        self.unprivileged_submission = true;
+        self
+    }
 }
 
 /// A private Postfix instance; stopped on drop.
@@ -197,6 +208,8 @@ pub struct Postfix {
     maillog: PathBuf,
     master_out: PathBuf,
     postfix_cmd: String,
+    /// Dropped after the instance stopped (fields drop after `Drop::drop`).
+    alternate_config_dir: Option<AlternateConfigDir>,
     dir: tempfile::TempDir,
 }
 
@@ -400,6 +413,16 @@ impl Postfix {
             chmod(&db, 0o640).map_err(|e| io("chmod sasldb", e))?;
         }
 
+        let alternate_config_dir = if opts.unprivileged_submission {
+            let standard = postconf_default("config_directory").map_err(fatal)?;
+            Some(
+                AlternateConfigDir::register(Path::new(&standard), &config_dir)
+                    .map_err(|e| io("list the config directory in the standard main.cf", e))?,
+            )
+        } else {
+            None
+        };
+
         // --- postfix check (creates the queue directories); errors only show on a tty
         let check_cmd = format!("{} -c {} check", sh_quote(&postfix_cmd), sh_quote(&config_dir.display().to_string()));
         let check = Command::new("script")
@@ -467,6 +490,7 @@ impl Postfix {
                     maillog: maillog.clone(),
                     master_out: master_out.clone(),
                     postfix_cmd: postfix_cmd.clone(),
+                    alternate_config_dir: None,
                     dir,
                 };
                 me.stop();
@@ -488,6 +512,7 @@ impl Postfix {
             maillog,
             master_out,
             postfix_cmd,
+            alternate_config_dir,
             dir,
         })
     }
@@ -619,6 +644,32 @@ impl Postfix {
             .arg(&self.config_dir)
             .args(["-i", "-f", from, "--"])
             .args(rcpts)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn sendmail");
+        let _ = c.stdin.take().unwrap().write_all(data);
+        c.wait_with_output().expect("sendmail")
+    }
+
+    /// Submit a message through Postfix's `sendmail` as the Unix user `user` (e.g. `nobody`),
+    /// as a web application or a cron job would: Postfix's set-group-ID `postdrop` then applies
+    /// everything it applies to unprivileged users (`local_login_sender_maps`, the `uid` in the
+    /// log). Needs [`PostfixOptions::unprivileged_submission`].
+    pub fn sendmail_as(&self, user: &str, from: &str, rcpts: &[&str], data: &[u8]) -> Output {
+        assert!(self.alternate_config_dir.is_some(), "start the instance with unprivileged_submission()");
+        let (uid, gid) = passwd_ids(user).unwrap_or_else(|| panic!("user {user} not in /etc/passwd"));
+        let mut c = Command::new("sendmail")
+            .arg("-C")
+            .arg(&self.config_dir)
+            .args(["-i", "-f", from, "--"])
+            .args(rcpts)
+            .uid(uid)
+            .gid(gid)
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .current_dir("/")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -36,7 +36,7 @@ pub fn is_root() -> bool {
 }
 
 /// (uid, gid) of a user from /etc/passwd.
-fn passwd_ids(user: &str) -> Option<(u32, u32)> {
+pub fn passwd_ids(user: &str) -> Option<(u32, u32)> {
     let text = fs::read_to_string("/etc/passwd").ok()?;
     text.lines().find_map(|l| {
         let f: Vec<&str> = l.split(':').collect();
