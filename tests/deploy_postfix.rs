@@ -232,3 +232,81 @@ fn the_readme_postfix_recipe_filters_delivers_and_holds_tagged_spam() {
     assert!(!deferred.success(), "mail passed with the filter stopped:\n{}", deferred.transcript);
     assert!(deferred.codes().iter().any(|c| (400..500).contains(c)), "{}", deferred.transcript);
 }
+
+/// The README's `local_login_sender_maps` lines (Postfix ≥ 3.6) with `sendmail(1)` run as
+/// unprivileged users: a user submits as the addresses its line lists (and the null sender),
+/// is refused any other by Postfix before the filter sees it, a user with no line may not
+/// submit at all, and root may use any sender.
+#[test]
+fn the_readme_local_login_sender_maps_ties_senders_to_unix_users() {
+    const TABLE: &str = "/etc/postfix/login_senders";
+    const README_USER: &str = "www-data";
+    /// The unprivileged user the test submits as, in the README's place of `www-data`.
+    const USER: &str = "nobody";
+    let local_port = free_port();
+    let guard = GuardProcess::start(&format!("local_listen = \"inet:127.0.0.1:{local_port}\""), "");
+
+    let table_dir = tempfile::tempdir().expect("temp dir");
+    std::fs::set_permissions(table_dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let table = table_dir.path().join("login_senders");
+    let lines = readme_block(&format!("# {TABLE}"));
+    assert!(lines.iter().any(|l| l.starts_with(README_USER)), "{lines:?}");
+    let text: Vec<String> = lines.iter().map(|l| l.replacen(README_USER, USER, 1)).collect();
+    std::fs::write(&table, text.join("\n") + "\n").expect("write table");
+    std::fs::set_permissions(&table, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+
+    let sink = SmtpSink::start();
+    let mut opts = PostfixOptions::new()
+        .relay_to(&sink)
+        .non_smtpd_milters(&format!("inet:127.0.0.1:{local_port}"))
+        .milter_default_action("tempfail")
+        .unprivileged_submission();
+    let settings = main_cf_settings(&readme_block(
+        "# /etc/postfix/main.cf (Postfix ≥ 3.6): each Unix user sends as its own addresses only",
+    ));
+    assert_eq!(settings.len(), 1, "{settings:?}");
+    for (key, value) in &settings {
+        assert_eq!(key, "local_login_sender_maps");
+        opts = opts.main_cf(&format!("{key} = {}", value.replace(TABLE, &table.display().to_string())));
+    }
+    let pf = Postfix::start(opts);
+    let message = |from: &str, subject: &str| format!("From: {from}\nSubject: {subject}\n\nfrom a local program\n");
+
+    let own =
+        pf.sendmail_as(USER, "shop@example.com", &["one@example.net"], message("shop@example.com", "own").as_bytes());
+    assert!(own.status.success(), "{}", String::from_utf8_lossy(&own.stderr));
+    let null = pf.sendmail_as(USER, "<>", &["two@example.net"], message("shop@example.com", "null").as_bytes());
+    assert!(null.status.success(), "{}", String::from_utf8_lossy(&null.stderr));
+    let other = pf.sendmail_as(
+        USER,
+        "ceo@example.com",
+        &["three@example.net"],
+        message("ceo@example.com", "forged").as_bytes(),
+    );
+    assert!(!other.status.success(), "a forged sender was accepted");
+    let refusal = String::from_utf8_lossy(&other.stderr);
+    assert!(refusal.contains("not authorized to use sender"), "{refusal}");
+    let unlisted = pf.sendmail_as(
+        "daemon",
+        "daemon@example.com",
+        &["four@example.net"],
+        message("daemon@example.com", "unlisted").as_bytes(),
+    );
+    assert!(!unlisted.status.success(), "a user with no line submitted mail");
+    assert!(String::from_utf8_lossy(&unlisted.stderr).contains("not authorized to use sender"), "{unlisted:?}");
+    let root =
+        pf.sendmail("anyone@example.com", &["five@example.net"], message("anyone@example.com", "root").as_bytes());
+    assert!(root.status.success(), "{}", String::from_utf8_lossy(&root.stderr));
+
+    let delivered = sink.wait_for_messages(3, WAIT);
+    let mut subjects: Vec<String> = delivered.iter().filter_map(|m| m.header("Subject")).collect();
+    subjects.sort();
+    assert_eq!(subjects, ["null", "own", "root"], "{}", pf.log());
+    // The filter counted the submission under the address Postfix vouched for.
+    let top = guard.cli(&["--json", "senders", "top"]);
+    let top: serde_json::Value = serde_json::from_slice(&top.stdout).expect("JSON");
+    let accounts: Vec<&str> =
+        top["senders"].as_array().expect("senders").iter().filter_map(|s| s["account"].as_str()).collect();
+    assert!(accounts.contains(&"shop@example.com"), "{top}");
+    assert!(!accounts.contains(&"ceo@example.com"), "{top}");
+}
