@@ -1,8 +1,11 @@
 //! A private Sendmail 8.17 for real-peer tests ([`Sendmail`], set up with [`SendmailOptions`]):
 //! the MTA daemon on a free port of 127.0.0.1 relaying everything to an [`SmtpSink`], and the
 //! submission program (MSP) with its own `submit.cf`, both built with m4 from the `sendmail-cf`
-//! macros, with their own queues, pid and status files in one temp dir. Nothing is read from or
-//! written to the system's mail configuration directory. std + `tempfile` only.
+//! macros, with their own queues, pid and status files in one temp dir. Every file the
+//! configurations name is in that dir; the one system path Sendmail still looks at is its
+//! compiled-in service switch file, for the host-name lookup it makes before it reads a
+//! configuration (absent on a machine without Sendmail installed). Nothing is written outside
+//! the temp dir. std + `tempfile` only.
 //!
 //! Sendmail is not installed (the `sendmail-bin` package would remove Postfix): `scripts/test`
 //! unpacks Debian's `sendmail-bin`, `sendmail-base` and `sendmail-cf` into a tree named by
