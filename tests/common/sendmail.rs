@@ -13,9 +13,9 @@
 //! test that needs it, with the way to get it, as a missing Postfix does.
 //!
 //! Quirks this module deals with (Sendmail 8.17.1, Debian 12):
-//! * Before it reads any configuration, Sendmail qualifies the system's host name; an
-//!   unqualified name it cannot qualify (as a container's often is) makes it sleep 60 s and retry, at
-//!   every start of the daemon and of the MSP. `confDOMAIN_NAME` only sets `$j` afterwards. The
+//! * Before it reads any configuration, Sendmail qualifies the system's host name; a name it
+//!   cannot qualify (a container's often) makes it sleep 60 s and retry, at every start of the
+//!   daemon and of the MSP. `confDOMAIN_NAME` only sets `$j` afterwards. The
 //!   harness runs both in a UTS namespace of their own (`unshare --uts`) whose host name is
 //!   [`HOST_NAME`], which has a dot: no lookup, no sleep, and the system's name is untouched.
 //! * The MTA runs in the foreground (`-bD`) as our child, so it is stopped by its PID; every SMTP
