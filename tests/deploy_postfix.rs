@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use common::binary::{GuardProcess, binary};
 use common::postfix::{Postfix, PostfixOptions};
 use common::process::{POLL, free_port};
+use common::readme::deployment_block;
 use common::smtp_sink::SmtpSink;
 use common::swaks::{Swaks, SwaksOutput};
 
@@ -24,35 +25,8 @@ const README_MILTER: &str = "inet:127.0.0.1:7357";
 const README_LOCAL_MILTER: &str = "inet:127.0.0.1:7359";
 const README_TABLE: &str = "/etc/postfix/outbound-guard_header_checks";
 
-/// The fenced blocks of the README's "### Postfix" section (under "## Deployment"), keyed by
-/// their first line (the file they belong in, e.g. `# /etc/postfix/main.cf`).
-fn readme_blocks() -> Vec<(String, Vec<String>)> {
-    let readme = include_str!("../README.md");
-    let deployment = readme.split("\n## Deployment\n").nth(1).expect("README has a \"## Deployment\" section");
-    let deployment = deployment.split("\n## ").next().unwrap_or(deployment);
-    let postfix = deployment.split("\n### Postfix\n").nth(1).expect("\"### Postfix\" under \"## Deployment\"");
-    let postfix = postfix.split("\n### ").next().unwrap_or(postfix);
-    let mut blocks = Vec::new();
-    let mut current: Option<Vec<String>> = None;
-    for line in postfix.lines() {
-        if line.starts_with("```") {
-            match current.take() {
-                Some(block) => blocks.push((block.first().cloned().unwrap_or_default(), block)),
-                None => current = Some(Vec::new()),
-            }
-        } else if let Some(block) = current.as_mut() {
-            block.push(line.to_string());
-        }
-    }
-    blocks
-}
-
 fn readme_block(first_line: &str) -> Vec<String> {
-    readme_blocks()
-        .into_iter()
-        .find(|(first, _)| first == first_line)
-        .unwrap_or_else(|| panic!("README's Postfix recipe has no block starting {first_line:?}"))
-        .1
+    deployment_block("Postfix", first_line)
 }
 
 /// `key = value` settings of a main.cf text (continuation lines start with white space).

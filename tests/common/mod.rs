@@ -1,7 +1,7 @@
 //! Shared test support: an in-process daemon, and (for `real-peers` tests) real outside
-//! programs — Postfix, smtp-sink, swaks, the libmilter reference filter, miltertest, spamd,
+//! programs — Postfix, Sendmail, smtp-sink, swaks, the libmilter reference filter, miltertest, spamd,
 //! rspamd, redis-server — on private configurations and free loopback ports; the test messages of
-//! `fixtures/messages`.
+//! `fixtures/messages`; the README's deployment recipes.
 #![allow(dead_code)]
 
 pub mod binary;
@@ -12,9 +12,11 @@ pub mod notify_peers;
 pub mod postfix;
 pub mod postfix_alternate_dirs;
 pub mod process;
+pub mod readme;
 pub mod redis;
 pub mod refmilter;
 pub mod scanners;
+pub mod sendmail;
 pub mod smtp_client;
 pub mod smtp_sink;
 pub mod swaks;

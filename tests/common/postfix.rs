@@ -38,8 +38,8 @@ use std::time::{Duration, Instant};
 
 use super::postfix_alternate_dirs::AlternateConfigDir;
 use super::process::{
-    INSIDE_ADDR, POLL, children_of, chmod, chown_user, free_port, lossy, output_text, passwd_ids, reap_or_kill,
-    send_signal, tcp_listening, wait_child,
+    INSIDE_ADDR, POLL, children_of, chmod, chown_user, free_port, lossy, output_text, reap_or_kill, send_signal,
+    tcp_listening, user_ids, wait_child,
 };
 use super::smtp_sink::SmtpSink;
 
@@ -659,7 +659,7 @@ impl Postfix {
     /// log). Needs [`PostfixOptions::unprivileged_submission`].
     pub fn sendmail_as(&self, user: &str, from: &str, rcpts: &[&str], data: &[u8]) -> Output {
         assert!(self.alternate_config_dir.is_some(), "start the instance with unprivileged_submission()");
-        let (uid, gid) = passwd_ids(user).unwrap_or_else(|| panic!("user {user} not in /etc/passwd"));
+        let (uid, gid) = user_ids(user).unwrap_or_else(|| panic!("user {user} not in /etc/passwd"));
         let mut c = Command::new("sendmail")
             .arg("-C")
             .arg(&self.config_dir)

@@ -36,7 +36,7 @@ pub fn is_root() -> bool {
 }
 
 /// (uid, gid) of a user from /etc/passwd.
-pub fn passwd_ids(user: &str) -> Option<(u32, u32)> {
+pub fn user_ids(user: &str) -> Option<(u32, u32)> {
     let text = fs::read_to_string("/etc/passwd").ok()?;
     text.lines().find_map(|l| {
         let f: Vec<&str> = l.split(':').collect();
@@ -46,7 +46,7 @@ pub fn passwd_ids(user: &str) -> Option<(u32, u32)> {
 
 /// Give `path` to `user` and that user's group.
 pub fn chown_user(path: &Path, user: &str) -> io::Result<()> {
-    let (uid, gid) = passwd_ids(user).ok_or_else(|| io::Error::other(format!("user {user} not in /etc/passwd")))?;
+    let (uid, gid) = user_ids(user).ok_or_else(|| io::Error::other(format!("user {user} not in /etc/passwd")))?;
     std::os::unix::fs::chown(path, Some(uid), Some(gid))
 }
 

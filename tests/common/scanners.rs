@@ -67,7 +67,7 @@ fn is_root() -> bool {
 }
 
 /// (uid, gid) of a user from /etc/passwd.
-fn passwd_ids(user: &str) -> Option<(u32, u32)> {
+fn user_ids(user: &str) -> Option<(u32, u32)> {
     let text = fs::read_to_string("/etc/passwd").ok()?;
     text.lines().find_map(|l| {
         let f: Vec<&str> = l.split(':').collect();
@@ -77,7 +77,7 @@ fn passwd_ids(user: &str) -> Option<(u32, u32)> {
 
 /// `chown -R user dir` (only what we created).
 fn chown_tree(dir: &Path, user: &str) -> io::Result<()> {
-    let (uid, gid) = passwd_ids(user).ok_or_else(|| io::Error::other(format!("user {user:?} not in /etc/passwd")))?;
+    let (uid, gid) = user_ids(user).ok_or_else(|| io::Error::other(format!("user {user:?} not in /etc/passwd")))?;
     std::os::unix::fs::chown(dir, Some(uid), Some(gid))?;
     for entry in fs::read_dir(dir)? {
         let path = entry?.path();
