@@ -10,7 +10,8 @@ mod common;
 use std::time::Duration;
 
 use common::binary::GuardProcess;
-use common::mta::{runtime, send};
+use common::mta::{runtime, send, send_local};
+use common::process::free_port;
 use common::redis::{RedisServer, wait_until};
 
 /// External recipients per hour; `block` keeps a restriction until it is released.
@@ -101,6 +102,33 @@ fn an_aborted_message_spends_nothing_on_the_other_node() {
     assert!(wait_until(Duration::from_secs(5), || shared_tat_exists(&redis, "ivy@example.com")));
     // MAIL, then three of the four recipients left; the fourth reaches the limit.
     assert_eq!(rt.block_on(send(b.milter_port, "ivy@example.com", LIMIT)), b"ccccy");
+}
+
+/// The aggregate account of local submissions is one account across the cluster: a script on
+/// each MTA host that changes its envelope sender for every message meets one shared limit.
+#[test]
+fn local_submissions_on_two_nodes_share_the_aggregate_limit() {
+    let redis = RedisServer::start();
+    let node = |name: &str| {
+        let local_port = free_port();
+        let g = GuardProcess::start(
+            &format!("local_listen = \"inet:127.0.0.1:{local_port}\""),
+            &node_config(name, &redis.url()),
+        );
+        (g, local_port)
+    };
+    let ((a, a_local), (b, b_local)) = (node("node-a"), node("node-b"));
+    let rt = runtime();
+    // Three of the four recipients on A, each sender new.
+    assert_eq!(rt.block_on(send_local(a_local, "one@example.com", 3)), b"ccccc");
+    assert!(wait_until(Duration::from_secs(5), || shared_tat_exists(&redis, "local-submissions")));
+    // On B, another new sender: the fourth fits, the fifth reaches the shared limit, and the
+    // message is refused whole at its end.
+    assert_eq!(rt.block_on(send_local(b_local, "two@example.com", 2)), b"cccy");
+    assert!(restricted_on(&b).contains(&"local-submissions".to_owned()), "{:?}", restricted_on(&b));
+    // Whatever sender comes next, on either node, local submissions are refused at MAIL FROM.
+    assert!(wait_until(Duration::from_secs(1), || restricted_on(&a).contains(&"local-submissions".to_owned())));
+    assert_eq!(rt.block_on(send_local(a_local, "three@example.com", 1)), b"y");
 }
 
 #[test]

@@ -90,7 +90,17 @@ impl Policy for ClusterPolicy {
 
     async fn prepare(&self, tx: &mut ClusterTransaction, decision: Decision) -> Decision {
         let Some(account) = tx.inner.account().map(str::to_owned) else { return decision };
-        let fetched = match self.cluster.fetch(&account).await {
+        // A local submission also counts under the aggregate account: both reads go out
+        // together, so the message still waits for one round trip.
+        let aggregate = tx.inner.aggregate().and_then(Transaction::account).map(str::to_owned);
+        let (fetched, fetched_aggregate) = match &aggregate {
+            Some(aggregate) => {
+                let (own, shared) = tokio::join!(self.cluster.fetch(&account), self.cluster.fetch(aggregate));
+                (own, Some(shared))
+            }
+            None => (self.cluster.fetch(&account).await, None),
+        };
+        let fetched = match fetched {
             Ok(f) => f,
             Err(e) => {
                 self.cluster.decided_locally(&e);
@@ -114,10 +124,18 @@ impl Policy for ClusterPolicy {
             }
             other => other,
         };
-        if decision == Decision::Continue {
-            self.engine.merge_shared_tats(&tx.inner, fetched.tats);
+        if decision != Decision::Continue {
+            return decision;
         }
-        decision
+        self.engine.merge_shared_tats(&tx.inner, fetched.tats);
+        match (fetched_aggregate, tx.inner.aggregate()) {
+            (Some(Ok(shared)), Some(sub)) => self.merge_aggregate(sub, shared),
+            (Some(Err(e)), _) => {
+                self.cluster.decided_locally(&e);
+                Decision::Continue
+            }
+            _ => Decision::Continue,
+        }
     }
 
     fn rcpt_to(&self, tx: &mut ClusterTransaction, facts: &RcptFacts<'_>) -> Decision {
@@ -140,15 +158,42 @@ impl Policy for ClusterPolicy {
     /// counters here; those of a message that was not (abort, refusal, tempfail, a lost
     /// connection) were never shared and are given back locally by the engine.
     fn end_transaction(&self, tx: &mut ClusterTransaction) {
-        let counted = tx.inner.counted();
-        if tx.inner.is_counted()
-            && tx.inner.is_committed()
-            && counted.iter().any(|&n| n > 0)
-            && let Some(account) = tx.inner.account()
-        {
-            self.cluster.commit(account, counted, tx.inner.intervals());
+        self.commit(&tx.inner);
+        if let Some(sub) = tx.inner.aggregate() {
+            self.commit(sub);
         }
         self.engine.end_transaction(&mut tx.inner);
         tx.refused = None;
+    }
+}
+
+impl ClusterPolicy {
+    /// Queues what a delivered transaction spent for the shared counters.
+    fn commit(&self, tx: &Transaction) {
+        let counted = tx.counted();
+        if tx.is_counted()
+            && tx.is_committed()
+            && counted.iter().any(|&n| n > 0)
+            && let Some(account) = tx.account()
+        {
+            self.cluster.commit(account, counted, tx.intervals());
+        }
+    }
+
+    /// The aggregate account of a local submission as the cluster knows it: restricted on
+    /// another node, the message is refused at MAIL FROM as it would be there; otherwise its
+    /// local record is raised to what every node has spent.
+    fn merge_aggregate(&self, sub: &Transaction, shared: super::Fetched) -> Decision {
+        if let Some(event) = shared.event {
+            self.cluster.apply_remote(event);
+        }
+        let aggregate = sub.account().unwrap_or_default();
+        if self.engine.restrictions().is_restricted(aggregate, self.engine.clock().now().secs()) {
+            info!(aggregate = %aggregate, "MAIL FROM refused: local submissions restricted on another node");
+            self.engine.metrics().messages.outbound_refused.inc();
+            return Decision::Refuse(Refusal::AccountRestricted);
+        }
+        self.engine.merge_shared_tats(sub, shared.tats);
+        Decision::Continue
     }
 }

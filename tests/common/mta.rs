@@ -45,3 +45,22 @@ pub async fn try_send(port: u16, account: &str, n: usize) -> std::io::Result<Vec
     c.write(Milter::Quit).await?;
     Ok(codes)
 }
+
+/// One local submission (a connection to the filter's local-submission socket, as Postfix's
+/// cleanup opens for `sendmail(1)`) from `sender` to `n` external recipients; the reply letters
+/// (MAIL, each RCPT, then the end of message when MAIL FROM was accepted).
+pub async fn send_local(port: u16, sender: &str, n: usize) -> Vec<u8> {
+    let mut c = MtaClient::connect(([127, 0, 0, 1], port).into()).await.expect("connect");
+    c.negotiate(POSTFIX_OFFER).await.expect("negotiate");
+    c.macros(b'C', &[("{client_addr}", "127.0.0.1")]).await.expect("macros");
+    let letter = |r: outbound_guard::milter::client::StageResult| r.kind().expect("a reply");
+    let mut codes = vec![letter(c.mail_from(&format!("<{sender}>"), &[]).await.expect("MAIL"))];
+    if codes[0] == b'c' {
+        for i in 0..n {
+            codes.push(letter(c.rcpt_to(&format!("<r{i}@example.net>")).await.expect("RCPT")));
+        }
+        codes.push(letter(c.message(&[("Subject", "report")], b"x\r\n").await.expect("message")));
+    }
+    c.write(Milter::Quit).await.expect("QUIT");
+    codes
+}

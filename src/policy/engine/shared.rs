@@ -14,6 +14,12 @@ impl Transaction {
         Some(self.account.as_str()).filter(|a| !a.is_empty())
     }
 
+    /// For a local submission, the same message as counted under the aggregate account
+    /// (`organization.local_submission_account`).
+    pub fn aggregate(&self) -> Option<&Transaction> {
+        self.aggregate.as_deref()
+    }
+
     /// Whether MAIL FROM let an outbound account go on (its recipients are counted).
     pub fn is_counted(&self) -> bool {
         self.compiled.is_some()
