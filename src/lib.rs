@@ -24,13 +24,15 @@
 //! - [`cluster`]: `state.backend = "redis"` — counters and restrictions shared by several nodes
 //!   through Redis, wrapped around the engine and the durable store; the local view decides
 //!   when Redis is away.
+//! - [`maillog`]: Postfix log lines as typed facts (nom), for the delivery follower and the
+//!   simulator.
 //! - [`config`]: `plugin.toml` → raw structs → validated model with file/line/key errors; every
 //!   value typed once (the relay URL, scanner addresses, the Redis target, header patterns,
 //!   reply texts), so the layers above use it without parsing again.
 //!
 //! Each module uses only those below it: wiring (`main`, `cli`, `daemon`, `load`) → faces
 //! around the engine (`admin`, `cluster`) → `milter`, `notify` → `state` → `policy` →
-//! `verdict` → `config` → process-wide utilities (`metrics`, `huge_pages`).
+//! `verdict`, `maillog` → `config` → process-wide utilities (`metrics`, `huge_pages`).
 //! - [`cli`]: the command line definition (clap), shared with the man page generator.
 //! - [`daemon`]: wiring for `outbound-guard run`: logging, signals, the tasks.
 //! - [`huge_pages`]: the process allocator, which backs the account table with huge pages.
@@ -44,6 +46,7 @@ pub mod config;
 pub mod daemon;
 pub mod huge_pages;
 pub mod load;
+pub mod maillog;
 pub mod metrics;
 pub mod milter;
 pub mod notify;

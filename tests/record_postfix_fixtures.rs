@@ -348,3 +348,78 @@ fn record_postfix_guard_limit() {
     assert_eq!(sink.wait_for_messages(1, WAIT).len(), 1, "{}", pf.log());
     rec.finish(&transcript);
 }
+
+/// `fixtures/postfix/maillog.log`: the log a real Postfix wrote (its `maillog_file`) while the
+/// filter limited it — SMTP clients with and without a login, local submissions run as an
+/// unprivileged user, a recipient that bounces, one that is deferred, a refusal by the filter
+/// at RCPT TO and at end of message, a relay refusal. The maillog parser's tests and its
+/// benchmark read it; lines naming the instance's private directory are left out.
+#[test]
+#[ignore = "rewrites fixtures/postfix; run with OG_RECORD_FIXTURES=1 and --ignored"]
+fn record_postfix_maillog() {
+    if !enabled() {
+        return;
+    }
+    let local_port = free_port();
+    let guard = GuardProcess::start(
+        &format!("local_listen = \"inet:127.0.0.1:{local_port}\""),
+        "[organization]\nlocal_domains = [\"example.com\"]\ninternal_networks = [\"127.0.0.1/32\"]\n\
+         [policy.default]\nrecipient_limit_external_per_hour = 6\nmax_recipients_per_message = 5\n",
+    );
+    let sink = SmtpSink::start();
+    let dead = free_port();
+    let pf = Postfix::start(
+        PostfixOptions::new()
+            .relay_to(&sink)
+            .smtpd_milters(&guard.milter_address())
+            .non_smtpd_milters(&format!("inet:127.0.0.1:{local_port}"))
+            .milter_default_action("tempfail")
+            .sasl_user("alice@example.com", "s3cret")
+            .unprivileged_submission()
+            .main_cf(&format!(
+                "transport_maps = inline:{{ {{ bounce.example = error:5.1.1 no such user }}, {{ later.example = smtp:[127.0.0.1]:{dead} }} }}"
+            )),
+    );
+    let swaks = || Swaks::new(pf.smtp_port());
+    assert!(swaks().from("bob@example.com").tos(&["one@example.net", "x@bounce.example"]).run().success());
+    assert!(swaks().from("bob@example.com").to("y@later.example").run().success());
+    assert!(
+        swaks()
+            .outside()
+            .auth_plain("alice@example.com", "s3cret")
+            .from("alice@example.com")
+            .tos(&["two@example.net", "three@example.org"])
+            .run()
+            .success()
+    );
+    assert!(swaks().outside().from("stranger@example.net").to("postmaster@example.com").run().success());
+    assert!(!swaks().outside().from("stranger@example.net").to("victim@example.org").run().success());
+    let body = b"From: cron@example.com\nSubject: report\n\nnightly report\n";
+    for rcpts in [
+        &["four@example.net"][..],
+        &["a@example.net", "b@example.net", "c@example.net", "d@example.net", "e@example.net", "f@example.net"],
+    ] {
+        assert!(pf.sendmail_as("nobody", "cron@example.com", rcpts, body).status.success());
+    }
+    // The account reaches its limit of 6: refused at RCPT TO, then at MAIL FROM.
+    let over = swaks()
+        .from("bob@example.com")
+        .tos(&["five@example.net", "six@example.net", "seven@example.net", "eight@example.net", "ten@example.net"])
+        .run();
+    assert!(over.has_reply("550 5.2.2"), "{}", over.transcript);
+    assert!(swaks().from("bob@example.com").to("nine@example.net").run().has_reply("550 5.1.8"));
+    assert!(pf.wait_log("status=bounced", WAIT) && pf.wait_log("status=deferred", WAIT), "{}", pf.log());
+    assert!(pf.wait_log("milter-reject: END-OF-MESSAGE", WAIT), "{}", pf.log());
+    sink.wait_for_messages(4, WAIT);
+    // Nothing of the recording machine in the fixture: the instance's directory, and the host
+    // name swaks puts in its Message-IDs.
+    let root = pf.root_dir().display().to_string();
+    let host = fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_string();
+    let log: String = pf
+        .log()
+        .lines()
+        .filter(|l| !l.contains(&root))
+        .map(|l| format!("{}\n", l.replace(&format!("@{host}>"), &format!("@{HELO}>"))))
+        .collect();
+    fs::write(out_dir().join("maillog.log"), log).expect("write maillog.log");
+}

@@ -147,3 +147,34 @@ max_connections = -1
 [policy.rule]
 name = 5
 """)
+
+
+# --- maillog_line: Postfix log lines (made up here in Postfix's shapes) ---------------------
+LOG = {
+    "syslog-session": b"\n".join([
+        b"Mar  4 09:01:02 mx postfix/smtpd[101]: 1A2B3C4D5E: client=host.example.net[192.0.2.7], sasl_method=PLAIN, sasl_username=alice@example.com",
+        b"Mar  4 09:01:02 mx postfix/cleanup[102]: 1A2B3C4D5E: message-id=<x1@example.com>",
+        b"Mar  4 09:01:02 mx postfix/qmgr[103]: 1A2B3C4D5E: from=<alice@example.com>, size=1234, nrcpt=2 (queue active)",
+        b"Mar  4 09:01:03 mx postfix/smtp[104]: 1A2B3C4D5E: to=<bob@example.org>, relay=mx.example.org[198.51.100.2]:25, delay=0.5, delays=0.1/0/0.2/0.2, dsn=2.0.0, status=sent (250 ok)",
+        b"Mar  4 09:01:03 mx postfix/smtp[104]: 1A2B3C4D5E: to=<carol@example.org>, relay=mx.example.org[198.51.100.2]:25, delay=0.5, delays=0.1/0/0.2/0.2, dsn=5.1.1, status=bounced (550 no such user)",
+        b"Mar  4 09:01:03 mx postfix/bounce[105]: 1A2B3C4D5E: sender non-delivery notification: 6F7E8D9C0B",
+        b"Mar  4 09:01:03 mx postfix/qmgr[103]: 1A2B3C4D5E: removed",
+    ]) + b"\n",
+    "rfc3339-local": b"\n".join([
+        b"2026-12-07T16:07:48.123456+01:00 mx postfix/pickup[4900]: 4PbCZy4PWKz3tBr: uid=33 from=<shop@example.com>",
+        b"2026-12-07T16:07:48.200000+01:00 mx postfix/cleanup[4907]: 4PbCZy4PWKz3tBr: milter-reject: END-OF-MESSAGE from localhost[127.0.0.1]: 5.5.3 Too many recipients; from=<shop@example.com> to=<a@example.net> proto=ESMTP helo=<localhost>",
+        b"2026-12-07T16:07:49Z mx postfix/qmgr[4901]: 4PbCZy4PWKz3tBs: from=<shop@example.com>, status=expired, returned to sender",
+        b"2026-12-07T16:07:50Z mx postfix/postsuper[4925]: 4PbCZy4PWKz3tBs: requeued",
+        b"2026-12-07T16:07:50Z mx postfix/smtpd[4926]: NOQUEUE: reject: RCPT from unknown[2001:db8::1]: 554 5.7.1 <v@example.org>: Relay access denied; from=<s@example.net> to=<v@example.org> proto=ESMTP helo=<x>",
+    ]) + b"\n",
+    "odd": b"\n".join([
+        b"",
+        b"# comment",
+        b"Mar  4 09:01:02 mx amavis[1]: (01) Passed CLEAN",
+        b"Mar  4 09:01:02 mx postfix/qmgr[103]: 1A2B3C4D5E: from=<a@b>, size=, nrcpt=1 (queue active)",
+        b"Mar 32 09:01:02 mx postfix/qmgr[103]: 1A2B3C4D5E: removed",
+        b"Mar  4 09:01:02 mx postfix/smtpd[101] 1A2B3C4D5E: client=x[192.0.2.1]\r",
+    ]),
+}
+for name, data in LOG.items():
+    write("maillog_line", name, data)
