@@ -51,7 +51,7 @@ pub enum RestrictedCommand {
         #[arg(long)]
         reason: Option<String>,
     },
-    /// Restrict an account by hand.
+    /// Restrict an account by hand; one restricted already gets the new reason and until.
     Add {
         /// The account: a SASL login, or an envelope sender address.
         account: String,
@@ -71,5 +71,10 @@ pub enum SendersCommand {
         /// How many accounts to show (1 to 10000).
         #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=10_000))]
         limit: u64,
+    },
+    /// One account: counters, limits, policy, restriction and history (released ones too).
+    Show {
+        /// The account: a SASL login, or an envelope sender address.
+        account: String,
     },
 }

@@ -183,11 +183,15 @@ fn admin(path: &Path, json: bool, command: Admin) -> ExitCode {
             }
             Admin::Restricted(RestrictedCommand::Add { account, until, reason }) => {
                 let body = serde_json::json!({"account": account, "reason": reason, "until": until, "by": operator()});
-                (client.request(Method::POST, "/api/v1/restricted", Some(body)).await?, client::render_restriction)
+                (client.request(Method::POST, "/api/v1/restricted", Some(body)).await?, client::render_added)
             }
             Admin::Senders(SendersCommand::Top { limit }) => {
                 let path = format!("/api/v1/senders?top={limit}");
                 (client.request(Method::GET, &path, None).await?, client::render_senders)
+            }
+            Admin::Senders(SendersCommand::Show { account }) => {
+                let path = format!("/api/v1/senders/{}", path_segment(&account));
+                (client.request(Method::GET, &path, None).await?, client::render_sender)
             }
         };
         Ok::<_, ClientError>(if json { format!("{value}\n") } else { render(&value) })

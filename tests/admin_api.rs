@@ -397,3 +397,58 @@ async fn the_web_page_and_its_assets_are_served_without_a_token_under_a_strict_p
     assert!(missing.json::<Value>().await.unwrap()["error"].is_string());
     d.stop().await;
 }
+
+/// `GET /api/v1/senders/{account}` has exactly the documented keys and history entries, for a
+/// restricted account and a released one; a second `POST` replaces the reason and `until`
+/// (200, `"replaced": true`) and the history records it; 404 only for an unknown account.
+#[tokio::test]
+async fn an_accounts_history_outlives_its_restriction_and_records_a_replacement() {
+    let d = TestDaemon::start(POLICY).await;
+    restrict_through_the_milter(&d, "alice@example.com").await;
+    let (status, one) = call(&d, Method::GET, "/api/v1/senders/alice@example.com", None).await;
+    assert_eq!(status, StatusCode::OK);
+    let mut keys: Vec<_> = one.as_object().unwrap().keys().cloned().collect();
+    keys.sort();
+    assert_eq!(keys, ["account", "counters", "history", "limits", "policy", "restriction"]);
+    assert_eq!(one["restriction"]["reason"], shown_reason(&d).await);
+    assert_eq!(one["limits"]["recipient_limit_external_per_hour"], 2);
+
+    let body =
+        json!({"account": "alice@example.com", "reason": "phished", "until": "2026-11-23T10:00:00Z", "by": "carol"});
+    let (status, replaced) = call(&d, Method::POST, "/api/v1/restricted", Some(body)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!((replaced["replaced"].as_bool(), replaced["reason"].as_str()), (Some(true), Some("phished")));
+    assert_eq!(replaced["until"], "2026-11-23T10:00:00Z");
+    assert_eq!(replaced["created_at"], "2026-11-22T10:00:00Z", "restricted since it began");
+    let (_, shown) = call(&d, Method::GET, "/api/v1/restricted/alice@example.com", None).await;
+    assert_eq!(shown["reason"], "phished");
+    assert_eq!(
+        shown["history"][1],
+        json!({"at": "2026-11-22T10:00:00Z", "action": "replaced", "reason": "phished", "by": "carol", "until": "2026-11-23T10:00:00Z"})
+    );
+
+    let (status, _) = call(&d, Method::DELETE, "/api/v1/restricted/alice@example.com?reason=reset&by=dave", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(call(&d, Method::GET, "/api/v1/restricted/alice@example.com", None).await.0, StatusCode::NOT_FOUND);
+    let (status, one) = call(&d, Method::GET, "/api/v1/senders/alice@example.com", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(one["restriction"], Value::Null);
+    let history = one["history"].as_array().unwrap();
+    let actions: Vec<_> = history.iter().map(|h| h["action"].as_str().unwrap()).collect();
+    assert_eq!(actions, ["restricted", "replaced", "released"]);
+    assert_eq!(
+        history[2],
+        json!({"at": "2026-11-22T10:00:00Z", "action": "released", "reason": "reset", "by": "dave", "until": null})
+    );
+
+    // A new restriction is 201 with "replaced": false.
+    let (status, new) =
+        call(&d, Method::POST, "/api/v1/restricted", Some(json!({"account": "eve@example.com", "reason": "x"}))).await;
+    assert_eq!((status, new["replaced"].as_bool()), (StatusCode::CREATED, Some(false)));
+    assert_eq!(call(&d, Method::GET, "/api/v1/senders/nobody@example.com", None).await.0, StatusCode::NOT_FOUND);
+    d.stop().await;
+}
+
+async fn shown_reason(d: &TestDaemon) -> Value {
+    call(d, Method::GET, "/api/v1/restricted/alice@example.com", None).await.1["reason"].clone()
+}

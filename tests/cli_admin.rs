@@ -229,3 +229,106 @@ fn a_second_filter_on_the_same_state_dir_is_refused_before_it_touches_the_journa
     restricted.sort_unstable();
     assert_eq!(restricted, ["after@example.com", "before@example.com"]);
 }
+
+/// Stops the filter with SIGTERM and waits for it (bounded), keeping it for a restart.
+fn stop_gracefully(g: &mut GuardProcess) {
+    send_signal(g.child.id(), "TERM");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while g.child.try_wait().expect("wait").is_none() {
+        assert!(std::time::Instant::now() < deadline, "no exit within 20 s of SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn show_json(g: &GuardProcess, account: &str) -> (Option<i32>, serde_json::Value) {
+    let out = g.cli(&["senders", "show", account, "--json"]);
+    (out.status.code(), serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null))
+}
+
+fn actions(v: &serde_json::Value) -> Vec<String> {
+    v["history"].as_array().unwrap().iter().map(|h| h["action"].as_str().unwrap().to_owned()).collect()
+}
+
+/// `senders show` answers for a restricted account, a released one (with who restricted,
+/// replaced and released it, and why) and one only counted; exit 1 only for an account the
+/// filter knows nothing of. `restricted add` on a restricted account replaces its reason and
+/// until and says so. The history survives a graceful restart and `kill -9`.
+#[test]
+fn senders_show_keeps_the_history_of_released_accounts_across_restarts() {
+    let g = GuardProcess::start("", POLICY);
+    let rt = runtime();
+    assert_eq!(rt.block_on(send(g.milter_port, "bob@example.com", 3)), b"cccy");
+    assert_eq!(rt.block_on(send(g.milter_port, "carol@example.com", 1)), b"cc");
+
+    let (code, bob) = show_json(&g, "bob@example.com");
+    assert_eq!(code, Some(0));
+    let mut keys: Vec<_> = bob.as_object().unwrap().keys().cloned().collect();
+    keys.sort();
+    assert_eq!(keys, ["account", "counters", "history", "limits", "policy", "restriction"]);
+    assert_eq!(bob["restriction"]["source"], "policy");
+    assert_eq!(bob["limits"]["recipient_limit_external_per_hour"], 2);
+    let mut entry: Vec<_> = bob["history"][0].as_object().unwrap().keys().cloned().collect();
+    entry.sort();
+    assert_eq!(entry, ["action", "at", "by", "reason", "until"]);
+    assert_eq!(actions(&bob), ["restricted"]);
+
+    // Restricted again by hand: the reason and until are replaced, and the answer says so.
+    let add = g.cli(&[
+        "restricted",
+        "add",
+        "bob@example.com",
+        "--reason",
+        "laptop stolen",
+        "--until",
+        "2099-01-01T00:00:00Z",
+    ]);
+    assert_eq!(add.status.code(), Some(0), "{}", String::from_utf8_lossy(&add.stderr));
+    assert!(stdout(&add).starts_with("Replaced"), "{}", stdout(&add));
+    assert!(stdout(&add).contains("Reason:    laptop stolen"), "{}", stdout(&add));
+    let again = g.cli(&["restricted", "add", "bob@example.com", "--reason", "still stolen", "--json"]);
+    let again: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
+    assert_eq!((again["replaced"].as_bool(), again["reason"].as_str()), (Some(true), Some("still stolen")));
+    assert_eq!(again["until"], serde_json::Value::Null, "no --until: until released");
+    assert_eq!(rt.block_on(send(g.milter_port, "bob@example.com", 1)), b"y", "still restricted");
+
+    let release = g.cli(&["restricted", "release", "bob@example.com", "--reason", "new laptop"]);
+    assert!(release.status.success());
+    assert_eq!(g.cli(&["restricted", "show", "bob@example.com"]).status.code(), Some(1), "not restricted");
+
+    let check_bob = |g: &GuardProcess| {
+        let (code, bob) = show_json(g, "Bob@Example.com");
+        assert_eq!(code, Some(0), "{bob}");
+        assert_eq!(bob["restriction"], serde_json::Value::Null);
+        assert_eq!(actions(&bob), ["restricted", "replaced", "replaced", "released"]);
+        let h = &bob["history"];
+        assert_eq!((h[0]["by"].as_str(), h[1]["reason"].as_str()), (Some("policy"), Some("laptop stolen")));
+        assert_eq!(h[1]["until"], "2099-01-01T00:00:00Z");
+        assert_eq!((h[3]["by"].as_str(), h[3]["reason"].as_str()), (Some("tester (cli)"), Some("new laptop")));
+        let text = stdout(&g.cli(&["senders", "show", "bob@example.com"]));
+        assert!(text.contains("State:     may send"), "{text}");
+        assert!(text.contains("released    by tester (cli): new laptop"), "{text}");
+    };
+    check_bob(&g);
+
+    // Counted, never restricted.
+    let (code, carol) = show_json(&g, "carol@example.com");
+    assert_eq!(code, Some(0));
+    assert_eq!((carol["restriction"].is_null(), carol["history"].as_array().map(Vec::len)), (true, Some(0)));
+    assert_eq!(carol["counters"]["external_last_hour"], 1);
+    assert_eq!(g.cli(&["senders", "show", "nobody@example.com"]).status.code(), Some(1));
+
+    // A graceful restart keeps counters and history …
+    let mut g = g;
+    stop_gracefully(&mut g);
+    let mut g = GuardProcess::restart(g);
+    check_bob(&g);
+    assert_eq!(show_json(&g, "carol@example.com").0, Some(0), "counters snapshotted");
+    // … and `kill -9` the history (counters start empty after a crash: carol is unknown then).
+    send_signal(g.child.id(), "KILL");
+    let _ = g.child.wait();
+    let g = GuardProcess::restart(g);
+    check_bob(&g);
+    assert_eq!(show_json(&g, "carol@example.com").0, Some(1));
+    let (status, _) = g.terminate();
+    assert!(status.success());
+}

@@ -11,6 +11,7 @@ use common::daemon::{START, TestDaemon};
 use common::mta::code;
 use outbound_guard::milter::client::{MtaClient, POSTFIX_OFFER, StageResult};
 use outbound_guard::milter::command::Command;
+use outbound_guard::policy::engine::ManualRestriction;
 use outbound_guard::policy::events::EventKind;
 use outbound_guard::policy::limits::LimitKind;
 use outbound_guard::policy::restriction::Source;
@@ -183,9 +184,9 @@ async fn a_restriction_raises_one_sender_restricted_whether_by_policy_or_by_hand
     let kinds: Vec<EventKind> = d.drain_events().into_iter().map(|e| e.kind).collect();
     assert_eq!(kinds.iter().filter(|k| **k == EventKind::SenderRestricted).count(), 1, "{kinds:?}");
 
-    // By hand: one event naming who did it; restricting again changes nothing and raises nothing.
-    let (r, created) = d.services.engine.restrict_manually("jay@example.com", "phished", None, "root").unwrap();
-    assert!(created);
+    // By hand: one event naming who did it; restricting again replaces the reason and raises nothing.
+    let (r, outcome) = d.services.engine.restrict_manually("jay@example.com", "phished", None, "root").unwrap();
+    assert_eq!(outcome, ManualRestriction::Created);
     assert_eq!(r.until, None);
     let event = d.next_event().await.unwrap();
     assert_eq!(
@@ -193,8 +194,9 @@ async fn a_restriction_raises_one_sender_restricted_whether_by_policy_or_by_hand
         (EventKind::SenderRestricted, "jay@example.com", Some("root"))
     );
     assert_eq!(event.reason, "phished");
-    let (_, created) = d.services.engine.restrict_manually("jay@example.com", "again", None, "root").unwrap();
-    assert!(!created);
+    let (r, outcome) = d.services.engine.restrict_manually("jay@example.com", "again", None, "root").unwrap();
+    assert_eq!(outcome, ManualRestriction::Replaced);
+    assert_eq!(r.reason, "again");
     assert!(d.drain_events().is_empty());
     // It holds from the very next MAIL FROM.
     assert_eq!(code(&mail(&mut c, Some("jay@example.com"), "jay@example.com").await), "550 5.1.8");

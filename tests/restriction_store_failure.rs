@@ -46,6 +46,16 @@ impl RestrictionStore for FlakyStore {
         }
         self.inner.restrict(restriction, by, notice)
     }
+    fn replace(
+        &self,
+        account: &str,
+        reason: &str,
+        until: Option<time::OffsetDateTime>,
+        now_secs: i64,
+        by: &str,
+    ) -> Result<Option<(Restriction, Restriction)>, StoreError> {
+        self.inner.replace(account, reason, until, now_secs, by)
+    }
     fn release(
         &self,
         account: &str,

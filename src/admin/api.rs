@@ -23,7 +23,7 @@ use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 
 use super::token;
-use crate::policy::engine::Engine;
+use crate::policy::engine::{Engine, ManualRestriction};
 use crate::policy::restriction::Restriction;
 
 /// Largest request body accepted.
@@ -193,7 +193,7 @@ async fn show_restriction(State(state): State<AdminState>, Path(raw): Path<Strin
         .get(&account, state.engine.clock().now().secs())
         .ok_or_else(|| ApiError::not_found(format!("account {account} is not restricted")))?;
     let mut body = restriction_json(&r);
-    body["history"] = serde_json::to_value(store.history(&account)).unwrap_or(Value::Null);
+    body["history"] = serde_json::to_value(state.engine.history(&account)).unwrap_or(Value::Null);
     Ok(Json(body))
 }
 
@@ -241,12 +241,15 @@ async fn add_restriction(
     one_line("reason", &reason)?;
     let by = req.by.unwrap_or_else(|| "admin".into());
     one_line("by", &by)?;
-    let (restriction, created) =
+    let (restriction, outcome) =
         state.engine.restrict_manually(&account, &reason, until, &by).map_err(ApiError::internal)?;
     // In cluster mode: on the other nodes too before the answer.
     state.engine.restrictions().settled().await;
-    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
-    Ok((status, Json(restriction_json(&restriction))))
+    let replaced = outcome == ManualRestriction::Replaced;
+    let status = if replaced { StatusCode::OK } else { StatusCode::CREATED };
+    let mut body = restriction_json(&restriction);
+    body["replaced"] = Value::Bool(replaced);
+    Ok((status, Json(body)))
 }
 
 #[derive(Deserialize)]
@@ -302,17 +305,18 @@ async fn top_senders(State(state): State<AdminState>, Query(q): Query<TopQuery>)
 
 async fn show_sender(State(state): State<AdminState>, Path(raw): Path<String>) -> Result<Json<Value>, ApiError> {
     let account = canonical(&state, &raw)?;
-    let info = state
+    let d = state
         .engine
-        .sender(&account)
-        .ok_or_else(|| ApiError::not_found(format!("no counters for account {account}")))?;
-    let mut body = serde_json::to_value(&info).unwrap_or(Value::Null);
-    body["restriction"] = state
-        .engine
-        .restrictions()
-        .get(&account, state.engine.clock().now().secs())
-        .map_or(Value::Null, |r| restriction_json(&r));
-    Ok(Json(body))
+        .sender_detail(&account)
+        .ok_or_else(|| ApiError::not_found(format!("the filter knows nothing of account {account}")))?;
+    Ok(Json(json!({
+        "account": d.account,
+        "policy": d.policy,
+        "counters": d.counters,
+        "limits": d.limits,
+        "restriction": d.restriction.as_ref().map_or(Value::Null, restriction_json),
+        "history": d.history,
+    })))
 }
 
 async fn reload(State(state): State<AdminState>) -> Result<Json<Value>, ApiError> {

@@ -191,12 +191,34 @@ pub fn render_restriction(r: &Value) -> String {
         c["spam_messages"].as_u64().unwrap_or(0),
         c["messages"].as_u64().unwrap_or(0),
     );
-    if let Some(history) = r["history"].as_array().filter(|h| !h.is_empty()) {
+    render_history(&mut out, &r["history"]);
+    out
+}
+
+/// The answer to `restricted add`: the restriction, after a line saying whether it replaced
+/// the reason and `until` of one in force.
+pub fn render_added(r: &Value) -> String {
+    let head = if r["replaced"].as_bool() == Some(true) {
+        "Replaced the reason and until of the restriction in force (the history keeps both)."
+    } else {
+        "Restricted."
+    };
+    format!("{head}\n{}", render_restriction(r))
+}
+
+/// An account's history, oldest first.
+fn render_history(out: &mut String, history: &Value) {
+    if let Some(history) = history.as_array().filter(|h| !h.is_empty()) {
         let _ = writeln!(out, "History:");
         for h in history {
+            let until = match h["action"].as_str() {
+                Some("released") => String::new(),
+                _ if h["until"].is_null() => "  (until released)".into(),
+                _ => format!("  (until {})", text(&h["until"])),
+            };
             let _ = writeln!(
                 out,
-                "  {}  {:<10}  by {}: {}",
+                "  {}  {:<10}  by {}: {}{until}",
                 text(&h["at"]),
                 text(&h["action"]),
                 text(&h["by"]),
@@ -204,6 +226,45 @@ pub fn render_restriction(r: &Value) -> String {
             );
         }
     }
+}
+
+/// `senders show`: an account's counters, limits, policy, restriction and history.
+pub fn render_sender(s: &Value) -> String {
+    let mut out = String::new();
+    let c = &s["counters"];
+    let _ = writeln!(out, "Account:   {}", text(&s["account"]));
+    let _ = writeln!(out, "Policy:    {}", text(&s["policy"]));
+    let _ = writeln!(
+        out,
+        "Counters:  external/hour {}  internal/hour {}  day {}  spam {}/{} messages",
+        against(c, "external_last_hour", "external_limit_per_hour"),
+        against(c, "internal_last_hour", "internal_limit_per_hour"),
+        against(c, "last_day", "limit_per_day"),
+        c["spam_messages"].as_u64().unwrap_or(0),
+        c["messages"].as_u64().unwrap_or(0),
+    );
+    let l = &s["limits"];
+    let _ = writeln!(
+        out,
+        "Limits:    external/hour {}  internal/hour {}  day {}  per message {}  spam {}% of at least {} in {} s",
+        text(&l["recipient_limit_external_per_hour"]),
+        text(&l["recipient_limit_internal_per_hour"]),
+        text(&l["recipient_limit_per_day"]),
+        text(&l["max_recipients_per_message"]),
+        text(&l["spam_percent"]),
+        text(&l["spam_min_messages"]),
+        text(&l["spam_window_seconds"]),
+    );
+    let r = &s["restriction"];
+    if r.is_null() {
+        let _ = writeln!(out, "State:     may send");
+    } else {
+        let until = if r["until"].is_null() { "until an administrator releases it".into() } else { text(&r["until"]) };
+        let _ =
+            writeln!(out, "State:     restricted since {} ({}), {until}", text(&r["created_at"]), text(&r["source"]));
+        let _ = writeln!(out, "Reason:    {}", text(&r["reason"]));
+    }
+    render_history(&mut out, &s["history"]);
     out
 }
 

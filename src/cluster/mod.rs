@@ -240,7 +240,7 @@ impl Cluster {
         for entry in self.durable.latest_audit() {
             let change = match entry.action {
                 AuditAction::Released => Change::Release { reason: entry.reason.clone() },
-                AuditAction::Restricted => match self.durable.get(&entry.account, now) {
+                AuditAction::Restricted | AuditAction::Replaced => match self.durable.get(&entry.account, now) {
                     Some(restriction) => Change::Restrict { restriction },
                     None => continue,
                 },
@@ -278,6 +278,36 @@ impl Cluster {
             self.known.remove_if(&*account, |_, e| e.at_ms == i64::MIN);
         }
         Ok(created)
+    }
+
+    /// A restriction given a new reason and `until` on this node: durable first, then shared
+    /// as the restriction it now is (a node that has the account restricted replaces its copy).
+    fn replace_local(
+        &self,
+        account: &str,
+        reason: &str,
+        until: Option<time::OffsetDateTime>,
+        now_secs: i64,
+        by: &str,
+    ) -> Result<Option<(Restriction, Restriction)>, StoreError> {
+        let mut entry = self.known.entry(account.into()).or_insert_with(|| ClusterEvent {
+            account: account.to_owned(),
+            at_ms: i64::MIN,
+            node: String::new(),
+            by: String::new(),
+            change: Change::Release { reason: String::new() },
+        });
+        let replaced = self.durable.replace(account, reason, until, now_secs, by)?;
+        if let Some((_, restriction)) = &replaced {
+            let event = self.stamp(&entry, by, Change::Restrict { restriction: restriction.clone() });
+            *entry = event.clone();
+            drop(entry);
+            self.push(event);
+        } else if entry.at_ms == i64::MIN {
+            drop(entry);
+            self.known.remove_if(account, |_, e| e.at_ms == i64::MIN);
+        }
+        Ok(replaced)
     }
 
     /// A release made on this node: durable first, then shared.
@@ -355,7 +385,21 @@ impl Cluster {
                         Ok(true) => {
                             info!(account = %event.account, node = %event.node, "account restricted on another node: {}", restriction.reason)
                         }
-                        Ok(false) => {}
+                        // Restricted here already: a replacement made there replaces it here.
+                        Ok(false) => match self.durable.get(&event.account, now_secs) {
+                            Some(here) if here.reason != restriction.reason || here.until != restriction.until => {
+                                if let Err(e) = self.durable.replace(
+                                    &event.account,
+                                    &restriction.reason,
+                                    restriction.until,
+                                    now_secs,
+                                    &by,
+                                ) {
+                                    error!(account = %event.account, "cannot record a replacement made on another node: {e}");
+                                }
+                            }
+                            _ => {}
+                        },
                         Err(e) => {
                             error!(account = %event.account, "cannot record a restriction made on another node: {e}")
                         }

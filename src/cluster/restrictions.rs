@@ -36,6 +36,17 @@ impl RestrictionStore for ClusterRestrictions {
         self.cluster.restrict_local(restriction, by, notice)
     }
 
+    fn replace(
+        &self,
+        account: &str,
+        reason: &str,
+        until: Option<time::OffsetDateTime>,
+        now_secs: i64,
+        by: &str,
+    ) -> Result<Option<(Restriction, Restriction)>, StoreError> {
+        self.cluster.replace_local(account, reason, until, now_secs, by)
+    }
+
     fn release(
         &self,
         account: &str,

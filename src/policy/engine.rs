@@ -37,7 +37,7 @@ mod scanning;
 /// What cluster mode (`crate::cluster`) reads and merges; kept apart from the decisions.
 mod shared;
 
-pub use admin::SenderInfo;
+pub use admin::{HistoryEntry, Limits, ManualRestriction, SenderDetail, SenderInfo};
 
 /// Per-transaction state, reused across the transactions of a connection.
 #[derive(Default)]

@@ -122,7 +122,7 @@ pub struct AuditEntry {
     pub account: String,
     #[serde(with = "time::serde::rfc3339")]
     pub at: OffsetDateTime,
-    /// `restricted` or `released`.
+    /// `restricted`, `replaced` or `released`.
     pub action: AuditAction,
     pub reason: String,
     /// `policy` for the filter itself, otherwise the administrator's name.
@@ -143,6 +143,8 @@ pub struct AuditEntry {
 #[serde(rename_all = "lowercase")]
 pub enum AuditAction {
     Restricted,
+    /// An administrator gave a restriction in force a new reason and `until`.
+    Replaced,
     Released,
 }
 
@@ -160,6 +162,11 @@ impl AuditEntry {
             counters: Some(r.counters.clone()),
             notice: None,
         }
+    }
+
+    /// The entry for a restriction given a new reason and `until` (`r` as it is now).
+    pub fn replaced(r: &Restriction, at: OffsetDateTime, by: &str) -> AuditEntry {
+        AuditEntry { at, action: AuditAction::Replaced, ..AuditEntry::restricted(r, by) }
     }
 
     /// The entry for a release.
@@ -209,6 +216,21 @@ pub trait RestrictionStore: Send + Sync {
     /// # Errors
     /// When it cannot be recorded (durable stores).
     fn restrict(&self, restriction: Restriction, by: &str, notice: Option<&Event>) -> Result<bool, StoreError>;
+    /// Gives the restriction in force on `account` a new reason and `until` (when and why it
+    /// began, its policy and source stay), recorded in its history as `replaced` by `by` at
+    /// `now_secs`. Returns the restriction as it was and as it is now; `None`, recording
+    /// nothing, when none is in force.
+    ///
+    /// # Errors
+    /// When it cannot be recorded (durable stores).
+    fn replace(
+        &self,
+        account: &str,
+        reason: &str,
+        until: Option<OffsetDateTime>,
+        now_secs: i64,
+        by: &str,
+    ) -> Result<Option<(Restriction, Restriction)>, StoreError>;
     /// Lifts a restriction; returns it when there was one in force. `notice` as for
     /// [`RestrictionStore::restrict`].
     ///

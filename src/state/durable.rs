@@ -3,8 +3,9 @@
 //!
 //! - `restrictions.journal` — restrict/release records; replayed at start, then compacted to
 //!   the restrictions still in force, and again every 10,000 records while running;
-//! - `audit.log` — every restrict and release with who, when and why; append-only, never
-//!   compacted (it is the audit trail).
+//! - `audit.log` — every restrict, replacement and release with who, when and why;
+//!   append-only, never compacted (it is the audit trail). An account's history is read back
+//!   from it through a [`HistoryIndex`] (where each account's entries lie), not kept in memory.
 //!
 //! A restriction or release is on disk (fsynced) before the call returns, so before the MTA is
 //! told 5xx and before an administrator is told "released". Its audit entry holds the event
@@ -19,8 +20,9 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use tracing::{info, warn};
 
-use super::journal::{self, Journal};
-use super::memory::MemoryRestrictions;
+use super::history::HistoryIndex;
+use super::journal::{self, Journal, Span};
+use super::memory::{MemoryRestrictions, at};
 use crate::policy::events::Event;
 use crate::policy::restriction::{AuditEntry, Restriction, RestrictionStore, StoreError};
 
@@ -52,17 +54,17 @@ struct Files {
 impl Files {
     /// Records one change in the audit trail and the journal, or in neither: when the journal
     /// refuses it (a full disk), the audit entry is taken back, so the trail never shows a
-    /// restriction that was not made.
-    fn append_both(&mut self, entry: &AuditEntry, record: &Record) -> std::io::Result<()> {
+    /// restriction that was not made. Returns where the audit entry lies, for the index.
+    fn append_both(&mut self, entry: &AuditEntry, record: &Record) -> std::io::Result<Span> {
         let mark = self.audit.end();
-        self.audit.append(entry)?;
+        let span = self.audit.append_span(entry)?;
         if let Err(e) = self.journal.append(record) {
             if let Err(undo) = self.audit.roll_back(mark) {
                 warn!(path = %self.audit.path().display(), "audit entry of a refused change not taken back yet: {undo}");
             }
             return Err(e);
         }
-        Ok(())
+        Ok(span)
     }
 }
 
@@ -76,6 +78,7 @@ pub struct DurableRestrictions {
     /// closes, also on `kill -9`).
     _lock: std::fs::File,
     memory: MemoryRestrictions,
+    history: HistoryIndex,
     files: Mutex<Files>,
     dir: PathBuf,
     compact_every: usize,
@@ -127,15 +130,18 @@ impl DurableRestrictions {
         let audit_path = dir.join("audit.log");
 
         let memory = MemoryRestrictions::default();
+        // Opened for appending first: it creates the file the index reads, and cuts a torn
+        // tail, so the scan sees only whole records.
+        let audit = Journal::open(&audit_path)?;
+        let history = HistoryIndex::open(&audit_path)?;
         let mut recent_notices = Vec::new();
-        for mut entry in journal::read_all::<AuditEntry>(&audit_path)? {
-            // The notice goes to the notifier, not into the in-memory history.
-            if let Some(notice) = entry.notice.take()
+        for (span, entry) in journal::read_all_spans::<AuditEntry>(&audit_path)? {
+            if let Some(notice) = entry.notice
                 && entry.at.unix_timestamp() > now_secs - NOTICES_REPLAYED_FOR_SECS
             {
                 recent_notices.push(notice);
             }
-            memory.remember(entry);
+            history.add(&entry.account, span);
         }
         let mut current: Vec<Restriction> = Vec::new();
         for record in journal::read_all::<Record>(&journal_path)? {
@@ -156,11 +162,12 @@ impl DurableRestrictions {
         }
         let count = memory.list(now_secs).len();
         info!(dir = %dir.display(), restrictions = count, "restrictions loaded");
-        let files = Files { journal: Journal::open(&journal_path)?, audit: Journal::open(&audit_path)?, appended: 0 };
+        let files = Files { journal: Journal::open(&journal_path)?, audit, appended: 0 };
         journal::sync_dir(&journal_path)?;
         Ok(DurableRestrictions {
             _lock: lock,
             memory,
+            history,
             files: Mutex::new(files),
             dir: dir.to_owned(),
             compact_every: COMPACT_EVERY,
@@ -201,7 +208,12 @@ impl DurableRestrictions {
 
     /// The newest audit entry of every account with a trail.
     pub fn latest_audit(&self) -> Vec<AuditEntry> {
-        self.memory.latest_audit()
+        self.history.latest()
+    }
+
+    /// Bytes history lookups have read from `audit.log` since start.
+    pub fn history_bytes_read(&self) -> u64 {
+        self.history.bytes_read()
     }
 
     pub fn dir(&self) -> &Path {
@@ -230,11 +242,32 @@ impl RestrictionStore for DurableRestrictions {
             return Ok(false);
         }
         let entry = AuditEntry::restricted(&restriction, by).announcing(notice);
-        files.append_both(&entry, &Record::Restrict { restriction: restriction.clone() })?;
+        let span = files.append_both(&entry, &Record::Restrict { restriction: restriction.clone() })?;
+        self.history.add(&restriction.account, span);
         let now_secs = restriction.created_at.unix_timestamp();
-        let created = self.memory.restrict(restriction, by, None)?;
+        let created = self.memory.insert_new(restriction);
         self.appended(&mut files, now_secs);
         Ok(created)
+    }
+
+    fn replace(
+        &self,
+        account: &str,
+        reason: &str,
+        until: Option<OffsetDateTime>,
+        now_secs: i64,
+        by: &str,
+    ) -> Result<Option<(Restriction, Restriction)>, StoreError> {
+        let mut files = self.files();
+        let Some((before, after)) = self.memory.replaced(account, reason, until, now_secs) else {
+            return Ok(None);
+        };
+        let entry = AuditEntry::replaced(&after, at(now_secs), by);
+        let span = files.append_both(&entry, &Record::Restrict { restriction: after.clone() })?;
+        self.history.add(account, span);
+        self.memory.insert_replayed(after.clone());
+        self.appended(&mut files, now_secs);
+        Ok(Some((before, after)))
     }
 
     fn release(
@@ -249,10 +282,11 @@ impl RestrictionStore for DurableRestrictions {
         if !self.memory.in_force(account, now_secs) {
             return Ok(None);
         }
-        let at = OffsetDateTime::from_unix_timestamp(now_secs).unwrap_or(OffsetDateTime::UNIX_EPOCH);
+        let at = at(now_secs);
         let entry = AuditEntry::released(account, at, by, reason).announcing(notice);
-        files.append_both(&entry, &Record::Release { account: account.to_owned(), at })?;
-        let released = self.memory.release(account, now_secs, by, reason, None)?;
+        let span = files.append_both(&entry, &Record::Release { account: account.to_owned(), at })?;
+        self.history.add(account, span);
+        let released = self.memory.take(account, now_secs);
         self.appended(&mut files, now_secs);
         Ok(released)
     }
@@ -262,7 +296,7 @@ impl RestrictionStore for DurableRestrictions {
     }
 
     fn history(&self, account: &str) -> Vec<AuditEntry> {
-        self.memory.history(account)
+        self.history.history(account)
     }
 }
 
@@ -441,5 +475,83 @@ mod tests {
         assert_eq!(accounts, ["a@x", "c@x"]);
         let s = DurableRestrictions::open(dir.path(), 100).unwrap();
         assert_eq!(s.recent_notices().into_iter().map(|e| e.id).collect::<Vec<_>>(), ["01", "03"]);
+    }
+
+    /// A lookup reads the account's own entries, one positioned read each, not the log: with
+    /// thousands of other entries in it, the bytes read are those of the account's entries.
+    #[test]
+    fn a_history_lookup_reads_only_the_accounts_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = DurableRestrictions::open(dir.path(), 100).unwrap();
+        s.restrict(restriction("bob@x", 100, None), "policy", None).unwrap();
+        for i in 0..400 {
+            s.restrict(restriction(&format!("u{i}@x"), 100, None), "policy", None).unwrap();
+        }
+        s.release("bob@x", 200, "carol", "password changed", None).unwrap();
+        drop(s);
+        let log_len = std::fs::metadata(dir.path().join("audit.log")).unwrap().len();
+        let s = DurableRestrictions::open(dir.path(), 300).unwrap();
+        let before = s.history_bytes_read();
+        let trail = s.history("bob@x");
+        let read = s.history_bytes_read() - before;
+        assert_eq!(
+            trail.iter().map(|e| e.action).collect::<Vec<_>>(),
+            [AuditAction::Restricted, AuditAction::Released]
+        );
+        assert_eq!(trail[1].by, "carol");
+        let own: u64 = trail.iter().map(|e| journal::frame(&serde_json::to_string(e).unwrap()).len() as u64 - 1).sum();
+        assert_eq!(read, own, "exactly the account's two entries");
+        assert!(read * 100 < log_len, "{read} bytes of {log_len}");
+        assert!(s.history("nobody@x").is_empty());
+    }
+
+    /// Spans found at start after a fragment of a failed write (an older version's file) and
+    /// spans of entries appended after a start read back the same entries.
+    #[test]
+    fn the_index_finds_entries_after_a_fragment_and_after_appends() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = DurableRestrictions::open(dir.path(), 100).unwrap();
+            s.restrict(restriction("a@x", 100, None), "policy", None).unwrap();
+        }
+        // A fragment with invalid UTF-8 glued before the next whole entry, as an old version wrote.
+        let entry = AuditEntry::released("a@x", at(110), "admin", "ok");
+        let mut bytes = std::fs::read(dir.path().join("audit.log")).unwrap();
+        bytes.extend_from_slice(b"0badc0de {\"acc\xff\xfe");
+        bytes.extend_from_slice(journal::frame(&serde_json::to_string(&entry).unwrap()).as_bytes());
+        std::fs::write(dir.path().join("audit.log"), bytes).unwrap();
+        let s = DurableRestrictions::open(dir.path(), 120).unwrap();
+        assert_eq!(
+            s.history("a@x").iter().map(|e| e.action).collect::<Vec<_>>(),
+            [AuditAction::Restricted, AuditAction::Released]
+        );
+        // (Only the audit log was given the release: in the journal a@x is still restricted.)
+        s.replace("a@x", "new reason", None, 140, "carol").unwrap().unwrap();
+        let trail = s.history("a@x");
+        assert_eq!(trail.len(), 3);
+        assert_eq!(
+            (trail[2].action, trail[2].reason.as_str(), trail[2].until),
+            (AuditAction::Replaced, "new reason", None)
+        );
+    }
+
+    /// A replacement is in the journal (the new reason and `until` come back after a restart)
+    /// and in the history; with nothing in force it records nothing.
+    #[test]
+    fn a_replacement_survives_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = DurableRestrictions::open(dir.path(), 100).unwrap();
+            assert!(s.replace("a@x", "r", None, 100, "carol").unwrap().is_none());
+            s.restrict(restriction("a@x", 100, Some(200)), "policy", None).unwrap();
+            let (before, after) = s.replace("a@x", "stolen laptop", None, 150, "carol").unwrap().unwrap();
+            assert_eq!((before.until, after.until), (Some(at(200)), None));
+            assert_eq!(after.created_at, before.created_at, "still restricted since it began");
+        }
+        let s = DurableRestrictions::open(dir.path(), 300).unwrap();
+        let r = s.get("a@x", 300).expect("in force past the old until");
+        assert_eq!(r.reason, "stolen laptop");
+        let actions: Vec<_> = s.history("a@x").iter().map(|e| (e.action, e.by.clone())).collect();
+        assert_eq!(actions, [(AuditAction::Restricted, "policy".into()), (AuditAction::Replaced, "carol".into())]);
     }
 }

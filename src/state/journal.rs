@@ -29,7 +29,7 @@ pub struct Journal {
     dirty: bool,
 }
 
-fn frame(json: &str) -> String {
+pub(crate) fn frame(json: &str) -> String {
     format!("{:08x} {json}\n", crc32fast::hash(json.as_bytes()))
 }
 
@@ -83,6 +83,17 @@ impl Journal {
                 Err(e)
             }
         }
+    }
+
+    /// [`Journal::append`], returning where the record lies in the file (for [`read_span`]).
+    ///
+    /// # Errors
+    /// As [`Journal::append`].
+    pub fn append_span<T: Serialize>(&mut self, record: &T) -> io::Result<Span> {
+        let offset = self.end;
+        self.append(record)?;
+        // The frame without its newline.
+        Ok(Span { offset, len: (self.end - offset - 1) as u32 })
     }
 
     /// Where the next record will start: a mark for [`Journal::roll_back`].
@@ -144,11 +155,28 @@ fn cut_torn_tail(file: &File, path: &Path) -> io::Result<()> {
     file.sync_data()
 }
 
+/// Where one record's frame (`CRC32HEX JSON`, without the newline) lies in a journal file:
+/// what [`read_span`] reads back without reading anything else of the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Span {
+    pub offset: u64,
+    pub len: u32,
+}
+
 /// Reads every trustworthy record of a journal (none if it does not exist).
 ///
 /// # Errors
 /// Only when the file exists but cannot be read at all.
 pub fn read_all<T: DeserializeOwned>(path: &Path) -> io::Result<Vec<T>> {
+    Ok(read_all_spans(path)?.into_iter().map(|(_, record)| record).collect())
+}
+
+/// [`read_all`] with where each record lies in the file, for an index that reads records
+/// back one at a time ([`read_span`]).
+///
+/// # Errors
+/// Only when the file exists but cannot be read at all.
+pub fn read_all_spans<T: DeserializeOwned>(path: &Path) -> io::Result<Vec<(Span, T)>> {
     let file = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -158,25 +186,33 @@ pub fn read_all<T: DeserializeOwned>(path: &Path) -> io::Result<Vec<T>> {
     let mut records = Vec::new();
     let mut raw = Vec::new();
     let mut number = 0usize;
+    let mut offset = 0u64;
     loop {
         raw.clear();
-        if reader.read_until(b'\n', &mut raw)? == 0 {
+        let read = reader.read_until(b'\n', &mut raw)?;
+        if read == 0 {
             break;
         }
+        let line_start = offset;
+        offset += read as u64;
         number += 1;
         let complete = raw.last() == Some(&b'\n');
+        let content = if complete { raw.len() - 1 } else { raw.len() };
         let line = String::from_utf8_lossy(&raw);
         let line = line.trim_end_matches('\n');
+        // A record is always the end of its line, and valid UTF-8: its span is the line's last
+        // bytes, whatever a lossy decoding did to a fragment before it.
+        let span = |text: &str| Span { offset: line_start + (content - text.len()) as u64, len: text.len() as u32 };
         let parsed = parse_record::<T>(line);
         match parsed {
-            Some(record) if complete => records.push(record),
+            Some(record) if complete => records.push((span(line), record)),
             _ if !complete => {
                 warn!(file = %path.display(), line = number, "torn last record skipped (the process stopped while writing it)")
             }
             _ => match after_fragment::<T>(line) {
-                Some(record) => {
+                Some((text, record)) => {
                     warn!(file = %path.display(), line = number, "fragment of a failed write skipped; the record after it kept");
-                    records.push(record);
+                    records.push((span(text), record));
                 }
                 None => {
                     warn!(file = %path.display(), line = number, "corrupt record skipped (checksum or format mismatch)")
@@ -187,6 +223,19 @@ pub fn read_all<T: DeserializeOwned>(path: &Path) -> io::Result<Vec<T>> {
     Ok(records)
 }
 
+/// Reads the one record at `span` of `file` (from [`read_all_spans`] or
+/// [`Journal::append_span`]): `len` bytes, checksum verified; `None` when they are not a
+/// whole record of type `T`.
+///
+/// # Errors
+/// When the bytes cannot be read.
+pub fn read_span<T: DeserializeOwned>(file: &File, span: Span) -> io::Result<Option<T>> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; span.len as usize];
+    file.read_exact_at(&mut buf, span.offset)?;
+    Ok(std::str::from_utf8(&buf).ok().and_then(parse_record))
+}
+
 fn parse_record<T: DeserializeOwned>(line: &str) -> Option<T> {
     unframe(line).and_then(|json| serde_json::from_str::<T>(json).ok())
 }
@@ -195,7 +244,7 @@ fn parse_record<T: DeserializeOwned>(line: &str) -> Option<T> {
 /// after a failed one wrote before appends cut failures back (the fragment has no newline, so
 /// the good record shares its line). A checksum frame (`8 hex digits, space, {`) is looked
 /// for at every later position; the first that checks out and parses is the record.
-fn after_fragment<T: DeserializeOwned>(line: &str) -> Option<T> {
+fn after_fragment<T: DeserializeOwned>(line: &str) -> Option<(&str, T)> {
     let bytes = line.as_bytes();
     (1..bytes.len().saturating_sub(10))
         .filter(|&at| {
@@ -204,7 +253,7 @@ fn after_fragment<T: DeserializeOwned>(line: &str) -> Option<T> {
                 && bytes[at..at + 8].iter().all(u8::is_ascii_hexdigit)
                 && line.is_char_boundary(at)
         })
-        .find_map(|at| parse_record(&line[at..]))
+        .find_map(|at| parse_record(&line[at..]).map(|record| (&line[at..], record)))
 }
 
 /// Replaces `path` with exactly `records`, atomically.

@@ -48,10 +48,45 @@ impl MemoryRestrictions {
         }
     }
 
-    /// The newest audit entry of every account with a trail (cluster mode's view of what this
-    /// node last did or learnt about each account, when it starts).
-    pub fn latest_audit(&self) -> Vec<AuditEntry> {
-        self.history.iter().filter_map(|h| h.last().cloned()).collect()
+    /// Records a restriction unless one is in force (then it is kept); no history. Returns
+    /// whether it was recorded.
+    pub fn insert_new(&self, restriction: Restriction) -> bool {
+        let now = restriction.created_at.unix_timestamp();
+        match self.map.entry(restriction.account.clone().into_boxed_str()) {
+            Entry::Vacant(v) => {
+                self.entries.fetch_add(1, Ordering::Release);
+                v.insert(restriction);
+                true
+            }
+            Entry::Occupied(o) if o.get().in_force(now) => false,
+            Entry::Occupied(mut o) => {
+                o.insert(restriction);
+                true
+            }
+        }
+    }
+
+    /// Removes an account's restriction; returns it if it was in force. No history.
+    pub fn take(&self, account: &str, now_secs: i64) -> Option<Restriction> {
+        let removed = self.map.remove(account).map(|(_, r)| r);
+        if removed.is_some() {
+            self.entries.fetch_sub(1, Ordering::Release);
+        }
+        removed.filter(|r| r.in_force(now_secs))
+    }
+
+    /// The restriction in force with its reason and `until` replaced, and the restriction as
+    /// it was; `None` when none is in force. Nothing is changed: the caller records it first.
+    pub fn replaced(
+        &self,
+        account: &str,
+        reason: &str,
+        until: Option<OffsetDateTime>,
+        now_secs: i64,
+    ) -> Option<(Restriction, Restriction)> {
+        let before = self.get(account, now_secs)?;
+        let after = Restriction { reason: reason.to_owned(), until, ..before.clone() };
+        Some((before, after))
     }
 
     /// Whether `account` has a restriction in force (the check the durable store makes before
@@ -75,24 +110,28 @@ impl RestrictionStore for MemoryRestrictions {
 
     /// Memory keeps no notices: nothing of it outlives the process.
     fn restrict(&self, restriction: Restriction, by: &str, _notice: Option<&Event>) -> Result<bool, StoreError> {
-        let now = restriction.created_at.unix_timestamp();
         let entry = AuditEntry::restricted(&restriction, by);
-        let created = match self.map.entry(restriction.account.clone().into_boxed_str()) {
-            Entry::Vacant(v) => {
-                self.entries.fetch_add(1, Ordering::Release);
-                v.insert(restriction);
-                true
-            }
-            Entry::Occupied(o) if o.get().in_force(now) => false,
-            Entry::Occupied(mut o) => {
-                o.insert(restriction);
-                true
-            }
-        };
+        let created = self.insert_new(restriction);
         if created {
             self.remember(entry);
         }
         Ok(created)
+    }
+
+    fn replace(
+        &self,
+        account: &str,
+        reason: &str,
+        until: Option<OffsetDateTime>,
+        now_secs: i64,
+        by: &str,
+    ) -> Result<Option<(Restriction, Restriction)>, StoreError> {
+        let Some((before, after)) = self.replaced(account, reason, until, now_secs) else {
+            return Ok(None);
+        };
+        self.remember(AuditEntry::replaced(&after, at(now_secs), by));
+        self.insert_replayed(after.clone());
+        Ok(Some((before, after)))
     }
 
     fn release(
@@ -103,14 +142,9 @@ impl RestrictionStore for MemoryRestrictions {
         reason: &str,
         _notice: Option<&Event>,
     ) -> Result<Option<Restriction>, StoreError> {
-        let removed = self.map.remove(account).map(|(_, r)| r);
-        if removed.is_some() {
-            self.entries.fetch_sub(1, Ordering::Release);
-        }
-        let released = removed.filter(|r| r.in_force(now_secs));
+        let released = self.take(account, now_secs);
         if released.is_some() {
-            let at = OffsetDateTime::from_unix_timestamp(now_secs).unwrap_or(OffsetDateTime::UNIX_EPOCH);
-            self.remember(AuditEntry::released(account, at, by, reason));
+            self.remember(AuditEntry::released(account, at(now_secs), by, reason));
         }
         Ok(released)
     }
@@ -124,6 +158,11 @@ impl RestrictionStore for MemoryRestrictions {
     fn history(&self, account: &str) -> Vec<AuditEntry> {
         self.history.get(account).map(|h| h.clone()).unwrap_or_default()
     }
+}
+
+/// A time in Unix seconds as a date (the epoch for one out of range).
+pub(crate) fn at(secs: i64) -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp(secs).unwrap_or(OffsetDateTime::UNIX_EPOCH)
 }
 
 #[cfg(test)]

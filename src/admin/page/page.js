@@ -324,7 +324,7 @@
     try {
       const { status, data } = await api('POST', '/api/v1/restricted', body);
       const name = (data && data.account) || account;
-      say(status === 201 ? 'Restricted ' + name + '.' : name + ' was already restricted; its restriction is unchanged.');
+      say(status === 201 ? 'Restricted ' + name + '.' : name + ' was already restricted: its reason and until were replaced (its history keeps both).');
       showError('');
       el.addForm.reset();
       await refresh();

@@ -1,6 +1,6 @@
 //! What the administration (HTTP API, CLI, web page) reads and changes through the engine:
-//! an account's live counters and policy, the busiest accounts, a release, a manual
-//! restriction. Each change is recorded with the event that announces it (see
+//! an account's live counters, limits, policy and history, the busiest accounts, a release, a
+//! manual restriction (or a new reason and `until` for one in force). Each change is recorded with the event that announces it (see
 //! `policy::events`) before the caller hears of it.
 
 use time::OffsetDateTime;
@@ -9,7 +9,7 @@ use tracing::{info, warn};
 use super::Engine;
 use crate::policy::account::canonical;
 use crate::policy::events::Event;
-use crate::policy::restriction::{Counters, Restriction, StoreError};
+use crate::policy::restriction::{AuditAction, AuditEntry, Counters, Restriction, StoreError};
 
 /// An account's live counters as the API shows them.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -18,6 +18,58 @@ pub struct SenderInfo {
     pub policy: String,
     pub counters: Counters,
     pub restricted: bool,
+}
+
+/// The limits of the policy that applies to an account, by their configuration keys (0 = none).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Limits {
+    pub recipient_limit_external_per_hour: u32,
+    pub recipient_limit_internal_per_hour: u32,
+    pub recipient_limit_per_day: u32,
+    pub max_recipients_per_message: u32,
+    pub spam_window_seconds: u64,
+    pub spam_min_messages: u32,
+    pub spam_percent: u8,
+}
+
+/// One line of an account's history as the administration shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct HistoryEntry {
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+    pub action: AuditAction,
+    pub reason: String,
+    pub by: String,
+    /// The end of the restriction made or replaced (`null`: until released; always `null` for
+    /// a release).
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub until: Option<OffsetDateTime>,
+}
+
+impl From<AuditEntry> for HistoryEntry {
+    fn from(e: AuditEntry) -> HistoryEntry {
+        HistoryEntry { at: e.at, action: e.action, reason: e.reason, by: e.by, until: e.until }
+    }
+}
+
+/// Everything the filter knows of one account: `senders show`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SenderDetail {
+    pub account: String,
+    pub policy: String,
+    pub counters: Counters,
+    pub limits: Limits,
+    pub restriction: Option<Restriction>,
+    pub history: Vec<HistoryEntry>,
+}
+
+/// What `restrict_manually` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ManualRestriction {
+    /// The account was not restricted; now it is.
+    Created,
+    /// It was: its reason and `until` were replaced.
+    Replaced,
 }
 
 impl Engine {
@@ -41,21 +93,40 @@ impl Engine {
         compiled.policies.settings(compiled.policies.select(account)).name.clone()
     }
 
-    /// Live counters of one account, if it is tracked or restricted.
-    pub fn sender(&self, account: &str) -> Option<SenderInfo> {
+    /// An account's history (its newest entries, oldest first), in the administration's shape.
+    pub fn history(&self, account: &str) -> Vec<HistoryEntry> {
+        self.restrictions.history(account).into_iter().map(HistoryEntry::from).collect()
+    }
+
+    /// Counters, limits, policy, restriction and history of an account the filter knows: one
+    /// it counts, one restricted, or one with a history (released, or restricted and expired);
+    /// `None` for any other.
+    pub fn sender_detail(&self, account: &str) -> Option<SenderDetail> {
         let compiled = self.current.load();
         let now = self.clock.now();
-        let restriction = self.restrictions.get(account, self.clock.now().secs());
+        let restriction = self.restrictions.get(account, now.secs());
         let record = self.accounts.get(account);
-        if record.is_none() && restriction.is_none() {
+        let history = self.history(account);
+        if record.is_none() && restriction.is_none() && history.is_empty() {
             return None;
         }
         let policy = compiled.policies.select(account);
-        Some(SenderInfo {
+        let settings = compiled.policies.settings(policy);
+        Some(SenderDetail {
             account: account.to_owned(),
-            policy: compiled.policies.settings(policy).name.clone(),
+            policy: settings.name.clone(),
             counters: compiled.counters_of(policy, &record.unwrap_or_default(), now),
-            restricted: restriction.is_some(),
+            limits: Limits {
+                recipient_limit_external_per_hour: settings.recipient_limit_external_per_hour,
+                recipient_limit_internal_per_hour: settings.recipient_limit_internal_per_hour,
+                recipient_limit_per_day: settings.recipient_limit_per_day,
+                max_recipients_per_message: settings.max_recipients_per_message,
+                spam_window_seconds: settings.spam_window.as_secs(),
+                spam_min_messages: settings.spam_min_messages,
+                spam_percent: settings.spam_percent,
+            },
+            restriction,
+            history,
         })
     }
 
@@ -115,7 +186,10 @@ impl Engine {
         Ok(released)
     }
 
-    /// Restricts an account by hand. Returns the restriction in force and whether it is new.
+    /// Restricts an account by hand; an account restricted already gets the new reason and
+    /// `until` instead (recorded as `replaced` in its history; no new notice, since the account
+    /// was told of its restriction when it began). Returns the restriction in force and which
+    /// of the two happened.
     ///
     /// # Errors
     /// When the restriction cannot be recorded.
@@ -125,19 +199,30 @@ impl Engine {
         reason: &str,
         until: Option<OffsetDateTime>,
         by: &str,
-    ) -> Result<(Restriction, bool), StoreError> {
+    ) -> Result<(Restriction, ManualRestriction), StoreError> {
         let now = self.clock.now();
         let compiled = self.current.load_full();
         let policy = &compiled.policies.settings(compiled.policies.select(account)).name;
-        let restriction = Restriction::by_admin(account, reason, policy, now.datetime(), until, self.counters(account));
-        let event = Event::restricted(&restriction, None, &compiled.config.notify.node_name, Some(by));
-        let created = self.restrictions.restrict(restriction.clone(), by, Some(&event))?;
-        if created {
-            self.metrics.restricted("manual");
-            warn!(account, by, reason, "account restricted by an administrator");
-            self.events.emit(event);
+        // A release or an expiry between the two steps leaves nothing to replace, and a
+        // restriction made between them leaves something: a few rounds settle it.
+        for _ in 0..3 {
+            let restriction =
+                Restriction::by_admin(account, reason, policy, now.datetime(), until, self.counters(account));
+            let event = Event::restricted(&restriction, None, &compiled.config.notify.node_name, Some(by));
+            if self.restrictions.restrict(restriction.clone(), by, Some(&event))? {
+                self.metrics.restricted("manual");
+                warn!(account, by, reason, "account restricted by an administrator");
+                self.events.emit(event);
+                let current = self.restrictions.get(account, now.secs()).unwrap_or(restriction);
+                return Ok((current, ManualRestriction::Created));
+            }
+            if let Some((before, after)) = self.restrictions.replace(account, reason, until, now.secs(), by)? {
+                warn!(account, by, reason, was = before.reason, "restriction replaced by an administrator");
+                return Ok((after, ManualRestriction::Replaced));
+            }
         }
-        let current = self.restrictions.get(account, now.secs()).unwrap_or(restriction);
-        Ok((current, created))
+        Err(StoreError::Io(std::io::Error::other(format!(
+            "the restriction of {account} kept changing while it was being replaced"
+        ))))
     }
 }
