@@ -469,7 +469,6 @@ impl Engine {
         facts: &RcptFacts<'_>,
     ) -> Decision {
         if !always_allowed(compiled, tx.policy, facts.recipient) {
-            self.count_recipient(hourly, false);
             return Decision::Refuse(Refusal::AccountRestricted);
         }
         let cap = compiled.policies.settings(tx.policy).max_recipients_per_message;
