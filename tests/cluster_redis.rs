@@ -381,3 +381,34 @@ fn flatten(v: ::redis::Value) -> Vec<String> {
         _ => Vec::new(),
     }
 }
+
+/// An account restricted on one node may still write to its policy's
+/// `always_allowed_recipients` through the other: MAIL FROM passes there (also once the
+/// node has checked the shared state), the helpdesk is accepted, anyone else gets 5xx.
+#[test]
+fn a_restriction_from_another_node_still_lets_the_account_reach_the_helpdesk() {
+    use outbound_guard::milter::client::{MtaClient, POSTFIX_OFFER};
+    let redis = RedisServer::start();
+    let config =
+        |name: &str| node_config(name, &redis.url()) + "always_allowed_recipients = [\"helpdesk@example.net\"]\n";
+    let a = GuardProcess::start("", &config("node-a"));
+    let b = GuardProcess::start("", &config("node-b"));
+    let rt = runtime();
+    assert_eq!(rt.block_on(send(a.milter_port, "erin@example.com", LIMIT + 1)), b"cccccy");
+    assert!(
+        wait_until(Duration::from_secs(1), || restricted_on(&b).contains(&"erin@example.com".to_owned())),
+        "the restriction did not reach node B within 1 s"
+    );
+    let codes = rt.block_on(async {
+        let mut c = MtaClient::connect(([127, 0, 0, 1], b.milter_port).into()).await.unwrap();
+        c.negotiate(POSTFIX_OFFER).await.unwrap();
+        c.macros(b'M', &[("{auth_authen}", "erin@example.com")]).await.unwrap();
+        let mut codes = vec![c.mail_from("<erin@example.com>", &[]).await.unwrap().kind().unwrap()];
+        for to in ["<r0@example.net>", "<helpdesk@example.net>"] {
+            codes.push(c.rcpt_to(to).await.unwrap().kind().unwrap());
+        }
+        codes.push(c.message(&[("Subject", "help")], b"x\r\n").await.unwrap().kind().unwrap());
+        codes
+    });
+    assert_eq!(codes, b"cycc", "MAIL, another recipient, the helpdesk, end of message");
+}

@@ -58,6 +58,20 @@ async fn submit(c: &mut Client, sender: &str, n: usize) -> Vec<String> {
     codes
 }
 
+/// One local message from `sender` to `recipients`; the replies as for [`submit`].
+async fn submit_to(c: &mut Client, sender: &str, recipients: &[&str]) -> Vec<String> {
+    let mail = code(&c.mail_from(&format!("<{sender}>"), &[]).await.unwrap());
+    let mut codes = vec![mail.clone()];
+    if mail != "c" {
+        return codes;
+    }
+    for r in recipients {
+        codes.push(code(&c.rcpt_to(&format!("<{r}>")).await.unwrap()));
+    }
+    codes.push(code(&c.message(&[("Subject", "help")], b"x\r\n").await.unwrap()));
+    codes
+}
+
 fn external(d: &TestDaemon, account: &str) -> u32 {
     d.services.engine.counters(account).external_last_hour
 }
@@ -169,6 +183,35 @@ async fn the_null_sender_of_a_local_submission_is_accepted() {
     let d = TestDaemon::start(&config("", "recipient_limit_external_per_hour = 1\n")).await;
     let mut c = local_client(&d).await;
     assert_eq!(code(&c.mail_from("<>", &[]).await.unwrap()), "a");
+    drop(c);
+    d.stop().await;
+}
+
+/// A restricted sender whose policy lists `always_allowed_recipients`: its local message is
+/// taken at MAIL FROM, no recipient is refused, and the message is accepted at its end only
+/// when every recipient is allowed (then counted under the sender and the aggregate account);
+/// one other recipient refuses the whole message with `550 5.1.8`.
+#[tokio::test]
+async fn a_restricted_sender_may_still_submit_to_its_always_allowed_recipients_only() {
+    let d = TestDaemon::start(&config(
+        "",
+        "recipient_limit_external_per_hour = 2
+always_allowed_recipients = [\"helpdesk@example.net\"]\n",
+    ))
+    .await;
+    let mut c = local_client(&d).await;
+    assert_eq!(submit(&mut c, "www@example.com", 3).await, ["c", "c", "c", "c", "550 5.2.2"]);
+    assert!(restricted(&d, "www@example.com"));
+    let day = d.services.engine.counters("www@example.com").last_day;
+
+    assert_eq!(submit_to(&mut c, "www@example.com", &["helpdesk@example.net"]).await, ["c", "c", "c"]);
+    assert_eq!(d.services.engine.counters("www@example.com").last_day, day + 1, "counted under the sender");
+    assert_eq!(external(&d, "local-submissions"), 1, "and under the aggregate account");
+
+    let mixed = submit_to(&mut c, "www@example.com", &["helpdesk@example.net", "r0@example.net"]).await;
+    assert_eq!(mixed, ["c", "c", "c", "550 5.1.8"], "no recipient refused, the message is");
+    assert_eq!(d.services.engine.counters("www@example.com").last_day, day + 1, "the refused message counted nothing");
+    assert_eq!(external(&d, "local-submissions"), 1);
     drop(c);
     d.stop().await;
 }

@@ -496,3 +496,75 @@ async fn other_events_in_every_language() {
     }
     assert!(relay.drain().is_empty(), "three messages per language, no more");
 }
+
+/// The account's own notice (`notify_sender`) goes through the spool like the
+/// administrators': with the relay down it is kept across a stop under its own id, and at
+/// the next start it reaches the account, once.
+#[tokio::test]
+async fn the_accounts_own_notice_is_spooled_and_delivered_after_a_restart() {
+    let mut relay = TestSmtp::start(false).await;
+    let dir = tempfile::tempdir().unwrap();
+    let policy = "[policy.default]\nnotify_sender = true\n";
+    let config = config(dir.path(), &format!("smtp = \"{}\"", relay.url()), policy);
+    let spool = dir.path().join("state/spool");
+
+    let n = start(&config);
+    let mut event = restricted("alice@example.com");
+    event.id = "00c0ffee00000001".into();
+    n.events.send(event).await.unwrap();
+    // Both notices failed at least once: every first attempt was made.
+    for _ in 0..2 {
+        assert!(matches!(relay.next(WAIT).await, Some(SmtpEvent::Refused)));
+    }
+    n.handle.join().await;
+    let mut pending: Vec<String> = std::fs::read_dir(&spool)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.ends_with(".json"))
+        .collect();
+    pending.sort();
+    assert_eq!(
+        pending,
+        ["sender_restricted-email-00c0ffee00000001.json", "sender_restricted-sender-00c0ffee00000001.json"]
+    );
+    relay.drain();
+
+    relay.set_up(true);
+    let n = start(&config);
+    let mut to = Vec::new();
+    for _ in 0..2 {
+        let m = relay.message(WAIT).await;
+        assert_well_formed(&m.data);
+        to.push(m.rcpts.join(","));
+    }
+    to.sort();
+    assert_eq!(to, ["alice@example.com", "postmaster@example.com,ops@example.com"]);
+    n.handle.join().await;
+    let n = start(&config);
+    assert_eq!(n.handle.stats().email.pending, 0);
+    n.handle.join().await;
+    assert!(relay.drain().is_empty(), "delivered exactly once");
+}
+
+/// A login without `@`, or a domain restricted as a unit, has no address: only the
+/// administrators are told.
+#[tokio::test]
+async fn an_account_without_an_address_gets_no_notice_of_its_own() {
+    let mut relay = TestSmtp::start(true).await;
+    let dir = tempfile::tempdir().unwrap();
+    let n =
+        start(&config(dir.path(), &format!("smtp = \"{}\"", relay.url()), "[policy.default]\nnotify_sender = true\n"));
+    for account in ["bob", "@customer.example"] {
+        let m = deliver(&n, &mut relay, restricted(account)).await;
+        assert_eq!(m.rcpts, ["postmaster@example.com", "ops@example.com"], "{account}");
+    }
+    // The one with an address gets its own beside the administrators'.
+    n.events.send(restricted("alice@example.com")).await.unwrap();
+    let mut to = vec![relay.message(WAIT).await.rcpts.join(","), relay.message(WAIT).await.rcpts.join(",")];
+    to.sort();
+    assert_eq!(to, ["alice@example.com", "postmaster@example.com,ops@example.com"]);
+    let stats = n.handle.join().await;
+    assert_eq!(stats.email.delivered, 4);
+    assert!(relay.drain().is_empty());
+}

@@ -544,3 +544,53 @@ async fn aborted_messages_do_not_dilute_the_spam_share() {
     drop(c);
     d.stop().await;
 }
+
+/// A restricted account whose policy lists `always_allowed_recipients` gets `continue` at
+/// MAIL FROM and may still write to those recipients (compared in canonical form); every other
+/// recipient gets `550 5.1.8`. The allowed mail is counted, and a full limit does not refuse
+/// it. A policy without the list refuses the restricted account at MAIL FROM as before.
+#[tokio::test]
+async fn a_restricted_account_may_still_write_to_its_always_allowed_recipients() {
+    let d = start(
+        "[policy.default]\nrecipient_limit_external_per_hour = 2\naction_when_threshold_reached = \"block\"\n\
+         always_allowed_recipients = [\"Helpdesk@Example.NET\"]\n\
+         [[policy.rule]]\nname = \"strict\"\npriority = 1\nfrom = [\"bob@example.com\"]\nalways_allowed_recipients = []\n",
+    )
+    .await;
+    let mut c = client(&d, "127.0.0.1").await;
+    let alice = Some("alice@example.com");
+    assert_eq!(send_external(&mut c, alice, "alice@example.com", 3).await, ["c", "c", "550 5.2.2"]);
+    assert!(d.services.engine.restrictions().is_restricted("alice@example.com", START as i64 + 1));
+    let before = d.services.engine.counters("alice@example.com");
+
+    assert_eq!(mail(&mut c, alice, "alice@example.com").await.kind(), Some(b'c'));
+    assert_eq!(code(&rcpt(&mut c, "r0@example.net").await), "550 5.1.8");
+    assert_eq!(code(&rcpt(&mut c, "helpdesk@example.net").await), "c");
+    assert_eq!(code(&rcpt(&mut c, "helpdesk@EXAMPLE.net").await), "c", "compared in canonical form");
+    assert_eq!(code(&rcpt(&mut c, "someone@example.com").await), "550 5.1.8", "internal is not allowed either");
+    let end = c.message(&[("Subject", "please help")], b"x\r\n").await.unwrap();
+    assert_eq!(code(&end), "c");
+    let after = d.services.engine.counters("alice@example.com");
+    assert_eq!(after.last_day, before.last_day + 2, "allowed recipients are counted as usual");
+    assert_eq!(after.external_last_hour, before.external_last_hour, "the full hourly limit is not passed");
+    assert!(d.services.engine.restrictions().is_restricted("alice@example.com", START as i64 + 1));
+
+    // A policy without the list: the restricted account is refused at MAIL FROM.
+    let bob = Some("bob@example.com");
+    assert_eq!(send_external(&mut c, bob, "bob@example.com", 3).await, ["c", "c", "550 5.2.2"]);
+    assert_eq!(code(&mail(&mut c, bob, "bob@example.com").await), "550 5.1.8");
+    drop(c);
+    d.stop().await;
+}
+
+/// `always_allowed_recipients` is checked when the file is read: a value that is no address
+/// is refused with the file, line, key and value.
+#[test]
+fn an_always_allowed_recipient_that_is_no_address_is_refused_at_load() {
+    let text = config("[policy.default]\nalways_allowed_recipients = [\"helpdesk@example.net\", \"helpdesk\"]\n");
+    let e = outbound_guard::config::Config::parse(std::path::Path::new("plugin.toml"), &text).unwrap_err().to_string();
+    let line = text.lines().position(|l| l.starts_with("always_allowed")).unwrap() + 1;
+    for part in [&format!("plugin.toml:{line}"), "always_allowed_recipients", "\"helpdesk\"", "not an email address"] {
+        assert!(e.contains(part), "{part:?} missing from: {e}");
+    }
+}

@@ -116,3 +116,35 @@ fn a_message_deferred_after_its_recipients_and_sent_again_counts_once() {
     let over = Swaks::new(pf.smtp_port()).from("bob@example.com").to("c@example.net").run();
     assert!(over.has_reply("550 5.2.2"), "{}", over.transcript);
 }
+
+/// A restricted account whose policy lists `always_allowed_recipients` still reaches the
+/// helpdesk through Postfix: MAIL FROM passes, the helpdesk recipient is accepted and
+/// delivered, any other recipient gets `550 5.1.8` at RCPT TO and never reaches the sink.
+#[test]
+fn a_restricted_account_still_reaches_the_helpdesk_and_nobody_else() {
+    let policy = POLICY
+        .replace("[policy.default]\n", "[policy.default]\nalways_allowed_recipients = [\"helpdesk@example.net\"]\n");
+    let guard = GuardProcess::start("", &policy);
+    let sink = SmtpSink::start();
+    let pf = setup(&guard, &sink);
+    let send = |to: &[&str]| Swaks::new(pf.smtp_port()).from("bob@example.com").tos(to).run();
+
+    let first = send(&["a@example.net", "b@example.net"]);
+    assert!(first.success(), "{}", first.transcript);
+    let over = send(&["c@example.net"]);
+    assert!(over.has_reply("550 5.2.2"), "{}", over.transcript);
+
+    let other = send(&["d@example.net"]);
+    assert!(!other.success());
+    assert!(other.has_reply("550 5.1.8"), "refused at RCPT TO: {}", other.transcript);
+    let helpdesk = send(&["helpdesk@example.net"]);
+    assert!(helpdesk.success(), "{}", helpdesk.transcript);
+
+    let delivered = sink.wait_for_messages(2, WAIT);
+    assert_eq!(delivered.len(), 2, "{delivered:?}");
+    assert!(delivered.iter().any(|m| m.rcpts == ["helpdesk@example.net"]), "{delivered:?}");
+    assert!(!delivered.iter().any(|m| m.rcpts.iter().any(|r| r == "c@example.net" || r == "d@example.net")));
+    let (status, log) = guard.terminate();
+    assert!(status.success(), "{log}");
+    assert!(log.contains("only its always-allowed recipients pass"), "{log}");
+}

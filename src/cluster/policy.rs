@@ -117,7 +117,7 @@ impl Policy for ClusterPolicy {
                 Some(mail) => self.engine.mail_from(&mut tx.inner, &mail.facts()),
                 None => decision,
             },
-            Decision::Continue if restricted => {
+            Decision::Continue if restricted && !tx.inner.continue_restricted() => {
                 info!(account = %account, "MAIL FROM refused: account restricted on another node");
                 self.engine.metrics().messages.outbound_refused.inc();
                 Decision::Refuse(Refusal::AccountRestricted)

@@ -248,6 +248,10 @@ pub struct PolicySettings {
     pub spam_message_action: SpamMessageAction,
     pub bcc_suspicious_to: Vec<String>,
     pub notify_recipients: Vec<String>,
+    /// Whether a restricted account is itself told, at its own address.
+    pub notify_sender: bool,
+    /// Recipients a restricted account may still write to (e.g. the helpdesk), canonical.
+    pub always_allowed_recipients: Vec<String>,
 }
 
 /// A custom policy and the accounts it applies to.

@@ -141,4 +141,6 @@ pub struct RawPolicy {
     pub spam_message_action: Option<String>,
     pub bcc_suspicious_to: Option<Vec<String>>,
     pub notify_recipients: Option<Vec<String>>,
+    pub notify_sender: Option<bool>,
+    pub always_allowed_recipients: Option<Vec<String>>,
 }

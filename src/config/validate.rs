@@ -89,6 +89,24 @@ impl Validator<'_> {
         Ok(out)
     }
 
+    /// Addresses compared with envelope recipients: in the canonical form the policy gives
+    /// every address (case, IDNA, quoting; `+tag` dropped under `strip_subaddress`), without
+    /// duplicates.
+    fn canonical_addresses(&self, path: &KeyPath, list: &[String], strip_subaddress: bool) -> Result<Vec<String>> {
+        let mut out: Vec<String> = Vec::new();
+        for (i, a) in list.iter().enumerate() {
+            let at = path.index(i);
+            self.address(&at, a)?;
+            let canonical = crate::policy::account::canonical(a.as_bytes(), strip_subaddress)
+                .filter(|c| crate::policy::account::domain_of(c).is_some())
+                .ok_or_else(|| self.err(&at, "is not an email address"))?;
+            if !out.iter().any(|o| *o == canonical) {
+                out.push(canonical.into_owned());
+            }
+        }
+        Ok(out)
+    }
+
     fn domain(&self, path: &KeyPath, text: &str) -> Result<String> {
         let trimmed = text.trim().trim_start_matches('@').trim_end_matches('.');
         let ascii = idna::domain_to_ascii(trimmed).map_err(|_| self.err(path, "is not a valid domain name"))?;
@@ -374,7 +392,7 @@ pub(super) fn validate(file: &Path, source: &str, raw: RawConfig) -> Result<Conf
     }
 
     let groups = validate_groups(&v, raw.groups.unwrap_or_default())?;
-    let policies = validate_policies(&v, raw.policy.unwrap_or_default(), &groups)?;
+    let policies = validate_policies(&v, raw.policy.unwrap_or_default(), &groups, organization.strip_subaddress)?;
 
     Ok(Config {
         file: file.to_owned(),
@@ -452,6 +470,7 @@ fn settings(
     p: &RawPolicy,
     base: &PolicySettings,
     name: String,
+    strip_subaddress: bool,
 ) -> Result<PolicySettings> {
     let limit = |k: &str, value: Option<i64>, default: u32| v.int(&at.key(k), value, default, 0..=u32::MAX as i64);
     Ok(PolicySettings {
@@ -505,6 +524,11 @@ fn settings(
             None => base.notify_recipients.clone(),
             Some(list) => v.addresses(&at.key("notify_recipients"), Some(list))?,
         },
+        notify_sender: p.notify_sender.unwrap_or(base.notify_sender),
+        always_allowed_recipients: match &p.always_allowed_recipients {
+            None => base.always_allowed_recipients.clone(),
+            Some(list) => v.canonical_addresses(&at.key("always_allowed_recipients"), list, strip_subaddress)?,
+        },
     })
 }
 
@@ -524,6 +548,8 @@ pub fn builtin_default_policy() -> PolicySettings {
         spam_message_action: SpamMessageAction::Tag,
         bcc_suspicious_to: Vec::new(),
         notify_recipients: Vec::new(),
+        notify_sender: false,
+        always_allowed_recipients: Vec::new(),
     }
 }
 
@@ -531,6 +557,7 @@ fn validate_policies(
     v: &Validator<'_>,
     raw: super::raw::RawPolicies,
     groups: &BTreeMap<String, Vec<String>>,
+    strip_subaddress: bool,
 ) -> Result<Policies> {
     let builtin = builtin_default_policy();
     let default_raw = raw.default.unwrap_or_default();
@@ -540,7 +567,7 @@ fn validate_policies(
             v.err(&default_path.key(k), "belongs in a [[policy.rule]]; [policy.default] applies to every account")
         );
     }
-    let default = settings(v, &default_path, &default_raw, &builtin, "default".into())?;
+    let default = settings(v, &default_path, &default_raw, &builtin, "default".into(), strip_subaddress)?;
 
     let mut rules = Vec::new();
     let mut names = HashSet::new();
@@ -593,7 +620,7 @@ fn validate_policies(
                 format!("rule \"{name}\" has no condition: give `from`, `from_member_of` or `sender_domain_is`"),
             ));
         }
-        let settings = settings(v, &at, r, &default, name)?;
+        let settings = settings(v, &at, r, &default, name, strip_subaddress)?;
         rules.push(Rule {
             priority,
             from,

@@ -14,7 +14,7 @@ use lettre::{AsyncTransport, Tokio1Executor};
 
 use super::NotifyError;
 use super::templates::Rendered;
-use crate::config::{Config, RelaySecurity, RelayUrl};
+use crate::config::{Config, PolicySettings, RelaySecurity, RelayUrl};
 
 /// A transport to `relay` for one attempt. Built per attempt (no pool): notifications are rare
 /// and a fresh connection never trips over one the relay closed meanwhile.
@@ -77,21 +77,37 @@ impl Header for EventHeader {
     }
 }
 
+/// The settings of the policy named `policy` in `config`, if it still exists.
+pub fn policy_settings<'a>(config: &'a Config, policy: &str) -> Option<&'a PolicySettings> {
+    std::iter::once(&config.policies.default)
+        .chain(config.policies.rules.iter().map(|r| &r.settings))
+        .find(|s| s.name == policy)
+}
+
 /// Who gets a notification: `notify.recipients` plus the policy's `notify_recipients`,
 /// without duplicates (compared case-insensitively).
 pub fn recipients(config: &Config, policy: &str) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
-    let policy_list = std::iter::once(&config.policies.default)
-        .chain(config.policies.rules.iter().map(|r| &r.settings))
-        .find(|s| s.name == policy)
-        .map(|s| s.notify_recipients.as_slice())
-        .unwrap_or_default();
+    let policy_list = policy_settings(config, policy).map(|s| s.notify_recipients.as_slice()).unwrap_or_default();
     for r in config.notify.recipients.iter().chain(policy_list) {
         if !out.iter().any(|o| o.eq_ignore_ascii_case(r)) {
             out.push(r.clone());
         }
     }
     out
+}
+
+/// The address an account's own notice goes to: the account itself when it is an address
+/// a message can carry in `To:` (a local part and a domain, nothing that could end a
+/// header). `None` for a login without `@`, a domain restricted as a unit (`@example.com`)
+/// or any name lettre would not accept as a mailbox.
+pub fn account_address(account: &str) -> Option<String> {
+    let (local, domain) = account.rsplit_once('@')?;
+    if local.is_empty() || domain.is_empty() || account.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return None;
+    }
+    let address: lettre::Address = account.parse().ok()?;
+    Some(address.to_string())
 }
 
 /// Builds the message for `to`. `id` is the notice id: the Message-ID derives from it, so a
@@ -167,4 +183,24 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         cur = inner.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::account_address;
+
+    #[test]
+    fn only_an_address_gets_its_own_notice() {
+        assert_eq!(account_address("alice@example.com").as_deref(), Some("alice@example.com"));
+        for none in [
+            "alice",
+            "@customer.example",
+            "alice@",
+            "x\r\nBcc: victim@example.net\r\ny@example.com",
+            "a b@example.com",
+            "a@b@example.com",
+        ] {
+            assert_eq!(account_address(none), None, "{none:?}");
+        }
+    }
 }

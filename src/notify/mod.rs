@@ -125,7 +125,8 @@ pub(crate) struct Stats {
 impl Stats {
     fn slot(channel: Channel) -> usize {
         match channel {
-            Channel::Email => 0,
+            // The account's own notice is an email too, through the same relay.
+            Channel::Email | Channel::Sender => 0,
             Channel::Webhook => 1,
         }
     }

@@ -67,6 +67,8 @@ impl From<EventKind> for NoticeKind {
 pub enum Channel {
     Email,
     Webhook,
+    /// The restricted account's own notice (`notify_sender`), emailed to the account.
+    Sender,
 }
 
 impl Channel {
@@ -74,6 +76,7 @@ impl Channel {
         match self {
             Channel::Email => "email",
             Channel::Webhook => "webhook",
+            Channel::Sender => "sender",
         }
     }
 }

@@ -19,6 +19,9 @@ use crate::config::{Config, Language};
 use crate::policy::clock::rfc3339;
 use crate::policy::restriction::Counters;
 
+/// The template of the restricted account's own notice.
+const ACCOUNT_RESTRICTED: &str = "account_restricted";
+
 /// Which text of a notification a template makes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Part {
@@ -70,12 +73,21 @@ macro_rules! builtin {
                 concat!($lang, "/sender_released.body.txt"),
                 include_str!(concat!("templates/", $lang, "/sender_released.body.txt")),
             ),
+            (
+                concat!($lang, "/account_restricted.subject.txt"),
+                include_str!(concat!("templates/", $lang, "/account_restricted.subject.txt")),
+            ),
+            (
+                concat!($lang, "/account_restricted.body.txt"),
+                include_str!(concat!("templates/", $lang, "/account_restricted.body.txt")),
+            ),
         ]
     };
 }
 
-/// The built-in templates, `<lang>/<event>.<subject|body>.txt`.
-const BUILTIN: [[(&str, &str); 8]; 4] = [builtin!("en"), builtin!("sv"), builtin!("nl"), builtin!("da")];
+/// The built-in templates, `<lang>/<event>.<subject|body>.txt`, and `account_restricted`,
+/// the notice a restricted account itself gets (`notify_sender`).
+const BUILTIN: [[(&str, &str); 10]; 4] = [builtin!("en"), builtin!("sv"), builtin!("nl"), builtin!("da")];
 
 /// A rendered notification text.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,8 +101,8 @@ pub struct Rendered {
 pub struct Templates {
     env: Environment<'static>,
     language: Language,
-    /// Overrides found in `templates_dir`: (kind, part) → template name.
-    custom: Vec<(NoticeKind, Part, String)>,
+    /// Overrides found in `templates_dir`: (base name, part) → template name.
+    custom: Vec<(&'static str, Part, String)>,
 }
 
 impl std::fmt::Debug for Templates {
@@ -126,9 +138,10 @@ impl Templates {
         let mut custom = Vec::new();
         if let Some(dir) = &config.notify.templates_dir {
             let lang = config.notify.language.code();
-            for kind in NoticeKind::ALL {
+            let bases = NoticeKind::ALL.iter().map(|k| k.name()).chain([ACCOUNT_RESTRICTED]);
+            for base in bases {
                 for part in [Part::Subject, Part::Body] {
-                    let file = format!("{}.{}", kind.name(), part.suffix());
+                    let file = format!("{base}.{}", part.suffix());
                     let Some(path) = [dir.join(lang).join(&file), dir.join(&file)].into_iter().find(|p| p.is_file())
                     else {
                         continue;
@@ -138,7 +151,7 @@ impl Templates {
                     let name = format!("custom/{file}");
                     env.add_template_owned(name.clone(), source)
                         .map_err(|e| NotifyError::Template { name: display(&path), message: e.to_string() })?;
-                    custom.push((kind, part, name));
+                    custom.push((base, part, name));
                 }
             }
         }
@@ -154,13 +167,26 @@ impl Templates {
     /// [`NotifyError::Template`] only if a built-in template fails, which tests rule out.
     pub fn render(&self, notice: &Notice, config: &Config) -> Result<Rendered, NotifyError> {
         let vars = Vars::new(notice, config);
-        let subject = self.render_part(notice.kind, Part::Subject, &vars)?;
-        let body = self.render_part(notice.kind, Part::Body, &vars)?;
+        let subject = self.render_part(notice.kind.name(), Part::Subject, &vars)?;
+        let body = self.render_part(notice.kind.name(), Part::Body, &vars)?;
         Ok(Rendered { subject: one_line(&subject), body })
     }
 
-    fn render_part(&self, kind: NoticeKind, part: Part, vars: &Vars) -> Result<String, NotifyError> {
-        if let Some((_, _, name)) = self.custom.iter().find(|(k, p, _)| *k == kind && *p == part) {
+    /// Renders the notice a restricted account itself gets, in the configured language. Its
+    /// templates see [`AccountVars`] only, which hold no release command, admin URL or other
+    /// administrator's detail: an override cannot leak what it is never given.
+    ///
+    /// # Errors
+    /// As [`Templates::render`].
+    pub fn render_for_account(&self, notice: &Notice, config: &Config) -> Result<Rendered, NotifyError> {
+        let vars = AccountVars::new(notice, config);
+        let subject = self.render_part(ACCOUNT_RESTRICTED, Part::Subject, &vars)?;
+        let body = self.render_part(ACCOUNT_RESTRICTED, Part::Body, &vars)?;
+        Ok(Rendered { subject: one_line(&subject), body })
+    }
+
+    fn render_part<V: Serialize>(&self, base: &str, part: Part, vars: &V) -> Result<String, NotifyError> {
+        if let Some((_, _, name)) = self.custom.iter().find(|(b, p, _)| *b == base && *p == part) {
             match self.env.get_template(name).and_then(|t| t.render(vars)) {
                 Ok(text) => return Ok(text),
                 Err(e) => tracing::error!(
@@ -169,7 +195,7 @@ impl Templates {
                 ),
             }
         }
-        let name = format!("{}/{}.{}", self.language.code(), kind.name(), part.suffix());
+        let name = format!("{}/{base}.{}", self.language.code(), part.suffix());
         self.env
             .get_template(&name)
             .and_then(|t| t.render(vars))
@@ -249,6 +275,44 @@ impl Vars {
                 "mailq | tail -n +2 | awk -v s={account_arg} 'BEGIN {{ RS = \"\" }} $7 == s {{ print $1 }}' | tr -d '*!' | postsuper -d -"
             ),
             config_file: printable(&config_file),
+            language: config.notify.language.code(),
+        }
+    }
+}
+
+/// What the restricted account's own notice may say: the account, since and until when, why
+/// in broad terms (a limit, spam, an administrator) and whom it may still write to. Nothing
+/// of the administration: no command, URL, token, counters or policy name.
+#[derive(Debug, Serialize)]
+pub struct AccountVars {
+    pub account: String,
+    /// `limit`, `spam` or `administrator`.
+    pub cause: &'static str,
+    pub since: String,
+    pub until: Option<String>,
+    /// The policy's `always_allowed_recipients`, as of the configuration in force.
+    pub allowed_recipients: Vec<String>,
+    pub language: &'static str,
+}
+
+impl AccountVars {
+    pub fn new(notice: &Notice, config: &Config) -> AccountVars {
+        let cause = if notice.limit.is_some() {
+            "limit"
+        } else if notice.by.is_some() {
+            "administrator"
+        } else {
+            "spam"
+        };
+        let allowed = super::email::policy_settings(config, &notice.policy)
+            .map(|p| p.always_allowed_recipients.iter().map(|a| printable(a)).collect())
+            .unwrap_or_default();
+        AccountVars {
+            account: printable(&notice.account),
+            cause,
+            since: rfc3339(notice.since),
+            until: notice.until.map(rfc3339),
+            allowed_recipients: allowed,
             language: config.notify.language.code(),
         }
     }
@@ -510,6 +574,52 @@ mod tests {
         )
         .unwrap();
         assert_eq!(admin_url(&c, "a"), "http://mx1.example.com:7358/#account=a");
+    }
+
+    /// The restricted account's own notice, per language: the account, when, that it still
+    /// receives, whom it may write to; nothing of the administration.
+    #[test]
+    fn account_notice_tells_the_account_and_nothing_of_the_administration() {
+        let words = [
+            ("en", ["has been stopped", "still receive", "You can still write to", "Change your password"]),
+            ("sv", ["är stoppad", "tar fortfarande emot", "kan fortfarande skriva till", "Byt lösenord"]),
+            ("nl", ["is gestopt", "ontvangt nog steeds", "kunt nog wel schrijven naar", "Wijzig nu uw wachtwoord"]),
+            ("da", ["har været stoppet", "modtager stadig", "kan stadig skrive til", "Skift din adgangskode"]),
+        ];
+        for (lang, words) in words {
+            let c = config(&format!(
+                "language = \"{lang}\"\n[policy.default]\nalways_allowed_recipients = [\"helpdesk@example.com\"]"
+            ));
+            let t = Templates::load(&c).unwrap();
+            let n = restricted("alice@example.com");
+            let r = t.render_for_account(&n, &c).unwrap();
+            assert!(r.subject.contains("alice@example.com"), "{lang}: {}", r.subject);
+            for needle in ["alice@example.com", "helpdesk@example.com", "2026-11-22T10:15:00Z", "2026-11-23T00:00:00Z"]
+                .into_iter()
+                .chain(words)
+            {
+                assert!(r.body.contains(needle), "{lang}: {needle:?} missing from\n{}", r.body);
+            }
+            for secret in ["outbound-guard --config", "restricted release", "http://", "#account=", "postsuper", "mx1"]
+            {
+                assert!(!r.body.contains(secret) && !r.subject.contains(secret), "{lang}: {secret:?} in\n{}", r.body);
+            }
+            assert!(!r.body.contains("{{") && !r.body.contains("{%"), "{lang}: unrendered\n{}", r.body);
+            // Without the list: it may write to no one, and no empty list is shown.
+            let c = config(&format!("language = \"{lang}\""));
+            let body = Templates::load(&c).unwrap().render_for_account(&n, &c).unwrap().body;
+            assert!(!body.contains("helpdesk@example.com") && !body.contains(words[2]), "{lang}\n{body}");
+        }
+    }
+
+    #[test]
+    fn account_notice_shows_a_crafted_account_escaped() {
+        let c = config("");
+        let n = restricted("evil\r\nBcc: x@example.net\u{202e}@example.com");
+        let r = Templates::load(&c).unwrap().render_for_account(&n, &c).unwrap();
+        assert!(!r.subject.contains('\r') && !r.subject.contains('\n'), "{}", r.subject);
+        assert!(r.subject.contains("evil\\r\\nBcc: x@example.net\\u{202e}@example.com"), "{}", r.subject);
+        assert!(!r.body.contains("evil\r") && !r.body.contains('\u{202e}'), "{}", r.body);
     }
 
     #[test]

@@ -11,8 +11,9 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
-use super::notice::{Channel, Notice};
+use super::notice::{Channel, Notice, NoticeKind};
 use super::spool::{Entry, Spool};
+use super::templates::printable;
 use super::{Current, NotifyError, Stats, Tuning, email, webhook};
 use crate::policy::events::Event;
 
@@ -155,6 +156,16 @@ impl Worker {
         if current.config.notify.webhook.is_some() {
             channels.push(Channel::Webhook);
         }
+        if notice.kind == NoticeKind::SenderRestricted
+            && email::policy_settings(&current.config, &notice.policy).is_some_and(|p| p.notify_sender)
+        {
+            // A login without `@` (or a domain restricted as a unit) has no mailbox to tell.
+            if email::account_address(&notice.account).is_some() {
+                channels.push(Channel::Sender);
+            } else {
+                debug!(account = %printable(&notice.account), "restricted account has no address; no notice to it");
+            }
+        }
         let mut added = 0;
         for channel in channels {
             let entry = Entry::new(notice.clone(), channel);
@@ -276,11 +287,28 @@ impl Worker {
 /// One delivery attempt, rendered with the configuration in force now.
 async fn attempt(entry: &Entry, current: &Current, http: &reqwest::Client, tuning: &Tuning) -> Outcome {
     let config = &current.config;
-    let rendered = match current.templates.render(&entry.notice, config) {
+    let rendered = match entry.channel {
+        Channel::Sender => current.templates.render_for_account(&entry.notice, config),
+        Channel::Email | Channel::Webhook => current.templates.render(&entry.notice, config),
+    };
+    let rendered = match rendered {
         Ok(r) => r,
         Err(e) => return Outcome::Failed(e),
     };
     match entry.channel {
+        Channel::Sender => {
+            let Some(to) = email::account_address(&entry.notice.account) else {
+                return Outcome::Dropped("the account is not an address");
+            };
+            let message = match email::build(config, &[to], &rendered, entry.notice.kind.name(), &entry.id) {
+                Ok(m) => m,
+                Err(e) => return Outcome::Failed(e),
+            };
+            match email::send(&config.notify.smtp, &config.notify.node_name, tuning.smtp_timeout, message).await {
+                Ok(()) => Outcome::Delivered,
+                Err(e) => Outcome::Failed(e),
+            }
+        }
         Channel::Email => {
             let to = email::recipients(config, &entry.notice.policy);
             if to.is_empty() {

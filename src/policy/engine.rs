@@ -50,7 +50,12 @@ pub struct Transaction {
     message_counted: Option<Timestamp>,
     /// Whether the message reached its end of message (and so its verdict).
     reached_end: bool,
+    /// The account is restricted: at MAIL FROM when its policy lists
+    /// `always_allowed_recipients` (only those pass), or by a limit this transaction reached.
     restricted: bool,
+    /// A local submission of a restricted account has a recipient outside its policy's
+    /// `always_allowed_recipients`: the message is refused at its end.
+    local_disallowed: bool,
     /// Recipients counted per [`LimitKind`] in this transaction: reserved at RCPT TO, kept
     /// when the end of message delivers (and then shared with other nodes in cluster mode),
     /// given back otherwise.
@@ -315,6 +320,13 @@ impl Engine {
     }
 }
 
+/// Whether `recipient` is in the `always_allowed_recipients` of `policy` (both canonical).
+fn always_allowed(compiled: &Compiled, policy: PolicyIndex, recipient: &[u8]) -> bool {
+    let allowed = &compiled.policies.settings(policy).always_allowed_recipients;
+    let strip = compiled.config.organization.strip_subaddress;
+    canonical(recipient, strip).is_some_and(|r| allowed.iter().any(|a| *a == *r))
+}
+
 /// Counts the transaction's message, once, in the account's spam window when verdicts are
 /// enabled: the spam share is of all the account's messages, judged or not.
 fn count_message(tx: &mut Transaction, compiled: &Compiled, record: &mut AccountRecord, now: Timestamp) {
@@ -335,6 +347,7 @@ impl Transaction {
         self.message_counted = None;
         self.reached_end = false;
         self.restricted = false;
+        self.local_disallowed = false;
         self.counted = [0; 3];
         self.committed = false;
         self.local = false;
@@ -375,9 +388,16 @@ impl Engine {
         // Known even when refused, so cluster mode can check a restriction with the other nodes.
         tx.account.push_str(&account);
         if self.restrictions.is_restricted(&account, self.clock.now().secs()) {
-            info!(account = %account, "MAIL FROM refused: account restricted");
-            self.metrics.messages.outbound_refused.inc();
-            return Decision::Refuse(Refusal::AccountRestricted);
+            let policy = compiled.policies.select(&account);
+            if compiled.policies.settings(policy).always_allowed_recipients.is_empty() {
+                info!(account = %account, "MAIL FROM refused: account restricted");
+                self.metrics.messages.outbound_refused.inc();
+                return Decision::Refuse(Refusal::AccountRestricted);
+            }
+            // Its policy names recipients it may still write to (the helpdesk): decided per
+            // recipient, or at the end of a local submission.
+            info!(account = %account, "restricted account: only its always-allowed recipients pass");
+            tx.restricted = true;
         }
         if facts.local_submission {
             if let Some(aggregate) = &compiled.local_submission_account {
@@ -422,10 +442,13 @@ impl Engine {
             // The MTA cannot refuse one recipient of a local message (it would defer the whole
             // message and submit it again): noted here, decided at the end of the message.
             tx.local_recipients[hourly as usize] += 1;
+            if tx.restricted && !always_allowed(compiled, tx.policy, facts.recipient) {
+                tx.local_disallowed = true;
+            }
             return Decision::Continue;
         }
         if tx.restricted {
-            return Decision::Refuse(Refusal::AccountRestricted);
+            return self.restricted_rcpt(tx, compiled, hourly, facts);
         }
         let cap = compiled.policies.settings(tx.policy).max_recipients_per_message;
         if cap > 0 && tx.recipients >= cap {
@@ -433,6 +456,48 @@ impl Engine {
             return Decision::Refuse(Refusal::TooManyRecipients);
         }
         self.reserve_recipient(tx, compiled, hourly, true)
+    }
+
+    /// A recipient of a restricted account: refused unless its policy always allows it; an
+    /// allowed one is counted as any other, but cannot restrict the account again.
+    #[cold]
+    fn restricted_rcpt(
+        &self,
+        tx: &mut Transaction,
+        compiled: &Compiled,
+        hourly: LimitKind,
+        facts: &RcptFacts<'_>,
+    ) -> Decision {
+        if !always_allowed(compiled, tx.policy, facts.recipient) {
+            return Decision::Refuse(Refusal::AccountRestricted);
+        }
+        let cap = compiled.policies.settings(tx.policy).max_recipients_per_message;
+        if cap > 0 && tx.recipients >= cap {
+            self.metrics.recipients.deferred_over_cap.inc();
+            return Decision::Refuse(Refusal::TooManyRecipients);
+        }
+        self.count_allowed(tx, compiled, hourly, true);
+        Decision::Continue
+    }
+
+    /// Counts an always-allowed recipient of a restricted account in the limits that still
+    /// have room: counted as usual (and given back if the message is not delivered), but a
+    /// full limit neither refuses it nor restricts anew.
+    fn count_allowed(&self, tx: &mut Transaction, compiled: &Compiled, hourly: LimitKind, metered: bool) {
+        let now = self.clock.now();
+        let mut record = self.accounts.record_mut(&tx.account, tx.policy);
+        let full = compiled.limiters.add_recipient_where_room(tx.policy, &mut record, hourly, now);
+        for kind in [hourly, LimitKind::PerDay] {
+            if !full.contains(&Some(kind)) {
+                tx.counted[kind as usize] += 1;
+            }
+        }
+        tx.recipients += 1;
+        count_message(tx, compiled, &mut record, now);
+        drop(record);
+        if metered {
+            self.count_recipient(hourly, true);
+        }
     }
 
     /// Reserves one recipient of class `hourly` for the transaction's account, or reaches a
@@ -480,6 +545,10 @@ impl Engine {
     /// message would be (what was counted is given back when the transaction ends).
     fn decide_local_message(&self, tx: &mut Transaction) -> Decision {
         let Some(compiled) = tx.compiled.clone() else { return Decision::Continue };
+        if tx.local_disallowed {
+            info!(account = %tx.account, "local submission refused: restricted, and not every recipient is always allowed");
+            return Decision::Refuse(Refusal::AccountRestricted);
+        }
         let total: u32 = tx.local_recipients.iter().sum();
         let cap = compiled.policies.settings(tx.policy).max_recipients_per_message;
         if cap > 0 && total > cap {
@@ -489,7 +558,17 @@ impl Engine {
         }
         let counts = tx.local_recipients;
         let mut aggregate = tx.aggregate.take();
-        let mut decision = self.reserve_local(tx, &compiled, counts, true);
+        let mut decision = if tx.restricted {
+            // Every recipient is always allowed (checked above): counted, never refused.
+            for hourly in [LimitKind::ExternalPerHour, LimitKind::InternalPerHour] {
+                for _ in 0..counts[hourly as usize] {
+                    self.count_allowed(tx, &compiled, hourly, true);
+                }
+            }
+            Decision::Continue
+        } else {
+            self.reserve_local(tx, &compiled, counts, true)
+        };
         if decision == Decision::Continue
             && let Some(sub) = aggregate.as_deref_mut()
         {

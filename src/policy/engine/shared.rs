@@ -20,6 +20,18 @@ impl Transaction {
         self.aggregate.as_deref()
     }
 
+    /// The account turned out restricted (another node restricted it) after MAIL FROM let it
+    /// go on: whether its policy's `always_allowed_recipients` still let the transaction go
+    /// on, for those recipients only (the transaction is then treated as restricted).
+    pub fn continue_restricted(&mut self) -> bool {
+        let Some(compiled) = &self.compiled else { return false };
+        if compiled.policies.settings(self.policy).always_allowed_recipients.is_empty() {
+            return false;
+        }
+        self.restricted = true;
+        true
+    }
+
     /// Whether MAIL FROM let an outbound account go on (its recipients are counted).
     pub fn is_counted(&self) -> bool {
         self.compiled.is_some()
