@@ -86,6 +86,15 @@ fn run(path: &Path) -> ExitCode {
                 return ExitCode::from(EXIT_USAGE);
             }
         };
+        // Before any socket is bound: an MTA (or a test) may connect, and an init system signal,
+        // the moment the socket exists; a SIGTERM then must already mean a clean shutdown.
+        let shutdown = match daemon::handle_signals(services.clone(), path.to_owned()) {
+            Ok(rx) => rx,
+            Err(e) => {
+                tracing::error!("cannot install signal handlers: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
         let listener = match Listener::bind(&config.milter.listen, config.milter.socket_mode).await {
             Ok(l) => l,
             Err(e) => {
@@ -109,13 +118,6 @@ fn run(path: &Path) -> ExitCode {
             Err(e) => {
                 tracing::error!("{e}");
                 return ExitCode::from(EXIT_USAGE);
-            }
-        };
-        let shutdown = match daemon::handle_signals(services.clone(), path.to_owned()) {
-            Ok(rx) => rx,
-            Err(e) => {
-                tracing::error!("cannot install signal handlers: {e}");
-                return ExitCode::FAILURE;
             }
         };
         if let Err(e) = services.start_notifier(shutdown.clone()) {
