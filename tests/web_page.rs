@@ -2,7 +2,8 @@
 //! an in-process filter: an account restricted through the milter shows up with its counters,
 //! a manual restriction made in the form shows up with its end time, the list refreshes by
 //! itself without losing the search text, a release confirmed in the dialog lets the very next
-//! MAIL FROM through, and the console stays free of errors.
+//! MAIL FROM through, and the console stays free of errors. An account opened from either
+//! table or from a search hit shows its history, counters and plot, a hostile name as text.
 //!
 //! Needs the Debian packages `chromium` and `chromium-driver` (`scripts/test` installs them).
 //! Set `OG_SCREENSHOT=docs/restricted-accounts.png` to refresh the screenshot in the docs.
@@ -248,6 +249,168 @@ async fn an_administrator_finds_and_releases_a_restricted_account_in_the_browser
     let errors = browser.console().await;
     assert!(severe(&errors).is_empty(), "console errors: {errors:#?}");
     drop(mta);
+    drop(browser);
+    d.stop().await;
+}
+
+/// JavaScript: empties the search field as a user deleting its text would.
+const CLEAR_SEARCH: &str =
+    "const s = document.getElementById('search'); s.value = ''; s.dispatchEvent(new Event('input'));";
+
+/// JavaScript: the control that opens `arguments[0]`'s panel inside `scope` (a CSS selector),
+/// compared by value so that a hostile name needs no quoting in a selector.
+fn open_control(scope: &str) -> String {
+    format!(
+        "return Array.from(document.querySelectorAll('{scope} button[data-action=open]'))\
+         .find(b => b.dataset.account === arguments[0]);"
+    )
+}
+
+/// JavaScript: the panel shows `account` (`arguments[0]`) with `n` history entries, loaded.
+fn panel_of(account: &str, entries: usize) -> String {
+    let account = serde_json::to_string(account).unwrap();
+    format!(
+        "!document.getElementById('account').hidden && !document.getElementById('account-body').hidden && \
+         document.getElementById('account-name').textContent === {account} && \
+         document.querySelectorAll('#account-history-body tr').length === {entries} && \
+         document.querySelector('#account-plot svg') !== null"
+    )
+}
+
+/// What the open panel shows, for the assertions.
+async fn panel(browser: &Browser) -> Value {
+    browser
+        .execute(
+            "const p = document.getElementById('account'); const svg = p.querySelector('#account-plot svg'); \
+             return { text: p.innerText, \
+               history: Array.from(p.querySelectorAll('#account-history-body tr')).map(r => r.innerText), \
+               actions: Array.from(p.querySelectorAll('#account-history-body tr')).map(r => r.dataset.action), \
+               counters: document.getElementById('account-counters').innerText, \
+               restriction: document.getElementById('account-restriction').innerText, \
+               limits: Array.from(svg.querySelectorAll('line[data-limit]')).map(l => l.dataset.limit), \
+               bars: Array.from(svg.querySelectorAll('rect[data-series]')).map(r => r.dataset.series), \
+               label: svg.getAttribute('aria-label'), \
+               emptyHistory: !document.getElementById('account-history-empty').hidden };",
+            json!([]),
+        )
+        .await
+}
+
+/// The account panel: opened from a row of the restricted list, of the busiest senders and
+/// from a search hit (a table's account, and the look-up of one in neither table), it shows
+/// the account's history, its counters against its limits and the SVG plot with its hourly
+/// limit; a hostile account name stays text everywhere; the console stays clean.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_administrator_opens_an_accounts_history_and_counters() {
+    let d = TestDaemon::start(POLICY).await;
+    let engine = d.services.admin_state(d.token.clone()).engine;
+    restrict_through_the_milter(&d, "alice@example.com").await;
+    engine.restrict_manually("alice@example.com", "phished password", None, "carol").unwrap();
+    send(&d, "carol@example.com", &["x@example.net", "team@example.com"]).await;
+    // Bob's restriction is over: he is in neither table, only in the audit trail.
+    engine.restrict_manually("bob@example.com", "bounced mail", None, "admin").unwrap();
+    engine.release("bob@example.com", "dave", Some("mailbox fixed")).unwrap();
+    // A SASL login that would run script if the page ever parsed names as HTML.
+    let raw = "x\"'><img src=x onerror=window.pwned=1><script>window.pwned=2</script>";
+    let hostile = engine.canonical_account(raw).unwrap();
+    assert!(hostile.contains("<script>") && hostile.contains('"'), "{hostile}");
+    let mut c = client(&d).await;
+    c.macros(b'M', &[("{auth_authen}", raw)]).await.unwrap();
+    assert_eq!(c.mail_from("<h@example.com>", &[]).await.unwrap().kind(), Some(b'c'));
+    for to in ["a@example.net", "b@example.net", "c@example.net"] {
+        c.rcpt_to(to).await.unwrap();
+    }
+    c.message(&[("Subject", "x")], b"x\r\n").await.unwrap();
+    drop(c);
+    assert!(engine.restrictions().is_restricted(&hostile, d.clock.now().secs()), "{hostile} restricted");
+
+    let browser = Browser::start(1280, 1150).await;
+    browser.goto(&format!("{}/", d.admin_url())).await;
+    browser.wait_for("the token form", "!document.getElementById('login').hidden").await;
+    browser.type_into("#token", &d.token).await;
+    browser.click("#login-form button[type=submit]").await;
+    browser.wait_for("alice in the list", &row("alice@example.com")).await;
+    browser.wait_for("the senders", "document.querySelectorAll('#senders-body tr').length === 3").await;
+
+    // From the restricted list: its history says who did what, the counters and the plot
+    // stand against the limits (the internal limit is 0, none: no line for it).
+    browser.click_found("alice's row", &open_control("#restricted-body"), json!(["alice@example.com"])).await;
+    browser.wait_for("alice's panel", &panel_of("alice@example.com", 2)).await;
+    let alice = panel(&browser).await;
+    assert_eq!(alice["actions"], json!(["restricted", "replaced"]), "{alice}");
+    let replaced = alice["history"][1].as_str().unwrap();
+    assert!(replaced.contains("phished password") && replaced.contains("carol"), "{alice}");
+    assert!(replaced.contains("2026-11-22 10:00:00 UTC") && replaced.contains("until released"), "{alice}");
+    assert!(alice["counters"].as_str().unwrap().contains("2 / 2"), "{alice}");
+    assert!(alice["restriction"].as_str().unwrap().contains("phished password"), "{alice}");
+    assert!(alice["text"].as_str().unwrap().contains("Policy default"), "{alice}");
+    assert_eq!(alice["limits"], json!(["external"]), "{alice}");
+    assert_eq!(alice["bars"], json!(["external", "internal"]), "{alice}");
+    assert!(alice["label"].as_str().unwrap().contains("External 2 of 2"), "{alice}");
+    assert!(alice["text"].as_str().unwrap().contains("not recorded"), "the plot says what it does not know");
+
+    // From the busiest senders: never restricted, so no history and no restriction.
+    browser.click_found("carol's row", &open_control("#senders-body"), json!(["carol@example.com"])).await;
+    browser.wait_for("carol's panel", &panel_of("carol@example.com", 0)).await;
+    let carol = panel(&browser).await;
+    assert!(carol["counters"].as_str().unwrap().contains("1 / 2"), "{carol}");
+    assert!(carol["restriction"].as_str().unwrap().contains("not restricted"), "{carol}");
+    assert_eq!(carol["emptyHistory"], true, "{carol}");
+
+    // A search hit of the tables, opened with Enter from the search field.
+    browser.type_into("#search", "ALI").await;
+    browser
+        .wait_for(
+            "alice as a hit",
+            "document.querySelector('#search-hits button[data-action=open]').dataset.account === 'alice@example.com'",
+        )
+        .await;
+    browser.type_into("#search", "\u{E007}").await;
+    browser.wait_for("alice's panel again", &panel_of("alice@example.com", 2)).await;
+
+    // A released account is in neither table: the search looks it up.
+    browser.execute(CLEAR_SEARCH, json!([])).await;
+    browser.type_into("#search", "Bob@Example.com").await;
+    browser.wait_for("the look-up", "document.getElementById('search-hits').innerText.includes('Look up')").await;
+    browser.click_found("the look-up", &open_control("#search-hits"), json!(["Bob@Example.com"])).await;
+    browser.wait_for("bob's panel", &panel_of("bob@example.com", 2)).await;
+    let bob = panel(&browser).await;
+    assert_eq!(bob["actions"], json!(["restricted", "released"]), "{bob}");
+    assert!(bob["history"][1].as_str().unwrap().contains("mailbox fixed"), "{bob}");
+    assert!(bob["history"][1].as_str().unwrap().contains("dave"), "{bob}");
+    assert!(bob["restriction"].as_str().unwrap().contains("not restricted"), "{bob}");
+
+    // The hostile name, from the busiest senders: text in the tables and the panel, never markup.
+    browser.execute(CLEAR_SEARCH, json!([])).await;
+    browser.click_found("the hostile row", &open_control("#senders-body"), json!([hostile])).await;
+    browser.wait_for("the hostile panel", &panel_of(&hostile, 1)).await;
+    let shown = browser
+        .execute(
+            "const name = arguments[0]; \
+             return { title: document.getElementById('account-name').textContent === name, \
+               rows: Array.from(document.querySelectorAll('tr[data-account]')).filter(r => r.dataset.account === name) \
+                 .map(r => r.querySelector('button[data-action=open]').textContent === name), \
+               injected: document.querySelectorAll('main img, main script, #account img, #account script').length, \
+               pwned: window.pwned === undefined ? null : window.pwned };",
+            json!([hostile]),
+        )
+        .await;
+    assert_eq!(shown, json!({"title": true, "rows": [true, true], "injected": 0, "pwned": null}));
+    let h = panel(&browser).await;
+    assert_eq!(h["actions"], json!(["restricted"]), "{h}");
+    assert!(h["counters"].as_str().unwrap().contains("2 / 2"), "{h}");
+
+    // Escape closes the panel and gives the focus back to the control that opened it.
+    browser.type_into("#account-title", "\u{E00C}").await;
+    browser
+        .wait_for(
+            "the panel to close",
+            "document.getElementById('account').hidden && document.activeElement.dataset.action === 'open'",
+        )
+        .await;
+
+    let errors = browser.console().await;
+    assert!(severe(&errors).is_empty(), "console errors: {errors:#?}");
     drop(browser);
     d.stop().await;
 }

@@ -125,6 +125,25 @@ impl Browser {
         self.cmd("POST", &format!("/element/{id}/click"), Some(json!({}))).await;
     }
 
+    /// Clicks, as a user would, the element that `script` (a function body; `arguments` holds
+    /// `args`) returns — for elements a CSS selector cannot name safely, such as a row keyed by
+    /// a hostile account name. The page re-renders its tables on every refresh, so an element
+    /// that went stale between finding and clicking is looked up again, a bounded few times.
+    pub async fn click_found(&self, what: &str, script: &str, args: Value) {
+        for _ in 0..5 {
+            let found = self.execute(script, args.clone()).await;
+            let id = found[ELEMENT_KEY].as_str().unwrap_or_else(|| panic!("no element for {what}: {found}")).to_owned();
+            let reply =
+                self.raw("POST", &format!("/session/{}/element/{id}/click", self.session), Some(json!({}))).await;
+            match reply["value"]["error"].as_str() {
+                None => return,
+                Some("stale element reference") => continue,
+                Some(error) => panic!("webdriver click on {what}: {error}: {}", reply["value"]["message"]),
+            }
+        }
+        panic!("{what} went stale five times in a row");
+    }
+
     /// Types `text` into the element matching `css` (after clicking into it).
     pub async fn type_into(&self, css: &str, text: &str) {
         let id = self.find(css).await;

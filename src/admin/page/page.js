@@ -19,6 +19,12 @@
     dialog: $('release-dialog'), releaseForm: $('release-form'), releaseAccount: $('release-account'),
     releaseReason: $('release-reason'), releaseError: $('release-error'), releaseCancel: $('release-cancel'),
     releaseConfirm: $('release-confirm'),
+    hits: $('search-hits'), sendersTable: $('senders'),
+    account: $('account'), accountTitle: $('account-title'), accountName: $('account-name'),
+    accountClose: $('account-close'), accountError: $('account-error'), accountBody: $('account-body'),
+    accountPolicy: $('account-policy'), accountCounters: $('account-counters'),
+    accountRestriction: $('account-restriction'), accountPlot: $('account-plot'),
+    historyBody: $('account-history-body'), historyEmpty: $('account-history-empty'),
   };
 
   let restricted = [];
@@ -27,6 +33,10 @@
   let releasing = null; // the account the open dialog is about
   let inFlight = false;
   let memoryToken = null; // when sessionStorage is unavailable
+  let opened = null; // the account whose panel is open
+  let openedFrom = null; // the control that opened it, to give the focus back
+  let panelRequest = 0; // the newest panel request; older answers are dropped
+  const MAX_HITS = 8;
 
   // ---- token ---------------------------------------------------------------------------------
 
@@ -94,7 +104,8 @@
       const detail = data && typeof data.error === 'string' ? data.error : response.statusText || 'request failed';
       throw new Error(detail + ' (HTTP ' + response.status + ')');
     }
-    return { status: response.status, data };
+    // The server's clock: the panel's plot ends at the moment the counters were read.
+    return { status: response.status, data, date: response.headers.get('Date') };
   }
 
   function handleFailure(err) {
@@ -193,6 +204,33 @@
     if (again) again.focus();
   }
 
+  // The account's name as a control that opens its panel.
+  function openButton(account, label) {
+    return node('button', { type: 'button', class: 'link', text: label || account,
+      title: 'Show the history and counters of ' + account, data: { account, action: 'open' } });
+  }
+
+  // Accounts of either table that match the search, and the search text itself as an account
+  // to look up (the filter also knows released accounts and ones outside the busiest 20).
+  function renderHits(q) {
+    const raw = el.search.value.trim();
+    if (!q) { el.hits.replaceChildren(); el.hits.hidden = true; return; }
+    const seen = new Set();
+    const found = [];
+    for (const a of restricted.map((r) => r.account).concat(senders.map((x) => x.account))) {
+      if (found.length >= MAX_HITS) break;
+      if (seen.has(a) || !String(a).toLowerCase().includes(q)) continue;
+      seen.add(a);
+      found.push(a);
+    }
+    const items = found.map((a) => node('li', {}, [openButton(a)]));
+    if (!found.some((a) => String(a).toLowerCase() === q)) {
+      items.push(node('li', {}, [openButton(raw, 'Look up “' + raw + '”')]));
+    }
+    el.hits.replaceChildren(...items);
+    el.hits.hidden = false;
+  }
+
   function renderRestricted() {
     const q = el.search.value.trim().toLowerCase();
     const rows = restricted.filter((r) => matches(r, q)).sort(compare);
@@ -201,7 +239,7 @@
       const release = node('button', { type: 'button', class: 'danger', text: 'Release',
         'aria-label': 'Release ' + r.account, data: { account: r.account, action: 'release' } });
       return node('tr', { data: { account: r.account } }, [
-        node('th', { scope: 'row', class: 'account', text: r.account }),
+        node('th', { scope: 'row', class: 'account' }, [openButton(r.account)]),
         node('td', { class: 'reason' }, [r.reason, node('div', { class: 'muted', text: 'policy ' + r.policy })]),
         timeCell(r.created_at, ''),
         timeCell(r.until, 'until released'),
@@ -211,6 +249,7 @@
       ]);
     });
     el.body.replaceChildren(...fresh);
+    renderHits(q);
     el.count.textContent = q ? '(' + rows.length + ' of ' + restricted.length + ')' : '(' + restricted.length + ')';
     el.empty.hidden = rows.length > 0;
     el.empty.textContent = restricted.length === 0 ? 'No account is restricted.' : 'No restricted account matches the search.';
@@ -225,7 +264,7 @@
     const rows = senders.map((s) => {
       const c = s.counters || {};
       return node('tr', { data: { account: s.account } }, [
-        node('th', { scope: 'row', class: 'account', text: s.account }),
+        node('th', { scope: 'row', class: 'account' }, [openButton(s.account)]),
         node('td', { text: s.policy }),
         node('td', {}, [usage('External recipients in the last hour', c.external_last_hour, c.external_limit_per_hour)]),
         node('td', {}, [usage('Internal recipients in the last hour', c.internal_last_hour, c.internal_limit_per_hour)]),
@@ -255,11 +294,187 @@
       renderSenders();
       showError('');
       el.updated.textContent = 'Updated ' + utc(new Date().toISOString()) + ' · refreshes every ' + REFRESH_MS / 1000 + ' s';
+      if (opened) loadAccount();
+      else if (linked) { openAccount(linked); }
+      linked = null;
     } catch (err) {
       handleFailure(err);
     } finally {
       inFlight = false;
     }
+  }
+
+  // ---- one account: history, counters, plot --------------------------------------------------
+
+  const SVG = 'http://www.w3.org/2000/svg';
+  function svg(tag, attrs, children) {
+    const n = document.createElementNS(SVG, tag);
+    for (const [k, v] of Object.entries(attrs || {})) n.setAttribute(k, String(v));
+    for (const c of children || []) n.append(c);
+    return n;
+  }
+  function svgText(x, y, text, cls, anchor) {
+    const t = svg('text', { x, y, class: cls || 'plot-label', 'text-anchor': anchor || 'start' });
+    t.textContent = text;
+    return t;
+  }
+  function svgTitle(text) {
+    const t = svg('title');
+    t.textContent = text;
+    return t;
+  }
+
+  const HOUR_MS = 3600 * 1000;
+
+  // Recipients per hour over the 24 h before `now` against the hourly limits. The filter keeps
+  // no per-hour record (README, "HTTP API and web page"): only the current hour is known, so
+  // the earlier hours are drawn as "not recorded", never as zero. History entries of the 24 h
+  // are marked on the time axis.
+  function plot(d, now) {
+    const c = d.counters || {};
+    const W = 480, H = 190, L = 36, R = 110, T = 12, B = 28;
+    const pw = W - L - R, ph = H - T - B, slot = pw / 24;
+    const series = [
+      { key: 'external', label: 'External', used: c.external_last_hour || 0, limit: c.external_limit_per_hour || 0 },
+      { key: 'internal', label: 'Internal', used: c.internal_last_hour || 0, limit: c.internal_limit_per_hour || 0 },
+    ];
+    const top = Math.max(1, ...series.map((s) => Math.max(s.used, s.limit))) * 1.15;
+    const y = (v) => T + ph - (v / top) * ph;
+    const x = (ms) => L + ((ms - (now - 24 * HOUR_MS)) / (24 * HOUR_MS)) * pw;
+    const words = series.map((s) => s.label + ' ' + s.used + (s.limit > 0 ? ' of ' + s.limit : ' (no limit)'));
+    const root = svg('svg', { viewBox: '0 0 ' + W + ' ' + H, class: 'plot', role: 'img',
+      'aria-label': 'Recipients in the current hour: ' + words.join(', ') + '. Earlier hours are not recorded.' });
+    root.append(svg('rect', { x: L, y: T, width: pw - slot, height: ph, class: 'plot-unknown' },
+      [svgTitle('Hours before the current one: not recorded')]));
+    root.append(svgText(L + (pw - slot) / 2, T + ph / 2, 'earlier hours not recorded', 'plot-note', 'middle'));
+    root.append(svg('line', { x1: L, y1: T + ph, x2: L + pw, y2: T + ph, class: 'plot-axis' }));
+    root.append(svg('line', { x1: L, y1: T, x2: L, y2: T + ph, class: 'plot-axis' }));
+    root.append(svgText(L - 4, y(0) + 4, '0', 'plot-label', 'end'));
+    root.append(svgText(L - 4, T + 8, String(Math.round(top)), 'plot-label', 'end'));
+    for (const h of [24, 18, 12, 6]) {
+      root.append(svgText(x(now - h * HOUR_MS), H - 8, '−' + h + ' h', 'plot-label', 'middle'));
+    }
+    root.append(svgText(L + pw, H - 8, 'now', 'plot-label', 'end'));
+    // The current hour: a bar per class, side by side in the last slot.
+    const bw = slot / 2 - 1;
+    series.forEach((s, i) => {
+      const bx = L + pw - slot + 1 + i * (bw + 1);
+      root.append(svg('rect', { x: bx, y: y(s.used), width: bw, height: Math.max(0, y(0) - y(s.used)),
+        class: 'plot-bar ' + s.key, 'data-series': s.key }, [svgTitle(s.label + ' recipients in the last hour: ' +
+        s.used + (s.limit > 0 ? ' of ' + s.limit : ' (no limit)'))]));
+    });
+    // The hourly limits, each with its value; a limit of 0 is none and has no line.
+    const limits = series.filter((s) => s.limit > 0);
+    limits.forEach((s, i) => {
+      const ly = y(s.limit);
+      root.append(svg('line', { x1: L, y1: ly, x2: L + pw, y2: ly, class: 'plot-limit ' + s.key, 'data-limit': s.key },
+        [svgTitle(s.label + ' limit: ' + s.limit + ' recipients per hour')]));
+      // Two limits of the same value would print over each other.
+      const same = i > 0 && limits[0].limit === s.limit;
+      root.append(svgText(L + pw + 4, ly + 4 + (same ? 12 : 0), s.label.toLowerCase() + ' limit ' + s.limit, 'plot-label ' + s.key));
+    });
+    if (limits.length === 0) root.append(svgText(L + pw + 4, T + 10, 'no hourly limit', 'plot-label'));
+    // What happened to the account within the window.
+    for (const e of Array.isArray(d.history) ? d.history : []) {
+      const at = Date.parse(e.at);
+      if (Number.isNaN(at) || at < now - 24 * HOUR_MS || at > now) continue;
+      const ex = x(at);
+      root.append(svg('line', { x1: ex, y1: T, x2: ex, y2: T + ph, class: 'plot-event ' + e.action, 'data-action': e.action },
+        [svgTitle(e.action + ' ' + utc(e.at) + ' by ' + e.by + (e.reason ? ': ' + e.reason : ''))]));
+    }
+    return root;
+  }
+
+  function describeLimits(l) {
+    const parts = [];
+    if (l.max_recipients_per_message > 0) parts.push('at most ' + l.max_recipients_per_message + ' recipients per message');
+    if (l.spam_percent > 0) {
+      parts.push('restricted above ' + l.spam_percent + ' % spam of at least ' + l.spam_min_messages +
+        ' messages in ' + l.spam_window_seconds + ' s');
+    }
+    return parts.join('; ');
+  }
+
+  function renderAccount(d, now) {
+    el.accountName.textContent = d.account;
+    const limits = d.limits || {};
+    const more = describeLimits(limits);
+    el.accountPolicy.replaceChildren('Policy ', node('strong', { text: d.policy }), more ? ' · ' + more : '');
+    el.accountCounters.replaceChildren(counterGrid(d.counters || {}));
+    const r = d.restriction;
+    if (r) {
+      el.accountRestriction.replaceChildren(
+        node('span', { class: 'badge restricted', text: 'restricted' }), ' since ',
+        node('time', { datetime: r.created_at, text: utc(r.created_at) }), ', ',
+        r.until ? node('time', { datetime: r.until, text: 'until ' + utc(r.until) }) : 'until released',
+        ' (' + r.source + '): ', node('span', { class: 'reason', text: r.reason }));
+    } else {
+      el.accountRestriction.replaceChildren(node('span', { class: 'badge active', text: 'sending' }), ' not restricted');
+    }
+    el.accountPlot.replaceChildren(plot(d, now));
+    const history = Array.isArray(d.history) ? d.history : [];
+    el.historyBody.replaceChildren(...history.map((e) => node('tr', { data: { action: e.action } }, [
+      timeCell(e.at, ''),
+      node('td', {}, [node('span', { class: 'badge ' + e.action, text: e.action })]),
+      node('td', { class: 'reason', text: e.reason }),
+      node('td', { text: e.by }),
+      e.action === 'released' ? node('td', { class: 'muted', text: '' }) : timeCell(e.until, 'until released'),
+    ])));
+    el.historyEmpty.hidden = history.length > 0;
+  }
+
+  // Fetches the open account again; `focus` moves the focus to the panel (when it opens).
+  async function loadAccount(focus) {
+    const account = opened;
+    if (!account) return;
+    const request = ++panelRequest;
+    try {
+      const { data, date } = await api('GET', '/api/v1/senders/' + encodeURIComponent(account));
+      if (request !== panelRequest || opened !== account) return;
+      const server = date ? Date.parse(date) : NaN;
+      renderAccount(data || {}, Number.isNaN(server) ? Date.now() : server);
+      el.accountError.hidden = true;
+      el.accountError.textContent = '';
+      el.accountBody.hidden = false;
+    } catch (err) {
+      if (request !== panelRequest || opened !== account) return;
+      if (err instanceof AuthError) { handleFailure(err); return; }
+      el.accountError.textContent = 'Could not show ' + account + ': ' + err.message;
+      el.accountError.hidden = false;
+    }
+  }
+
+  function openAccount(account, from) {
+    if (opened !== account) {
+      // Nothing of the account shown before stays while the new one loads.
+      el.accountBody.hidden = true;
+      el.historyBody.replaceChildren();
+      el.historyEmpty.hidden = true;
+      el.accountError.hidden = true;
+    }
+    opened = account;
+    openedFrom = from || null;
+    el.accountName.textContent = account;
+    el.account.hidden = false;
+    el.account.scrollIntoView({ block: 'start' });
+    el.accountTitle.focus();
+    loadAccount();
+  }
+
+  function closeAccount() {
+    opened = null;
+    panelRequest++;
+    el.account.hidden = true;
+    if (openedFrom) restoreFocus(openedFrom); else el.search.focus();
+    openedFrom = null;
+  }
+
+  function openFrom(event) {
+    if (event.target.closest('button[data-action=release]')) return;
+    const b = event.target.closest('button[data-action=open]');
+    const row = event.target.closest('tr[data-account]');
+    const account = b ? b.dataset.account : row ? row.dataset.account : null;
+    if (account) openAccount(account, b ? { account, action: 'open' } : null);
   }
 
   // ---- release -------------------------------------------------------------------------------
@@ -351,7 +566,8 @@
   el.refresh.addEventListener('click', () => { refresh(); });
   el.search.addEventListener('input', renderRestricted);
   // Notification links point here as #account=<account>: start with that account searched.
-  const linked = new URLSearchParams(location.hash.slice(1)).get('account');
+  // The first good refresh also opens its panel.
+  let linked = new URLSearchParams(location.hash.slice(1)).get('account');
   if (linked) el.search.value = linked;
   el.table.querySelector('thead').addEventListener('click', (event) => {
     const b = event.target.closest('button.sort');
@@ -363,7 +579,17 @@
   el.body.addEventListener('click', (event) => {
     const b = event.target.closest('button[data-action=release]');
     if (b) openRelease(b.dataset.account);
+    else openFrom(event);
   });
+  el.sendersBody.addEventListener('click', openFrom);
+  el.hits.addEventListener('click', openFrom);
+  el.search.addEventListener('keydown', (event) => {
+    if (event.key !== 'Enter') return;
+    const first = el.hits.querySelector('button[data-action=open]');
+    if (first) { event.preventDefault(); first.click(); }
+  });
+  el.accountClose.addEventListener('click', closeAccount);
+  el.account.addEventListener('keydown', (event) => { if (event.key === 'Escape') closeAccount(); });
   el.releaseForm.addEventListener('submit', confirmRelease);
   el.releaseCancel.addEventListener('click', closeRelease);
   el.dialog.addEventListener('cancel', (event) => { event.preventDefault(); closeRelease(); });
