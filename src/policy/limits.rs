@@ -179,6 +179,9 @@ impl Limiters {
     /// Tries to add one recipient of the given hourly kind (plus the daily limit) at
     /// `now`. On success the record is updated; on refusal nothing changes and the limit
     /// reached is returned.
+    // Inlined: it is on every recipient's path, and left to itself the compiler moves it out
+    // of line whenever the code around changes (73 instructions per decision, callgrind).
+    #[inline]
     pub fn try_add_recipient(
         &self,
         policy: PolicyIndex,
