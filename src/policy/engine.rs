@@ -476,15 +476,15 @@ impl Engine {
                 };
                 if decision != Decision::Continue {
                     // The refused recipient is not counted anywhere.
-                    self.give_back_since(sub, sub_before);
+                    self.give_back_since(sub, compiled, sub_before);
                     for earlier in &mut domains[..i] {
                         let mut one = earlier.counted;
                         for kind in [hourly, LimitKind::PerDay] {
                             one[kind as usize] = one[kind as usize].saturating_sub(1);
                         }
-                        self.give_back_since(earlier, one);
+                        self.give_back_since(earlier, compiled, one);
                     }
-                    self.give_back_since(tx, before);
+                    self.give_back_since(tx, compiled, before);
                     tx.recipients = tx.recipients.saturating_sub(1);
                     break;
                 }
@@ -496,8 +496,7 @@ impl Engine {
     }
 
     /// Gives back what `tx` reserved since its counts were `before`.
-    fn give_back_since(&self, tx: &mut Transaction, before: [u32; 3]) {
-        let Some(compiled) = &tx.compiled else { return };
+    fn give_back_since(&self, tx: &mut Transaction, compiled: &Compiled, before: [u32; 3]) {
         if tx.counted == before {
             return;
         }
