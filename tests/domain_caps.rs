@@ -99,7 +99,7 @@ async fn two_accounts_of_one_domain_together_reach_its_cap_and_the_domain_is_res
 async fn a_subdomain_counts_under_its_parents_cap_and_block_until_tomorrow_expires() {
     let caps = "[[policy.domain]]\ndomain = \"customer.example\"\nrecipient_limit_per_day = 3\n\
                 action = \"block_until_tomorrow\"\n";
-    let mut d = TestDaemon::start(&config(caps)).await;
+    let d = TestDaemon::start(&config(caps)).await;
     let mut c = client(&d).await;
     assert_eq!(send(&mut c, "a@eu.customer.example", 2).await, ["c"; 2]);
     assert_eq!(send(&mut c, "b@customer.example", 2).await, ["c", "550 5.2.2"]);
