@@ -131,6 +131,28 @@ fn local_submissions_on_two_nodes_share_the_aggregate_limit() {
     assert_eq!(rt.block_on(send_local(a_local, "three@example.com", 1)), b"y");
 }
 
+/// A domain cap (README, "Domain caps") is one counter across the cluster, and the domain
+/// restricted on one node is refused at MAIL FROM on the other.
+#[test]
+fn a_domain_cap_is_shared_by_two_nodes() {
+    let redis = RedisServer::start();
+    let cap = "[[policy.domain]]\ndomain = \"customer.example\"\nrecipient_limit_external_per_hour = 3\n\
+               action = \"block\"\n";
+    let a = GuardProcess::start("", &format!("{}{cap}", node_config("node-a", &redis.url())));
+    let b = GuardProcess::start("", &format!("{}{cap}", node_config("node-b", &redis.url())));
+    let rt = runtime();
+    assert_eq!(rt.block_on(send(a.milter_port, "alice@customer.example", 2)), b"ccc");
+    assert!(wait_until(Duration::from_secs(5), || shared_tat_exists(&redis, "@customer.example")));
+    // Another account of the domain on B: one recipient left of the domain's 3.
+    assert_eq!(rt.block_on(send(b.milter_port, "bob@customer.example", 2)), b"ccy");
+    assert!(restricted_on(&b).contains(&"@customer.example".to_owned()), "{:?}", restricted_on(&b));
+    assert!(wait_until(Duration::from_secs(1), || restricted_on(&a).contains(&"@customer.example".to_owned())));
+    assert_eq!(rt.block_on(send(a.milter_port, "carol@eu.customer.example", 1)), b"y");
+    // Released on A: B lets the domain's accounts send again at once.
+    assert!(a.cli(&["restricted", "release", "@customer.example"]).status.success());
+    assert_eq!(rt.block_on(send(b.milter_port, "carol@customer.example", 1)), b"cc");
+}
+
 #[test]
 fn a_restriction_on_one_node_refuses_on_the_other_within_a_second() {
     let redis = RedisServer::start();

@@ -153,6 +153,15 @@ fn new_account(state: &AdminState, raw: &str) -> Result<String, ApiError> {
         return Err(ApiError::bad_request("the account name has control characters"));
     }
     let bare = raw.trim().trim_start_matches('<').trim_end_matches('>');
+    if bare.starts_with('@') {
+        let account = canonical(state, bare)?;
+        if !state.engine.is_capped_domain(&account) {
+            return Err(ApiError::bad_request(format!(
+                "{account} has no [[policy.domain]] cap: only a capped domain can be restricted as a unit"
+            )));
+        }
+        return Ok(account);
+    }
     if let Some((local, domain)) = bare.rsplit_once('@')
         && (local.is_empty() || domain.is_empty())
     {

@@ -90,16 +90,28 @@ impl Policy for ClusterPolicy {
 
     async fn prepare(&self, tx: &mut ClusterTransaction, decision: Decision) -> Decision {
         let Some(account) = tx.inner.account().map(str::to_owned) else { return decision };
-        // A local submission also counts under the aggregate account: both reads go out
-        // together, so the message still waits for one round trip.
+        // A local submission also counts under the aggregate account, and an account of a
+        // capped domain under each cap: the reads go out together, so the message still waits
+        // for one round trip (the caps of one account are read one after another; there is
+        // usually one).
         let aggregate = tx.inner.aggregate().and_then(Transaction::account).map(str::to_owned);
-        let (fetched, fetched_aggregate) = match &aggregate {
-            Some(aggregate) => {
-                let (own, shared) = tokio::join!(self.cluster.fetch(&account), self.cluster.fetch(aggregate));
-                (own, Some(shared))
+        let domains: Vec<String> =
+            tx.inner.domains().iter().filter_map(Transaction::account).map(str::to_owned).collect();
+        let fetch_aggregate = async {
+            match &aggregate {
+                Some(aggregate) => Some(self.cluster.fetch(aggregate).await),
+                None => None,
             }
-            None => (self.cluster.fetch(&account).await, None),
         };
+        let fetch_domains = async {
+            let mut fetched = Vec::with_capacity(domains.len());
+            for domain in &domains {
+                fetched.push(self.cluster.fetch(domain).await);
+            }
+            fetched
+        };
+        let (fetched, fetched_aggregate, fetched_domains) =
+            tokio::join!(self.cluster.fetch(&account), fetch_aggregate, fetch_domains);
         let fetched = match fetched {
             Ok(f) => f,
             Err(e) => {
@@ -128,14 +140,26 @@ impl Policy for ClusterPolicy {
             return decision;
         }
         self.engine.merge_shared_tats(&tx.inner, fetched.tats);
-        match (fetched_aggregate, tx.inner.aggregate()) {
-            (Some(Ok(shared)), Some(sub)) => self.merge_aggregate(sub, shared),
-            (Some(Err(e)), _) => {
-                self.cluster.decided_locally(&e);
-                Decision::Continue
+        let subs = tx
+            .inner
+            .aggregate()
+            .map(|sub| (sub, fetched_aggregate))
+            .into_iter()
+            .chain(tx.inner.domains().iter().zip(fetched_domains).map(|(sub, fetched)| (sub, Some(fetched))));
+        for (sub, fetched) in subs {
+            let decision = match fetched {
+                Some(Ok(shared)) => self.merge_sub(sub, shared),
+                Some(Err(e)) => {
+                    self.cluster.decided_locally(&e);
+                    Decision::Continue
+                }
+                None => Decision::Continue,
+            };
+            if decision != Decision::Continue {
+                return decision;
             }
-            _ => Decision::Continue,
         }
+        Decision::Continue
     }
 
     fn rcpt_to(&self, tx: &mut ClusterTransaction, facts: &RcptFacts<'_>) -> Decision {
@@ -162,6 +186,9 @@ impl Policy for ClusterPolicy {
         if let Some(sub) = tx.inner.aggregate() {
             self.commit(sub);
         }
+        for sub in tx.inner.domains() {
+            self.commit(sub);
+        }
         self.engine.end_transaction(&mut tx.inner);
         tx.refused = None;
     }
@@ -180,16 +207,17 @@ impl ClusterPolicy {
         }
     }
 
-    /// The aggregate account of a local submission as the cluster knows it: restricted on
-    /// another node, the message is refused at MAIL FROM as it would be there; otherwise its
-    /// local record is raised to what every node has spent.
-    fn merge_aggregate(&self, sub: &Transaction, shared: super::Fetched) -> Decision {
+    /// A sub-transaction's account — the aggregate account of a local submission, a domain
+    /// cap's `@domain` — as the cluster knows it: restricted on another node, the message is
+    /// refused at MAIL FROM as it would be there; otherwise its local record is raised to what
+    /// every node has spent.
+    fn merge_sub(&self, sub: &Transaction, shared: super::Fetched) -> Decision {
         if let Some(event) = shared.event {
             self.cluster.apply_remote(event);
         }
         let aggregate = sub.account().unwrap_or_default();
         if self.engine.restrictions().is_restricted(aggregate, self.engine.clock().now().secs()) {
-            info!(aggregate = %aggregate, "MAIL FROM refused: local submissions restricted on another node");
+            info!(aggregate = %aggregate, "MAIL FROM refused: restricted on another node");
             self.engine.metrics().messages.outbound_refused.inc();
             return Decision::Refuse(Refusal::AccountRestricted);
         }

@@ -208,11 +208,53 @@ pub struct AdminConfig {
     pub token_file: PathBuf,
 }
 
-/// `[policy.default]` plus the `[[policy.rule]]`s sorted by priority.
+/// `[policy.default]` plus the `[[policy.rule]]`s sorted by priority, and the
+/// `[[policy.domain]]` caps as written.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Policies {
     pub default: PolicySettings,
     pub rules: Vec<Rule>,
+    pub domains: Vec<DomainCap>,
+}
+
+/// `[[policy.domain]]`: the recipients of every account whose domain is `domain` or a
+/// subdomain of it, counted together against these limits (0 = none).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DomainCap {
+    /// Canonical: IDNA ASCII, lower case.
+    pub domain: String,
+    pub recipient_limit_external_per_hour: u32,
+    pub recipient_limit_per_day: u32,
+    pub action: LimitAction,
+}
+
+impl DomainCap {
+    /// The name the domain is restricted and counted under: `@customer.example`.
+    pub fn account(&self) -> String {
+        format!("@{}", self.domain)
+    }
+
+    /// The cap as the policy settings its counting runs under: only its own limits, its
+    /// action when one is reached, and nothing that would act on a message.
+    pub fn settings(&self) -> PolicySettings {
+        PolicySettings {
+            name: format!("domain {}", self.domain),
+            recipient_limit_external_per_hour: self.recipient_limit_external_per_hour,
+            recipient_limit_internal_per_hour: 0,
+            recipient_limit_per_day: self.recipient_limit_per_day,
+            max_recipients_per_message: 0,
+            action_when_threshold_reached: self.action,
+            spam_min_messages: 0,
+            spam_percent: 0,
+            spam_action: LimitAction::Alert,
+            spam_message_action: SpamMessageAction::Accept,
+            bcc_suspicious_to: Vec::new(),
+            notify_recipients: Vec::new(),
+            notify_sender: false,
+            always_allowed_recipients: Vec::new(),
+            ..validate::builtin_default_policy()
+        }
+    }
 }
 
 /// What happens when a limit is reached or spam share exceeded.

@@ -112,6 +112,17 @@ pub struct RawReplies {
 pub struct RawPolicies {
     pub default: Option<RawPolicy>,
     pub rule: Option<Vec<RawPolicy>>,
+    pub domain: Option<Vec<RawDomainCap>>,
+}
+
+/// `[[policy.domain]]`: an aggregate cap over every account of one sender domain.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDomainCap {
+    pub domain: Option<String>,
+    pub recipient_limit_external_per_hour: Option<i64>,
+    pub recipient_limit_per_day: Option<i64>,
+    pub action: Option<String>,
 }
 
 /// `[policy.default]` and each `[[policy.rule]]`: one shape, because a rule may override any

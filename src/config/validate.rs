@@ -633,7 +633,41 @@ fn validate_policies(
         });
     }
     rules.sort_by_key(|r| r.priority);
-    Ok(Policies { default, rules })
+    let domains = validate_domain_caps(v, raw.domain.unwrap_or_default())?;
+    Ok(Policies { default, rules, domains })
+}
+
+fn validate_domain_caps(v: &Validator<'_>, raw: Vec<super::raw::RawDomainCap>) -> Result<Vec<DomainCap>> {
+    let mut caps: Vec<DomainCap> = Vec::new();
+    for (i, d) in raw.iter().enumerate() {
+        let at = key("policy.domain").index(i);
+        let text = d.domain.as_ref().ok_or_else(|| v.err(&at, "needs a `domain`"))?;
+        let domain = v.domain(&at.key("domain"), text)?;
+        if caps.iter().any(|c| c.domain == domain) {
+            return Err(v.err(&at.key("domain"), "has a [[policy.domain]] cap already; one per domain"));
+        }
+        let limit = |k: &str, value: Option<i64>| v.int(&at.key(k), value, 0, 0..=u32::MAX as i64);
+        let cap = DomainCap {
+            recipient_limit_external_per_hour: limit(
+                "recipient_limit_external_per_hour",
+                d.recipient_limit_external_per_hour,
+            )?,
+            recipient_limit_per_day: limit("recipient_limit_per_day", d.recipient_limit_per_day)?,
+            action: v.choice(&at.key("action"), d.action.as_ref(), LimitAction::Alert, &LIMIT_ACTIONS)?,
+            domain,
+        };
+        if cap.recipient_limit_external_per_hour == 0 && cap.recipient_limit_per_day == 0 {
+            return Err(v.err(
+                &at,
+                format!(
+                    "cap of \"{}\" sets no limit: give `recipient_limit_external_per_hour` or `recipient_limit_per_day`",
+                    cap.domain
+                ),
+            ));
+        }
+        caps.push(cap);
+    }
+    Ok(caps)
 }
 
 /// Whether `text` is a level or a filter of directives each with a level: `info`,

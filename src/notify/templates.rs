@@ -217,6 +217,9 @@ pub struct Vars {
     pub event: &'static str,
     pub severity: &'static str,
     pub account: String,
+    /// For a domain restricted as a unit (`@customer.example`): the domain, so that a
+    /// template can say "every account of" rather than "the account".
+    pub domain: Option<String>,
     pub reason: String,
     pub policy: String,
     pub limit: Option<String>,
@@ -250,9 +253,24 @@ impl Vars {
         let config_file = config_file(&config.file);
         let account_arg = shell_quote(&notice.account);
         let config_arg = shell_quote(&config_file);
-        let queue_list_command =
-            format!("postqueue -j | jq -r --arg s {account_arg} 'select(.sender == $s) | .queue_id'");
+        let domain = notice.account.strip_prefix('@').filter(|d| !d.is_empty());
+        // A domain's queue: every sender of the domain or a subdomain of it.
+        let (queue_list_command, awk_test) = match domain {
+            None => (
+                format!("postqueue -j | jq -r --arg s {account_arg} 'select(.sender == $s) | .queue_id'"),
+                "$7 == s".to_owned(),
+            ),
+            Some(d) => (
+                format!(
+                    "postqueue -j | jq -r --arg d {} 'select(.sender | ascii_downcase | endswith(\"@\" + $d) or endswith(\".\" + $d)) | .queue_id'",
+                    shell_quote(d)
+                ),
+                "tolower($7) ~ (\"[@.]\" s \"$\")".to_owned(),
+            ),
+        };
+        let awk_value = shell_quote(domain.map_or(notice.account.as_str(), |d| d));
         Vars {
+            domain: domain.map(printable),
             event: notice.kind.name(),
             severity: notice.kind.severity(),
             account: printable(&notice.account),
@@ -272,7 +290,7 @@ impl Vars {
             queue_delete_command: format!("{queue_list_command} | postsuper -d -"),
             queue_list_command,
             queue_delete_command_awk: format!(
-                "mailq | tail -n +2 | awk -v s={account_arg} 'BEGIN {{ RS = \"\" }} $7 == s {{ print $1 }}' | tr -d '*!' | postsuper -d -"
+                "mailq | tail -n +2 | awk -v s={awk_value} 'BEGIN {{ RS = \"\" }} {awk_test} {{ print $1 }}' | tr -d '*!' | postsuper -d -"
             ),
             config_file: printable(&config_file),
             language: config.notify.language.code(),
@@ -533,6 +551,23 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_restricted_domain_reads_as_a_domain_in_every_language() {
+        for (lang, _) in Language::ALL {
+            let r = render(lang, &restricted("@customer.example"));
+            assert!(r.subject.contains("@customer.example"), "{lang}");
+            assert!(
+                r.body.contains(" customer.example ") && r.body.contains("(@customer.example)"),
+                "{lang}\n{}",
+                r.body
+            );
+            assert!(r.body.contains("restricted release @customer.example"), "{lang}");
+            assert!(r.body.contains("--arg d customer.example"), "{lang}\n{}", r.body);
+        }
+        let account = render("en", &restricted("bob@example.com"));
+        assert!(account.body.contains("The account bob@example.com can no longer"), "{}", account.body);
     }
 
     #[test]

@@ -68,6 +68,10 @@ pub struct Transaction {
     local_recipients: [u32; 2],
     /// For a local submission, the same message counted under the aggregate account.
     aggregate: Option<Box<Transaction>>,
+    /// The same recipients counted under each `[[policy.domain]]` cap of the account's
+    /// domain (`@domain`), as the aggregate account is: reserved with the account's, kept or
+    /// given back with them. Empty (and never allocated) for an account without a cap.
+    domains: Vec<Transaction>,
 }
 
 /// The engine shared by all milter connections.
@@ -356,6 +360,12 @@ impl Transaction {
         self.local = false;
         self.local_recipients = [0; 2];
         self.aggregate = None;
+        self.domains.clear();
+    }
+
+    /// The sub-transactions counted alongside: the aggregate account, the domain caps.
+    fn subs_mut(&mut self) -> impl Iterator<Item = &mut Transaction> {
+        self.aggregate.as_deref_mut().into_iter().chain(self.domains.iter_mut())
     }
 }
 
@@ -402,6 +412,11 @@ impl Engine {
             info!(account = %account, "restricted account: only its always-allowed recipients pass");
             tx.restricted = true;
         }
+        if compiled.policies.has_domain_caps()
+            && let Some(refusal) = self.open_domain_caps(tx, &compiled, &account)
+        {
+            return refusal;
+        }
         if facts.local_submission {
             if let Some(aggregate) = &compiled.local_submission_account {
                 if self.restrictions.is_restricted(aggregate, self.clock.now().secs()) {
@@ -422,6 +437,79 @@ impl Engine {
         tx.compiled = Some(compiled);
         self.metrics.messages.outbound_checked.inc();
         Decision::Continue
+    }
+
+    /// Opens a sub-transaction for each domain cap of the account's domain, or refuses the
+    /// MAIL FROM when one of those domains is restricted as a unit.
+    #[cold]
+    fn open_domain_caps(&self, tx: &mut Transaction, compiled: &Arc<Compiled>, account: &str) -> Option<Decision> {
+        let now = self.clock.now().secs();
+        for cap in compiled.policies.domain_caps(account) {
+            if self.restrictions.is_restricted(&cap.account, now) {
+                info!(account = %account, domain = %cap.account, "MAIL FROM refused: domain restricted");
+                self.metrics.messages.outbound_refused.inc();
+                tx.domains.clear();
+                return Some(Decision::Refuse(Refusal::AccountRestricted));
+            }
+            let mut sub = Transaction::default();
+            sub.account.push_str(&cap.account);
+            sub.policy = cap.policy;
+            sub.compiled = Some(compiled.clone());
+            tx.domains.push(sub);
+        }
+        None
+    }
+
+    /// Reserves a recipient for the account and then for each of its domain caps; a cap that
+    /// refuses it (its limit reached, or the domain restricted by now) refuses the recipient,
+    /// and what the account and the caps before it reserved for it is given back.
+    #[cold]
+    fn reserve_with_domains(&self, tx: &mut Transaction, compiled: &Compiled, hourly: LimitKind) -> Decision {
+        let mut domains = std::mem::take(&mut tx.domains);
+        let before = tx.counted;
+        let mut decision = self.reserve_recipient(tx, compiled, hourly, false);
+        if decision == Decision::Continue {
+            for i in 0..domains.len() {
+                let sub = &mut domains[i];
+                let sub_before = sub.counted;
+                decision = if sub.restricted {
+                    Decision::Refuse(Refusal::AccountRestricted)
+                } else {
+                    self.reserve_recipient(sub, compiled, hourly, false)
+                };
+                if decision != Decision::Continue {
+                    // The refused recipient is not counted anywhere.
+                    self.give_back_since(sub, compiled, sub_before);
+                    for earlier in &mut domains[..i] {
+                        let mut one = earlier.counted;
+                        for kind in [hourly, LimitKind::PerDay] {
+                            one[kind as usize] = one[kind as usize].saturating_sub(1);
+                        }
+                        self.give_back_since(earlier, compiled, one);
+                    }
+                    self.give_back_since(tx, compiled, before);
+                    tx.recipients = tx.recipients.saturating_sub(1);
+                    break;
+                }
+            }
+        }
+        tx.domains = domains;
+        self.count_recipient(hourly, decision == Decision::Continue);
+        decision
+    }
+
+    /// Gives back what `tx` reserved since its counts were `before`.
+    fn give_back_since(&self, tx: &mut Transaction, compiled: &Compiled, before: [u32; 3]) {
+        if tx.counted == before {
+            return;
+        }
+        let mut record = self.accounts.record_mut(&tx.account, tx.policy);
+        for kind in LimitKind::ALL {
+            let n = tx.counted[kind as usize].saturating_sub(before[kind as usize]);
+            compiled.limiters.give_back(tx.policy, &mut record, kind, n);
+        }
+        drop(record);
+        tx.counted = before;
     }
 
     fn decide_rcpt(&self, tx: &mut Transaction, facts: &RcptFacts<'_>) -> Decision {
@@ -457,6 +545,9 @@ impl Engine {
         if cap > 0 && tx.recipients >= cap {
             self.metrics.recipients.deferred_over_cap.inc();
             return Decision::Refuse(Refusal::TooManyRecipients);
+        }
+        if !tx.domains.is_empty() {
+            return self.reserve_with_domains(tx, compiled, hourly);
         }
         self.reserve_recipient(tx, compiled, hourly, true)
     }
@@ -578,6 +669,16 @@ impl Engine {
             decision = self.reserve_local(sub, &compiled, counts, false);
         }
         tx.aggregate = aggregate;
+        for sub in tx.domains.iter_mut() {
+            if decision != Decision::Continue {
+                break;
+            }
+            decision = if sub.restricted {
+                Decision::Refuse(Refusal::AccountRestricted)
+            } else {
+                self.reserve_local(sub, &compiled, counts, false)
+            };
+        }
         decision
     }
 
@@ -752,7 +853,7 @@ impl Policy for Engine {
             match outcome.decision {
                 Decision::Continue | Decision::Accept => {
                     tx.committed = true;
-                    if let Some(sub) = tx.aggregate.as_deref_mut() {
+                    for sub in tx.subs_mut() {
                         sub.committed = true;
                     }
                     self.metrics.messages.outbound_delivered.inc();
@@ -768,9 +869,14 @@ impl Policy for Engine {
     fn end_transaction(&self, tx: &mut Transaction) {
         if !tx.committed {
             self.give_back(tx);
+            let mut subs = std::mem::take(&mut tx.domains);
             if let Some(sub) = tx.aggregate.as_deref_mut() {
                 self.give_back(sub);
             }
+            for sub in &mut subs {
+                self.give_back(sub);
+            }
+            tx.domains = subs;
         }
         tx.reset();
     }

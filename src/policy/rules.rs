@@ -27,6 +27,16 @@ struct CompiledRule {
 pub struct CompiledPolicies {
     settings: Vec<PolicySettings>,
     rules: Vec<CompiledRule>,
+    /// `[[policy.domain]]` caps: the domain, the name it is counted and restricted under
+    /// (`@domain`) and its settings' index (after the rules').
+    domains: Vec<DomainCapIndex>,
+}
+
+/// A domain cap, compiled: see [`CompiledPolicies::domain_caps`].
+pub struct DomainCapIndex {
+    pub domain: String,
+    pub account: String,
+    pub policy: PolicyIndex,
 }
 
 fn canonical_set(items: &[String], strip: bool) -> HashSet<String> {
@@ -50,13 +60,22 @@ impl CompiledPolicies {
         };
         let mut settings = vec![policies.default.clone()];
         settings.extend(policies.rules.iter().map(|r| r.settings.clone()));
-        CompiledPolicies { settings, rules: policies.rules.iter().map(compile).collect() }
+        let mut domains = Vec::with_capacity(policies.domains.len());
+        for cap in &policies.domains {
+            let policy = settings.len() as PolicyIndex;
+            settings.push(cap.settings());
+            domains.push(DomainCapIndex { domain: cap.domain.clone(), account: cap.account(), policy });
+        }
+        CompiledPolicies { settings, rules: policies.rules.iter().map(compile).collect(), domains }
     }
 
-    /// The policy for a canonical account.
+    /// The policy for a canonical account; for a domain cap's `@domain`, the cap's.
     pub fn select(&self, account: &str) -> PolicyIndex {
-        if self.rules.is_empty() {
+        if self.rules.is_empty() && self.domains.is_empty() {
             return 0;
+        }
+        if account.starts_with('@') {
+            return self.domains.iter().find(|d| d.account == account).map_or(0, |d| d.policy);
         }
         let domain = domain_of(account);
         let in_domains = |list: &[String]| domain.is_some_and(|d| list.iter().any(|p| is_same_or_subdomain(d, p)));
@@ -73,6 +92,23 @@ impl CompiledPolicies {
             }
         }
         0
+    }
+
+    /// The domain caps an account's domain falls under: every cap on its domain or a parent
+    /// of it (each sums all the accounts below it). Empty for a login without a domain.
+    pub fn domain_caps<'a>(&'a self, account: &'a str) -> impl Iterator<Item = &'a DomainCapIndex> + 'a {
+        let domain = if self.domains.is_empty() { None } else { domain_of(account) };
+        self.domains.iter().filter(move |d| domain.is_some_and(|a| is_same_or_subdomain(a, &d.domain)))
+    }
+
+    /// Whether any domain cap is configured.
+    pub fn has_domain_caps(&self) -> bool {
+        !self.domains.is_empty()
+    }
+
+    /// The cap of exactly `domain` (canonical), if one is configured.
+    pub fn domain_cap(&self, domain: &str) -> Option<&DomainCapIndex> {
+        self.domains.iter().find(|d| d.domain == domain)
     }
 
     /// The settings of a policy.

@@ -74,9 +74,22 @@ pub enum ManualRestriction {
 
 impl Engine {
     /// The canonical form of an account name as an administrator typed it.
+    /// A domain restricted as a unit is written `@customer.example`.
     pub fn canonical_account(&self, raw: &str) -> Option<String> {
+        if let Some(domain) = raw.trim().strip_prefix('@') {
+            let domain = crate::policy::account::canonical_domain(domain);
+            let valid = !domain.is_empty() && !domain.contains(['@', ' ']) && !domain.chars().any(char::is_control);
+            return valid.then(|| format!("@{domain}"));
+        }
         let strip = self.current.load().config.organization.strip_subaddress;
         canonical(raw.as_bytes(), strip).map(|c| c.into_owned())
+    }
+
+    /// Whether `account` is a domain (`@customer.example`, canonical) with a
+    /// `[[policy.domain]]` cap: only those can be restricted as a unit, since only a cap's
+    /// domain is checked at MAIL FROM.
+    pub fn is_capped_domain(&self, account: &str) -> bool {
+        account.strip_prefix('@').is_some_and(|d| self.current.load().policies.domain_cap(d).is_some())
     }
 
     /// Live counters of an account (zeros for one not seen recently).

@@ -20,6 +20,12 @@ impl Transaction {
         self.aggregate.as_deref()
     }
 
+    /// The same recipients as counted under each `[[policy.domain]]` cap of the account's
+    /// domain (their accounts are `@domain`).
+    pub fn domains(&self) -> &[Transaction] {
+        &self.domains
+    }
+
     /// The account turned out restricted (another node restricted it) after MAIL FROM let it
     /// go on: whether its policy's `always_allowed_recipients` still let the transaction go
     /// on, for those recipients only (the transaction is then treated as restricted).
