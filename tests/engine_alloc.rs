@@ -82,8 +82,9 @@ fn decisions_for_an_unrestricted_account_allocate_nothing() {
         one_message(&engine, &mut tx, b"alice@example.com");
     }
     assert_eq!(allocations() - before, 0, "allocations while deciding for an unrestricted account");
-    // And the counter works: a new account's first message allocates its record.
+    // And the counter counts on this thread. (Not through a new account: whether its record
+    // allocates depends on whether its map shard has room, which the hash seed decides.)
     let before = allocations();
-    one_message(&engine, &mut tx, b"bob@example.com");
+    std::hint::black_box(Vec::<u8>::with_capacity(16));
     assert!(allocations() > before);
 }

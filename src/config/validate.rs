@@ -89,24 +89,6 @@ impl Validator<'_> {
         Ok(out)
     }
 
-    /// Addresses compared with envelope recipients: in the canonical form the policy gives
-    /// every address (case, IDNA, quoting; `+tag` dropped under `strip_subaddress`), without
-    /// duplicates.
-    fn canonical_addresses(&self, path: &KeyPath, list: &[String], strip_subaddress: bool) -> Result<Vec<String>> {
-        let mut out: Vec<String> = Vec::new();
-        for (i, a) in list.iter().enumerate() {
-            let at = path.index(i);
-            self.address(&at, a)?;
-            let canonical = crate::policy::account::canonical(a.as_bytes(), strip_subaddress)
-                .filter(|c| crate::policy::account::domain_of(c).is_some())
-                .ok_or_else(|| self.err(&at, "is not an email address"))?;
-            if !out.iter().any(|o| *o == canonical) {
-                out.push(canonical.into_owned());
-            }
-        }
-        Ok(out)
-    }
-
     fn domain(&self, path: &KeyPath, text: &str) -> Result<String> {
         let trimmed = text.trim().trim_start_matches('@').trim_end_matches('.');
         let ascii = idna::domain_to_ascii(trimmed).map_err(|_| self.err(path, "is not a valid domain name"))?;
@@ -392,7 +374,7 @@ pub(super) fn validate(file: &Path, source: &str, raw: RawConfig) -> Result<Conf
     }
 
     let groups = validate_groups(&v, raw.groups.unwrap_or_default())?;
-    let policies = validate_policies(&v, raw.policy.unwrap_or_default(), &groups, organization.strip_subaddress)?;
+    let policies = validate_policies(&v, raw.policy.unwrap_or_default(), &groups)?;
 
     Ok(Config {
         file: file.to_owned(),
@@ -470,7 +452,6 @@ fn settings(
     p: &RawPolicy,
     base: &PolicySettings,
     name: String,
-    strip_subaddress: bool,
 ) -> Result<PolicySettings> {
     let limit = |k: &str, value: Option<i64>, default: u32| v.int(&at.key(k), value, default, 0..=u32::MAX as i64);
     Ok(PolicySettings {
@@ -527,7 +508,9 @@ fn settings(
         notify_sender: p.notify_sender.unwrap_or(base.notify_sender),
         always_allowed_recipients: match &p.always_allowed_recipients {
             None => base.always_allowed_recipients.clone(),
-            Some(list) => v.canonical_addresses(&at.key("always_allowed_recipients"), list, strip_subaddress)?,
+            // Checked here as addresses; the policy compares them in its canonical form
+            // (policy/rules.rs), which also drops duplicates.
+            Some(list) => v.addresses(&at.key("always_allowed_recipients"), Some(list))?,
         },
     })
 }
@@ -557,7 +540,6 @@ fn validate_policies(
     v: &Validator<'_>,
     raw: super::raw::RawPolicies,
     groups: &BTreeMap<String, Vec<String>>,
-    strip_subaddress: bool,
 ) -> Result<Policies> {
     let builtin = builtin_default_policy();
     let default_raw = raw.default.unwrap_or_default();
@@ -567,7 +549,7 @@ fn validate_policies(
             v.err(&default_path.key(k), "belongs in a [[policy.rule]]; [policy.default] applies to every account")
         );
     }
-    let default = settings(v, &default_path, &default_raw, &builtin, "default".into(), strip_subaddress)?;
+    let default = settings(v, &default_path, &default_raw, &builtin, "default".into())?;
 
     let mut rules = Vec::new();
     let mut names = HashSet::new();
@@ -620,7 +602,7 @@ fn validate_policies(
                 format!("rule \"{name}\" has no condition: give `from`, `from_member_of` or `sender_domain_is`"),
             ));
         }
-        let settings = settings(v, &at, r, &default, name, strip_subaddress)?;
+        let settings = settings(v, &at, r, &default, name)?;
         rules.push(Rule {
             priority,
             from,

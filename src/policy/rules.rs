@@ -43,6 +43,18 @@ fn canonical_set(items: &[String], strip: bool) -> HashSet<String> {
     items.iter().filter_map(|i| canonical(i.as_bytes(), strip).map(|c| c.into_owned())).collect()
 }
 
+/// The canonical forms of `items`, in order, without duplicates; an entry with no canonical
+/// form (config validation lets none through) is dropped.
+fn canonical_list(items: &[String], strip: bool) -> Vec<String> {
+    let mut out: Vec<String> = Vec::with_capacity(items.len());
+    for c in items.iter().filter_map(|i| canonical(i.as_bytes(), strip)) {
+        if !out.iter().any(|o| *o == c) {
+            out.push(c.into_owned());
+        }
+    }
+    out
+}
+
 fn group_sets(names: &[String], groups: &BTreeMap<String, Vec<String>>, strip: bool) -> Vec<HashSet<String>> {
     names.iter().map(|g| canonical_set(groups.get(g).map(Vec::as_slice).unwrap_or_default(), strip)).collect()
 }
@@ -60,6 +72,10 @@ impl CompiledPolicies {
         };
         let mut settings = vec![policies.default.clone()];
         settings.extend(policies.rules.iter().map(|r| r.settings.clone()));
+        // Compared with envelope recipients, which are in canonical form.
+        for s in &mut settings {
+            s.always_allowed_recipients = canonical_list(&s.always_allowed_recipients, strip_subaddress);
+        }
         let mut domains = Vec::with_capacity(policies.domains.len());
         for cap in &policies.domains {
             let policy = settings.len() as PolicyIndex;
