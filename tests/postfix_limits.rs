@@ -148,3 +148,48 @@ fn a_restricted_account_still_reaches_the_helpdesk_and_nobody_else() {
     assert!(status.success(), "{log}");
     assert!(log.contains("only its always-allowed recipients pass"), "{log}");
 }
+
+/// A domain cap through a real Postfix: two authenticated accounts of one customer domain each
+/// stay under their own limit, together they reach the domain's; the domain is restricted as a
+/// unit, so both accounts are refused at MAIL FROM, and the CLI releases it by `@domain`.
+#[test]
+fn two_accounts_of_one_domain_reach_its_cap_together() {
+    let guard = GuardProcess::start(
+        "",
+        "[organization]\nlocal_domains = [\"example.com\"]\ninternal_networks = [\"127.0.0.1/32\"]\n\
+         [policy.default]\nrecipient_limit_external_per_hour = 10\n\
+         [[policy.domain]]\ndomain = \"customer.example\"\nrecipient_limit_external_per_hour = 3\naction = \"block\"\n",
+    );
+    let sink = SmtpSink::start();
+    let pf = Postfix::start(
+        PostfixOptions::new()
+            .relay_to(&sink)
+            .smtpd_milters(&guard.milter_address())
+            .milter_default_action("tempfail")
+            .sasl_user("ann@customer.example", "pw-ann")
+            .sasl_user("ben@shop.customer.example", "pw-ben"),
+    );
+    let send = |login: &str, password: &str, to: &[&str]| {
+        Swaks::new(pf.smtp_port()).outside().auth_plain(login, password).from(login).tos(to).run()
+    };
+    let ann = send("ann@customer.example", "pw-ann", &["a@example.net", "b@example.net"]);
+    assert!(ann.success(), "{}", ann.transcript);
+    // Ben is in a subdomain: his recipients count under the same cap; the second one is over it.
+    let ben = send("ben@shop.customer.example", "pw-ben", &["c@example.net", "d@example.net"]);
+    assert!(ben.has_reply("550 5.2.2"), "{}", ben.transcript);
+    for (login, password) in [("ann@customer.example", "pw-ann"), ("ben@shop.customer.example", "pw-ben")] {
+        let refused = send(login, password, &["e@example.net"]);
+        assert!(refused.has_reply("550 5.1.8"), "{login}: {}", refused.transcript);
+    }
+    let list = guard.cli(&["--json", "restricted", "list"]);
+    let list: serde_json::Value = serde_json::from_slice(&list.stdout).expect("JSON");
+    let accounts: Vec<&str> =
+        list["restricted"].as_array().expect("list").iter().filter_map(|r| r["account"].as_str()).collect();
+    assert_eq!(accounts, ["@customer.example"]);
+    let release = guard.cli(&["restricted", "release", "@customer.example"]);
+    assert!(release.status.success(), "{}", String::from_utf8_lossy(&release.stderr));
+    let after = send("ann@customer.example", "pw-ann", &["f@example.net"]);
+    assert!(after.success(), "{}", after.transcript);
+    let delivered: Vec<String> = sink.wait_for_messages(3, WAIT).iter().flat_map(|m| m.rcpts.clone()).collect();
+    assert!(delivered.contains(&"c@example.net".to_string()) && !delivered.contains(&"d@example.net".to_string()));
+}
