@@ -236,6 +236,9 @@ pub struct Vars {
     pub queue_delete_command_awk: String,
     pub config_file: String,
     pub language: &'static str,
+    /// What led to a restriction: a limit's key, `spam`, `bounces` or `manual` (empty for
+    /// other events and older spool files).
+    pub cause: String,
 }
 
 impl Vars {
@@ -276,6 +279,7 @@ impl Vars {
             ),
             config_file: printable(&config_file),
             language: config.notify.language.code(),
+            cause: printable(&notice.cause),
         }
     }
 }
@@ -286,7 +290,7 @@ impl Vars {
 #[derive(Debug, Serialize)]
 pub struct AccountVars {
     pub account: String,
-    /// `limit`, `spam` or `administrator`.
+    /// `limit`, `spam`, `bounces` or `administrator`.
     pub cause: &'static str,
     pub since: String,
     pub until: Option<String>,
@@ -301,6 +305,8 @@ impl AccountVars {
             "limit"
         } else if notice.by.is_some() {
             "administrator"
+        } else if notice.cause == "bounces" {
+            "bounces"
         } else {
             "spam"
         };
