@@ -397,7 +397,9 @@ pub(super) fn validate(file: &Path, source: &str, raw: RawConfig) -> Result<Conf
     let delivery = DeliveryConfig {
         postfix_log: match raw.delivery.unwrap_or_default().postfix_log.as_deref() {
             None => None,
-            Some("") => return Err(v.err(&key("delivery.postfix_log"), "is empty: give the log file, or leave the key out")),
+            Some("") => {
+                return Err(v.err(&key("delivery.postfix_log"), "is empty: give the log file, or leave the key out"));
+            }
             Some(text) => Some(v.path(text)),
         },
     };
@@ -546,7 +548,12 @@ fn settings(
             1..=u32::MAX as i64,
         )?,
         bounce_window: v.duration(&at.key("bounce_window"), p.bounce_window.as_ref(), base.bounce_window)?,
-        bounce_action: v.choice(&at.key("bounce_action"), p.bounce_action.as_ref(), base.bounce_action, &LIMIT_ACTIONS)?,
+        bounce_action: v.choice(
+            &at.key("bounce_action"),
+            p.bounce_action.as_ref(),
+            base.bounce_action,
+            &LIMIT_ACTIONS,
+        )?,
     })
 }
 

@@ -113,7 +113,11 @@ impl Delivery {
 
 /// Follows `log` for `engine` until `shutdown` turns true. Each poll runs on a blocking
 /// thread: the milter's workers never wait for the log's filesystem.
-pub fn spawn(engine: Arc<Engine>, log: PathBuf, mut shutdown: watch::Receiver<bool>) -> Option<tokio::task::JoinHandle<()>> {
+pub fn spawn(
+    engine: Arc<Engine>,
+    log: PathBuf,
+    mut shutdown: watch::Receiver<bool>,
+) -> Option<tokio::task::JoinHandle<()>> {
     let mut delivery = Delivery::new(engine, log)?;
     Some(tokio::spawn(async move {
         let mut tick = tokio::time::interval(POLL_EVERY);

@@ -221,7 +221,8 @@ mod tests {
         o.accepted(accepted("4A4419D402D", "a@example.com"), 0);
         let d = "Jan  1 00:00:01 mx postfix/smtp[9]: 4A4419D402D: to=<x@remote.example>, relay=none, delay=1, delays=0/0/0/1, dsn=4.4.1, status=deferred (connect refused)";
         feed(&mut o, d, 1);
-        let x = "Jan  6 00:00:01 mx postfix/qmgr[3]: 4A4419D402D: from=<a@example.com>, status=expired, returned to sender";
+        let x =
+            "Jan  6 00:00:01 mx postfix/qmgr[3]: 4A4419D402D: from=<a@example.com>, status=expired, returned to sender";
         assert_eq!(feed(&mut o, x, 2), vec![Outcome::Bounced]);
         let r = "Jan  6 00:00:01 mx postfix/qmgr[3]: 4A4419D402D: removed";
         feed(&mut o, r, 3);

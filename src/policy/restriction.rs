@@ -104,10 +104,12 @@ impl Restriction {
     /// what the source tells (`manual` or `policy`).
     pub fn cause(&self) -> &'static str {
         let limits = LimitKind::ALL.map(LimitKind::key);
-        limits.into_iter().chain(["spam", "bounces", "manual"]).find(|c| *c == self.cause).unwrap_or(match self.source {
-            Source::Admin => "manual",
-            Source::Policy => "policy",
-        })
+        limits.into_iter().chain(["spam", "bounces", "manual"]).find(|c| *c == self.cause).unwrap_or(
+            match self.source {
+                Source::Admin => "manual",
+                Source::Policy => "policy",
+            },
+        )
     }
 
     /// Whether it is in force at `now` (seconds since the epoch).

@@ -101,7 +101,8 @@ impl Engine {
         let Some(id) = queue_id.and_then(|q| std::str::from_utf8(q).ok()).filter(|q| !q.is_empty()) else {
             return;
         };
-        let accepted = Accepted { queue_id: CompactString::from(id), account: CompactString::from(tx.account.as_str()) };
+        let accepted =
+            Accepted { queue_id: CompactString::from(id), account: CompactString::from(tx.account.as_str()) };
         if tap.tx.try_send(accepted).is_err() && tap.dropped.fetch_add(1, Ordering::Relaxed) == 0 {
             warn!("delivery follower not keeping up; outcomes of some accepted messages are not followed");
         }
@@ -126,10 +127,12 @@ impl Engine {
         let policy = compiled.policies.select(account);
         let settings = compiled.policies.settings(policy);
         let now = self.clock.now();
-        let reason = bounce_reason(evidence, settings.bounce_window, settings.bounce_min_recipients, settings.bounce_percent);
+        let reason =
+            bounce_reason(evidence, settings.bounce_window, settings.bounce_min_recipients, settings.bounce_percent);
         let node = &compiled.config.notify.node_name;
         if settings.bounce_action == LimitAction::Alert {
-            let first = self.accounts.record_mut(account, policy).first_notice_this_hour(HourlyNotice::BounceAlert, now.hour());
+            let first =
+                self.accounts.record_mut(account, policy).first_notice_this_hour(HourlyNotice::BounceAlert, now.hour());
             if !first {
                 return BounceAction::Nothing;
             }
