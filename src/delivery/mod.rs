@@ -64,7 +64,7 @@ impl Delivery {
             self.outcomes.accepted(a, now);
         }
         self.polls = self.polls.wrapping_add(1);
-        if self.polls % 600 == 0 {
+        if self.polls.is_multiple_of(600) {
             self.outcomes.expire(now);
         }
         let Delivery { engine, follower, outcomes, .. } = self;
