@@ -89,6 +89,12 @@ impl Follower {
                     // Deleted or renamed away: what was written to it is still there to read.
                     self.read_to_end(&mut old, u64::MAX, &mut on_line);
                     self.partial.clear();
+                    self.dropping = false;
+                    if found == Found::Missing {
+                        // A rotation that has not created the new file yet, as often as not.
+                        info!(file = %self.path.display(), "log file moved away or deleted; read to its end, waiting for the new one");
+                        self.complained = Some(found);
+                    }
                 }
                 self.complain(found, &e);
                 return found;
@@ -122,7 +128,7 @@ impl Follower {
                     let offset = if first { meta.len() } else { 0 };
                     self.open = Some(Open { file, dev: meta.dev(), ino: meta.ino(), offset });
                     if self.complained.take().is_some() || first {
-                        info!(file = %self.path.display(), "following the Postfix log");
+                        info!(file = %self.path.display(), "Postfix log opened");
                     }
                 }
                 Err(e) => {

@@ -67,11 +67,16 @@ impl Delivery {
         if self.polls.is_multiple_of(600) {
             self.outcomes.expire(now);
         }
-        let Delivery { engine, follower, outcomes, .. } = self;
+        let Delivery { engine, follower, outcomes, accepted, .. } = self;
         let metrics = engine.metrics().clone();
         let mut finished = Vec::new();
         let found = follower.poll(|line| {
             let Ok(parsed) = maillog::parse(line) else { return };
+            // A message accepted since the poll began may already have its first line here:
+            // the engine hands it over before it answers the MTA, so before Postfix logs it.
+            while let Ok(a) = accepted.try_recv() {
+                outcomes.accepted(a, now);
+            }
             if let maillog::Event::Delivery { status: maillog::DeliveryStatus::Deferred, .. } = parsed.event {
                 metrics.delivery_outcome("deferred");
             }
