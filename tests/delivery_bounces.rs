@@ -133,3 +133,25 @@ fn lines_of_messages_the_filter_did_not_accept_count_nothing() {
     delivery.poll();
     assert!(engine.restrictions().list(engine.clock().now().secs()).is_empty());
 }
+
+#[test]
+fn the_keys_are_validated_and_the_log_path_is_relative_to_the_file() {
+    let parse = |text: &str| Config::parse(Path::new("/etc/outbound-guard/plugin.toml"), text);
+    let c = parse("[delivery]\npostfix_log = \"log/mail.log\"\n").unwrap();
+    assert_eq!(c.delivery.postfix_log.as_deref(), Some(Path::new("/etc/outbound-guard/log/mail.log")));
+    let d = &c.policies.default;
+    assert_eq!((d.bounce_percent, d.bounce_min_recipients), (0, 20), "off by default");
+    assert_eq!(d.bounce_window, std::time::Duration::from_secs(3600));
+    assert!(parse("").unwrap().delivery.postfix_log.is_none());
+    for (text, key) in [
+        ("[delivery]\npostfix_log = \"\"\n", "delivery.postfix_log"),
+        ("[delivery]\nfollow = true\n", "follow"),
+        ("[policy.default]\nbounce_percent = 101\n", "policy.default.bounce_percent"),
+        ("[policy.default]\nbounce_min_recipients = 0\n", "policy.default.bounce_min_recipients"),
+        ("[policy.default]\nbounce_window = \"0s\"\n", "policy.default.bounce_window"),
+        ("[policy.default]\nbounce_action = \"shout\"\n", "policy.default.bounce_action"),
+    ] {
+        let e = parse(text).expect_err(text).to_string();
+        assert!(e.contains(key), "{text}: {e}");
+    }
+}

@@ -501,6 +501,31 @@ mod tests {
         }
     }
 
+    /// A restriction for bounces says so in every language, for the administrators and for
+    /// the account, and carries the evidence of the reason.
+    #[test]
+    fn a_bounce_restriction_says_so_in_every_language() {
+        let mut n = restricted("alice@example.com");
+        n.limit = None;
+        n.cause = "bounces".into();
+        n.reason =
+            "25 of its 40 recipients with a final outcome in the last 1h bounced; e.g. x@remote.example: 5.1.1".into();
+        for (lang, admin_word, account_word) in [
+            ("en", "bounced", "could not be delivered"),
+            ("sv", "studsade", "kunde inte levereras"),
+            ("nl", "gebounced", "niet worden bezorgd"),
+            ("da", "kom retur", "kunne ikke leveres"),
+        ] {
+            let c = config(&format!("language = \"{lang}\""));
+            let t = Templates::load(&c).unwrap();
+            let body = t.render(&n, &c).unwrap().body;
+            assert!(body.contains(admin_word), "{lang}: {admin_word:?} missing from\n{body}");
+            assert!(body.contains("x@remote.example: 5.1.1"), "{lang}: the evidence\n{body}");
+            let own = t.render_for_account(&n, &c).unwrap().body;
+            assert!(own.contains(account_word), "{lang}: {account_word:?} missing from\n{own}");
+        }
+    }
+
     #[test]
     fn until_released_when_no_end() {
         let mut n = restricted("alice@example.com");
