@@ -155,3 +155,31 @@ fn the_keys_are_validated_and_the_log_path_is_relative_to_the_file() {
         assert!(e.contains(key), "{text}: {e}");
     }
 }
+
+/// The task `run` starts: it polls on its own with paused time (no waiting in real time),
+/// and stops at shutdown.
+#[tokio::test(start_paused = true)]
+async fn the_follower_task_polls_by_itself_and_stops_at_shutdown() {
+    let (engine, _events) = engine();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("mail.log");
+    append(&log, "");
+    let (stop, shutdown) = tokio::sync::watch::channel(false);
+    let task = outbound_guard::delivery::spawn(engine.clone(), log.clone(), shutdown).expect("a follower");
+    // Its first poll opens the log at its end.
+    tokio::time::sleep(outbound_guard::delivery::POLL_EVERY * 2).await;
+    send(&engine, "alice@example.com", "8E8859B846B", &["a@remote.example", "b@remote.example", "c@remote.example"]);
+    for to in ["a", "b", "c"] {
+        append(&log, &status("8E8859B846B", &format!("{to}@remote.example"), "5.1.1", "bounced"));
+    }
+    let restricted = || engine.restrictions().is_restricted("alice@example.com", engine.clock().now().secs());
+    for _ in 0..20 {
+        if restricted() {
+            break;
+        }
+        tokio::time::sleep(outbound_guard::delivery::POLL_EVERY).await;
+    }
+    assert!(restricted());
+    stop.send(true).unwrap();
+    task.await.expect("the task ends at shutdown");
+}
