@@ -92,7 +92,13 @@ fn bounced_recipients_past_the_thresholds_restrict_the_account_across_a_rotation
     assert!(r.until.is_none(), "bounce_action defaults to block");
     let event = events.try_recv().expect("an event");
     assert_eq!((event.kind, event.cause.as_str()), (EventKind::SenderRestricted, "bounces"));
-    assert!(engine.metrics().render().contains("outbound_guard_restrictions_total{reason=\"bounces\"} 1"));
+    let metrics = engine.metrics().render();
+    assert!(metrics.contains("outbound_guard_restrictions_total{reason=\"bounces\"} 1"), "{metrics}");
+    // Only the followed messages' recipients: the line from before the start is nobody's.
+    for (outcome, n) in [("delivered", 1), ("bounced", 3), ("deferred", 1)] {
+        let sample = format!("outbound_guard_delivery_outcomes_total{{outcome=\"{outcome}\"}} {n}\n");
+        assert!(metrics.contains(&sample), "{sample} in {metrics}");
+    }
     assert_eq!(delivery.followed(), 1, "the removed message is forgotten");
 }
 

@@ -77,7 +77,9 @@ impl Delivery {
             while let Ok(a) = accepted.try_recv() {
                 outcomes.accepted(a, now);
             }
-            if let maillog::Event::Delivery { status: maillog::DeliveryStatus::Deferred, .. } = parsed.event {
+            if let maillog::Event::Delivery { status: maillog::DeliveryStatus::Deferred, .. } = parsed.event
+                && parsed.queue_id.is_some_and(|id| outcomes.follows(id))
+            {
                 metrics.delivery_outcome("deferred");
             }
             outcomes.line(&parsed, now, |f| {

@@ -75,12 +75,23 @@ impl Outcomes {
         if self.messages.len() >= MAX_MESSAGES && !self.messages.contains_key(&a.queue_id) {
             self.expire(now);
             if self.messages.len() >= MAX_MESSAGES {
+                if self.overflowed == 0 {
+                    tracing::warn!(
+                        followed = MAX_MESSAGES,
+                        "too many messages in the queue to follow; outcomes of newer ones are not counted"
+                    );
+                }
                 self.overflowed += 1;
                 return;
             }
         }
         let expires = now + QUEUE_LIFETIME.as_secs() as i64;
         self.messages.insert(a.queue_id, Pending { account: a.account, expires, deferred: Vec::new() });
+    }
+
+    /// Whether the message with queue ID `id` is followed.
+    pub fn follows(&self, id: &[u8]) -> bool {
+        std::str::from_utf8(id).is_ok_and(|id| self.messages.contains_key(id))
     }
 
     /// Messages followed now.
