@@ -165,6 +165,7 @@ impl Services {
             ("state", old.state != config.state),
             ("admin", old.admin != config.admin),
             ("log", old.log != config.log),
+            ("delivery.postfix_log", old.delivery != config.delivery),
         ] {
             if changed {
                 warn!("{key} changed: it takes effect at the next restart");
@@ -292,6 +293,10 @@ pub async fn run(
             }
         }
     });
+    let delivery = config.delivery.postfix_log.clone().and_then(|log| {
+        info!(file = %log.display(), "following the Postfix log for delivery outcomes");
+        crate::delivery::spawn(services.engine.clone(), log, shutdown.clone())
+    });
     let admin_task = admin.map(|(l, state)| {
         if let Ok(addr) = l.local_addr() {
             info!(listen = %addr, "admin API listening");
@@ -338,6 +343,9 @@ pub async fn run(
     }
     let _ = shutdown.wait_for(|s| *s).await;
     evictor.abort();
+    if let Some(task) = delivery {
+        task.abort();
+    }
     if let Some((cluster, _)) = &services.cluster {
         cluster.flush(Duration::from_secs(2)).await;
     }

@@ -18,6 +18,9 @@
 //!   fsynced journal with an audit trail; the counters snapshot.
 //! - [`notify`]: administrator notifications — events → localized email and webhook,
 //!   through a durable spool with retries; never on the milter path.
+//! - [`delivery`]: what became of the accepted messages — the Postfix log followed across
+//!   rotations, each queue ID tied to its account, outcomes counted per account; the bounce
+//!   signal. Off the milter path.
 //! - [`verdict`]: the spam verdict on a message — from the headers a scanner in front of us
 //!   wrote ([`verdict::headers`]) or by asking spamd ([`verdict::spamd`]) or rspamd
 //!   ([`verdict::rspamd`]) directly; a scanner that fails is an error, never a refusal.
@@ -31,7 +34,7 @@
 //!   reply texts), so the layers above use it without parsing again.
 //!
 //! Each module uses only those below it: wiring (`main`, `cli`, `daemon`, `load`) → faces
-//! around the engine (`admin`, `cluster`) → `milter`, `notify` → `state` → `policy` →
+//! around the engine (`admin`, `cluster`) → `milter`, `notify`, `delivery` → `state` → `policy` →
 //! `verdict`, `maillog` → `config` → process-wide utilities (`metrics`, `huge_pages`).
 //! - [`cli`]: the command line definition (clap), shared with the man page generator.
 //! - [`daemon`]: wiring for `outbound-guard run`: logging, signals, the tasks.
@@ -44,6 +47,7 @@ pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod daemon;
+pub mod delivery;
 pub mod huge_pages;
 pub mod load;
 pub mod maillog;

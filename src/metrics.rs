@@ -57,6 +57,7 @@ pub struct Metrics {
     pub redis_local_decisions: Counter,
     redis_errors: Family<Labels, Counter>,
     notifications_pending: Family<Labels, Gauge>,
+    delivery_outcomes: Family<Labels, Counter>,
 }
 
 impl Default for Metrics {
@@ -136,6 +137,12 @@ impl Metrics {
             "Notifications waiting in the spool for delivery, by channel",
             notifications_pending.clone(),
         );
+        let delivery_outcomes = Family::<Labels, Counter>::default();
+        registry.register(
+            "delivery_outcomes",
+            "Recipients of accepted messages by outcome as the Postfix log tells it ([delivery] postfix_log)",
+            delivery_outcomes.clone(),
+        );
         let redis_up = Gauge::default();
         let redis_local_decisions = Counter::default();
         let redis_errors = Family::<Labels, Counter>::default();
@@ -193,7 +200,14 @@ impl Metrics {
             redis_local_decisions,
             redis_errors,
             notifications_pending,
+            delivery_outcomes,
         }
+    }
+
+    /// Counts a recipient outcome read from the MTA's log: `delivered`, `bounced` or
+    /// `deferred` (each deferral; not final).
+    pub fn delivery_outcome(&self, outcome: &'static str) {
+        self.delivery_outcomes.get_or_create(&vec![("outcome", outcome)]).inc();
     }
 
     /// Sets the number of notifications waiting in the spool.

@@ -65,6 +65,7 @@ fn restricted(account: &str) -> Event {
         until: Some(datetime!(2026-11-23 00:00:00 UTC)),
         node: "mx1".into(),
         by: None,
+        cause: String::new(),
     }
 }
 

@@ -55,6 +55,7 @@ async fn smtp_sink_receives_a_restriction_notice_per_language() {
             until: None,
             node: "mx1".into(),
             by: Some("admin".into()),
+            cause: String::new(),
         })
         .await
         .unwrap();
@@ -92,6 +93,7 @@ fn restricted_at_limit(id: &str, account: &str) -> Event {
         until: Some(datetime!(2026-11-23 00:00:00 UTC)),
         node: "mx1".into(),
         by: None,
+        cause: String::new(),
     }
 }
 

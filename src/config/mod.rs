@@ -43,6 +43,7 @@ pub struct Config {
     pub replies: ReplyTexts,
     pub policies: Policies,
     pub groups: BTreeMap<String, Vec<String>>,
+    pub delivery: DeliveryConfig,
 }
 
 /// `[milter]`.
@@ -201,6 +202,14 @@ pub enum LogFormat {
     Json,
 }
 
+/// `[delivery]`: what became of the accepted messages, read from the MTA's log.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeliveryConfig {
+    /// The Postfix log to follow (rotation-safe); `None`: outcomes are not followed and the
+    /// bounce signal is off.
+    pub postfix_log: Option<PathBuf>,
+}
+
 /// `[admin]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AdminConfig {
@@ -294,6 +303,13 @@ pub struct PolicySettings {
     pub notify_sender: bool,
     /// Recipients a restricted account may still write to (e.g. the helpdesk), canonical.
     pub always_allowed_recipients: Vec<String>,
+    /// Bounce signal: the share (percent) of the account's recipients with a final outcome in
+    /// `bounce_window` that bounced; 0 disables it.
+    pub bounce_percent: u8,
+    /// ... and at least this many bounced recipients.
+    pub bounce_min_recipients: u32,
+    pub bounce_window: Duration,
+    pub bounce_action: LimitAction,
 }
 
 /// A custom policy and the accounts it applies to.

@@ -19,6 +19,7 @@ pub struct RawConfig {
     pub replies: Option<RawReplies>,
     pub policy: Option<RawPolicies>,
     pub groups: Option<BTreeMap<String, Vec<String>>>,
+    pub delivery: Option<RawDelivery>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -81,6 +82,12 @@ pub struct RawNotify {
     pub warn_at_percent: Option<i64>,
     pub node_name: Option<String>,
     pub admin_url: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDelivery {
+    pub postfix_log: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -154,4 +161,8 @@ pub struct RawPolicy {
     pub notify_recipients: Option<Vec<String>>,
     pub notify_sender: Option<bool>,
     pub always_allowed_recipients: Option<Vec<String>>,
+    pub bounce_percent: Option<i64>,
+    pub bounce_min_recipients: Option<i64>,
+    pub bounce_window: Option<String>,
+    pub bounce_action: Option<String>,
 }

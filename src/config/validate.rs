@@ -376,7 +376,18 @@ pub(super) fn validate(file: &Path, source: &str, raw: RawConfig) -> Result<Conf
     let groups = validate_groups(&v, raw.groups.unwrap_or_default())?;
     let policies = validate_policies(&v, raw.policy.unwrap_or_default(), &groups)?;
 
+    let delivery = DeliveryConfig {
+        postfix_log: match raw.delivery.unwrap_or_default().postfix_log.as_deref() {
+            None => None,
+            Some("") => {
+                return Err(v.err(&key("delivery.postfix_log"), "is empty: give the log file, or leave the key out"));
+            }
+            Some(text) => Some(v.path(text)),
+        },
+    };
+
     Ok(Config {
+        delivery,
         file: file.to_owned(),
         milter,
         organization,
@@ -512,6 +523,20 @@ fn settings(
             // (policy/rules.rs), which also drops duplicates.
             Some(list) => v.addresses(&at.key("always_allowed_recipients"), Some(list))?,
         },
+        bounce_percent: v.int(&at.key("bounce_percent"), p.bounce_percent, base.bounce_percent.into(), 0..=100)? as u8,
+        bounce_min_recipients: v.int(
+            &at.key("bounce_min_recipients"),
+            p.bounce_min_recipients,
+            base.bounce_min_recipients,
+            1..=u32::MAX as i64,
+        )?,
+        bounce_window: v.duration(&at.key("bounce_window"), p.bounce_window.as_ref(), base.bounce_window)?,
+        bounce_action: v.choice(
+            &at.key("bounce_action"),
+            p.bounce_action.as_ref(),
+            base.bounce_action,
+            &LIMIT_ACTIONS,
+        )?,
     })
 }
 
@@ -533,6 +558,10 @@ pub fn builtin_default_policy() -> PolicySettings {
         notify_recipients: Vec::new(),
         notify_sender: false,
         always_allowed_recipients: Vec::new(),
+        bounce_percent: 0,
+        bounce_min_recipients: 20,
+        bounce_window: Duration::from_secs(3600),
+        bounce_action: LimitAction::Block,
     }
 }
 

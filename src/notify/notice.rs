@@ -109,6 +109,10 @@ pub struct Notice {
     /// change; empty for alerts and in spool files written before it was kept.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub event_id: String,
+    /// What led to a restriction ([`Event::cause`]); empty for other notices and in spool
+    /// files written before it was kept.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub cause: String,
 }
 
 impl From<&Event> for Notice {
@@ -126,6 +130,7 @@ impl From<&Event> for Notice {
             by: e.by.clone(),
             taken_in_ns: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64),
             event_id: e.id.clone(),
+            cause: e.cause.clone(),
         }
     }
 }
@@ -213,6 +218,7 @@ pub(crate) mod tests {
             by: None,
             taken_in_ns: 0,
             event_id: String::new(),
+            cause: String::new(),
         }
     }
 

@@ -239,6 +239,9 @@ pub struct Vars {
     pub queue_delete_command_awk: String,
     pub config_file: String,
     pub language: &'static str,
+    /// What led to a restriction: a limit's key, `spam`, `bounces` or `manual` (empty for
+    /// other events and older spool files).
+    pub cause: String,
 }
 
 impl Vars {
@@ -294,6 +297,7 @@ impl Vars {
             ),
             config_file: printable(&config_file),
             language: config.notify.language.code(),
+            cause: printable(&notice.cause),
         }
     }
 }
@@ -304,7 +308,7 @@ impl Vars {
 #[derive(Debug, Serialize)]
 pub struct AccountVars {
     pub account: String,
-    /// `limit`, `spam` or `administrator`.
+    /// `limit`, `spam`, `bounces` or `administrator`.
     pub cause: &'static str,
     pub since: String,
     pub until: Option<String>,
@@ -319,6 +323,8 @@ impl AccountVars {
             "limit"
         } else if notice.by.is_some() {
             "administrator"
+        } else if notice.cause == "bounces" {
+            "bounces"
         } else {
             "spam"
         };
@@ -510,6 +516,31 @@ mod tests {
             }
             assert!(!b.contains("{{") && !b.contains("{%"), "{lang}: unrendered\n{b}");
             assert!(!b.starts_with('\n'), "{lang}: leading blank line");
+        }
+    }
+
+    /// A restriction for bounces says so in every language, for the administrators and for
+    /// the account, and carries the evidence of the reason.
+    #[test]
+    fn a_bounce_restriction_says_so_in_every_language() {
+        let mut n = restricted("alice@example.com");
+        n.limit = None;
+        n.cause = "bounces".into();
+        n.reason =
+            "25 of its 40 recipients with a final outcome in the last 1h bounced; e.g. x@remote.example: 5.1.1".into();
+        for (lang, admin_word, account_word) in [
+            ("en", "bounced", "could not be delivered"),
+            ("sv", "studsade", "kunde inte levereras"),
+            ("nl", "gebounced", "niet worden bezorgd"),
+            ("da", "kom retur", "kunne ikke leveres"),
+        ] {
+            let c = config(&format!("language = \"{lang}\""));
+            let t = Templates::load(&c).unwrap();
+            let body = t.render(&n, &c).unwrap().body;
+            assert!(body.contains(admin_word), "{lang}: {admin_word:?} missing from\n{body}");
+            assert!(body.contains("x@remote.example: 5.1.1"), "{lang}: the evidence\n{body}");
+            let own = t.render_for_account(&n, &c).unwrap().body;
+            assert!(own.contains(account_word), "{lang}: {account_word:?} missing from\n{own}");
         }
     }
 

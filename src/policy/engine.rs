@@ -33,6 +33,7 @@ use crate::metrics::Metrics;
 use crate::verdict::Verdict;
 
 pub mod admin;
+pub mod bounces;
 mod scanning;
 /// What cluster mode (`crate::cluster`) reads and merges; kept apart from the decisions.
 mod shared;
@@ -82,6 +83,8 @@ pub struct Engine {
     restrictions: Arc<dyn RestrictionStore>,
     events: EventSink,
     clock: EngineClock,
+    /// Set when a delivery follower listens (`[delivery] postfix_log`).
+    delivery: std::sync::OnceLock<bounces::DeliveryTap>,
 }
 
 /// One decision in this many is timed for `decision_seconds` (see [`Engine::timed`]).
@@ -107,6 +110,7 @@ impl Engine {
             restrictions,
             events,
             clock,
+            delivery: std::sync::OnceLock::new(),
         }
     }
 
@@ -857,6 +861,7 @@ impl Policy for Engine {
                         sub.committed = true;
                     }
                     self.metrics.messages.outbound_delivered.inc();
+                    self.tell_delivery(tx, facts.queue_id);
                 }
                 _ => {
                     self.metrics.messages.outbound_rejected.inc();

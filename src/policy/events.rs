@@ -60,6 +60,11 @@ pub struct Event {
     pub node: String,
     /// Who acted, for administrator actions.
     pub by: Option<String>,
+    /// What led to a restriction, as the metrics label it ([`Restriction::cause`]): a limit's
+    /// key, `spam`, `bounces` or `manual`; empty for other events and in records written
+    /// before it was kept.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub cause: String,
 }
 
 impl Event {
@@ -77,6 +82,7 @@ impl Event {
             until: r.until,
             node: node.to_owned(),
             by: by.map(str::to_owned),
+            cause: r.cause.clone(),
         }
     }
 
@@ -102,6 +108,7 @@ impl Event {
             until: Some(at),
             node: node.to_owned(),
             by: Some(by.to_owned()),
+            cause: String::new(),
         }
     }
 
@@ -121,6 +128,7 @@ impl Event {
             until: None,
             node: node.to_owned(),
             by: None,
+            cause: String::new(),
         }
     }
 
@@ -187,6 +195,7 @@ mod tests {
             until: None,
             node: "mx1".to_owned(),
             by: None,
+            cause: String::new(),
         }
     }
 

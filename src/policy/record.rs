@@ -40,6 +40,8 @@ pub enum HourlyNotice {
     Warning(LimitKind),
     /// The spam share passed its thresholds under the `alert` action.
     SpamAlert,
+    /// The bounce share passed its thresholds under the `alert` action.
+    BounceAlert,
 }
 
 impl HourlyNotice {
@@ -48,6 +50,7 @@ impl HourlyNotice {
             HourlyNotice::LimitAlert(kind) => kind as u32,
             HourlyNotice::Warning(kind) => 3 + kind as u32,
             HourlyNotice::SpamAlert => 6,
+            HourlyNotice::BounceAlert => 7,
         };
         1 << (HOUR_BITS + n)
     }

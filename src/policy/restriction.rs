@@ -62,7 +62,7 @@ impl Restriction {
     }
 
     /// A restriction the policy makes: `cause` is what led to it, as the metrics label it (a
-    /// limit's key or `spam`, see [`Restriction::cause`]).
+    /// limit's key, `spam` or `bounces`, see [`Restriction::cause`]).
     pub fn by_policy(
         account: &str,
         reason: &str,
@@ -100,14 +100,16 @@ impl Restriction {
     }
 
     /// What led to it, as one of the metrics' reasons: a limit's key (from
-    /// [`LimitKind::key`]), `spam` or `manual`; for records written before the cause was kept,
+    /// [`LimitKind::key`]), `spam`, `bounces` or `manual`; for records written before the cause was kept,
     /// what the source tells (`manual` or `policy`).
     pub fn cause(&self) -> &'static str {
         let limits = LimitKind::ALL.map(LimitKind::key);
-        limits.into_iter().chain(["spam", "manual"]).find(|c| *c == self.cause).unwrap_or(match self.source {
-            Source::Admin => "manual",
-            Source::Policy => "policy",
-        })
+        limits.into_iter().chain(["spam", "bounces", "manual"]).find(|c| *c == self.cause).unwrap_or(
+            match self.source {
+                Source::Admin => "manual",
+                Source::Policy => "policy",
+            },
+        )
     }
 
     /// Whether it is in force at `now` (seconds since the epoch).
@@ -274,8 +276,10 @@ mod tests {
             r.cause = kind.key().into();
             assert_eq!(r.cause(), kind.key());
         }
-        r.cause = "spam".into();
-        assert_eq!(r.cause(), "spam");
+        for cause in ["spam", "bounces"] {
+            r.cause = cause.into();
+            assert_eq!(r.cause(), cause);
+        }
         // Written without the field (an older journal), read back with it empty.
         let mut json = serde_json::to_value(restriction("b@example.com", 0, None)).unwrap();
         json.as_object_mut().unwrap().remove("cause");

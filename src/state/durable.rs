@@ -432,6 +432,7 @@ mod tests {
             until: None,
             node: "mx1".into(),
             by: None,
+            cause: String::new(),
         }
     }
 
