@@ -312,7 +312,8 @@ pub struct AccountVars {
     pub cause: &'static str,
     pub since: String,
     pub until: Option<String>,
-    /// The policy's `always_allowed_recipients`, as of the configuration in force.
+    /// The policy's `always_allowed_recipients` (canonical form), as of the configuration in
+    /// force.
     pub allowed_recipients: Vec<String>,
     pub language: &'static str,
 }
@@ -329,7 +330,20 @@ impl AccountVars {
             "spam"
         };
         let allowed = super::email::policy_settings(config, &notice.policy)
-            .map(|p| p.always_allowed_recipients.iter().map(|a| printable(a)).collect())
+            .map(|p| {
+                // In the form recipients are compared in (the configuration may spell them
+                // otherwise), without repeats.
+                let strip = config.organization.strip_subaddress;
+                let mut list: Vec<String> = Vec::new();
+                for a in &p.always_allowed_recipients {
+                    let shown = crate::policy::account::canonical(a.as_bytes(), strip)
+                        .map_or_else(|| printable(a), |c| printable(&c));
+                    if !list.contains(&shown) {
+                        list.push(shown);
+                    }
+                }
+                list
+            })
             .unwrap_or_default();
         AccountVars {
             account: printable(&notice.account),
