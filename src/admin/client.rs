@@ -182,15 +182,7 @@ pub fn render_restriction(r: &Value) -> String {
     let _ = writeln!(out, "Source:    {}", text(&r["source"]));
     let _ = writeln!(out, "Since:     {}", text(&r["created_at"]));
     let _ = writeln!(out, "Until:     {until}");
-    let _ = writeln!(
-        out,
-        "Counters:  external/hour {}  internal/hour {}  day {}  spam {}/{} messages",
-        against(c, "external_last_hour", "external_limit_per_hour"),
-        against(c, "internal_last_hour", "internal_limit_per_hour"),
-        against(c, "last_day", "limit_per_day"),
-        c["spam_messages"].as_u64().unwrap_or(0),
-        c["messages"].as_u64().unwrap_or(0),
-    );
+    counters_line(&mut out, c);
     render_history(&mut out, &r["history"]);
     out
 }
@@ -204,6 +196,19 @@ pub fn render_added(r: &Value) -> String {
         "Restricted."
     };
     format!("{head}\n{}", render_restriction(r))
+}
+
+/// The `Counters:` line of `restricted show` and `senders show`.
+fn counters_line(out: &mut String, c: &Value) {
+    let _ = writeln!(
+        out,
+        "Counters:  external/hour {}  internal/hour {}  day {}  spam {}/{} messages",
+        against(c, "external_last_hour", "external_limit_per_hour"),
+        against(c, "internal_last_hour", "internal_limit_per_hour"),
+        against(c, "last_day", "limit_per_day"),
+        c["spam_messages"].as_u64().unwrap_or(0),
+        c["messages"].as_u64().unwrap_or(0),
+    );
 }
 
 /// An account's history, oldest first.
@@ -234,15 +239,7 @@ pub fn render_sender(s: &Value) -> String {
     let c = &s["counters"];
     let _ = writeln!(out, "Account:   {}", text(&s["account"]));
     let _ = writeln!(out, "Policy:    {}", text(&s["policy"]));
-    let _ = writeln!(
-        out,
-        "Counters:  external/hour {}  internal/hour {}  day {}  spam {}/{} messages",
-        against(c, "external_last_hour", "external_limit_per_hour"),
-        against(c, "internal_last_hour", "internal_limit_per_hour"),
-        against(c, "last_day", "limit_per_day"),
-        c["spam_messages"].as_u64().unwrap_or(0),
-        c["messages"].as_u64().unwrap_or(0),
-    );
+    counters_line(&mut out, c);
     let l = &s["limits"];
     let _ = writeln!(
         out,
