@@ -65,7 +65,7 @@ fn restricted(account: &str) -> Event {
         until: Some(datetime!(2026-11-23 00:00:00 UTC)),
         node: "mx1".into(),
         by: None,
-        cause: String::new(),
+        cause: "recipient_limit_external_per_hour".into(),
     }
 }
 
@@ -332,6 +332,7 @@ async fn webhook_posts_the_facts_and_retries() {
     assert_eq!(json["account"], "alice@example.com");
     assert_eq!(json["policy"], "default");
     assert_eq!(json["limit"], "recipient_limit_external_per_hour");
+    assert_eq!(json["cause"], "recipient_limit_external_per_hour");
     assert_eq!(json["counters"]["external_last_hour"], 500);
     assert_eq!(json["counters"]["external_limit_per_hour"], 500);
     assert_eq!(json["since"], "2026-11-22T10:15:00Z");
