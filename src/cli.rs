@@ -32,6 +32,27 @@ pub enum Command {
     /// Live counters of sending accounts.
     #[command(subcommand)]
     Senders(SendersCommand),
+    /// What the configuration would have done to the mail in a Postfix log (changes nothing).
+    Simulate(SimulateArgs),
+}
+
+/// `simulate`: replay a Postfix log through the policy of `--config`.
+#[derive(Debug, clap::Args)]
+pub struct SimulateArgs {
+    /// Also write the report as one self-contained HTML page with plots to this file.
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<PathBuf>,
+    /// How many of the busiest accounts to show.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub top: u64,
+    /// The year of the log's first line when its timestamps carry none (default: inferred from
+    /// each file's modification time, or today for standard input).
+    #[arg(long, value_parser = clap::value_parser!(i32).range(1970..=9999))]
+    pub year: Option<i32>,
+    /// Postfix log files (syslog or `maillog_file` lines; plain or gzip), `-` for standard
+    /// input; read in the order of their first timestamp.
+    #[arg(required = true, value_name = "LOG")]
+    pub logs: Vec<String>,
 }
 
 #[derive(Debug, Subcommand)]

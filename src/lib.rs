@@ -55,5 +55,6 @@ pub mod metrics;
 pub mod milter;
 pub mod notify;
 pub mod policy;
+pub mod simulate;
 pub mod state;
 pub mod verdict;

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use clap::Parser;
 
 use outbound_guard::admin::client::{self, AdminClient, ClientError, path_segment, query_value};
-use outbound_guard::cli::{Cli, Command, RestrictedCommand, SendersCommand};
+use outbound_guard::cli::{Cli, Command, RestrictedCommand, SendersCommand, SimulateArgs};
 use outbound_guard::config::Config;
 use outbound_guard::daemon;
 use outbound_guard::milter::server::Listener;
@@ -36,7 +36,47 @@ fn main() -> ExitCode {
         Some(Command::CheckConfig) => check_config(&cli.config, cli.json),
         Some(Command::Restricted(c)) => admin(&cli.config, cli.json, Admin::Restricted(c)),
         Some(Command::Senders(c)) => admin(&cli.config, cli.json, Admin::Senders(c)),
+        Some(Command::Simulate(args)) => simulate(&cli.config, cli.json, &args),
     }
+}
+
+/// `simulate`: the report on standard output (text or JSON), the HTML page to a file.
+fn simulate(path: &Path, json: bool, args: &SimulateArgs) -> ExitCode {
+    use outbound_guard::simulate::{self, Options, input::Source};
+    let config = match daemon::load_config(path) {
+        Ok(c) => Arc::new(c),
+        Err(e) => {
+            eprintln!("outbound-guard: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let sources: Vec<Source> = args.logs.iter().map(|l| Source::from_arg(l)).collect();
+    let options = Options { top: args.top as usize, year: args.year };
+    let report = match simulate::simulate(config, &sources, &options) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("outbound-guard: simulate: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    if let Some(file) = &args.html
+        && let Err(e) = std::fs::write(file, simulate::html::render(&report))
+    {
+        eprintln!("outbound-guard: simulate: cannot write {}: {e}", file.display());
+        return ExitCode::from(EXIT_USAGE);
+    }
+    if json {
+        match serde_json::to_string_pretty(&report) {
+            Ok(text) => println!("{text}"),
+            Err(e) => {
+                eprintln!("outbound-guard: simulate: {e}");
+                return ExitCode::from(EXIT_USAGE);
+            }
+        }
+    } else {
+        print!("{}", simulate::text::render(&report));
+    }
+    ExitCode::SUCCESS
 }
 
 fn check_config(path: &Path, json: bool) -> ExitCode {

@@ -100,21 +100,27 @@ impl Delivery {
     }
 
     fn judge(&mut self, account: &str, now: i64) {
-        let thresholds = self.engine.bounce_thresholds(account);
-        if thresholds.percent == 0 {
-            return;
-        }
-        let evidence = self.outcomes.evidence(account, now, thresholds.window);
-        if !thresholds.reached(evidence.bounced, evidence.delivered) {
-            return;
-        }
-        match self.engine.bounces_reached(account, &evidence) {
-            BounceAction::Restricted => self.outcomes.forget(account),
-            // Restricted already: what bounces now was sent before; after a release the
-            // account starts afresh.
-            BounceAction::Nothing if thresholds.action != LimitAction::Alert => self.outcomes.forget(account),
-            _ => {}
-        }
+        judge(&self.engine, &mut self.outcomes, account, now);
+    }
+}
+
+/// Judges `account`'s outcomes at `now` against its policy's bounce thresholds, and has the
+/// engine restrict or alert when they are passed (the simulator judges the same way).
+pub fn judge(engine: &Engine, outcomes: &mut Outcomes, account: &str, now: i64) {
+    let thresholds = engine.bounce_thresholds(account);
+    if thresholds.percent == 0 {
+        return;
+    }
+    let evidence = outcomes.evidence(account, now, thresholds.window);
+    if !thresholds.reached(evidence.bounced, evidence.delivered) {
+        return;
+    }
+    match engine.bounces_reached(account, &evidence) {
+        BounceAction::Restricted => outcomes.forget(account),
+        // Restricted already: what bounces now was sent before; after a release the
+        // account starts afresh.
+        BounceAction::Nothing if thresholds.action != LimitAction::Alert => outcomes.forget(account),
+        _ => {}
     }
 }
 

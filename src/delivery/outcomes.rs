@@ -103,30 +103,13 @@ impl Outcomes {
     /// line finishes every recipient still deferred).
     pub fn line(&mut self, line: &LogLine<'_>, now: i64, mut on_final: impl FnMut(Final)) {
         let Some(id) = line.queue_id.and_then(|q| std::str::from_utf8(q).ok()) else { return };
-        let Some(pending) = self.messages.get_mut(id) else { return };
         match line.event {
             Event::Delivery { to, dsn, status, .. } => {
-                let to = String::from_utf8_lossy(to);
-                pending.deferred.retain(|r| *r != *to);
-                let outcome = match status {
-                    DeliveryStatus::Sent => Outcome::Delivered,
-                    DeliveryStatus::Bounced | DeliveryStatus::Expired => Outcome::Bounced,
-                    DeliveryStatus::Deferred => {
-                        if pending.deferred.len() < MAX_DEFERRED_PER_MESSAGE {
-                            pending.deferred.push(CompactString::from(to.as_ref()));
-                        }
-                        let account = pending.account.clone();
-                        self.accounts.entry(account).or_default().deferrals.push_back(now);
-                        return;
-                    }
-                    DeliveryStatus::Other => return,
-                };
-                let account = pending.account.clone();
-                let sample = (outcome == Outcome::Bounced).then(|| format!("{to}: {}", String::from_utf8_lossy(dsn)));
-                self.record(&account, outcome, now, sample);
-                on_final(Final { account, outcome });
+                let (to, dsn) = (String::from_utf8_lossy(to), String::from_utf8_lossy(dsn));
+                self.outcome(id, &to, &dsn, status, now, on_final);
             }
             Event::Expired { .. } => {
+                let Some(pending) = self.messages.get_mut(id) else { return };
                 let account = pending.account.clone();
                 let deferred = std::mem::take(&mut pending.deferred);
                 for to in deferred {
@@ -139,6 +122,38 @@ impl Outcomes {
             }
             _ => {}
         }
+    }
+
+    /// Takes in one recipient's status (`to=`, `dsn=`, `status=` of a delivery line) of the
+    /// message `id` at `now`; hands over the final outcome it gave.
+    pub fn outcome(
+        &mut self,
+        id: &str,
+        to: &str,
+        dsn: &str,
+        status: DeliveryStatus,
+        now: i64,
+        mut on_final: impl FnMut(Final),
+    ) {
+        let Some(pending) = self.messages.get_mut(id) else { return };
+        pending.deferred.retain(|r| *r != *to);
+        let outcome = match status {
+            DeliveryStatus::Sent => Outcome::Delivered,
+            DeliveryStatus::Bounced | DeliveryStatus::Expired => Outcome::Bounced,
+            DeliveryStatus::Deferred => {
+                if pending.deferred.len() < MAX_DEFERRED_PER_MESSAGE {
+                    pending.deferred.push(CompactString::from(to));
+                }
+                let account = pending.account.clone();
+                self.accounts.entry(account).or_default().deferrals.push_back(now);
+                return;
+            }
+            DeliveryStatus::Other => return,
+        };
+        let account = pending.account.clone();
+        let sample = (outcome == Outcome::Bounced).then(|| format!("{to}: {dsn}"));
+        self.record(&account, outcome, now, sample);
+        on_final(Final { account, outcome });
     }
 
     fn record(&mut self, account: &CompactString, outcome: Outcome, now: i64, sample: Option<String>) {
