@@ -33,6 +33,8 @@ pub enum Origin {
     Smtp { client: Option<IpAddr>, login: Option<CompactString> },
     /// `sendmail(1)` (pickup): a local submission by Unix user `uid`.
     Local { uid: u32 },
+    /// The MTA itself: a bounce or delay notice (null sender, no client and no pickup line).
+    Mta,
 }
 
 /// A recipient's delivery line, before the message was replayed.
@@ -216,9 +218,13 @@ impl Reassembly {
             }
             let key = self.order.pop_front().unwrap_or_default();
             let Some(p) = self.pending.remove(&key) else { continue };
-            let Some(origin) = p.origin else {
-                self.tally.origin_unknown += 1;
-                continue;
+            let origin = match p.origin {
+                Some(origin) => origin,
+                None if p.sender.is_empty() => Origin::Mta,
+                None => {
+                    self.tally.origin_unknown += 1;
+                    continue;
+                }
             };
             let unknown_recipients = p.nrcpt.saturating_sub(p.recipients.len() as u32);
             if unknown_recipients > 0 && !p.removed {

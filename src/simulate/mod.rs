@@ -60,7 +60,10 @@ const READY_EVERY: u32 = 64;
 /// # Errors
 /// A source that cannot be read, or no Postfix line in any of them.
 pub fn simulate(config: Arc<Config>, sources: &[Source], options: &Options) -> Result<Report, SimulateError> {
-    let ordered = input::in_time_order(sources, options.year)?;
+    // Each file's own modification time orders them; a pinned year then runs on from the
+    // first line across all of them.
+    let ordered = input::in_time_order(sources, None)?;
+    let mut carried: Option<input::YearInference> = None;
     let mut replay = Replay::new(config);
     let mut messages = Reassembly::default();
     let mut lines = 0u64;
@@ -71,6 +74,9 @@ pub fn simulate(config: Arc<Config>, sources: &[Source], options: &Options) -> R
     let mut since_ready = 0u32;
     for source in &ordered {
         let mut reader = Reader::open(source, options.year)?;
+        if let Some(years) = carried.take() {
+            reader.years = years;
+        }
         reader.for_each_line(|line, years| {
             lines += 1;
             let parsed = match maillog::parse(line) {
@@ -97,6 +103,9 @@ pub fn simulate(config: Arc<Config>, sources: &[Source], options: &Options) -> R
             }
             true
         })?;
+        if options.year.is_some() {
+            carried = Some(reader.years.clone());
+        }
     }
     if postfix_lines == 0 {
         return Err(SimulateError::NothingRead { lines });

@@ -101,6 +101,11 @@ impl Replay {
         let (login, client) = match &m.origin {
             Origin::Smtp { client, login } => (login.as_deref(), *client),
             Origin::Local { .. } => (None, None),
+            Origin::Mta => {
+                // The MTA's own notices are never an account's mail.
+                self.tracker.messages.exempt += 1;
+                return;
+            }
         };
         if !local && !is_outbound(login.map(str::as_bytes), client, &self.internal_networks) {
             self.tracker.messages.inbound += 1;
