@@ -240,10 +240,12 @@ impl Cluster {
         for entry in self.durable.latest_audit() {
             let change = match entry.action {
                 AuditAction::Released => Change::Release { reason: entry.reason.clone() },
-                AuditAction::Restricted | AuditAction::Replaced => match self.durable.get(&entry.account, now) {
-                    Some(restriction) => Change::Restrict { restriction },
-                    None => continue,
-                },
+                AuditAction::Restricted | AuditAction::Escalated | AuditAction::Replaced => {
+                    match self.durable.get(&entry.account, now) {
+                        Some(restriction) => Change::Restrict { restriction },
+                        None => continue,
+                    }
+                }
             };
             let at_ms = match &change {
                 Change::Restrict { restriction } => restriction.created_at.unix_timestamp() * 1000,
