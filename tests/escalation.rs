@@ -103,7 +103,7 @@ fn the_second_limit_restriction_within_the_window_is_until_released_and_survives
     assert!(second.escalated);
     assert!(second.reason.ends_with("(2nd restriction within 7d: until released)"), "{}", second.reason);
     let event = restricted_event(&mut events);
-    assert_eq!((event.until, event.reason.as_str()), (None, second.reason.as_str()));
+    assert_eq!((event.until, event.reason.as_str(), event.escalated), (None, second.reason.as_str(), true));
     assert_eq!(actions(&engine, account), [AuditAction::Restricted, AuditAction::Escalated]);
     let history = engine.history(account);
     assert_eq!((history[1].until, history[1].by.as_str()), (None, "policy"));
