@@ -2,14 +2,22 @@
 //! store with a clock the test moves. A limit restricts `block_until_tomorrow`; the second
 //! policy restriction within the window is made until released, says so, is recorded as
 //! `escalated`, counted and announced — and stays restricted when the store is opened again.
-//! Manual restrictions neither count nor escalate; a rule may change both keys.
+//! Manual restrictions neither count nor escalate; a rule may change both keys. And the real
+//! binary: the spam share restricts, an administrator releases, the spam share restricts
+//! again — until released, `escalated` in the API's history — and a `kill -9` keeps it so.
+
+mod common;
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::binary::GuardProcess;
+use common::mta::runtime;
 use outbound_guard::config::Config;
 use outbound_guard::metrics::Metrics;
+use outbound_guard::milter::client::{MtaClient, POSTFIX_OFFER};
+use outbound_guard::milter::command::Command as Milter;
 use outbound_guard::policy::clock::EngineClock;
 use outbound_guard::policy::engine::{Engine, Transaction};
 use outbound_guard::policy::events::{Event, EventKind, EventSink};
@@ -210,4 +218,67 @@ fn the_keys_parse_per_policy_and_bad_values_are_refused_naming_the_key() {
         let e = parse(text).expect_err(text).to_string();
         assert!(e.contains(key) && e.contains(value), "{text}: {e}");
     }
+}
+
+/// One message of `account` to one external recipient with a scanner's spam verdict; the
+/// reply letters (MAIL, then the end of message when MAIL FROM was accepted).
+async fn send_spam(port: u16, account: &str) -> Vec<u8> {
+    let mut c = MtaClient::connect(([127, 0, 0, 1], port).into()).await.unwrap();
+    c.negotiate(POSTFIX_OFFER).await.unwrap();
+    c.macros(b'M', &[("{auth_authen}", account)]).await.unwrap();
+    let mut letters = vec![c.mail_from(&format!("<{account}>"), &[]).await.unwrap().kind().unwrap()];
+    if letters[0] == b'c' {
+        assert_eq!(c.rcpt_to("<someone@example.net>").await.unwrap().kind(), Some(b'c'));
+        let headers = [("Subject", " buy now"), ("X-Spam-Status", " Yes, score=15.3 required=5.0")];
+        letters.push(c.message(&headers, b"Hello\r\n").await.unwrap().kind().unwrap());
+    }
+    c.write(Milter::Quit).await.unwrap();
+    letters
+}
+
+fn json(g: &GuardProcess, args: &[&str]) -> serde_json::Value {
+    let out = g.cli(args);
+    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn the_real_binary_escalates_a_repeat_and_keeps_it_across_kill_9() {
+    let policy = "[organization]\nlocal_domains = [\"example.com\"]\n\
+        [policy.default]\nspam_min_messages = 1\nspam_percent = 1\nspam_action = \"block_until_tomorrow\"\n\
+        escalate_after = 2\n";
+    let g = GuardProcess::start("", policy);
+    let rt = runtime();
+    let account = "mallory@example.com";
+    assert_eq!(rt.block_on(send_spam(g.milter_port, account)), b"cc", "delivered (tagged), then restricted");
+    let first = json(&g, &["senders", "show", account, "--json"]);
+    assert!(first["restriction"]["until"].is_string(), "{first}");
+    assert_eq!(first["history"][0]["action"], "restricted");
+
+    let release = g.cli(&["restricted", "release", account, "--reason", "cleaned up"]);
+    assert!(release.status.success(), "{}", String::from_utf8_lossy(&release.stderr));
+    // The grace after a release covers limits, not the spam share: restricted again at once.
+    assert_eq!(rt.block_on(send_spam(g.milter_port, account)), b"cc");
+    let second = json(&g, &["senders", "show", account, "--json"]);
+    let r = &second["restriction"];
+    assert!(r["until"].is_null(), "until released: {second}");
+    assert!(r["reason"].as_str().unwrap().ends_with("(2nd restriction within 7d: until released)"), "{second}");
+    let actions: Vec<&str> =
+        second["history"].as_array().unwrap().iter().map(|h| h["action"].as_str().unwrap()).collect();
+    assert_eq!(actions, ["restricted", "released", "escalated"], "{second}");
+    assert!(second["history"][2]["until"].is_null());
+    let log = g.log();
+    assert!(log.contains("escalated=true"), "the log line says so:\n{log}");
+
+    // kill -9, and the same directory again: still restricted, until released, escalated.
+    let g = GuardProcess::restart(g);
+    assert_eq!(rt.block_on(send_spam(g.milter_port, account)), b"y", "refused at MAIL FROM");
+    let after = json(&g, &["restricted", "show", account, "--json"]);
+    assert!(after["until"].is_null(), "{after}");
+    assert_eq!(after["source"], "policy");
+    let actions: Vec<&str> =
+        after["history"].as_array().unwrap().iter().map(|h| h["action"].as_str().unwrap()).collect();
+    assert_eq!(actions, ["restricted", "released", "escalated"], "{after}");
+    let (status, _) = g.terminate();
+    assert!(status.success());
 }
