@@ -19,6 +19,7 @@ use outbound_guard::metrics::Metrics;
 use outbound_guard::milter::client::{MtaClient, POSTFIX_OFFER};
 use outbound_guard::milter::command::Command as Milter;
 use outbound_guard::policy::clock::EngineClock;
+use outbound_guard::policy::engine::bounces::{BounceAction, BounceEvidence};
 use outbound_guard::policy::engine::{Engine, Transaction};
 use outbound_guard::policy::events::{Event, EventKind, EventSink};
 use outbound_guard::policy::restriction::AuditAction;
@@ -35,7 +36,9 @@ const CONFIG: &str = "[organization]\nlocal_domains = [\"example.com\"]\n\
     escalate_after = 2\n\
     [[policy.rule]]\nname = \"short-memory\"\npriority = 1\nfrom = [\"bob@example.com\"]\nescalate_window = \"1h\"\n\
     [[policy.rule]]\nname = \"never\"\npriority = 2\nfrom = [\"carol@example.com\"]\nescalate_after = 0\n\
-    [[policy.rule]]\nname = \"first-time\"\npriority = 3\nfrom = [\"erin@example.com\"]\nescalate_after = 1\n";
+    [[policy.rule]]\nname = \"first-time\"\npriority = 3\nfrom = [\"erin@example.com\"]\nescalate_after = 1\n\
+    [[policy.rule]]\nname = \"bounce-alert\"\npriority = 4\nfrom = [\"gina@example.com\"]\nescalate_after = 1\n\
+    bounce_action = \"alert\"\n";
 
 struct Setup {
     engine: Engine,
@@ -187,6 +190,31 @@ fn a_manual_restriction_is_never_escalated_and_a_rule_may_escalate_the_first() {
         actions(&engine, "erin@example.com"),
         [AuditAction::Restricted, AuditAction::Released, AuditAction::Escalated]
     );
+}
+
+/// Every kind of policy restriction counts towards every other: a limit, then bounces. An
+/// `alert` action restricts nothing, so escalates nothing.
+#[test]
+fn a_bounce_restriction_after_a_limit_one_is_the_second_and_alerts_never_escalate() {
+    let dir = tempfile::tempdir().unwrap();
+    let Setup { engine, mut events, .. } = engine_on(dir.path(), START);
+    let evidence =
+        BounceEvidence { bounced: 30, delivered: 1, deferred: 0, samples: vec!["x@remote.example: 5.1.1".into()] };
+    assert_eq!(send_until_refused(&engine, "frank@example.com"), Decision::Refuse(Refusal::LimitReached));
+    engine.clock().advance(DAY);
+    assert_eq!(engine.bounces_reached("frank@example.com", &evidence), BounceAction::Restricted);
+    let r = engine.restrictions().get("frank@example.com", engine.clock().now().secs()).unwrap();
+    assert_eq!((r.cause(), r.escalated, r.until), ("bounces", true, None));
+    assert!(r.reason.ends_with("(2nd restriction within 7d: until released)"), "{}", r.reason);
+    let metrics = engine.metrics().render();
+    assert!(metrics.contains("outbound_guard_escalations_total{reason=\"bounces\"} 1"), "{metrics}");
+    while let Ok(e) = events.try_recv() {
+        assert!(e.kind != EventKind::SenderRestricted || e.until.is_some() || e.escalated, "{e:?}");
+    }
+
+    assert_eq!(engine.bounces_reached("gina@example.com", &evidence), BounceAction::Alerted);
+    assert!(!engine.restrictions().is_restricted("gina@example.com", engine.clock().now().secs()));
+    assert!(engine.history("gina@example.com").is_empty());
 }
 
 #[test]

@@ -36,11 +36,15 @@ impl Engine {
         limit: Option<LimitKind>,
         node: &str,
     ) -> Result<bool, StoreError> {
-        let restriction =
-            match escalation(settings, &self.restrictions.history(&restriction.account), restriction.created_at) {
-                Some(nth) => escalated(restriction, nth, settings.escalate_window),
-                None => restriction,
-            };
+        // The trail is read (from disk, on the durable store) only when escalation is on.
+        let nth = match settings.escalate_after {
+            0 => None,
+            _ => escalation(settings, &self.restrictions.history(&restriction.account), restriction.created_at),
+        };
+        let restriction = match nth {
+            Some(nth) => escalated(restriction, nth, settings.escalate_window),
+            None => restriction,
+        };
         let event = Event::restricted(&restriction, limit, node, None);
         if !self.restrictions.restrict(restriction.clone(), "policy", Some(&event))? {
             return Ok(false);
