@@ -42,6 +42,7 @@ pub struct Metrics {
     pub messages: MessageCounters,
     pub recipients: RecipientCounters,
     restrictions: Family<Labels, Counter>,
+    escalations: Family<Labels, Counter>,
     releases: Family<Labels, Counter>,
     verdicts: Family<Labels, Counter>,
     notifications: Family<Labels, Counter>,
@@ -95,6 +96,12 @@ impl Metrics {
         );
         let restrictions = Family::<Labels, Counter>::default();
         registry.register("restrictions", "Accounts restricted, by reason", restrictions.clone());
+        let escalations = Family::<Labels, Counter>::default();
+        registry.register(
+            "escalations",
+            "Policy restrictions made until released as repeats within escalate_window, by reason",
+            escalations.clone(),
+        );
         let releases = Family::<Labels, Counter>::default();
         registry.register(
             "releases",
@@ -186,6 +193,7 @@ impl Metrics {
             messages,
             recipients,
             restrictions,
+            escalations,
             releases,
             verdicts,
             notifications,
@@ -218,6 +226,12 @@ impl Metrics {
     /// Counts a restriction with its reason (`recipient_limit_external_per_hour`, `spam`, `manual` …).
     pub fn restricted(&self, reason: &'static str) {
         self.restrictions.get_or_create(&vec![("reason", reason)]).inc();
+    }
+
+    /// Counts a restriction escalated to "until released" (`escalate_after`), with the same
+    /// reason as [`Metrics::restricted`] counted it under.
+    pub fn escalated(&self, reason: &'static str) {
+        self.escalations.get_or_create(&vec![("reason", reason)]).inc();
     }
 
     /// Counts a release, labelled with the restriction's cause (the same values as
@@ -309,8 +323,10 @@ mod tests {
         let m = Metrics::new();
         m.messages.inbound_accepted.inc();
         m.restricted("recipient_limit_external_per_hour");
+        m.escalated("spam");
         m.decision_seconds.observe(2e-6);
         let text = m.render();
+        assert!(text.contains("outbound_guard_escalations_total{reason=\"spam\"} 1"), "{text}");
         assert!(text.contains("outbound_guard_messages_total{direction=\"inbound\",outcome=\"accepted\"} 1"), "{text}");
         assert!(
             text.contains("outbound_guard_restrictions_total{reason=\"recipient_limit_external_per_hour\"} 1"),

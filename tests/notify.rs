@@ -66,6 +66,7 @@ fn restricted(account: &str) -> Event {
         node: "mx1".into(),
         by: None,
         cause: "recipient_limit_external_per_hour".into(),
+        escalated: false,
     }
 }
 

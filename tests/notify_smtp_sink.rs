@@ -56,6 +56,7 @@ async fn smtp_sink_receives_a_restriction_notice_per_language() {
             node: "mx1".into(),
             by: Some("admin".into()),
             cause: String::new(),
+            escalated: false,
         })
         .await
         .unwrap();
@@ -94,6 +95,7 @@ fn restricted_at_limit(id: &str, account: &str) -> Event {
         node: "mx1".into(),
         by: None,
         cause: String::new(),
+        escalated: false,
     }
 }
 

@@ -240,10 +240,12 @@ impl Cluster {
         for entry in self.durable.latest_audit() {
             let change = match entry.action {
                 AuditAction::Released => Change::Release { reason: entry.reason.clone() },
-                AuditAction::Restricted | AuditAction::Replaced => match self.durable.get(&entry.account, now) {
-                    Some(restriction) => Change::Restrict { restriction },
-                    None => continue,
-                },
+                AuditAction::Restricted | AuditAction::Escalated | AuditAction::Replaced => {
+                    match self.durable.get(&entry.account, now) {
+                        Some(restriction) => Change::Restrict { restriction },
+                        None => continue,
+                    }
+                }
             };
             let at_ms = match &change {
                 Change::Restrict { restriction } => restriction.created_at.unix_timestamp() * 1000,
@@ -546,5 +548,28 @@ mod tests {
         // A release not in force is no event; nor is a release of an account never restricted.
         assert_eq!(a.release_local("z@example.com", NOW, "admin", "", None).unwrap(), None);
         assert!(a.known.get("z@example.com").is_none());
+    }
+
+    /// An escalated restriction made on another node is escalated here too: a restriction
+    /// start by the policy in this node's history, and known as a restriction after a restart.
+    #[test]
+    fn an_escalated_restriction_from_another_node_is_one_here_and_after_a_restart() {
+        use crate::policy::restriction::AuditAction;
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let a = node(dir.path(), "a");
+            let escalated = Restriction { escalated: true, ..restriction("x@example.com") };
+            let change = Change::Restrict { restriction: escalated };
+            assert!(
+                a.apply_remote(ClusterEvent { by: "policy".into(), ..event("x@example.com", NOW * 1000, "b", change) })
+            );
+            let trail = a.durable.history("x@example.com");
+            assert_eq!((trail[0].action, trail[0].by.as_str()), (AuditAction::Escalated, "policy (on b)"));
+            assert!(trail[0].is_policy_restriction());
+        }
+        let a = node(dir.path(), "a2");
+        let known = a.known.get("x@example.com").unwrap().clone();
+        assert!(matches!(known.change, Change::Restrict { restriction } if restriction.escalated));
+        assert!(a.durable.is_restricted("x@example.com", NOW + 86_400 * 30));
     }
 }

@@ -310,6 +310,10 @@ pub struct PolicySettings {
     pub bounce_min_recipients: u32,
     pub bounce_window: Duration,
     pub bounce_action: LimitAction,
+    /// Repeat offenders: the policy restriction that is at least the `escalate_after`-th
+    /// within `escalate_window` is made until released, whatever the action says; 0 is off.
+    pub escalate_after: u32,
+    pub escalate_window: Duration,
 }
 
 /// A custom policy and the accounts it applies to.

@@ -165,4 +165,6 @@ pub struct RawPolicy {
     pub bounce_min_recipients: Option<i64>,
     pub bounce_window: Option<String>,
     pub bounce_action: Option<String>,
+    pub escalate_after: Option<i64>,
+    pub escalate_window: Option<String>,
 }

@@ -537,6 +537,10 @@ fn settings(
             base.bounce_action,
             &LIMIT_ACTIONS,
         )?,
+        // At most 50: the history a lookup reads back holds an account's newest 100 entries,
+        // a restriction and its release each.
+        escalate_after: v.int(&at.key("escalate_after"), p.escalate_after, base.escalate_after, 0..=50)?,
+        escalate_window: v.duration(&at.key("escalate_window"), p.escalate_window.as_ref(), base.escalate_window)?,
     })
 }
 
@@ -562,6 +566,8 @@ pub fn builtin_default_policy() -> PolicySettings {
         bounce_min_recipients: 20,
         bounce_window: Duration::from_secs(3600),
         bounce_action: LimitAction::Block,
+        escalate_after: 0,
+        escalate_window: Duration::from_secs(7 * 86_400),
     }
 }
 

@@ -113,6 +113,10 @@ pub struct Notice {
     /// files written before it was kept.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub cause: String,
+    /// A restriction made until released as a repeat within the policy's `escalate_window`
+    /// ([`Event::escalated`]); false in spool files written before it was kept.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub escalated: bool,
 }
 
 impl From<&Event> for Notice {
@@ -131,6 +135,7 @@ impl From<&Event> for Notice {
             taken_in_ns: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64),
             event_id: e.id.clone(),
             cause: e.cause.clone(),
+            escalated: e.escalated,
         }
     }
 }
@@ -219,6 +224,7 @@ pub(crate) mod tests {
             taken_in_ns: 0,
             event_id: String::new(),
             cause: String::new(),
+            escalated: false,
         }
     }
 

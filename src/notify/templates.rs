@@ -242,6 +242,9 @@ pub struct Vars {
     /// What led to a restriction: a limit's key, `spam`, `bounces` or `manual` (empty for
     /// other events and older spool files).
     pub cause: String,
+    /// A restriction made until released because the account was restricted by the policy
+    /// again within `escalate_window` (the reason says how many times).
+    pub escalated: bool,
 }
 
 impl Vars {
@@ -298,6 +301,7 @@ impl Vars {
             config_file: printable(&config_file),
             language: config.notify.language.code(),
             cause: printable(&notice.cause),
+            escalated: notice.escalated,
         }
     }
 }
@@ -574,6 +578,24 @@ mod tests {
             let b = render(lang, &n).body;
             assert!(b.contains(phrase), "{lang}\n{b}");
             assert!(b.contains("admin-api"), "{lang}\n{b}");
+        }
+    }
+
+    #[test]
+    fn an_escalated_restriction_says_it_is_a_repeat_in_every_language() {
+        let mut n = restricted("alice@example.com");
+        n.until = None;
+        n.reason.push_str(" (2nd restriction within 7d: until released)");
+        let phrases =
+            [("en", "A repeat:"), ("sv", "En upprepning:"), ("nl", "Een herhaling:"), ("da", "En gentagelse:")];
+        for (lang, phrase) in phrases {
+            assert!(!render(lang, &n).body.contains(phrase), "{lang}: only when escalated");
+            n.escalated = true;
+            let b = render(lang, &n).body;
+            n.escalated = false;
+            assert!(b.contains(phrase) && b.contains("escalate_window"), "{lang}\n{b}");
+            assert!(b.contains("(2nd restriction within 7d: until released)"), "{lang}\n{b}");
+            assert!(!b.contains("{{") && !b.contains("{%"), "{lang}: unrendered\n{b}");
         }
     }
 

@@ -30,6 +30,9 @@ pub struct Payload<'a> {
     /// What led to a restriction, as the metrics label it (a limit's key, `spam`, `bounces`,
     /// `manual`); null for other events.
     pub cause: Option<&'a str>,
+    /// Whether a restriction was made until released because the account was restricted
+    /// again within its policy's `escalate_window`.
+    pub escalated: bool,
     pub counters: &'a Counters,
     pub since: String,
     pub until: Option<String>,
@@ -53,6 +56,7 @@ impl<'a> Payload<'a> {
             policy: &notice.policy,
             limit: notice.limit.as_deref(),
             cause: Some(notice.cause.as_str()).filter(|c| !c.is_empty()),
+            escalated: notice.escalated,
             counters: &notice.counters,
             since: rfc3339(notice.since),
             until: notice.until.map(rfc3339),
@@ -150,6 +154,7 @@ mod tests {
             policy: "default",
             limit: None,
             cause: None,
+            escalated: false,
             counters: &counters,
             since: "2026-11-22T00:00:00Z".into(),
             until: None,

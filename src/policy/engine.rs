@@ -19,7 +19,7 @@ use tracing::{info, warn};
 
 use super::account::{self, canonical};
 use super::accounts::AccountTable;
-use super::clock::{EngineClock, Timestamp, rfc3339};
+use super::clock::{EngineClock, Timestamp};
 use super::compiled::Compiled;
 use super::events::{Event, EventKind, EventSink};
 use super::limits::LimitKind;
@@ -34,6 +34,8 @@ use crate::verdict::Verdict;
 
 pub mod admin;
 pub mod bounces;
+/// Every restriction the policy makes, and repeat offenders made until released.
+mod escalation;
 mod scanning;
 /// What cluster mode (`crate::cluster`) reads and merges; kept apart from the decisions.
 mod shared;
@@ -246,8 +248,7 @@ impl Engine {
         let until = (action == LimitAction::BlockUntilTomorrow).then(|| now.next_utc_midnight().datetime());
         let restriction =
             Restriction::by_policy(&tx.account, &reason, &settings.name, now.datetime(), until, counters, kind.key());
-        let event = Event::restricted(&restriction, Some(kind), &compiled.config.notify.node_name, None);
-        match self.restrictions.restrict(restriction.clone(), "policy", Some(&event)) {
+        match self.restrict_by_policy(restriction, settings, Some(kind), &compiled.config.notify.node_name) {
             Ok(created) => {
                 tx.restricted = true;
                 if !created {
@@ -255,10 +256,6 @@ impl Engine {
                     // 5.2.2; from here on the account is simply restricted.
                     return Decision::Refuse(Refusal::AccountRestricted);
                 }
-                self.metrics.restricted(kind.key());
-                let until_text = until.map_or_else(|| "until released".to_owned(), rfc3339);
-                warn!(account = %tx.account, policy = %settings.name, until = %until_text, "account restricted: {}", restriction.reason);
-                self.events.emit(event);
                 Decision::Refuse(Refusal::LimitReached)
             }
             Err(e) => {
@@ -791,16 +788,8 @@ impl Engine {
         let counters = self.counters(&tx.account);
         let restriction =
             Restriction::by_policy(&tx.account, &reason, &settings.name, now.datetime(), until, counters, "spam");
-        let event = Event::restricted(&restriction, None, &compiled.config.notify.node_name, None);
-        match self.restrictions.restrict(restriction.clone(), "policy", Some(&event)) {
-            Ok(true) => {
-                self.metrics.restricted("spam");
-                let until_text = until.map_or_else(|| "until released".to_owned(), rfc3339);
-                warn!(account = %tx.account, until = %until_text, "account restricted: {}", restriction.reason);
-                self.events.emit(event);
-            }
-            Ok(false) => {}
-            Err(e) => tracing::error!(account = %tx.account, "cannot record restriction: {e}"),
+        if let Err(e) = self.restrict_by_policy(restriction, settings, None, &compiled.config.notify.node_name) {
+            tracing::error!(account = %tx.account, "cannot record restriction: {e}");
         }
     }
 

@@ -65,6 +65,10 @@ pub struct Event {
     /// before it was kept.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub cause: String,
+    /// A restriction made until released because the account is a repeat offender
+    /// ([`Restriction::escalated`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub escalated: bool,
 }
 
 impl Event {
@@ -83,6 +87,7 @@ impl Event {
             node: node.to_owned(),
             by: by.map(str::to_owned),
             cause: r.cause.clone(),
+            escalated: r.escalated,
         }
     }
 
@@ -109,6 +114,7 @@ impl Event {
             node: node.to_owned(),
             by: Some(by.to_owned()),
             cause: String::new(),
+            escalated: false,
         }
     }
 
@@ -129,6 +135,7 @@ impl Event {
             node: node.to_owned(),
             by: None,
             cause: String::new(),
+            escalated: false,
         }
     }
 
@@ -196,6 +203,7 @@ mod tests {
             node: "mx1".to_owned(),
             by: None,
             cause: String::new(),
+            escalated: false,
         }
     }
 

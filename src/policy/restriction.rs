@@ -49,6 +49,11 @@ pub struct Restriction {
     /// `spam` or `manual`. Empty in records written before it was kept.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub cause: String,
+    /// Made until released because the account was restricted by the policy again within its
+    /// `escalate_window` (`escalate_after`); recorded as `escalated` in the history. Left out
+    /// of the JSON when false, so records written before it read back unchanged.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub escalated: bool,
 }
 
 impl Restriction {
@@ -81,6 +86,7 @@ impl Restriction {
             counters,
             source: Source::Policy,
             cause: cause.to_owned(),
+            escalated: false,
         }
     }
 
@@ -124,7 +130,7 @@ pub struct AuditEntry {
     pub account: String,
     #[serde(with = "time::serde::rfc3339")]
     pub at: OffsetDateTime,
-    /// `restricted`, `replaced` or `released`.
+    /// `restricted`, `escalated`, `replaced` or `released`.
     pub action: AuditAction,
     pub reason: String,
     /// `policy` for the filter itself, otherwise the administrator's name.
@@ -133,6 +139,11 @@ pub struct AuditEntry {
     #[serde(default, with = "time::serde::rfc3339::option")]
     pub until: Option<OffsetDateTime>,
     pub counters: Option<Counters>,
+    /// Who made a restriction that began here (the policy or an administrator); `None` for
+    /// the other actions and in entries written before it was kept (see
+    /// [`AuditEntry::is_policy_restriction`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<Source>,
     /// The notification this change raised, for a restriction or release made on this node:
     /// written with the change, so that a notice lost before it reached the spool is raised
     /// again at the next start. Only in the durable trail, not in the API's history.
@@ -145,30 +156,35 @@ pub struct AuditEntry {
 #[serde(rename_all = "lowercase")]
 pub enum AuditAction {
     Restricted,
+    /// A restriction by the policy that began until released because it was a repeat within
+    /// `escalate_window`: a restriction start like `Restricted`.
+    Escalated,
     /// An administrator gave a restriction in force a new reason and `until`.
     Replaced,
     Released,
 }
 
 impl AuditEntry {
-    /// The entry for a new restriction.
+    /// The entry for a new restriction: `escalated` when the policy made it until released as
+    /// a repeat offence.
     pub fn restricted(r: &Restriction, by: &str) -> AuditEntry {
         AuditEntry {
             account: r.account.clone(),
             at: r.created_at,
-            action: AuditAction::Restricted,
+            action: if r.escalated { AuditAction::Escalated } else { AuditAction::Restricted },
             reason: r.reason.clone(),
             by: by.to_owned(),
             policy: Some(r.policy.clone()),
             until: r.until,
             counters: Some(r.counters.clone()),
+            source: Some(r.source),
             notice: None,
         }
     }
 
     /// The entry for a restriction given a new reason and `until` (`r` as it is now).
     pub fn replaced(r: &Restriction, at: OffsetDateTime, by: &str) -> AuditEntry {
-        AuditEntry { at, action: AuditAction::Replaced, ..AuditEntry::restricted(r, by) }
+        AuditEntry { at, action: AuditAction::Replaced, source: None, ..AuditEntry::restricted(r, by) }
     }
 
     /// The entry for a release.
@@ -182,8 +198,25 @@ impl AuditEntry {
             policy: None,
             until: None,
             counters: None,
+            source: None,
             notice: None,
         }
+    }
+
+    /// Whether a restriction began here (`restricted` or `escalated`).
+    pub fn starts_restriction(&self) -> bool {
+        matches!(self.action, AuditAction::Restricted | AuditAction::Escalated)
+    }
+
+    /// Whether a restriction by the policy began here (not one an administrator made). An
+    /// entry written before the source was kept tells it by who acted: the policy on this
+    /// node (`policy`) or on another (`policy (on node)`).
+    pub fn is_policy_restriction(&self) -> bool {
+        self.starts_restriction()
+            && match self.source {
+                Some(source) => source == Source::Policy,
+                None => self.by == "policy" || self.by.starts_with("policy (on "),
+            }
     }
 
     /// The entry with the notification its change raised.

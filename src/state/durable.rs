@@ -433,6 +433,7 @@ mod tests {
             node: "mx1".into(),
             by: None,
             cause: String::new(),
+            escalated: false,
         }
     }
 

@@ -15,7 +15,6 @@ use tracing::warn;
 
 use super::{Engine, Transaction};
 use crate::config::LimitAction;
-use crate::policy::clock::rfc3339;
 use crate::policy::events::{Event, EventKind};
 use crate::policy::record::HourlyNotice;
 use crate::policy::restriction::Restriction;
@@ -156,15 +155,8 @@ impl Engine {
             self.counters(account),
             CAUSE,
         );
-        let event = Event::restricted(&restriction, None, node, None);
-        match self.restrictions.restrict(restriction, "policy", Some(&event)) {
-            Ok(true) => {
-                self.metrics.restricted(CAUSE);
-                let until_text = until.map_or_else(|| "until released".to_owned(), rfc3339);
-                warn!(account, until = %until_text, "account restricted: {reason}");
-                self.events.emit(event);
-                BounceAction::Restricted
-            }
+        match self.restrict_by_policy(restriction, settings, None, node) {
+            Ok(true) => BounceAction::Restricted,
             Ok(false) => BounceAction::Nothing,
             Err(e) => {
                 tracing::error!(account, "cannot record restriction: {e}");
