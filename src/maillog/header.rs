@@ -8,7 +8,7 @@
 use nom::branch::alt;
 use nom::bytes::complete::{tag, take, take_till1, take_while_m_n};
 use nom::character::complete::{char, digit1};
-use nom::combinator::{map_res, opt};
+use nom::combinator::{map_opt, opt};
 use nom::{IResult, Parser};
 
 /// When a line was written.
@@ -36,14 +36,18 @@ type Res<'a, T> = IResult<&'a [u8], T>;
 const MONTHS: [&[u8; 3]; 12] =
     [b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov", b"Dec"];
 
-fn number<T: std::str::FromStr>(digits: usize) -> impl Fn(&[u8]) -> Res<'_, T> {
+fn number<T: From<u32>>(digits: usize) -> impl Fn(&[u8]) -> Res<'_, T> {
+    // At most 4 digits: no overflow. Folded directly, with no text conversion, on the path
+    // every line of a log takes.
     move |input| {
-        map_res(take_while_m_n(digits, digits, |b: u8| b.is_ascii_digit()), |d: &[u8]| {
-            // Only ASCII digits were taken.
-            std::str::from_utf8(d).unwrap_or_default().parse::<T>()
-        })
-        .parse(input)
+        let (rest, d) = take_while_m_n(digits, digits, |b: u8| b.is_ascii_digit())(input)?;
+        Ok((rest, T::from(d.iter().fold(0u32, |n, b| n * 10 + u32::from(b - b'0')))))
     }
+}
+
+/// ASCII digits as a `u32`; `None` past its range.
+fn decimal(d: &[u8]) -> Option<u32> {
+    d.iter().try_fold(0u32, |n, b| n.checked_mul(10)?.checked_add(u32::from(b - b'0')))
 }
 
 fn month(input: &[u8]) -> Res<'_, u8> {
@@ -70,7 +74,7 @@ fn syslog_time(input: &[u8]) -> Res<'_, LogTime> {
         month,
         char(' '),
         opt(char(' ')),
-        map_res(digit1, |d: &[u8]| std::str::from_utf8(d).unwrap_or_default().parse::<u8>()),
+        map_opt(digit1, |d: &[u8]| decimal(d).and_then(|n| u8::try_from(n).ok())),
         char(' '),
         clock,
     )
@@ -135,12 +139,7 @@ pub(crate) fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
 /// `program[pid]: ` or `program: `.
 fn program(input: &[u8]) -> Res<'_, (&[u8], Option<u32>)> {
     let (rest, name) = take_till1(|b| b == b'[' || b == b':' || b == b' ')(input)?;
-    let (rest, pid) = opt(nom::sequence::delimited(
-        char('['),
-        map_res(digit1, |d: &[u8]| std::str::from_utf8(d).unwrap_or_default().parse::<u32>()),
-        char(']'),
-    ))
-    .parse(rest)?;
+    let (rest, pid) = opt(nom::sequence::delimited(char('['), map_opt(digit1, decimal), char(']'))).parse(rest)?;
     let (rest, _) = tag(&b": "[..])(rest)?;
     Ok((rest, (name, pid)))
 }

@@ -26,6 +26,26 @@ pub const HORIZON_SECS: i64 = 30 * 60;
 /// Queue IDs looked at between sweeps of those that never reached qmgr.
 const SWEEP_EVERY: u32 = 1 << 16;
 
+/// A queue ID as a map key without allocating or checking UTF-8: up to 16 bytes packed as
+/// they are; a longer (long-format) ID as its first 8 bytes beside a 64-bit FNV-1a hash of
+/// it all, which cannot collide between the few messages in flight at once in practice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct QueueKey(u128);
+
+impl QueueKey {
+    pub fn of(id: &[u8]) -> QueueKey {
+        let mut packed = [0u8; 16];
+        if id.len() <= 16 {
+            packed[..id.len()].copy_from_slice(id);
+            return QueueKey(u128::from_le_bytes(packed) | ((id.len() as u128) << 124));
+        }
+        let hash = id.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+        packed[..8].copy_from_slice(&id[..8]);
+        packed[8..].copy_from_slice(&hash.to_le_bytes());
+        QueueKey(!u128::from_le_bytes(packed))
+    }
+}
+
 /// Who handed the message to the MTA.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Origin {
@@ -60,10 +80,13 @@ pub struct Message {
     pub unknown_recipients: u32,
     /// The delivery lines seen so far.
     pub deliveries: Vec<Delivery>,
+    /// Whether qmgr removed it already (no line of it follows).
+    pub removed: bool,
 }
 
 #[derive(Debug)]
 struct Pending {
+    id: CompactString,
     received: i64,
     origin: Option<Origin>,
     sender: CompactString,
@@ -90,9 +113,9 @@ pub struct Tally {
 /// The messages in flight.
 #[derive(Debug, Default)]
 pub struct Reassembly {
-    pending: HashMap<CompactString, Pending, ahash::RandomState>,
+    pending: HashMap<QueueKey, Pending, ahash::RandomState>,
     /// Queued messages in acceptance order.
-    order: VecDeque<CompactString>,
+    order: VecDeque<QueueKey>,
     since_sweep: u32,
     pub tally: Tally,
 }
@@ -111,39 +134,23 @@ impl Reassembly {
         self.pending.len()
     }
 
-    /// Takes in one line at `now` (seconds); `replayed` says whether a queue ID belongs to a
-    /// message already handed over (its later lines are not this module's).
-    pub fn line(&mut self, line: &LogLine<'_>, now: i64, replayed: impl Fn(&[u8]) -> bool) {
+    /// Takes in one line at `now` (seconds) of a message not handed over yet (`key` is its
+    /// queue ID's).
+    pub fn line(&mut self, line: &LogLine<'_>, key: QueueKey, now: i64) {
         let Some(id) = line.queue_id else { return };
-        if id == b"NOQUEUE" {
-            return;
-        }
         match line.event {
             Event::Client { addr, sasl_username, .. } => {
-                if replayed(id) {
-                    return;
-                }
                 let client = std::str::from_utf8(addr).ok().and_then(|a| a.parse().ok());
                 let origin = Origin::Smtp { client, login: sasl_username.map(text) };
-                self.begin(id, now).origin = Some(origin);
+                self.begin(key, id, now).origin = Some(origin);
             }
             Event::Pickup { uid, sender } => {
-                if replayed(id) {
-                    return;
-                }
-                let p = self.begin(id, now);
+                let p = self.begin(key, id, now);
                 p.origin = Some(Origin::Local { uid });
                 p.sender = text(sender);
             }
             Event::QueueActive { sender, nrcpt, .. } => {
-                if replayed(id) {
-                    return;
-                }
-                let key = text(id);
-                if !self.pending.contains_key(&key) {
-                    self.begin(id, now);
-                }
-                let Some(p) = self.pending.get_mut(&key) else { return };
+                let p = self.begin(key, id, now);
                 if p.active.is_none() {
                     p.active = Some(now);
                     p.sender = text(sender);
@@ -152,7 +159,7 @@ impl Reassembly {
                 }
             }
             Event::Delivery { to, orig_to, status, dsn, .. } => {
-                let Some(p) = self.get_mut(id) else { return };
+                let Some(p) = self.pending.get_mut(&key) else { return };
                 let recipient = orig_to.filter(|o| !o.is_empty()).unwrap_or(to);
                 let recipient = match p.recipients.iter().find(|r| r.as_bytes() == recipient) {
                     Some(known) => known.clone(),
@@ -165,7 +172,7 @@ impl Reassembly {
                 p.deliveries.push(Delivery { at: now, recipient, status, dsn: text(dsn) });
             }
             Event::Removed => {
-                if let Some(p) = self.get_mut(id) {
+                if let Some(p) = self.pending.get_mut(&key) {
                     p.removed = true;
                 }
             }
@@ -177,13 +184,9 @@ impl Reassembly {
         }
     }
 
-    fn get_mut(&mut self, id: &[u8]) -> Option<&mut Pending> {
-        let id = std::str::from_utf8(id).ok()?;
-        self.pending.get_mut(id)
-    }
-
-    fn begin(&mut self, id: &[u8], now: i64) -> &mut Pending {
-        self.pending.entry(text(id)).or_insert_with(|| Pending {
+    fn begin(&mut self, key: QueueKey, id: &[u8], now: i64) -> &mut Pending {
+        self.pending.entry(key).or_insert_with(|| Pending {
+            id: text(id),
             received: now,
             origin: None,
             sender: CompactString::default(),
@@ -216,7 +219,7 @@ impl Reassembly {
             if !complete && !due {
                 return;
             }
-            let key = self.order.pop_front().unwrap_or_default();
+            let Some(key) = self.order.pop_front() else { return };
             let Some(p) = self.pending.remove(&key) else { continue };
             let origin = match p.origin {
                 Some(origin) => origin,
@@ -231,13 +234,14 @@ impl Reassembly {
                 self.tally.incomplete += 1;
             }
             each(Message {
-                queue_id: key,
+                queue_id: p.id,
                 received: p.received,
                 origin,
                 sender: p.sender,
                 recipients: p.recipients,
                 unknown_recipients: if p.removed { 0 } else { unknown_recipients },
                 deliveries: p.deliveries,
+                removed: p.removed,
             });
         }
         if now.is_none() {
@@ -257,7 +261,9 @@ mod tests {
         let mut out = Vec::new();
         for (line, now) in lines {
             let parsed = maillog::parse(line.as_bytes()).expect("a Postfix line");
-            r.line(&parsed, *now, |_| false);
+            if let Some(id) = parsed.queue_id {
+                r.line(&parsed, QueueKey::of(id), *now);
+            }
             r.ready(Some(*now), |m| out.push(m));
         }
         out

@@ -24,7 +24,7 @@ use std::sync::Arc;
 use crate::config::Config;
 use crate::maillog::{self, Skipped};
 use input::{InputError, Reader, Source};
-use messages::Reassembly;
+use messages::{QueueKey, Reassembly};
 use replay::Replay;
 use report::{AccountPolicy, InputSummary, LimitSet, Report, rfc3339};
 
@@ -91,10 +91,13 @@ pub fn simulate(config: Arc<Config>, sources: &[Source], options: &Options) -> R
             first.get_or_insert(now);
             // Lines a few seconds out of order keep the clock where it was.
             last = last.max(now);
-            if parsed.queue_id.is_some_and(|id| replay.follows(id)) {
-                replay.later_line(&parsed, last);
-            } else {
-                messages.line(&parsed, last, |id| replay.follows(id));
+            if let Some(id) = parsed.queue_id {
+                let key = QueueKey::of(id);
+                if replay.follows(key) {
+                    replay.later_line(&parsed, key, last);
+                } else {
+                    messages.line(&parsed, key, last);
+                }
             }
             since_ready += 1;
             if since_ready >= READY_EVERY {

@@ -17,7 +17,7 @@ use std::time::{Duration, SystemTime};
 use compact_str::CompactString;
 use tokio::sync::mpsc;
 
-use super::messages::{Message, Origin};
+use super::messages::{Message, Origin, QueueKey};
 use super::report::{RestrictedAccount, Tracker, rfc3339};
 use crate::config::Config;
 use crate::delivery::outcomes::{Outcome, Outcomes};
@@ -42,8 +42,9 @@ pub struct Replay {
     tx: Transaction,
     /// The engine's clock, seconds: it only moves forward.
     now: i64,
-    /// Queue IDs of replayed outbound messages still in the queue → their account.
-    in_queue: HashMap<CompactString, CompactString, ahash::RandomState>,
+    /// Queue IDs of replayed messages still in the queue → the account whose outcomes they
+    /// are (`None`: inbound, exempt or refused in the replay, so their lines count for no one).
+    in_queue: HashMap<QueueKey, Option<CompactString>, ahash::RandomState>,
     /// Whether any policy has the bounce signal on.
     bounces: bool,
     outcomes: Outcomes,
@@ -82,9 +83,9 @@ impl Replay {
         &self.engine
     }
 
-    /// Whether `queue_id` is a replayed message still followed.
-    pub fn follows(&self, queue_id: &[u8]) -> bool {
-        std::str::from_utf8(queue_id).is_ok_and(|id| self.in_queue.contains_key(id))
+    /// Whether the queue ID of `key` is a replayed message still followed.
+    pub fn follows(&self, key: QueueKey) -> bool {
+        self.in_queue.contains_key(&key)
     }
 
     fn advance_to(&mut self, secs: i64) {
@@ -94,8 +95,19 @@ impl Replay {
         }
     }
 
-    /// Replays one message at the time the MTA received it.
+    /// Replays one message at the time the MTA received it; its later lines are then
+    /// [`Replay::later_line`]'s.
     pub fn message(&mut self, m: Message) {
+        let key = QueueKey::of(m.queue_id.as_bytes());
+        let removed = m.removed;
+        let followed = self.replay(m);
+        if !removed {
+            self.in_queue.insert(key, followed);
+        }
+    }
+
+    /// Replays `m`; the account whose outcomes its later lines are, if it was delivered.
+    fn replay(&mut self, m: Message) -> Option<CompactString> {
         self.advance_to(m.received);
         let local = matches!(m.origin, Origin::Local { .. });
         let (login, client) = match &m.origin {
@@ -104,12 +116,12 @@ impl Replay {
             Origin::Mta => {
                 // The MTA's own notices are never an account's mail.
                 self.tracker.messages.exempt += 1;
-                return;
+                return None;
             }
         };
         if !local && !is_outbound(login.map(str::as_bytes), client, &self.internal_networks) {
             self.tracker.messages.inbound += 1;
-            return;
+            return None;
         }
         let facts = MailFacts {
             sender: m.sender.as_bytes(),
@@ -125,13 +137,13 @@ impl Replay {
             self.tracker.messages.exempt += 1;
             self.engine.end_transaction(&mut tx);
             self.tx = tx;
-            return;
+            return None;
         };
         if at_mail == Decision::Accept {
             self.tracker.messages.exempt += 1;
             self.engine.end_transaction(&mut tx);
             self.tx = tx;
-            return;
+            return None;
         }
         self.tracker.messages.outbound += 1;
         self.tracker.messages.local_submissions += u64::from(local);
@@ -170,35 +182,69 @@ impl Replay {
         self.tracker.messages.refused_recipients += u64::from(refused);
         self.tracker.messages.refused_messages += u64::from(accepted == 0 && refused > 0);
         self.read_events();
-        for name in std::iter::once(&account).chain(aggregate.as_ref()) {
-            self.tracker.account(name).message(m.received, external, internal, refused);
+        let (mut delivered, mut bounced, mut deferred) = (0, 0, 0);
+        if accepted > 0 {
+            for d in &m.deliveries {
+                match d.status {
+                    DeliveryStatus::Sent => delivered += 1,
+                    DeliveryStatus::Bounced | DeliveryStatus::Expired => bounced += 1,
+                    DeliveryStatus::Deferred => deferred += 1,
+                    DeliveryStatus::Other => {}
+                }
+            }
+        }
+        for (i, name) in std::iter::once(&account).chain(aggregate.as_ref()).enumerate() {
+            let stats = self.tracker.account(name);
+            stats.message(m.received, external, internal, refused);
+            if i == 0 {
+                stats.delivered += delivered;
+                stats.bounced += bounced;
+                stats.deferred += deferred;
+            }
             if refused > 0 {
                 self.tracker.refused_after_restriction(name, refused, accepted == 0);
             }
         }
         if accepted == 0 {
-            return;
+            return None;
         }
-        // What became of it: the lines seen so far, and the later ones by its queue ID.
+        // What became of it, for the bounce signal: the lines seen so far, and the later ones
+        // by its queue ID.
         if self.bounces {
             self.outcomes.accepted(Accepted { queue_id: m.queue_id.clone(), account: account.clone() }, m.received);
+            for d in &m.deliveries {
+                self.judge_outcome(&account, m.queue_id.as_str(), d.at, d.recipient.as_str(), d.dsn.as_str(), d.status);
+            }
         }
-        for d in &m.deliveries {
-            self.delivery(&account, m.queue_id.as_str(), d.at, d.recipient.as_str(), d.dsn.as_str(), d.status);
-        }
-        self.in_queue.insert(m.queue_id, account);
+        Some(account)
     }
 
-    /// A log line of a replayed message (a delivery, an expiry, its removal).
-    pub fn later_line(&mut self, line: &LogLine<'_>, now: i64) {
-        let Some(id) = line.queue_id.and_then(|q| std::str::from_utf8(q).ok()) else { return };
-        let Some(account) = self.in_queue.get(id).cloned() else { return };
+    /// A log line of a replayed message (a delivery, an expiry, its removal); `key` is its
+    /// queue ID's.
+    pub fn later_line(&mut self, line: &LogLine<'_>, key: QueueKey, now: i64) {
+        if line.event == LogEvent::Removed {
+            let followed = self.in_queue.remove(&key).flatten().is_some();
+            if followed && self.bounces {
+                self.outcomes.line(line, now, |_| {});
+            }
+            return;
+        }
+        let Some(Some(account)) = self.in_queue.get(&key).cloned() else { return };
+        let id = line.queue_id.map(String::from_utf8_lossy).unwrap_or_default();
         match line.event {
             LogEvent::Delivery { to, orig_to, dsn, status, .. } => {
-                let to = orig_to.filter(|o| !o.is_empty()).unwrap_or(to);
-                let to = String::from_utf8_lossy(to);
-                let dsn = String::from_utf8_lossy(dsn);
-                self.delivery(&account, id, now, &to, &dsn, status);
+                let stats = self.tracker.account(&account);
+                match status {
+                    DeliveryStatus::Sent => stats.delivered += 1,
+                    DeliveryStatus::Bounced | DeliveryStatus::Expired => stats.bounced += 1,
+                    DeliveryStatus::Deferred => stats.deferred += 1,
+                    DeliveryStatus::Other => {}
+                }
+                if self.bounces {
+                    let to = orig_to.filter(|o| !o.is_empty()).unwrap_or(to);
+                    let (to, dsn) = (String::from_utf8_lossy(to), String::from_utf8_lossy(dsn));
+                    self.judge_outcome(&account, &id, now, &to, &dsn, status);
+                }
             }
             LogEvent::Expired { .. } if self.bounces => {
                 let mut finished = false;
@@ -207,27 +253,12 @@ impl Replay {
                     self.judge_bounces(&account);
                 }
             }
-            LogEvent::Removed => {
-                self.in_queue.remove(id);
-                if self.bounces {
-                    self.outcomes.line(line, now, |_| {});
-                }
-            }
             _ => {}
         }
     }
 
-    fn delivery(&mut self, account: &str, queue_id: &str, at: i64, to: &str, dsn: &str, status: DeliveryStatus) {
-        let stats = self.tracker.account(account);
-        match status {
-            DeliveryStatus::Sent => stats.delivered += 1,
-            DeliveryStatus::Bounced | DeliveryStatus::Expired => stats.bounced += 1,
-            DeliveryStatus::Deferred => stats.deferred += 1,
-            DeliveryStatus::Other => {}
-        }
-        if !self.bounces {
-            return;
-        }
+    /// One recipient's outcome for the bounce signal, judged when it is a bounce.
+    fn judge_outcome(&mut self, account: &str, queue_id: &str, at: i64, to: &str, dsn: &str, status: DeliveryStatus) {
         let mut bounced = false;
         self.outcomes.outcome(queue_id, to, dsn, status, at, |f| bounced |= f.outcome == Outcome::Bounced);
         if bounced {

@@ -263,10 +263,9 @@ pub struct Tracker {
 
 impl Tracker {
     pub fn account(&mut self, account: &str) -> &mut AccountStats {
-        if !self.accounts.contains_key(account) {
-            self.accounts.insert(CompactString::from(account), AccountStats::default());
-        }
-        self.accounts.get_mut(account).expect("inserted above")
+        // An account name is mostly short enough for CompactString to keep inline: no
+        // allocation for the key looked up.
+        self.accounts.entry(CompactString::from(account)).or_default()
     }
 
     /// Refusals after `account`'s newest restriction.
