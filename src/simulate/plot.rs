@@ -122,6 +122,7 @@ pub fn account(chart: &AccountChart<'_>) -> Result<String, Failure> {
         };
         c.configure_mesh()
             .disable_x_mesh()
+            .light_line_style(WHITE)
             .x_labels(6)
             .y_labels(6)
             .x_label_formatter(&|x| hour_label(*x))
@@ -204,7 +205,8 @@ fn boundary_label(x: f64) -> String {
 pub fn peaks(policy: &str, distribution: &[PeakBucket], limit: u32, suggested: Option<u32>) -> Result<String, Failure> {
     let mut buckets = distribution.len();
     for v in std::iter::once(limit).filter(|&l| l > 0).chain(suggested) {
-        buckets = buckets.max(bucket_position(v).ceil() as usize);
+        // A line on a boundary gets the bucket after it, so that it is not drawn on the frame.
+        buckets = buckets.max(bucket_position(v).floor() as usize + 1);
     }
     let buckets = buckets.max(1);
     let highest = distribution.iter().map(|b| b.accounts).max().unwrap_or(0);
@@ -221,6 +223,7 @@ pub fn peaks(policy: &str, distribution: &[PeakBucket], limit: u32, suggested: O
             .build_cartesian_2d(x_range.clone(), 0u64..y_top)?;
         c.configure_mesh()
             .disable_x_mesh()
+            .light_line_style(WHITE)
             .x_labels(buckets + 1)
             .y_labels(6)
             .x_label_formatter(&|x| boundary_label(*x))
