@@ -22,6 +22,9 @@ const CONFIG: &str = "[organization]\nlocal_domains = [\"example.com\"]\ninterna
     recipient_limit_per_day = 600\naction_when_threshold_reached = \"block_until_tomorrow\"\n\
     bounce_percent = 30\nbounce_min_recipients = 10\nbounce_window = \"1h\"\nbounce_action = \"alert\"\n";
 
+/// A recipient and whether it bounced.
+type Recipient = (String, bool);
+
 /// A small deterministic generator (no dependency, the same log on every run).
 struct Lcg(u64);
 
@@ -45,7 +48,7 @@ impl LogWriter {
         format!("2026-11-24T{:02}:{:02}:{:02}.000000+00:00 mail", secs / 3600, secs / 60 % 60, secs % 60)
     }
 
-    fn message(&mut self, secs: u32, account: &str, to: &[(String, bool)]) {
+    fn message(&mut self, secs: u32, account: &str, to: &[Recipient]) {
         self.next_id += 1;
         self.pid += 1;
         let id = format!("{:010X}", 0x4A_0000_0000u64 + u64::from(self.next_id) * 7919);
@@ -57,7 +60,8 @@ impl LogWriter {
             "{t} postfix/smtpd[{pid}]: {id}: client=ws{pid}.office.example.com[192.0.2.10], sasl_method=PLAIN, sasl_username={account}"
         );
         let _ = writeln!(o, "{t} postfix/cleanup[900]: {id}: message-id=<{id}@office.example.com>");
-        let _ = writeln!(o, "{t} postfix/qmgr[800]: {id}: from=<{account}>, size=4312, nrcpt={} (queue active)", to.len());
+        let _ =
+            writeln!(o, "{t} postfix/qmgr[800]: {id}: from=<{account}>, size=4312, nrcpt={} (queue active)", to.len());
         let _ = writeln!(o, "{t} postfix/smtpd[{pid}]: disconnect from ws{pid}.office.example.com[192.0.2.10]");
         let later = Self::stamp(secs + 2);
         for (rcpt, bounced) in to {
@@ -88,12 +92,12 @@ fn office_day() -> String {
     let mut log = LogWriter { out: String::new(), next_id: 0, pid: 4000 };
     let _ = writeln!(log.out, "2026-11-24T06:59:58.000000+00:00 mail kernel: [12.3] eth0: link up");
     let steady = ["alice@example.com", "bob@example.com", "carol@example.com", "dave@example.com"];
-    let mut events: Vec<(u32, String, Vec<(String, bool)>)> = Vec::new();
+    let mut events: Vec<(u32, String, Vec<Recipient>)> = Vec::new();
     for (n, account) in steady.iter().enumerate() {
         for hour in 7..19 {
             for _ in 0..(2 + rng.below(4 + n as u32 * 2)) {
                 let secs = hour * 3600 + rng.below(3600);
-                let to: Vec<(String, bool)> = (0..1 + rng.below(4))
+                let to: Vec<Recipient> = (0..1 + rng.below(4))
                     .map(|k| {
                         if rng.below(3) == 0 {
                             (format!("colleague{k}@example.com"), false)
@@ -107,11 +111,16 @@ fn office_day() -> String {
         }
     }
     for batch in 0..6 {
-        let to = (0..8).map(|k| (format!("reader{}@list{}.example.org", batch * 8 + k, k), rng.below(3) == 0)).collect();
+        let to =
+            (0..8).map(|k| (format!("reader{}@list{}.example.org", batch * 8 + k, k), rng.below(3) == 0)).collect();
         events.push((10 * 3600 + batch * 240, "news@example.com".to_owned(), to));
     }
     for hour in [8, 9, 11] {
-        events.push((hour * 3600 + 600, "mallory@example.com".to_owned(), vec![("partner@vendor.example.net".to_owned(), false)]));
+        events.push((
+            hour * 3600 + 600,
+            "mallory@example.com".to_owned(),
+            vec![("partner@vendor.example.net".to_owned(), false)],
+        ));
     }
     for burst in 0..40 {
         let to = (0..6).map(|k| (format!("target{}@victims{}.example.org", burst * 6 + k, k % 4), false)).collect();
@@ -147,7 +156,8 @@ async fn the_html_report_renders_offline_with_a_chart_per_account_and_policy() {
     let restricted = report["restricted"].as_array().unwrap();
     assert_eq!(restricted.len(), 1, "{report:#}");
     assert_eq!(restricted[0]["account"], "mallory@example.com");
-    let charts = restricted.len() + report["top"].as_array().unwrap().len() + report["policies"].as_array().unwrap().len();
+    let charts =
+        restricted.len() + report["top"].as_array().unwrap().len() + report["policies"].as_array().unwrap().len();
 
     let browser = Browser::start(1200, 1600).await;
     browser.goto(&format!("file://{}", page.display())).await;
@@ -171,7 +181,10 @@ async fn the_html_report_renders_offline_with_a_chart_per_account_and_policy() {
     let table = seen["restricted"].as_str().unwrap();
     assert!(table.contains("mallory@example.com") && table.contains("recipient_limit_external_per_hour"), "{table}");
     let chart = seen["chartText"].as_str().unwrap();
-    assert!(chart.contains("mallory@example.com") && chart.contains("limit 60") && chart.contains("restricted"), "{chart}");
+    assert!(
+        chart.contains("mallory@example.com") && chart.contains("limit 60") && chart.contains("restricted"),
+        "{chart}"
+    );
     let console = browser.console().await;
     let bad: Vec<&Value> = console.iter().filter(|e| e["level"] == "SEVERE" || e["level"] == "WARNING").collect();
     assert!(bad.is_empty(), "console: {bad:?}");

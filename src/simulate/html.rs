@@ -306,10 +306,7 @@ fn policies(out: &mut String, report: &Report) {
 pub fn render(report: &Report) -> String {
     let mut out = String::from(HEAD);
     out.push_str("<h1>What this policy would have done</h1>\n");
-    let _ = writeln!(
-        out,
-        "<p>A replay of the mail log through the filter's policy; nothing was refused for real.</p>"
-    );
+    let _ = writeln!(out, "<p>A replay of the mail log through the filter's policy; nothing was refused for real.</p>");
     summary(&mut out, report);
     restricted(&mut out, report);
     alerts(&mut out, report);

@@ -115,11 +115,8 @@ pub fn account(chart: &AccountChart<'_>) -> Result<String, Failure> {
             .x_label_area_size(28)
             .y_label_area_size(48)
             .build_cartesian_2d(x_range.clone(), 0u64..y_top)?;
-        let y_desc = if group == 1 {
-            "recipients per hour".to_owned()
-        } else {
-            format!("busiest hour of each {group} h")
-        };
+        let y_desc =
+            if group == 1 { "recipients per hour".to_owned() } else { format!("busiest hour of each {group} h") };
         c.configure_mesh()
             .disable_x_mesh()
             .light_line_style(WHITE)
@@ -137,11 +134,9 @@ pub fn account(chart: &AccountChart<'_>) -> Result<String, Failure> {
         c.draw_series(bars.iter().map(|b| rect(b, 0, b.point.external, EXTERNAL)))?
             .label("external")
             .legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], EXTERNAL.filled()));
-        c.draw_series(
-            bars.iter().map(|b| rect(b, b.point.external, b.point.external + b.point.internal, INTERNAL)),
-        )?
-        .label("internal")
-        .legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], INTERNAL.filled()));
+        c.draw_series(bars.iter().map(|b| rect(b, b.point.external, b.point.external + b.point.internal, INTERNAL)))?
+            .label("internal")
+            .legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], INTERNAL.filled()));
         if bars.iter().any(|b| b.point.refused > 0) {
             c.draw_series(bars.iter().filter(|b| b.point.refused > 0).map(|b| {
                 let top = b.point.external + b.point.internal;
@@ -230,9 +225,12 @@ pub fn peaks(policy: &str, distribution: &[PeakBucket], limit: u32, suggested: O
             .y_desc("accounts")
             .label_style((FONT, 12))
             .draw()?;
-        c.draw_series(distribution.iter().enumerate().map(|(i, b)| {
-            Rectangle::new([(i as f64 + 0.05, 0), (i as f64 + 0.95, b.accounts)], EXTERNAL.filled())
-        }))?
+        c.draw_series(
+            distribution
+                .iter()
+                .enumerate()
+                .map(|(i, b)| Rectangle::new([(i as f64 + 0.05, 0), (i as f64 + 0.95, b.accounts)], EXTERNAL.filled())),
+        )?
         .label("accounts")
         .legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], EXTERNAL.filled()));
         let vertical = |value: u32, color: RGBColor| {
