@@ -6,7 +6,8 @@
 //! - [`messages`]: each accepted message rebuilt from its lines (`crate::maillog`), handed
 //!   over in acceptance order.
 //! - [`replay`]: each message through the daemon's own engine on the log's clock.
-//! - [`report`]: what the replay found, as data; [`text`] renders it, `--json` serialises it.
+//! - [`report`]: what the replay found, as data; [`text`] renders it, `--json` serialises it,
+//!   [`html`] makes a page of it with the charts of [`plot`].
 //!
 //! Memory is bounded by the accounts seen and the messages in flight (accepted within
 //! [`messages::HORIZON_SECS`], or still queued), not by the number of lines.
@@ -14,6 +15,7 @@
 pub mod html;
 pub mod input;
 pub mod messages;
+pub mod plot;
 pub mod replay;
 pub mod report;
 pub mod text;

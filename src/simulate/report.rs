@@ -325,8 +325,8 @@ pub fn suggest_above(peak: u32) -> u32 {
     }
 }
 
-/// Upper bounds of the peak distribution's buckets.
-const PEAK_BUCKETS: [u32; 14] = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10_000, u32::MAX];
+/// Upper bounds of the peak distribution's buckets (the last one: no bound).
+pub const PEAK_BUCKETS: [u32; 14] = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10_000, u32::MAX];
 
 impl Tracker {
     /// The summary: `top` busiest accounts by recipients, `policy_of` naming each account's
