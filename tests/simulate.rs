@@ -356,3 +356,33 @@ fn usage_errors_and_unreadable_input_exit_2() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("recipient_limit_per_day"));
 }
+
+#[test]
+fn a_repeat_offender_is_escalated_as_the_daemon_would() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(
+        dir.path(),
+        "recipient_limit_external_per_hour = 3\naction_when_threshold_reached = \"block_until_tomorrow\"\n\
+         escalate_after = 2\nescalate_window = \"7d\"",
+    );
+    // The same burst on two days: restricted until midnight the first time, until released
+    // the second.
+    let mut log = Log::default();
+    for day in [3, 4] {
+        for i in 0..5u32 {
+            let to = external(&format!("d{day}-{i}-"), 1);
+            log.sasl(&Log::stamp("Mar", day, 9 * 3600 + i * 60), "again@example.com", "203.0.113.3", &to, "sent");
+        }
+    }
+    let path = dir.path().join("mail.log");
+    std::fs::write(&path, log.text()).unwrap();
+    let report = json(&config, &["--year", "2026", path.to_str().unwrap()]);
+    let restricted = report["restricted"].as_array().unwrap();
+    assert_eq!(restricted.len(), 2, "{restricted:#?}");
+    assert_eq!(
+        (restricted[0]["escalated"].as_bool(), restricted[0]["until"].as_str()),
+        (Some(false), Some("2026-03-04T00:00:00Z"))
+    );
+    assert_eq!((restricted[1]["escalated"].as_bool(), &restricted[1]["until"]), (Some(true), &Value::Null));
+    assert_eq!(restricted[1]["at"], "2026-03-04T09:03:00Z");
+}

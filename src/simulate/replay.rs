@@ -282,6 +282,7 @@ impl Replay {
                     cause: e.cause,
                     reason: e.reason,
                     until: e.until.map(|u| rfc3339(u.unix_timestamp())),
+                    escalated: e.escalated,
                     counters: e.counters,
                     refused_recipients: 0,
                     refused_messages: 0,

@@ -130,6 +130,8 @@ pub struct RestrictedAccount {
     pub reason: String,
     /// `null`: until released.
     pub until: Option<String>,
+    /// A repeat within `escalate_window` made "until released" (`escalate_after`).
+    pub escalated: bool,
     pub counters: Counters,
     /// Recipients and messages refused after it (until it ended or the next one).
     pub refused_recipients: u64,
