@@ -96,7 +96,11 @@ pub fn render(report: &Report) -> String {
             r.policy,
             r.cause,
             r.reason,
-            r.until.as_deref().unwrap_or("released"),
+            match (r.until.as_deref(), r.escalated) {
+                (Some(until), _) => until,
+                (None, false) => "released",
+                (None, true) => "released (escalated: a repeat)",
+            },
             thousands(r.refused_recipients),
             thousands(r.refused_messages),
         );
