@@ -191,26 +191,33 @@ fn delivery_status(value: &[u8]) -> DeliveryStatus {
     }
 }
 
-/// The `key=value` pairs of a delivery line in one pass, in Postfix's order (`to`,
-/// `orig_to`, `relay`, `conn_use`, `delay`, `delays`, `dsn`, `status`), ending at `status`:
-/// the line type most of a log is made of, read without searching it once per key.
-fn delivery_in_order(text: &[u8]) -> Option<Event<'_>> {
-    let (mut to, mut orig_to, mut relay, mut dsn) = (None, None, &b""[..], &b""[..]);
-    let mut rest = text;
-    loop {
-        let eq = memchr::memchr(b'=', rest)?;
-        let key = &rest[..eq];
-        let value = &rest[eq + 1..];
+/// The `key=value` pairs of a `key=value, key=value` list, in order, in one pass (a `<…>`
+/// value up to its `>`, even a comma); they end where no `, ` follows a value. Postfix writes
+/// its keys in a fixed order, so the lines most of a log is made of (deliveries, the queue
+/// manager's) are read without searching them once per key.
+fn pairs(text: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
+    let mut rest = Some(text);
+    std::iter::from_fn(move || {
+        let r = rest.take()?;
+        let eq = memchr::memchr(b'=', r)?;
+        let value = &r[eq + 1..];
         let (value, after) = match value.strip_prefix(b"<") {
             Some(inner) => {
                 let end = memchr::memchr(b'>', inner)?;
                 (&inner[..end], &inner[end + 1..])
             }
-            None => {
-                let end = value.iter().position(|&b| b == b',' || b == b' ').unwrap_or(value.len());
-                value.split_at(end)
-            }
+            None => value.split_at(value.iter().position(|&b| b == b',' || b == b' ').unwrap_or(value.len())),
         };
+        rest = after.strip_prefix(b", ");
+        Some((&r[..eq], value))
+    })
+}
+
+/// A delivery line's fields in Postfix's order (`to`, `orig_to`, `relay`, `conn_use`,
+/// `delay`, `delays`, `dsn`, `status`), ending at `status`.
+fn delivery_in_order(text: &[u8]) -> Option<Event<'_>> {
+    let (mut to, mut orig_to, mut relay, mut dsn) = (None, None, &b""[..], &b""[..]);
+    for (key, value) in pairs(text) {
         match key {
             b"to" => to = Some(value),
             b"orig_to" => orig_to = Some(value),
@@ -221,8 +228,8 @@ fn delivery_in_order(text: &[u8]) -> Option<Event<'_>> {
             }
             _ => {}
         }
-        rest = after.strip_prefix(b", ")?;
     }
+    None
 }
 
 fn delivery(text: &[u8]) -> Result<Event<'_>, Malformed> {
@@ -281,8 +288,23 @@ fn qmgr(text: &[u8]) -> Result<Event<'_>, Malformed> {
     if !text.starts_with(b"from=") {
         return Ok(Event::Other);
     }
-    let sender = field(text, b"from=").ok_or(Malformed)?;
-    if let Some(status) = field(text, b"status=") {
+    let (mut sender, mut size, mut nrcpt, mut status) = (None, None, None, None);
+    for (key, value) in pairs(text) {
+        match key {
+            b"from" => sender = Some(value),
+            b"size" => size = Some(value),
+            b"nrcpt" => nrcpt = Some(value),
+            b"status" => status = Some(value),
+            _ => {}
+        }
+    }
+    let sender = sender.ok_or(Malformed)?;
+    // A line in an odd shape (`from=<a>>, status=…` is seen in the wild): search it.
+    let status = match status {
+        None if !text.ends_with(b"(queue active)") => field(text, b"status="),
+        found => found,
+    };
+    if let Some(status) = status {
         return Ok(match status {
             b"expired" => Event::Expired { sender, forced: false },
             b"force-expired" => Event::Expired { sender, forced: true },
@@ -292,8 +314,8 @@ fn qmgr(text: &[u8]) -> Result<Event<'_>, Malformed> {
     if !text.ends_with(b"(queue active)") {
         return Ok(Event::Other);
     }
-    let size = field(text, b"size=").and_then(parse_u).ok_or(Malformed)?;
-    let nrcpt = field(text, b"nrcpt=").and_then(parse_u).ok_or(Malformed)?;
+    let size = size.and_then(parse_u).ok_or(Malformed)?;
+    let nrcpt = nrcpt.and_then(parse_u).ok_or(Malformed)?;
     Ok(Event::QueueActive { sender, size, nrcpt })
 }
 

@@ -68,19 +68,23 @@ fn clock(input: &[u8]) -> Res<'_, u32> {
     Ok((rest, h * 3600 + m * 60 + s.min(59)))
 }
 
-/// `Mar  4 09:01:02` (the day space-padded or not).
+/// `Mar  4 09:01:02` (the day space-padded or not). Read by position rather than through
+/// combinators: every line of a classic syslog starts so, and this is the first thing read.
 fn syslog_time(input: &[u8]) -> Res<'_, LogTime> {
-    let (rest, (month, _, _, day, _, second_of_day)) = (
-        month,
-        char(' '),
-        opt(char(' ')),
-        map_opt(digit1, |d: &[u8]| decimal(d).and_then(|n| u8::try_from(n).ok())),
-        char(' '),
-        clock,
-    )
-        .parse(input)?;
+    let fail = || nom::Err::Error(nom::error::Error::new(input, nom::error::ErrorKind::Verify));
+    let (rest, month) = month(input)?;
+    let rest = rest.strip_prefix(b" ").ok_or_else(fail)?;
+    let digit = |b: u8| b.is_ascii_digit().then(|| b - b'0');
+    let (day, rest) = match rest {
+        [b' ', d, rest @ ..] => (digit(*d).ok_or_else(fail)?, rest),
+        [t, d, rest @ ..] if t.is_ascii_digit() && d.is_ascii_digit() => ((t - b'0') * 10 + (d - b'0'), rest),
+        [d, rest @ ..] => (digit(*d).ok_or_else(fail)?, rest),
+        [] => return Err(fail()),
+    };
+    let rest = rest.strip_prefix(b" ").ok_or_else(fail)?;
+    let (rest, second_of_day) = clock(rest)?;
     if !(1..=31).contains(&day) {
-        return Err(nom::Err::Error(nom::error::Error::new(input, nom::error::ErrorKind::Verify)));
+        return Err(fail());
     }
     Ok((rest, LogTime::Syslog { month, day, second_of_day }))
 }

@@ -61,8 +61,10 @@ pub enum Origin {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Delivery {
     pub at: i64,
-    pub recipient: CompactString,
+    /// Index of the recipient in [`Message::recipients`].
+    pub recipient: u32,
     pub status: DeliveryStatus,
+    /// The DSN code of a bounce (for the bounce signal's samples); empty otherwise.
     pub dsn: CompactString,
 }
 
@@ -161,15 +163,16 @@ impl Reassembly {
             Event::Delivery { to, orig_to, status, dsn, .. } => {
                 let Some(p) = self.pending.get_mut(&key) else { return };
                 let recipient = orig_to.filter(|o| !o.is_empty()).unwrap_or(to);
-                let recipient = match p.recipients.iter().find(|r| r.as_bytes() == recipient) {
-                    Some(known) => known.clone(),
+                let index = match p.recipients.iter().position(|r| r.as_bytes() == recipient) {
+                    Some(known) => known,
                     None => {
-                        let r = text(recipient);
-                        p.recipients.push(r.clone());
-                        r
+                        p.recipients.push(text(recipient));
+                        p.recipients.len() - 1
                     }
                 };
-                p.deliveries.push(Delivery { at: now, recipient, status, dsn: text(dsn) });
+                let bounce = matches!(status, DeliveryStatus::Bounced | DeliveryStatus::Expired);
+                let dsn = if bounce { text(dsn) } else { CompactString::default() };
+                p.deliveries.push(Delivery { at: now, recipient: index as u32, status, dsn });
             }
             Event::Removed => {
                 if let Some(p) = self.pending.get_mut(&key) {

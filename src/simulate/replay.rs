@@ -147,8 +147,9 @@ impl Replay {
         }
         self.tracker.messages.outbound += 1;
         self.tracker.messages.local_submissions += u64::from(local);
-        let unknown = (0..m.unknown_recipients).map(|i| CompactString::from(format!("unknown-{i}@recipient.invalid")));
-        let recipients: Vec<CompactString> = m.recipients.iter().cloned().chain(unknown).collect();
+        let mut recipients = m.recipients;
+        recipients
+            .extend((0..m.unknown_recipients).map(|i| CompactString::from(format!("unknown-{i}@recipient.invalid"))));
         let mut accepted = 0u32;
         let mut refused = 0u32;
         if at_mail == Decision::Continue {
@@ -213,7 +214,8 @@ impl Replay {
         if self.bounces {
             self.outcomes.accepted(Accepted { queue_id: m.queue_id.clone(), account: account.clone() }, m.received);
             for d in &m.deliveries {
-                self.judge_outcome(&account, m.queue_id.as_str(), d.at, d.recipient.as_str(), d.dsn.as_str(), d.status);
+                let to = recipients.get(d.recipient as usize).map_or("", |r| r.as_str());
+                self.judge_outcome(&account, m.queue_id.as_str(), d.at, to, d.dsn.as_str(), d.status);
             }
         }
         Some(account)
