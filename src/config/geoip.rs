@@ -83,9 +83,72 @@ impl PartialEq for GeoIp {
     }
 }
 
+/// The tests' MaxMind DB writer, shared with the integration tests.
+#[cfg(test)]
+#[path = "../../tests/common/mmdb.rs"]
+mod test_mmdb;
+
 #[cfg(test)]
 mod tests {
+    use super::test_mmdb as mmdb;
     use super::*;
+    use crate::config::{Config, ConfigError, Invalid};
+
+    /// The configuration error of `text` read from `dir`/plugin.toml.
+    fn invalid(dir: &Path, text: &str) -> Invalid {
+        match Config::parse(&dir.join("plugin.toml"), text) {
+            Err(ConfigError::Invalid(e)) => *e,
+            other => panic!("expected an invalid configuration, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_database_is_opened_relative_to_the_file_or_refused_naming_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = invalid(dir.path(), "[policy.default]\n\n[geoip]\ndatabase = \"missing.mmdb\"\n");
+        assert_eq!(e.key.as_deref(), Some("geoip.database"));
+        assert_eq!(e.line, Some(4));
+        assert!(e.message.contains("cannot read") && e.message.contains("missing.mmdb"), "{}", e.message);
+
+        std::fs::write(dir.path().join("broken.mmdb"), b"\xAB\xCD\xEFMaxMind.com nothing").unwrap();
+        let e = invalid(dir.path(), "[geoip]\ndatabase = \"broken.mmdb\"\n");
+        assert_eq!(e.key.as_deref(), Some("geoip.database"));
+        assert!(e.message.contains("is not a MaxMind DB database"), "{}", e.message);
+
+        mmdb::documentation_countries().write(&dir.path().join("countries.mmdb"));
+        let config =
+            Config::parse(&dir.path().join("plugin.toml"), "[geoip]\ndatabase = \"countries.mmdb\"\n").unwrap();
+        let geoip = config.geoip.expect("opened");
+        assert_eq!(geoip.path(), dir.path().join("countries.mmdb"));
+        assert_eq!(geoip.database_type(), "Test-Country");
+        assert_eq!(geoip.country("2001:db8:2::1".parse().unwrap()), Some(CountryCode(*b"DK")));
+    }
+
+    #[test]
+    fn counting_countries_needs_the_database_and_limits_are_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = invalid(dir.path(), "[policy.default]\nmax_client_countries_per_day = 2\n");
+        assert_eq!(e.key.as_deref(), Some("policy.default.max_client_countries_per_day"));
+        assert!(e.message.contains("needs [geoip] database"), "{}", e.message);
+        let rule = "[[policy.rule]]\nname = \"r\"\npriority = 1\nfrom = [\"a@example.com\"]\n\
+                    max_client_countries_per_day = 1\n";
+        let e = invalid(dir.path(), rule);
+        assert_eq!(e.key.as_deref(), Some("policy.rule[0].max_client_countries_per_day"));
+
+        let e = invalid(dir.path(), "[policy.default]\nmax_client_networks_per_hour = 12\n");
+        assert_eq!(e.key.as_deref(), Some("policy.default.max_client_networks_per_hour"));
+        assert!(e.message.contains("between 0 and 11"), "{}", e.message);
+        let e = invalid(dir.path(), "[policy.default]\nlogin_spread_action = \"ban\"\n");
+        assert_eq!(e.key.as_deref(), Some("policy.default.login_spread_action"));
+
+        let config =
+            Config::parse(&dir.path().join("plugin.toml"), "[policy.default]\nmax_client_networks_per_hour = 11\n")
+                .unwrap();
+        assert_eq!(config.policies.default.max_client_networks_per_hour, 11);
+        assert_eq!(config.policies.default.max_client_countries_per_day, 0);
+        assert_eq!(config.policies.default.login_spread_action, crate::config::LimitAction::Block);
+        assert!(config.geoip.is_none());
+    }
 
     #[test]
     fn country_codes_are_two_letters_upper_cased() {
