@@ -86,7 +86,7 @@ impl PartialEq for GeoIp {
 /// The tests' MaxMind DB writer, shared with the integration tests.
 #[cfg(test)]
 #[path = "../../tests/common/mmdb.rs"]
-mod test_mmdb;
+pub(crate) mod test_mmdb;
 
 #[cfg(test)]
 mod tests {
