@@ -183,8 +183,9 @@ pub struct LoginTable {
 
 impl LoginTable {
     /// Notes a message of `account` from `network` (and `country`) at `now` (seconds since the
-    /// epoch); returns the account's spread and, when `check` says the spread is over the
-    /// limits, what it lets the caller do with the entry still locked.
+    /// epoch), then hands the account's spread and its entry, still locked, to `over`, which
+    /// returns what the caller needs when the spread passes its limits (the evidence, read and
+    /// the entry reset under the same lock).
     pub fn note<R>(
         &self,
         account: &str,
