@@ -14,10 +14,13 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 mod common;
 #[path = "common/decision.rs"]
 mod decision;
+/// The tests' MaxMind DB writer, for the login-spread case's country database.
+#[path = "../tests/common/mmdb.rs"]
+mod mmdb;
 
 use common::thread_cpu_time;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use decision::{ACCOUNTS, STRIDE, engine, fill, one_message};
+use decision::{ACCOUNTS, STRIDE, engine, engine_with, fill, one_message, one_message_from};
 use outbound_guard::config::builtin_default_policy;
 use outbound_guard::policy::account;
 use outbound_guard::policy::clock::EngineClock;
@@ -99,6 +102,59 @@ fn decision(c: &mut Criterion) {
     group.finish();
 }
 
+/// The client of account `i`'s `n`-th message: four /24s in three countries in turn, so that
+/// each account has several networks and countries to look through, none over its limits.
+fn client_of(i: usize, n: usize) -> std::net::IpAddr {
+    const NETWORKS: [[u8; 3]; 4] = [[192, 0, 2], [198, 51, 100], [203, 0, 113], [192, 0, 3]];
+    let [a, b, c] = NETWORKS[(i + n) % NETWORKS.len()];
+    std::net::IpAddr::from([a, b, c, (i % 250) as u8 + 1])
+}
+
+/// The same decision with the login-spread signal on (both limits, a country database): the
+/// MAIL FROM notes the network and looks up the country. The setup prints what the state costs
+/// per tracked account on top of the account table.
+fn decision_login_spread(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut db = mmdb::documentation_countries();
+    db.insert("192.0.3.0/24", "SE");
+    db.write(&dir.path().join("countries.mmdb"));
+    let (engine, _events) = engine_with(
+        &dir.path().join("bench.toml"),
+        "max_client_networks_per_hour = 11\nmax_client_countries_per_day = 5\n\
+         [geoip]\ndatabase = \"countries.mmdb\"\n",
+    );
+    let (mut buf, mut tx) = ([0u8; 32], Transaction::default());
+    let before = rss_bytes();
+    for i in 0..ACCOUNTS {
+        one_message_from(&engine, &mut tx, decision::account(&mut buf, i), Some(client_of(i, 0)));
+    }
+    let after = rss_bytes();
+    eprintln!(
+        "login spread on: tracked accounts: {}, resident memory per account: {} bytes (account record and \
+         login-spread entry; size of the entry: {} bytes)",
+        engine.tracked_accounts(),
+        (after.saturating_sub(before)) / ACCOUNTS,
+        std::mem::size_of::<outbound_guard::policy::logins::LoginEntry>(),
+    );
+
+    let mut group = c.benchmark_group("policy");
+    group.throughput(Throughput::Elements(1));
+    let (mut i, mut n) = (0usize, 0usize);
+    group.bench_function("message_3_rcpts_1m_accounts_login_spread", |b| {
+        b.iter_custom(|iters| {
+            let started = thread_cpu_time();
+            for _ in 0..iters {
+                i = (i + STRIDE) % ACCOUNTS;
+                n += 1;
+                let client = Some(client_of(i, n / ACCOUNTS));
+                one_message_from(&engine, &mut tx, decision::account(&mut buf, i), client);
+            }
+            thread_cpu_time() - started
+        })
+    });
+    group.finish();
+}
+
 fn limiter(c: &mut Criterion) {
     let mut settings = builtin_default_policy();
     settings.recipient_limit_external_per_hour = u32::MAX / 2;
@@ -164,5 +220,5 @@ fn restriction(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, decision, limiter, addresses, restriction);
+criterion_group!(benches, decision, decision_login_spread, limiter, addresses, restriction);
 criterion_main!(benches);

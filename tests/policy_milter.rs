@@ -594,3 +594,79 @@ fn an_always_allowed_recipient_that_is_no_address_is_refused_at_load() {
         assert!(e.contains(part), "{part:?} missing from: {e}");
     }
 }
+
+/// Login spread: one SASL login sending from a third /24 within the hour passes a limit of
+/// two networks; that MAIL FROM is refused as a restricted account's, and the restriction
+/// names its cause, in the store, the API and the metrics.
+#[tokio::test]
+async fn a_login_used_from_too_many_networks_is_restricted_at_mail_from() {
+    let d = start("[policy.default]\nmax_client_networks_per_hour = 2\n").await;
+    let login = Some("alice@example.com");
+    for (i, addr) in ["192.0.2.10", "198.51.100.10", "192.0.2.77"].into_iter().enumerate() {
+        let mut c = client(&d, addr).await;
+        assert_eq!(send_external(&mut c, login, "alice@example.com", 1).await, ["c"], "message {i} from {addr}");
+    }
+    let mut third = client(&d, "203.0.113.10").await;
+    assert_eq!(code(&mail(&mut third, login, "alice@example.com").await), "550 5.1.8");
+    // Mail from a client without the login is not counted against it.
+    let mut other = client(&d, "10.9.9.9").await;
+    assert_eq!(send_external(&mut other, None, "carol@example.com", 1).await, ["c"]);
+
+    let now = START as i64 + 1;
+    let listed = d.services.engine.restrictions().list(now);
+    assert_eq!(listed.len(), 1);
+    let r = &listed[0];
+    assert_eq!((r.account.as_str(), r.cause()), ("alice@example.com", "login_spread"));
+    assert!(r.reason.contains("192.0.2.0/24, 198.51.100.0/24, 203.0.113.0/24"), "{}", r.reason);
+    let api: serde_json::Value = reqwest::Client::new()
+        .get(format!("{}/api/v1/restricted", d.admin_url()))
+        .bearer_auth(&d.token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(api["restricted"][0]["account"], "alice@example.com");
+    assert!(api["restricted"][0]["reason"].as_str().unwrap().contains("3 client networks within an hour"));
+    let metrics = d.services.engine.metrics().render();
+    assert!(metrics.contains("outbound_guard_restrictions_total{reason=\"login_spread\"} 1"), "{metrics}");
+    drop((third, other));
+    d.stop().await;
+}
+
+/// Countries come from the `[geoip] database` (a MaxMind DB file the test writes), and a
+/// reload reads the file anew.
+#[tokio::test]
+async fn countries_come_from_the_geoip_database_and_a_reload_reads_it_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("countries.mmdb");
+    common::mmdb::documentation_countries().write(&db);
+    let text = config("[geoip]\ndatabase = \"countries.mmdb\"\n[policy.default]\nmax_client_countries_per_day = 1\n");
+    let d = TestDaemon::start_in(dir, &text).await;
+    let login = Some("alice@example.com");
+    let mut c = client(&d, "192.0.2.10").await;
+    assert_eq!(send_external(&mut c, login, "alice@example.com", 1).await, ["c"], "SE");
+
+    // The file changes: 198.51.100.0/24 is now in Sweden too; the running filter does not
+    // know until it reloads.
+    let mut moved = common::mmdb::CountryDb::new();
+    moved.insert("192.0.2.0/24", "SE").insert("198.51.100.0/24", "SE").insert("203.0.113.0/24", "US");
+    moved.write(&d.config_path().with_file_name("countries.mmdb"));
+    d.services.reload(std::sync::Arc::new(outbound_guard::config::Config::load(&d.config_path()).unwrap()));
+    let mut c = client(&d, "198.51.100.10").await;
+    assert_eq!(send_external(&mut c, login, "alice@example.com", 1).await, ["c"], "SE again");
+    let mut c = client(&d, "2001:db8:1::10").await;
+    assert_eq!(send_external(&mut c, login, "alice@example.com", 1).await, ["c"], "unknown now: no country");
+
+    // A database that is gone is refused at reload, naming the key; the running one stays.
+    std::fs::remove_file(d.config_path().with_file_name("countries.mmdb")).unwrap();
+    let e = outbound_guard::config::Config::load(&d.config_path()).unwrap_err().to_string();
+    assert!(e.contains("geoip.database"), "{e}");
+    let mut c = client(&d, "2001:db8:2::1").await;
+    assert_eq!(send_external(&mut c, login, "alice@example.com", 1).await, ["c"], "unknown to the new file");
+    let mut c = client(&d, "203.0.113.10").await;
+    assert_eq!(code(&mail(&mut c, login, "alice@example.com").await), "550 5.1.8", "US: a second country");
+    drop(c);
+    d.stop().await;
+}

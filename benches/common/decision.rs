@@ -26,7 +26,13 @@ const CONFIG: &str = "[organization]\nlocal_domains = [\"example.com\"]\n\
 /// An engine with limits high enough that nothing is refused, on the system clock as in
 /// production (its reads are part of the decision's cost). Keep the receiver: events go there.
 pub fn engine() -> (Engine, tokio::sync::mpsc::Receiver<Event>) {
-    let config = Arc::new(Config::parse(std::path::Path::new("bench.toml"), CONFIG).unwrap());
+    engine_with(std::path::Path::new("bench.toml"), "")
+}
+
+/// [`engine`] with `extra` configuration after the limits (more `[policy.default]` keys, then
+/// other tables), read as if from `file` (relative paths in `extra` are relative to it).
+pub fn engine_with(file: &std::path::Path, extra: &str) -> (Engine, tokio::sync::mpsc::Receiver<Event>) {
+    let config = Arc::new(Config::parse(file, &format!("{CONFIG}{extra}")).unwrap());
     let (sink, rx) = EventSink::channel(1024);
     let engine = Engine::new(
         config,
@@ -64,10 +70,15 @@ pub fn account(buf: &mut [u8; 32], i: usize) -> &[u8] {
 
 /// One authenticated message: two external recipients and one internal.
 pub fn one_message(engine: &Engine, tx: &mut Transaction, account: &[u8]) {
+    one_message_from(engine, tx, account, None);
+}
+
+/// [`one_message`] from the SMTP client at `client`.
+pub fn one_message_from(engine: &Engine, tx: &mut Transaction, account: &[u8], client: Option<std::net::IpAddr>) {
     let facts = MailFacts {
         sender: account,
         auth_login: Some(account),
-        client_addr: None,
+        client_addr: client,
         queue_id: None,
         local_submission: false,
     };

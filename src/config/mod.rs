@@ -6,6 +6,7 @@
 
 pub mod duration;
 pub mod error;
+pub mod geoip;
 pub mod raw;
 pub mod redis;
 pub mod relay;
@@ -21,6 +22,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 
 pub use error::{ConfigError, Invalid};
+pub use geoip::{CountryCode, GeoIp};
 pub use redis::{RedisTarget, RedisUrl, RedisUrlError};
 pub use relay::{RelaySecurity, RelayUrl, RelayUrlError};
 pub use replies::ReplyTexts;
@@ -44,6 +46,9 @@ pub struct Config {
     pub policies: Policies,
     pub groups: BTreeMap<String, Vec<String>>,
     pub delivery: DeliveryConfig,
+    /// `[geoip] database`, opened: the country of a client address for the login-spread
+    /// signal. `None` without the key.
+    pub geoip: Option<GeoIp>,
 }
 
 /// `[milter]`.
@@ -303,6 +308,13 @@ pub struct PolicySettings {
     pub notify_sender: bool,
     /// Recipients a restricted account may still write to (e.g. the helpdesk), canonical.
     pub always_allowed_recipients: Vec<String>,
+    /// Login spread: distinct client networks (IPv4 /24, IPv6 /48) one authenticated account
+    /// may send from within a rolling hour; 0 disables it.
+    pub max_client_networks_per_hour: u32,
+    /// Login spread: distinct countries (by `[geoip] database`) within a rolling 24 h; 0
+    /// disables it.
+    pub max_client_countries_per_day: u32,
+    pub login_spread_action: LimitAction,
     /// Bounce signal: the share (percent) of the account's recipients with a final outcome in
     /// `bounce_window` that bounced; 0 disables it.
     pub bounce_percent: u8,
@@ -315,6 +327,13 @@ pub struct PolicySettings {
     pub escalate_after: u32,
     pub escalate_window: Duration,
 }
+
+/// The highest `max_client_networks_per_hour`: the login-spread state of an account holds one
+/// network more than the limit, and no more (its memory is bounded and small).
+pub const LOGIN_SPREAD_MAX_NETWORKS: u32 = 11;
+
+/// The highest `max_client_countries_per_day`, for the same reason.
+pub const LOGIN_SPREAD_MAX_COUNTRIES: u32 = 5;
 
 /// A custom policy and the accounts it applies to.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -20,6 +20,7 @@ pub struct RawConfig {
     pub policy: Option<RawPolicies>,
     pub groups: Option<BTreeMap<String, Vec<String>>>,
     pub delivery: Option<RawDelivery>,
+    pub geoip: Option<RawGeoip>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -88,6 +89,12 @@ pub struct RawNotify {
 #[serde(deny_unknown_fields)]
 pub struct RawDelivery {
     pub postfix_log: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGeoip {
+    pub database: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -161,6 +168,9 @@ pub struct RawPolicy {
     pub notify_recipients: Option<Vec<String>>,
     pub notify_sender: Option<bool>,
     pub always_allowed_recipients: Option<Vec<String>>,
+    pub max_client_networks_per_hour: Option<i64>,
+    pub max_client_countries_per_day: Option<i64>,
+    pub login_spread_action: Option<String>,
     pub bounce_percent: Option<i64>,
     pub bounce_min_recipients: Option<i64>,
     pub bounce_window: Option<String>,

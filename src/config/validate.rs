@@ -373,6 +373,7 @@ pub(super) fn validate(file: &Path, source: &str, raw: RawConfig) -> Result<Conf
         }
     }
 
+    let geoip = validate_geoip(&v, raw.geoip.unwrap_or_default(), raw.policy.as_ref())?;
     let groups = validate_groups(&v, raw.groups.unwrap_or_default())?;
     let policies = validate_policies(&v, raw.policy.unwrap_or_default(), &groups)?;
 
@@ -388,6 +389,7 @@ pub(super) fn validate(file: &Path, source: &str, raw: RawConfig) -> Result<Conf
 
     Ok(Config {
         delivery,
+        geoip,
         file: file.to_owned(),
         milter,
         organization,
@@ -400,6 +402,35 @@ pub(super) fn validate(file: &Path, source: &str, raw: RawConfig) -> Result<Conf
         policies,
         groups,
     })
+}
+
+/// `[geoip] database`, opened; and no policy counts countries without it.
+fn validate_geoip(
+    v: &Validator<'_>,
+    raw: super::raw::RawGeoip,
+    policies: Option<&super::raw::RawPolicies>,
+) -> Result<Option<GeoIp>> {
+    let path = key("geoip.database");
+    let geoip = match raw.database.as_deref() {
+        None => None,
+        Some("") => return Err(v.err(&path, "is empty: give the database file, or leave the key out")),
+        Some(text) => Some(GeoIp::open(&v.path(text)).map_err(|why| v.err(&path, why))?),
+    };
+    if geoip.is_none()
+        && let Some(p) = policies
+    {
+        let counts_countries = |p: &RawPolicy| p.max_client_countries_per_day.is_some_and(|n| n > 0);
+        let default = p.default.iter().filter(|d| counts_countries(d)).map(|_| key("policy.default"));
+        let rules = p.rule.iter().flatten().enumerate();
+        let rules = rules.filter(|(_, r)| counts_countries(r)).map(|(i, _)| key("policy.rule").index(i));
+        if let Some(at) = default.chain(rules).next() {
+            return Err(v.err(
+                &at.key("max_client_countries_per_day"),
+                "counts countries, which needs [geoip] database (a MaxMind DB file such as GeoLite2-Country)",
+            ));
+        }
+    }
+    Ok(geoip)
 }
 
 fn local_hostname() -> String {
@@ -523,6 +554,24 @@ fn settings(
             // (policy/rules.rs), which also drops duplicates.
             Some(list) => v.addresses(&at.key("always_allowed_recipients"), Some(list))?,
         },
+        max_client_networks_per_hour: v.int(
+            &at.key("max_client_networks_per_hour"),
+            p.max_client_networks_per_hour,
+            base.max_client_networks_per_hour,
+            0..=i64::from(LOGIN_SPREAD_MAX_NETWORKS),
+        )?,
+        max_client_countries_per_day: v.int(
+            &at.key("max_client_countries_per_day"),
+            p.max_client_countries_per_day,
+            base.max_client_countries_per_day,
+            0..=i64::from(LOGIN_SPREAD_MAX_COUNTRIES),
+        )?,
+        login_spread_action: v.choice(
+            &at.key("login_spread_action"),
+            p.login_spread_action.as_ref(),
+            base.login_spread_action,
+            &LIMIT_ACTIONS,
+        )?,
         bounce_percent: v.int(&at.key("bounce_percent"), p.bounce_percent, base.bounce_percent.into(), 0..=100)? as u8,
         bounce_min_recipients: v.int(
             &at.key("bounce_min_recipients"),
@@ -562,6 +611,9 @@ pub fn builtin_default_policy() -> PolicySettings {
         notify_recipients: Vec::new(),
         notify_sender: false,
         always_allowed_recipients: Vec::new(),
+        max_client_networks_per_hour: 0,
+        max_client_countries_per_day: 0,
+        login_spread_action: LimitAction::Block,
         bounce_percent: 0,
         bounce_min_recipients: 20,
         bounce_window: Duration::from_secs(3600),

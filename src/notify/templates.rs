@@ -239,7 +239,7 @@ pub struct Vars {
     pub queue_delete_command_awk: String,
     pub config_file: String,
     pub language: &'static str,
-    /// What led to a restriction: a limit's key, `spam`, `bounces` or `manual` (empty for
+    /// What led to a restriction: a limit's key, `spam`, `bounces`, `login_spread` or `manual` (empty for
     /// other events and older spool files).
     pub cause: String,
     /// A restriction made until released because the account was restricted by the policy
@@ -312,7 +312,7 @@ impl Vars {
 #[derive(Debug, Serialize)]
 pub struct AccountVars {
     pub account: String,
-    /// `limit`, `spam`, `bounces` or `administrator`.
+    /// `limit`, `spam`, `bounces`, `login_spread` or `administrator`.
     pub cause: &'static str,
     pub since: String,
     pub until: Option<String>,
@@ -330,6 +330,8 @@ impl AccountVars {
             "administrator"
         } else if notice.cause == "bounces" {
             "bounces"
+        } else if notice.cause == "login_spread" {
+            "login_spread"
         } else {
             "spam"
         };
@@ -534,6 +536,33 @@ mod tests {
             }
             assert!(!b.contains("{{") && !b.contains("{%"), "{lang}: unrendered\n{b}");
             assert!(!b.starts_with('\n'), "{lang}: leading blank line");
+        }
+    }
+
+    /// A login-spread restriction says so in every language, for the administrators (with the
+    /// networks counted) and for the account.
+    #[test]
+    fn a_login_spread_restriction_says_so_in_every_language() {
+        let mut n = restricted("alice@example.com");
+        n.limit = None;
+        n.cause = "login_spread".into();
+        n.reason = "authenticated login sent from 3 client networks within an hour (192.0.2.0/24, \
+                    198.51.100.0/24, 203.0.113.0/24; limit 2)"
+            .into();
+        for (lang, admin_word, account_word) in [
+            ("en", "more places", "more places"),
+            ("sv", "fler platser", "fler platser"),
+            ("nl", "meer plaatsen", "meer plaatsen"),
+            ("da", "flere steder", "flere steder"),
+        ] {
+            let c = config(&format!("language = \"{lang}\""));
+            let t = Templates::load(&c).unwrap();
+            let body = t.render(&n, &c).unwrap().body;
+            assert!(body.contains(admin_word), "{lang}: {admin_word:?} missing from\n{body}");
+            assert!(body.contains("198.51.100.0/24"), "{lang}: the evidence\n{body}");
+            let own = t.render_for_account(&n, &c).unwrap().body;
+            assert!(own.contains(account_word), "{lang}: {account_word:?} missing from\n{own}");
+            assert!(!own.contains("spam"), "{lang}: not spam\n{own}");
         }
     }
 

@@ -27,7 +27,7 @@ pub struct Payload<'a> {
     pub reason: &'a str,
     pub policy: &'a str,
     pub limit: Option<&'a str>,
-    /// What led to a restriction, as the metrics label it (a limit's key, `spam`, `bounces`,
+    /// What led to a restriction, as the metrics label it (a limit's key, `spam`, `bounces`, `login_spread`,
     /// `manual`); null for other events.
     pub cause: Option<&'a str>,
     /// Whether a restriction was made until released because the account was restricted

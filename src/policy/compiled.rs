@@ -26,6 +26,9 @@ pub struct Compiled {
     pub(super) judge: HeaderJudge,
     pub(super) spamd: Option<SpamdClient>,
     pub(super) rspamd: Option<RspamdClient>,
+    /// Whether any policy has the login-spread signal on: without it, MAIL FROM pays one
+    /// branch for it.
+    pub(super) login_spread: bool,
 }
 
 impl Compiled {
@@ -56,7 +59,9 @@ impl Compiled {
                 .map_err(|e| tracing::error!("rspamd disabled: {e}"))
                 .ok()
         });
-        Compiled { config, policies, limiters, exempt, local_submission_account, judge, spamd, rspamd }
+        let login_spread =
+            policies.all().iter().any(|p| p.max_client_networks_per_hour > 0 || p.max_client_countries_per_day > 0);
+        Compiled { config, policies, limiters, exempt, local_submission_account, judge, spamd, rspamd, login_spread }
     }
 
     /// Whether messages go to a scanner (spamd, rspamd) at end of message.

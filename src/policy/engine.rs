@@ -23,6 +23,7 @@ use super::clock::{EngineClock, Timestamp};
 use super::compiled::Compiled;
 use super::events::{Event, EventKind, EventSink};
 use super::limits::LimitKind;
+use super::logins::LoginTable;
 use super::record::{AccountRecord, HourlyNotice};
 use super::restriction::{Restriction, RestrictionStore};
 use super::rules::PolicyIndex;
@@ -36,6 +37,7 @@ pub mod admin;
 pub mod bounces;
 /// Every restriction the policy makes, and repeat offenders made until released.
 mod escalation;
+pub mod login_spread;
 mod scanning;
 /// What cluster mode (`crate::cluster`) reads and merges; kept apart from the decisions.
 mod shared;
@@ -82,6 +84,9 @@ pub struct Engine {
     metrics: Arc<Metrics>,
     current: ArcSwap<Compiled>,
     accounts: AccountTable,
+    /// Where authenticated accounts sent from lately (the login-spread signal); empty while
+    /// no policy has it on.
+    logins: LoginTable,
     restrictions: Arc<dyn RestrictionStore>,
     events: EventSink,
     clock: EngineClock,
@@ -109,6 +114,7 @@ impl Engine {
             metrics,
             current: ArcSwap::from_pointee(Compiled::new(config)),
             accounts: AccountTable::default(),
+            logins: LoginTable::default(),
             restrictions,
             events,
             clock,
@@ -168,8 +174,10 @@ impl Engine {
         self.accounts.restore(records, |account| compiled.policies.select(account), self.clock.now())
     }
 
-    /// Drops the account records with nothing left to remember.
+    /// Drops the account records with nothing left to remember (and the login-spread entries
+    /// with nothing seen in the last day).
     pub fn evict_idle(&self) -> usize {
+        self.logins.evict_idle(login_spread::secs(self.clock.now()));
         self.accounts.evict_idle(self.clock.now())
     }
 }
@@ -435,6 +443,15 @@ impl Engine {
             tx.local = true;
         }
         tx.policy = compiled.policies.select(&account);
+        if compiled.login_spread
+            && !facts.local_submission
+            && !tx.restricted
+            && facts.auth_login.is_some()
+            && let Some(client) = facts.client_addr
+            && let Some(refused) = self.note_login(tx, &compiled, client)
+        {
+            return refused;
+        }
         tx.compiled = Some(compiled);
         self.metrics.messages.outbound_checked.inc();
         Decision::Continue

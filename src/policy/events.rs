@@ -61,7 +61,7 @@ pub struct Event {
     /// Who acted, for administrator actions.
     pub by: Option<String>,
     /// What led to a restriction, as the metrics label it ([`Restriction::cause`]): a limit's
-    /// key, `spam`, `bounces` or `manual`; empty for other events and in records written
+    /// key, `spam`, `bounces`, `login_spread` or `manual`; empty for other events and in records written
     /// before it was kept.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub cause: String,

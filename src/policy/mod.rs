@@ -11,6 +11,7 @@ pub mod compiled;
 pub mod engine;
 pub mod events;
 pub mod limits;
+pub mod logins;
 pub mod record;
 pub mod restriction;
 pub mod rules;

@@ -106,11 +106,11 @@ impl Restriction {
     }
 
     /// What led to it, as one of the metrics' reasons: a limit's key (from
-    /// [`LimitKind::key`]), `spam`, `bounces` or `manual`; for records written before the cause was kept,
+    /// [`LimitKind::key`]), `spam`, `bounces`, `login_spread` or `manual`; for records written before the cause was kept,
     /// what the source tells (`manual` or `policy`).
     pub fn cause(&self) -> &'static str {
         let limits = LimitKind::ALL.map(LimitKind::key);
-        limits.into_iter().chain(["spam", "bounces", "manual"]).find(|c| *c == self.cause).unwrap_or(
+        limits.into_iter().chain(["spam", "bounces", "login_spread", "manual"]).find(|c| *c == self.cause).unwrap_or(
             match self.source {
                 Source::Admin => "manual",
                 Source::Policy => "policy",
@@ -309,7 +309,7 @@ mod tests {
             r.cause = kind.key().into();
             assert_eq!(r.cause(), kind.key());
         }
-        for cause in ["spam", "bounces"] {
+        for cause in ["spam", "bounces", "login_spread"] {
             r.cause = cause.into();
             assert_eq!(r.cause(), cause);
         }

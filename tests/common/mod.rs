@@ -7,6 +7,7 @@
 pub mod binary;
 pub mod daemon;
 pub mod messages;
+pub mod mmdb;
 pub mod mta;
 pub mod notify_peers;
 pub mod postfix;
