@@ -386,3 +386,51 @@ fn a_repeat_offender_is_escalated_as_the_daemon_would() {
     assert_eq!((restricted[1]["escalated"].as_bool(), &restricted[1]["until"]), (Some(true), &Value::Null));
     assert_eq!(restricted[1]["at"], "2026-03-04T09:03:00Z");
 }
+
+#[test]
+fn a_login_used_from_too_many_networks_and_a_capped_domain_are_replayed_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path(), "max_client_networks_per_hour = 2\nlogin_spread_action = \"block\"");
+    let mut log = Log::default();
+    // One login from three /24 networks within the hour: the third is refused.
+    for (i, client) in ["203.0.113.7", "198.51.100.7", "192.0.2.7"].iter().enumerate() {
+        let to = external(&format!("n{i}-"), 1);
+        log.sasl(&Log::stamp("Mar", 3, 9 * 3600 + i as u32 * 600), "hijacked@example.com", client, &to, "sent");
+    }
+    let path = dir.path().join("mail.log");
+    std::fs::write(&path, log.text()).unwrap();
+    let report = json(&config, &["--year", "2026", path.to_str().unwrap()]);
+    let r = &report["restricted"][0];
+    assert_eq!((r["account"].as_str(), r["cause"].as_str()), (Some("hijacked@example.com"), Some("login_spread")));
+    assert_eq!(r["at"], "2026-03-03T09:20:00Z");
+    assert_eq!(r["refused_recipients"], 1);
+
+    // A domain cap: two accounts of one customer, each within its own limit, together over
+    // the domain's.
+    let path = dir.path().join("plugin.toml");
+    let mut text = std::fs::read_to_string(&path).unwrap().replace("max_client_networks_per_hour = 2\n", "");
+    text.push_str(
+        "[[policy.domain]]\ndomain = \"customer.example\"\nrecipient_limit_external_per_hour = 4\naction = \"block\"\n",
+    );
+    std::fs::write(&path, text).unwrap();
+    let mut log = Log::default();
+    for i in 0..3u32 {
+        for who in ["a", "b"] {
+            let to = external(&format!("{who}{i}-"), 1);
+            log.sasl(
+                &Log::stamp("Mar", 3, 10 * 3600 + i * 60),
+                &format!("{who}@customer.example"),
+                "203.0.113.9",
+                &to,
+                "sent",
+            );
+        }
+    }
+    let log_path = dir.path().join("domain.log");
+    std::fs::write(&log_path, log.text()).unwrap();
+    let report = json(&path, &["--year", "2026", log_path.to_str().unwrap()]);
+    let restricted: Vec<&str> =
+        report["restricted"].as_array().unwrap().iter().map(|r| r["account"].as_str().unwrap()).collect();
+    assert_eq!(restricted, ["@customer.example"], "{report:#}");
+    assert_eq!(report["messages"]["refused_recipients"], 2, "the fifth and sixth of the domain");
+}
