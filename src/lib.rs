@@ -29,12 +29,14 @@
 //!   when Redis is away.
 //! - [`maillog`]: Postfix log lines as typed facts (nom), for the delivery follower and the
 //!   simulator.
+//! - [`simulate`]: `outbound-guard simulate` — a Postfix log's accepted messages rebuilt and
+//!   replayed through the engine on the log's clock, reported as text, JSON or an HTML page.
 //! - [`config`]: `plugin.toml` → raw structs → validated model with file/line/key errors; every
 //!   value typed once (the relay URL, scanner addresses, the Redis target, header patterns,
 //!   reply texts), so the layers above use it without parsing again.
 //!
 //! Each module uses only those below it: wiring (`main`, `cli`, `daemon`, `load`) → faces
-//! around the engine (`admin`, `cluster`) → `milter`, `notify`, `delivery` → `state` → `policy` →
+//! around the engine (`admin`, `cluster`, `simulate`) → `milter`, `notify`, `delivery` → `state` → `policy` →
 //! `verdict`, `maillog` → `config` → process-wide utilities (`metrics`, `huge_pages`).
 //! - [`cli`]: the command line definition (clap), shared with the man page generator.
 //! - [`daemon`]: wiring for `outbound-guard run`: logging, signals, the tasks.

@@ -6,7 +6,7 @@
 //! active)` (the sender and how many recipients were accepted), then one delivery line per
 //! recipient and attempt (`to=`, `orig_to=`, `status=`). A message is complete once as many
 //! distinct recipients as `nrcpt` have shown, or qmgr removed it; one whose recipients do not
-//! all show within [`HORIZON`] of its acceptance goes with those that did (the rest counted as
+//! all show within [`HORIZON_SECS`] of its acceptance goes with those that did (the rest counted as
 //! unknown).
 //!
 //! Messages go out strictly in acceptance order (qmgr's first `queue active`), so the replay's
