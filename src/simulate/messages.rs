@@ -322,4 +322,38 @@ mod tests {
         assert!(out.is_empty());
         assert_eq!(r.tally.not_queued, 1);
     }
+
+    #[test]
+    fn memory_holds_the_messages_in_flight_not_the_log() {
+        // Two days of a message every 10 s whose recipient never shows: each waits out the
+        // horizon, so what is held is the horizon's worth, whatever the length of the log.
+        let mut r = Reassembly::default();
+        let mut most = 0;
+        let mut out = 0;
+        for i in 0..(2 * 86_400 / 10) {
+            let now = i64::from(i) * 10;
+            let (h, m, sec) = (now / 3600 % 24, now / 60 % 60, now % 60);
+            let id = format!("{:X}", 0x100000 + i);
+            let client = format!("Jan  1 {h:02}:{m:02}:{sec:02} mx postfix/smtpd[1]: {id}: client=x[10.0.0.1]");
+            let active = format!(
+                "Jan  1 {h:02}:{m:02}:{sec:02} mx postfix/qmgr[2]: {id}: from=<a@example.com>, size=1, nrcpt=1 (queue active)"
+            );
+            for line in [client, active] {
+                let parsed = maillog::parse(line.as_bytes()).unwrap();
+                r.line(&parsed, QueueKey::of(parsed.queue_id.unwrap()), now);
+            }
+            r.ready(Some(now), |_| out += 1);
+            most = most.max(r.in_flight());
+        }
+        assert!(most <= (HORIZON_SECS / 10 + 1) as usize, "held {most}");
+        assert!(out > 17_000);
+    }
+
+    #[test]
+    fn queue_keys_tell_ids_apart() {
+        assert_ne!(QueueKey::of(b"ABCDE1"), QueueKey::of(b"ABCDE10"));
+        assert_eq!(QueueKey::of(b"4ZbXyq0Cx9z4Ld2m"), QueueKey::of(b"4ZbXyq0Cx9z4Ld2m"));
+        assert_ne!(QueueKey::of(b"4ZbXyq0Cx9z4Ld2mQ"), QueueKey::of(b"4ZbXyq0Cx9z4Ld2mR"));
+        assert_ne!(QueueKey::of(b"4ZbXyq0Cx9z4Ld2m"), QueueKey::of(b"4ZbXyq0Cx9z4Ld2m7"));
+    }
 }
