@@ -20,12 +20,12 @@ pub mod replay;
 pub mod report;
 pub mod text;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use crate::config::Config;
 use crate::maillog::{self, Skipped};
-use input::{InputError, Reader, Source};
+use input::{InputError, Reader, Source, YearInference};
 use messages::{QueueKey, Reassembly};
 use replay::Replay;
 use report::{AccountPolicy, InputSummary, LimitSet, Report, rfc3339};
@@ -57,6 +57,112 @@ pub enum SimulateError {
 /// Lines between two looks at the messages due for replay.
 const READY_EVERY: u32 = 64;
 
+/// A replay in progress: lines in, a [`Report`] out.
+pub struct Simulation {
+    replay: Replay,
+    messages: Reassembly,
+    lines: u64,
+    postfix_lines: u64,
+    unread: [u64; Skipped::ALL.len()],
+    first: Option<i64>,
+    /// The newest timestamp so far: lines a few seconds out of order keep the clock here.
+    last: i64,
+    since_ready: u32,
+}
+
+impl Simulation {
+    pub fn new(config: Arc<Config>) -> Simulation {
+        Simulation {
+            replay: Replay::new(config),
+            messages: Reassembly::default(),
+            lines: 0,
+            postfix_lines: 0,
+            unread: [0; Skipped::ALL.len()],
+            first: None,
+            last: i64::MIN,
+            since_ready: 0,
+        }
+    }
+
+    /// Takes in one line (without its `\n`), its timestamp read through `years`.
+    pub fn line(&mut self, line: &[u8], years: &mut YearInference) {
+        self.lines += 1;
+        let parsed = match maillog::parse(line) {
+            Ok(p) => p,
+            Err(kind) => {
+                self.unread[kind as usize] += 1;
+                return;
+            }
+        };
+        self.postfix_lines += 1;
+        let now = years.seconds(parsed.time);
+        self.first.get_or_insert(now);
+        self.last = self.last.max(now);
+        if let Some(id) = parsed.queue_id {
+            let key = QueueKey::of(id);
+            if self.replay.follows(key) {
+                self.replay.later_line(&parsed, key, self.last);
+            } else {
+                self.messages.line(&parsed, key, self.last);
+            }
+        }
+        self.since_ready += 1;
+        if self.since_ready >= READY_EVERY {
+            self.since_ready = 0;
+            let replay = &mut self.replay;
+            self.messages.ready(Some(self.last), |m| replay.message(m));
+        }
+    }
+
+    /// Replays what is still in flight and reports, naming `files` as read and showing the
+    /// `top` busiest accounts.
+    ///
+    /// # Errors
+    /// When no Postfix line came in.
+    pub fn finish(mut self, files: Vec<String>, top: usize) -> Result<Report, SimulateError> {
+        if self.postfix_lines == 0 {
+            return Err(SimulateError::NothingRead { lines: self.lines });
+        }
+        let replay = &mut self.replay;
+        self.messages.ready(None, |m| replay.message(m));
+        let tally = self.messages.tally;
+        let engine = self.replay.engine();
+        let mut policies: HashMap<String, AccountPolicy> = self
+            .replay
+            .tracker
+            .accounts
+            .keys()
+            .map(|account| {
+                let c = engine.counters(account);
+                let limits = LimitSet {
+                    recipient_limit_external_per_hour: c.external_limit_per_hour,
+                    recipient_limit_internal_per_hour: c.internal_limit_per_hour,
+                    recipient_limit_per_day: c.limit_per_day,
+                };
+                (account.to_string(), AccountPolicy { name: engine.policy_name(account), limits })
+            })
+            .collect();
+        let unread = &self.unread;
+        let input = InputSummary {
+            files,
+            lines: self.lines,
+            postfix_lines: self.postfix_lines,
+            unread: Skipped::ALL.iter().map(|k| (k.name().to_owned(), unread[*k as usize])).collect::<BTreeMap<_, _>>(),
+            first: self.first.map(rfc3339),
+            last: (self.last != i64::MIN).then(|| rfc3339(self.last)),
+        };
+        let mut tracker = std::mem::take(&mut self.replay.tracker);
+        tracker.messages.not_queued = tally.not_queued;
+        tracker.messages.origin_unknown = tally.origin_unknown;
+        tracker.messages.incomplete = tally.incomplete;
+        Ok(tracker.finish(input, top, |account| {
+            policies
+                .remove(account)
+                .unwrap_or_else(|| AccountPolicy { name: String::new(), limits: LimitSet::default() })
+        }))
+    }
+}
+
 /// Replays `sources` under `config`.
 ///
 /// # Errors
@@ -65,86 +171,20 @@ pub fn simulate(config: Arc<Config>, sources: &[Source], options: &Options) -> R
     // Each file's own modification time orders them; a pinned year then runs on from the
     // first line across all of them.
     let ordered = input::in_time_order(sources, None)?;
-    let mut carried: Option<input::YearInference> = None;
-    let mut replay = Replay::new(config);
-    let mut messages = Reassembly::default();
-    let mut lines = 0u64;
-    let mut postfix_lines = 0u64;
-    let mut unread = [0u64; Skipped::ALL.len()];
-    let mut first: Option<i64> = None;
-    let mut last: i64 = i64::MIN;
-    let mut since_ready = 0u32;
+    let mut carried: Option<YearInference> = None;
+    let mut simulation = Simulation::new(config);
     for source in &ordered {
         let mut reader = Reader::open(source, options.year)?;
         if let Some(years) = carried.take() {
             reader.years = years;
         }
         reader.for_each_line(|line, years| {
-            lines += 1;
-            let parsed = match maillog::parse(line) {
-                Ok(p) => p,
-                Err(kind) => {
-                    unread[kind as usize] += 1;
-                    return true;
-                }
-            };
-            postfix_lines += 1;
-            let now = years.seconds(parsed.time);
-            first.get_or_insert(now);
-            // Lines a few seconds out of order keep the clock where it was.
-            last = last.max(now);
-            if let Some(id) = parsed.queue_id {
-                let key = QueueKey::of(id);
-                if replay.follows(key) {
-                    replay.later_line(&parsed, key, last);
-                } else {
-                    messages.line(&parsed, key, last);
-                }
-            }
-            since_ready += 1;
-            if since_ready >= READY_EVERY {
-                since_ready = 0;
-                messages.ready(Some(last), |m| replay.message(m));
-            }
+            simulation.line(line, years);
             true
         })?;
         if options.year.is_some() {
             carried = Some(reader.years.clone());
         }
     }
-    if postfix_lines == 0 {
-        return Err(SimulateError::NothingRead { lines });
-    }
-    messages.ready(None, |m| replay.message(m));
-    let tally = messages.tally;
-    let engine_policy = |account: &str| {
-        let engine = replay.engine();
-        let c = engine.counters(account);
-        AccountPolicy {
-            name: engine.policy_name(account),
-            limits: LimitSet {
-                recipient_limit_external_per_hour: c.external_limit_per_hour,
-                recipient_limit_internal_per_hour: c.internal_limit_per_hour,
-                recipient_limit_per_day: c.limit_per_day,
-            },
-        }
-    };
-    let policies: Vec<(String, AccountPolicy)> =
-        replay.tracker.accounts.keys().map(|a| (a.to_string(), engine_policy(a))).collect();
-    let mut policies: std::collections::HashMap<String, AccountPolicy> = policies.into_iter().collect();
-    let input = InputSummary {
-        files: ordered.iter().map(Source::name).collect(),
-        lines,
-        postfix_lines,
-        unread: Skipped::ALL.iter().map(|k| (k.name().to_owned(), unread[*k as usize])).collect::<BTreeMap<_, _>>(),
-        first: first.map(rfc3339),
-        last: (last != i64::MIN).then(|| rfc3339(last)),
-    };
-    let mut tracker = std::mem::take(&mut replay.tracker);
-    tracker.messages.not_queued = tally.not_queued;
-    tracker.messages.origin_unknown = tally.origin_unknown;
-    tracker.messages.incomplete = tally.incomplete;
-    Ok(tracker.finish(input, options.top, |account| {
-        policies.remove(account).unwrap_or_else(|| AccountPolicy { name: String::new(), limits: LimitSet::default() })
-    }))
+    simulation.finish(ordered.iter().map(Source::name).collect(), options.top)
 }
