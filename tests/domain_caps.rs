@@ -280,3 +280,31 @@ async fn local_submissions_to_always_allowed_recipients_pass_domain_caps() {
     drop(c);
     d.stop().await;
 }
+
+/// `/metrics` shows each configured cap by its domain: the restrictions of the domain as a
+/// unit and its recipients in use. Only configured domains get a label.
+#[tokio::test]
+async fn metrics_show_each_capped_domain_by_name() {
+    let caps = format!("{BLOCK}[[policy.domain]]\ndomain = \"quiet.example\"\nrecipient_limit_per_day = 50\n");
+    let mut d = TestDaemon::start(&config(&caps)).await;
+    let mut c = client(&d).await;
+    assert_eq!(send(&mut c, "alice@customer.example", 6).await, ["c", "c", "c", "c", "c", "550 5.2.2"]);
+    assert_eq!(send(&mut c, "dave@other.example", 1).await, ["c"]);
+    let text = reqwest::get(format!("{}/metrics", d.admin_url())).await.unwrap().text().await.unwrap();
+    for expected in [
+        "outbound_guard_domain_restrictions_total{domain=\"customer.example\"} 1",
+        "outbound_guard_domain_restrictions_total{domain=\"quiet.example\"} 0",
+        "outbound_guard_domain_recipients_last_hour{domain=\"customer.example\"} 5",
+        "outbound_guard_domain_recipients_last_day{domain=\"quiet.example\"} 0",
+    ] {
+        assert!(text.contains(expected), "{expected} missing:\n{text}");
+    }
+    // A limit the cap does not set is not counted, so it shows no gauge.
+    for absent in ["last_day{domain=\"customer.example\"}", "last_hour{domain=\"quiet.example\"}"] {
+        assert!(!text.contains(absent), "{absent}:\n{text}");
+    }
+    assert!(!text.contains("other.example"), "an uncapped domain gets no label:\n{text}");
+    d.drain_events();
+    drop(c);
+    d.stop().await;
+}

@@ -339,6 +339,7 @@ async fn metrics(State(state): State<AdminState>, headers: axum::http::HeaderMap
     m.restrictions_active.set(state.engine.restrictions().list(state.engine.clock().now().secs()).len() as i64);
     m.tracked_accounts.set(state.engine.tracked_accounts() as i64);
     m.set_events_dropped(state.engine.events_dropped());
+    m.set_domain_usage(&state.engine.domain_usage());
     if let Some(hook) = &state.on_scrape {
         hook();
     }

@@ -100,6 +100,26 @@ impl Engine {
         compiled.counters_of(policy, &record, self.clock.now())
     }
 
+    /// The recipients in use under each configured domain cap (for `/metrics`).
+    pub fn domain_usage(&self) -> Vec<crate::metrics::DomainUsage> {
+        let compiled = self.current.load();
+        let now = self.clock.now();
+        compiled
+            .policies
+            .domain_cap_list()
+            .iter()
+            .map(|cap| {
+                let record = self.accounts.get(&cap.account).unwrap_or_default();
+                let c = compiled.counters_of(cap.policy, &record, now);
+                crate::metrics::DomainUsage {
+                    domain: cap.domain.clone(),
+                    external_last_hour: (c.external_limit_per_hour > 0).then_some(c.external_last_hour),
+                    last_day: (c.limit_per_day > 0).then_some(c.last_day),
+                }
+            })
+            .collect()
+    }
+
     /// The name of the policy that applies to an account.
     pub fn policy_name(&self, account: &str) -> String {
         let compiled = self.current.load();
@@ -224,6 +244,9 @@ impl Engine {
             let event = Event::restricted(&restriction, None, &compiled.config.notify.node_name, Some(by));
             if self.restrictions.restrict(restriction.clone(), by, Some(&event))? {
                 self.metrics.restricted("manual");
+                if let Some(domain) = account.strip_prefix('@') {
+                    self.metrics.domain_restricted(domain);
+                }
                 warn!(account, by, reason, "account restricted by an administrator");
                 self.events.emit(event);
                 let current = self.restrictions.get(account, now.secs()).unwrap_or(restriction);
