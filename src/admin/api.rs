@@ -325,6 +325,7 @@ async fn show_sender(State(state): State<AdminState>, Path(raw): Path<String>) -
         "limits": d.limits,
         "restriction": d.restriction.as_ref().map_or(Value::Null, restriction_json),
         "history": d.history,
+        "as_of": crate::policy::clock::rfc3339(d.as_of),
     })))
 }
 

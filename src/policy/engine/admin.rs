@@ -61,6 +61,8 @@ pub struct SenderDetail {
     pub limits: Limits,
     pub restriction: Option<Restriction>,
     pub history: Vec<HistoryEntry>,
+    /// When the counters were read, by the engine's clock.
+    pub as_of: OffsetDateTime,
 }
 
 /// What `restrict_manually` did.
@@ -160,6 +162,7 @@ impl Engine {
             },
             restriction,
             history,
+            as_of: now.datetime(),
         })
     }
 
