@@ -12,6 +12,18 @@ use prometheus_client::registry::Registry;
 
 type Labels = Vec<(&'static str, &'static str)>;
 
+/// `domain="…"`: only a domain of a configured `[[policy.domain]]` cap gets one, so the
+/// configuration bounds how many there are.
+type DomainLabel = Vec<(&'static str, String)>;
+
+/// A domain cap's recipients in use now, as `/metrics` shows them; `None` for a limit the cap
+/// does not set (nothing is counted for it).
+pub struct DomainUsage {
+    pub domain: String,
+    pub external_last_hour: Option<u32>,
+    pub last_day: Option<u32>,
+}
+
 /// The counters of one label set, by name.
 fn counter(family: &Family<Labels, Counter>, labels: &[(&'static str, &'static str)]) -> Counter {
     family.get_or_create(&labels.to_vec()).clone()
@@ -59,6 +71,9 @@ pub struct Metrics {
     redis_errors: Family<Labels, Counter>,
     notifications_pending: Family<Labels, Gauge>,
     delivery_outcomes: Family<Labels, Counter>,
+    domain_restrictions: Family<DomainLabel, Counter>,
+    domain_recipients_last_hour: Family<DomainLabel, Gauge>,
+    domain_recipients_last_day: Family<DomainLabel, Gauge>,
 }
 
 impl Default for Metrics {
@@ -150,6 +165,24 @@ impl Metrics {
             "Recipients of accepted messages by outcome as the Postfix log tells it ([delivery] postfix_log)",
             delivery_outcomes.clone(),
         );
+        let domain_restrictions = Family::<DomainLabel, Counter>::default();
+        registry.register(
+            "domain_restrictions",
+            "Domains restricted as a unit ([[policy.domain]] caps and restricted add @domain), by domain",
+            domain_restrictions.clone(),
+        );
+        let domain_recipients_last_hour = Family::<DomainLabel, Gauge>::default();
+        registry.register(
+            "domain_recipients_last_hour",
+            "External recipients of all accounts of a capped domain in the last hour, by domain (caps with an hourly limit)",
+            domain_recipients_last_hour.clone(),
+        );
+        let domain_recipients_last_day = Family::<DomainLabel, Gauge>::default();
+        registry.register(
+            "domain_recipients_last_day",
+            "Recipients of all accounts of a capped domain in the last 24 hours, by domain (caps with a daily limit)",
+            domain_recipients_last_day.clone(),
+        );
         let redis_up = Gauge::default();
         let redis_local_decisions = Counter::default();
         let redis_errors = Family::<Labels, Counter>::default();
@@ -209,6 +242,33 @@ impl Metrics {
             redis_errors,
             notifications_pending,
             delivery_outcomes,
+            domain_restrictions,
+            domain_recipients_last_hour,
+            domain_recipients_last_day,
+        }
+    }
+
+    /// Counts a restriction of a domain as a unit (`domain` without its `@`), beside the
+    /// count by cause that [`Metrics::restricted`] keeps.
+    pub fn domain_restricted(&self, domain: &str) {
+        self.domain_restrictions.get_or_create(&vec![("domain", domain.to_owned())]).inc();
+    }
+
+    /// Sets the capped domains' recipients in use (at scrape), for the limits each cap sets. The gauges of a domain whose
+    /// cap a reload removed go with it; each capped domain shows a restriction count, 0 until
+    /// it is first restricted, so that a rate over it starts from the beginning.
+    pub fn set_domain_usage(&self, usage: &[DomainUsage]) {
+        self.domain_recipients_last_hour.clear();
+        self.domain_recipients_last_day.clear();
+        for u in usage {
+            let label = vec![("domain", u.domain.clone())];
+            if let Some(n) = u.external_last_hour {
+                self.domain_recipients_last_hour.get_or_create(&label).set(i64::from(n));
+            }
+            if let Some(n) = u.last_day {
+                self.domain_recipients_last_day.get_or_create(&label).set(i64::from(n));
+            }
+            let _ = self.domain_restrictions.get_or_create(&label);
         }
     }
 
@@ -362,6 +422,25 @@ mod tests {
         // OpenMetrics, for a scraper that asks for it, keeps its own naming and end marker.
         let om = m.render_openmetrics();
         assert!(om.contains("# TYPE outbound_guard_messages counter") && om.ends_with("# EOF\n"), "{om}");
+    }
+
+    #[test]
+    fn domain_metrics_follow_the_configured_caps() {
+        let m = Metrics::new();
+        let usage =
+            |domain: &str| DomainUsage { domain: domain.to_owned(), external_last_hour: Some(4), last_day: Some(9) };
+        m.set_domain_usage(&[usage("a.example"), usage("b.example")]);
+        m.domain_restricted("a.example");
+        let text = m.render();
+        assert!(text.contains("outbound_guard_domain_restrictions_total{domain=\"a.example\"} 1"), "{text}");
+        assert!(text.contains("outbound_guard_domain_restrictions_total{domain=\"b.example\"} 0"), "{text}");
+        assert!(text.contains("outbound_guard_domain_recipients_last_hour{domain=\"b.example\"} 4"), "{text}");
+        assert!(text.contains("outbound_guard_domain_recipients_last_day{domain=\"a.example\"} 9"), "{text}");
+        // A cap removed by a reload takes its gauges along; its count of restrictions stays.
+        m.set_domain_usage(&[usage("a.example")]);
+        let text = m.render();
+        assert!(!text.contains("outbound_guard_domain_recipients_last_hour{domain=\"b.example\"}"), "{text}");
+        assert!(text.contains("outbound_guard_domain_restrictions_total{domain=\"a.example\"} 1"), "{text}");
     }
 
     #[test]

@@ -409,7 +409,9 @@ async fn an_accounts_history_outlives_its_restriction_and_records_a_replacement(
     assert_eq!(status, StatusCode::OK);
     let mut keys: Vec<_> = one.as_object().unwrap().keys().cloned().collect();
     keys.sort();
-    assert_eq!(keys, ["account", "counters", "history", "limits", "policy", "restriction"]);
+    assert_eq!(keys, ["account", "as_of", "counters", "history", "limits", "policy", "restriction"]);
+    // When the counters were read, by the engine's clock (the test's), not the wall clock.
+    assert_eq!(one["as_of"], "2026-11-22T10:00:00Z");
     assert_eq!(one["restriction"]["reason"], shown_reason(&d).await);
     assert_eq!(one["limits"]["recipient_limit_external_per_hour"], 2);
 
@@ -430,8 +432,10 @@ async fn an_accounts_history_outlives_its_restriction_and_records_a_replacement(
     let (status, _) = call(&d, Method::DELETE, "/api/v1/restricted/alice@example.com?reason=reset&by=dave", None).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(call(&d, Method::GET, "/api/v1/restricted/alice@example.com", None).await.0, StatusCode::NOT_FOUND);
+    d.clock.advance(std::time::Duration::from_secs(90));
     let (status, one) = call(&d, Method::GET, "/api/v1/senders/alice@example.com", None).await;
     assert_eq!(status, StatusCode::OK);
+    assert_eq!(one["as_of"], "2026-11-22T10:01:30Z");
     assert_eq!(one["restriction"], Value::Null);
     let history = one["history"].as_array().unwrap();
     let actions: Vec<_> = history.iter().map(|h| h["action"].as_str().unwrap()).collect();

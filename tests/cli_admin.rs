@@ -264,7 +264,13 @@ fn senders_show_keeps_the_history_of_released_accounts_across_restarts() {
     assert_eq!(code, Some(0));
     let mut keys: Vec<_> = bob.as_object().unwrap().keys().cloned().collect();
     keys.sort();
-    assert_eq!(keys, ["account", "counters", "history", "limits", "policy", "restriction"]);
+    assert_eq!(keys, ["account", "as_of", "counters", "history", "limits", "policy", "restriction"]);
+    let as_of =
+        time::OffsetDateTime::parse(bob["as_of"].as_str().unwrap(), &time::format_description::well_known::Rfc3339);
+    let read = as_of.expect("as_of is RFC 3339").unix_timestamp();
+    let wall = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    assert!((wall - read).abs() < 60, "as_of {} is the daemon's clock", bob["as_of"]);
+    assert!(bob["as_of"].as_str().unwrap().ends_with('Z'), "UTC: {}", bob["as_of"]);
     assert_eq!(bob["restriction"]["source"], "policy");
     assert_eq!(bob["limits"]["recipient_limit_external_per_hour"], 2);
     let mut entry: Vec<_> = bob["history"][0].as_object().unwrap().keys().cloned().collect();

@@ -181,3 +181,130 @@ fn a_domain_cap_is_validated_with_file_line_key_and_value() {
     let unknown = "[[policy.domain]]\ndomain = \"customer.example\"\nrecipient_limit_per_week = 5\n";
     assert!(outbound_guard::config::Config::parse(path, unknown).is_err());
 }
+
+const HELPDESK: &str = "[policy.default]\nalways_allowed_recipients = [\"helpdesk@example.com\"]\n";
+
+/// Sends one message as `login` to `recipients`; the reply codes as [`send`] gives them.
+async fn send_to(c: &mut Client, login: &str, recipients: &[&str]) -> Vec<String> {
+    let m = mail(c, login).await;
+    if m.kind() != Some(b'c') {
+        return vec![format!("MAIL {}", code(&m))];
+    }
+    let mut codes = Vec::new();
+    for r in recipients {
+        codes.push(code(&c.rcpt_to(&format!("<{r}>")).await.unwrap()));
+    }
+    if codes.iter().any(|c| c == "c") {
+        c.message(&[("Subject", "x")], b"x\r\n").await.unwrap();
+    } else {
+        c.write(Command::Abort).await.unwrap();
+    }
+    codes
+}
+
+fn domain_day(d: &TestDaemon) -> u32 {
+    d.services.engine.counters("@customer.example").last_day
+}
+
+/// The reading of README "Domain caps": an always-allowed recipient always passes — a domain
+/// cap neither refuses it nor is reached by it — and is counted under the caps like any
+/// delivered recipient, where they have room; a restricted domain leaves its accounts their
+/// always-allowed recipients, as a restricted account has them.
+#[tokio::test]
+async fn always_allowed_recipients_are_counted_under_domain_caps_and_never_refused_by_them() {
+    let caps = "[[policy.domain]]\ndomain = \"customer.example\"\nrecipient_limit_per_day = 3\naction = \"block\"\n";
+    let text = config(caps).replace("[policy.default]\n", HELPDESK);
+    let mut d = TestDaemon::start(&text).await;
+    let mut c = client(&d).await;
+
+    // An account restricted on its own: its helpdesk message counts under the domain.
+    let carol = d.services.engine.canonical_account("carol@customer.example").unwrap();
+    d.services.engine.restrict_manually(&carol, "test", None, "admin").unwrap();
+    assert_eq!(
+        send_to(&mut c, "carol@customer.example", &["helpdesk@example.com", "r@example.net"]).await,
+        ["c", "550 5.1.8"]
+    );
+    assert_eq!(domain_day(&d), 1, "the helpdesk recipient is counted under the domain");
+
+    // Filling the cap, then the helpdesk: delivered, and the domain is not restricted by it.
+    assert_eq!(send(&mut c, "alice@customer.example", 2).await, ["c"; 2]);
+    assert_eq!(domain_day(&d), 3);
+    assert_eq!(send_to(&mut c, "alice@customer.example", &["helpdesk@example.com"]).await, ["c"]);
+    assert!(!d.services.engine.restrictions().is_restricted("@customer.example", d.clock.now().secs()));
+    assert_eq!(send(&mut c, "alice@customer.example", 1).await, ["550 5.2.2"]);
+    assert!(d.services.engine.restrictions().is_restricted("@customer.example", d.clock.now().secs()));
+
+    // The domain restricted: its accounts reach the helpdesk and nothing else.
+    let to_both = ["helpdesk@example.com", "r@example.net"];
+    assert_eq!(send_to(&mut c, "bob@customer.example", &to_both).await, ["c", "550 5.1.8"]);
+    assert_eq!(send(&mut c, "bob@customer.example", 1).await, ["550 5.1.8"]);
+    assert_eq!(d.services.engine.counters("bob@customer.example").last_day, 1);
+    d.drain_events();
+    drop(c);
+    d.stop().await;
+}
+
+/// The same for local submissions: the caps count the always-allowed recipients where they
+/// have room and never refuse a message for them; a restricted domain takes a local message
+/// to the helpdesk only.
+#[tokio::test]
+async fn local_submissions_to_always_allowed_recipients_pass_domain_caps() {
+    let caps = "[[policy.domain]]\ndomain = \"customer.example\"\nrecipient_limit_per_day = 2\naction = \"block\"\n";
+    let text = config(caps).replace("[policy.default]\n", HELPDESK);
+    let d = TestDaemon::start(&text).await;
+    let mut c = MtaClient::connect(d.local_addr).await.unwrap();
+    c.negotiate(POSTFIX_OFFER).await.unwrap();
+    c.macros(b'C', &[("{client_addr}", "127.0.0.1")]).await.unwrap();
+    async fn submit(c: &mut Client, sender: &str, recipients: &[&str]) -> Vec<String> {
+        let mut codes = vec![code(&c.mail_from(&format!("<{sender}>"), &[]).await.unwrap())];
+        if codes[0] != "c" {
+            return codes;
+        }
+        for r in recipients {
+            codes.push(code(&c.rcpt_to(&format!("<{r}>")).await.unwrap()));
+        }
+        codes.push(code(&c.message(&[("Subject", "x")], b"x\r\n").await.unwrap()));
+        codes
+    }
+    let www = "www@customer.example";
+    assert_eq!(submit(&mut c, www, &["r0@example.net", "helpdesk@example.com"]).await, ["c"; 4]);
+    assert_eq!(domain_day(&d), 2, "both counted under the domain");
+    // The cap is full: the helpdesk still passes and restricts nothing.
+    assert_eq!(submit(&mut c, www, &["helpdesk@example.com"]).await, ["c"; 3]);
+    assert!(!d.services.engine.restrictions().is_restricted("@customer.example", d.clock.now().secs()));
+    assert_eq!(submit(&mut c, www, &["r1@example.net"]).await, ["c", "c", "550 5.2.2"]);
+    assert!(d.services.engine.restrictions().is_restricted("@customer.example", d.clock.now().secs()));
+    // Restricted domain: a message to the helpdesk only is accepted, a mixed one refused.
+    assert_eq!(submit(&mut c, www, &["helpdesk@example.com"]).await, ["c"; 3]);
+    assert_eq!(submit(&mut c, www, &["helpdesk@example.com", "r2@example.net"]).await, ["c", "c", "c", "550 5.1.8"]);
+    drop(c);
+    d.stop().await;
+}
+
+/// `/metrics` shows each configured cap by its domain: the restrictions of the domain as a
+/// unit and its recipients in use. Only configured domains get a label.
+#[tokio::test]
+async fn metrics_show_each_capped_domain_by_name() {
+    let caps = format!("{BLOCK}[[policy.domain]]\ndomain = \"quiet.example\"\nrecipient_limit_per_day = 50\n");
+    let mut d = TestDaemon::start(&config(&caps)).await;
+    let mut c = client(&d).await;
+    assert_eq!(send(&mut c, "alice@customer.example", 6).await, ["c", "c", "c", "c", "c", "550 5.2.2"]);
+    assert_eq!(send(&mut c, "dave@other.example", 1).await, ["c"]);
+    let text = reqwest::get(format!("{}/metrics", d.admin_url())).await.unwrap().text().await.unwrap();
+    for expected in [
+        "outbound_guard_domain_restrictions_total{domain=\"customer.example\"} 1",
+        "outbound_guard_domain_restrictions_total{domain=\"quiet.example\"} 0",
+        "outbound_guard_domain_recipients_last_hour{domain=\"customer.example\"} 5",
+        "outbound_guard_domain_recipients_last_day{domain=\"quiet.example\"} 0",
+    ] {
+        assert!(text.contains(expected), "{expected} missing:\n{text}");
+    }
+    // A limit the cap does not set is not counted, so it shows no gauge.
+    for absent in ["last_day{domain=\"customer.example\"}", "last_hour{domain=\"quiet.example\"}"] {
+        assert!(!text.contains(absent), "{absent}:\n{text}");
+    }
+    assert!(!text.contains("other.example"), "an uncapped domain gets no label:\n{text}");
+    d.drain_events();
+    drop(c);
+    d.stop().await;
+}

@@ -289,6 +289,7 @@ async fn panel(browser: &Browser) -> Value {
                restriction: document.getElementById('account-restriction').innerText, \
                limits: Array.from(svg.querySelectorAll('line[data-limit]')).map(l => l.dataset.limit), \
                bars: Array.from(svg.querySelectorAll('rect[data-series]')).map(r => r.dataset.series), \
+               events: Array.from(svg.querySelectorAll('line[data-action]')).map(l => l.dataset.action), \
                label: svg.getAttribute('aria-label'), \
                emptyHistory: !document.getElementById('account-history-empty').hidden };",
             json!([]),
@@ -348,6 +349,9 @@ async fn an_administrator_opens_an_accounts_history_and_counters() {
     assert_eq!(alice["bars"], json!(["external", "internal"]), "{alice}");
     assert!(alice["label"].as_str().unwrap().contains("External 2 of 2"), "{alice}");
     assert!(alice["text"].as_str().unwrap().contains("not recorded"), "the plot says what it does not know");
+    // The plot ends at the engine's `as_of` (the test's clock, days before the wall clock
+    // that the HTTP Date header tells), so the day's restriction and replacement are on it.
+    assert_eq!(alice["events"], json!(["restricted", "replaced"]), "{alice}");
 
     // From the busiest senders: never restricted, so no history and no restriction.
     browser.click_found("carol's row", &open_control("#senders-body"), json!(["carol@example.com"])).await;

@@ -325,6 +325,7 @@ async fn show_sender(State(state): State<AdminState>, Path(raw): Path<String>) -
         "limits": d.limits,
         "restriction": d.restriction.as_ref().map_or(Value::Null, restriction_json),
         "history": d.history,
+        "as_of": crate::policy::clock::rfc3339(d.as_of),
     })))
 }
 
@@ -339,6 +340,7 @@ async fn metrics(State(state): State<AdminState>, headers: axum::http::HeaderMap
     m.restrictions_active.set(state.engine.restrictions().list(state.engine.clock().now().secs()).len() as i64);
     m.tracked_accounts.set(state.engine.tracked_accounts() as i64);
     m.set_events_dropped(state.engine.events_dropped());
+    m.set_domain_usage(&state.engine.domain_usage());
     if let Some(hook) = &state.on_scrape {
         hook();
     }

@@ -140,22 +140,19 @@ impl Policy for ClusterPolicy {
             return decision;
         }
         self.engine.merge_shared_tats(&tx.inner, fetched.tats);
-        let subs = tx
-            .inner
-            .aggregate()
-            .map(|sub| (sub, fetched_aggregate))
-            .into_iter()
-            .chain(tx.inner.domains().iter().zip(fetched_domains).map(|(sub, fetched)| (sub, Some(fetched))));
-        for (sub, fetched) in subs {
-            let decision = match fetched {
-                Some(Ok(shared)) => self.merge_sub(sub, shared),
-                Some(Err(e)) => {
-                    self.cluster.decided_locally(&e);
-                    Decision::Continue
-                }
-                None => Decision::Continue,
-            };
+        if let Some(sub) = tx.inner.aggregate()
+            && let Some(fetched) = fetched_aggregate
+        {
+            let decision = self.merge_sub_fetched(sub, fetched);
             if decision != Decision::Continue {
+                return decision;
+            }
+        }
+        for (i, fetched) in fetched_domains.into_iter().enumerate() {
+            let decision = self.merge_sub_fetched(&tx.inner.domains()[i], fetched);
+            // A domain restricted on another node leaves its accounts their always-allowed
+            // recipients, as one restricted here does (`Engine::mail_from`).
+            if decision != Decision::Continue && !tx.inner.continue_restricted_in_domain(i) {
                 return decision;
             }
         }
@@ -211,6 +208,17 @@ impl ClusterPolicy {
     /// cap's `@domain` — as the cluster knows it: restricted on another node, the message is
     /// refused at MAIL FROM as it would be there; otherwise its local record is raised to what
     /// every node has spent.
+    /// [`ClusterPolicy::merge_sub`], or the local decision when the read failed.
+    fn merge_sub_fetched(&self, sub: &Transaction, fetched: Result<super::Fetched, super::ClusterError>) -> Decision {
+        match fetched {
+            Ok(shared) => self.merge_sub(sub, shared),
+            Err(e) => {
+                self.cluster.decided_locally(&e);
+                Decision::Continue
+            }
+        }
+    }
+
     fn merge_sub(&self, sub: &Transaction, shared: super::Fetched) -> Decision {
         if let Some(event) = shared.event {
             self.cluster.apply_remote(event);

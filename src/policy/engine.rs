@@ -71,6 +71,9 @@ pub struct Transaction {
     /// the whole message is decided at its end.
     local: bool,
     local_recipients: [u32; 2],
+    /// Of `local_recipients`, those always allowed (noted only when the account is restricted
+    /// or has domain caps): the caps count them where they have room but never refuse them.
+    local_allowed: [u32; 2],
     /// For a local submission, the same message counted under the aggregate account.
     aggregate: Option<Box<Transaction>>,
     /// The same recipients counted under each `[[policy.domain]]` cap of the account's
@@ -339,6 +342,9 @@ impl Engine {
 /// Whether `recipient` is in the `always_allowed_recipients` of `policy` (both canonical).
 fn always_allowed(compiled: &Compiled, policy: PolicyIndex, recipient: &[u8]) -> bool {
     let allowed = &compiled.policies.settings(policy).always_allowed_recipients;
+    if allowed.is_empty() {
+        return false;
+    }
     let strip = compiled.config.organization.strip_subaddress;
     canonical(recipient, strip).is_some_and(|r| allowed.iter().any(|a| *a == *r))
 }
@@ -368,6 +374,7 @@ impl Transaction {
         self.committed = false;
         self.local = false;
         self.local_recipients = [0; 2];
+        self.local_allowed = [0; 2];
         self.aggregate = None;
         self.domains.clear();
     }
@@ -409,8 +416,8 @@ impl Engine {
         }
         // Known even when refused, so cluster mode can check a restriction with the other nodes.
         tx.account.push_str(&account);
+        let policy = compiled.policies.select(&account);
         if self.restrictions.is_restricted(&account, self.clock.now().secs()) {
-            let policy = compiled.policies.select(&account);
             if compiled.policies.settings(policy).always_allowed_recipients.is_empty() {
                 info!(account = %account, "MAIL FROM refused: account restricted");
                 self.metrics.messages.outbound_refused.inc();
@@ -422,7 +429,7 @@ impl Engine {
             tx.restricted = true;
         }
         if compiled.policies.has_domain_caps()
-            && let Some(refusal) = self.open_domain_caps(tx, &compiled, &account)
+            && let Some(refusal) = self.open_domain_caps(tx, &compiled, &account, policy)
         {
             return refusal;
         }
@@ -442,7 +449,7 @@ impl Engine {
             }
             tx.local = true;
         }
-        tx.policy = compiled.policies.select(&account);
+        tx.policy = policy;
         if compiled.login_spread
             && !facts.local_submission
             && !tx.restricted
@@ -457,35 +464,75 @@ impl Engine {
         Decision::Continue
     }
 
-    /// Opens a sub-transaction for each domain cap of the account's domain, or refuses the
-    /// MAIL FROM when one of those domains is restricted as a unit.
+    /// Opens a sub-transaction for each domain cap of the account's domain. When one of those
+    /// domains is restricted as a unit, the MAIL FROM is refused, unless the account's policy
+    /// (`policy`) lists always-allowed recipients: then the transaction goes on as that of a
+    /// restricted account, and only those recipients pass.
     #[cold]
-    fn open_domain_caps(&self, tx: &mut Transaction, compiled: &Arc<Compiled>, account: &str) -> Option<Decision> {
+    fn open_domain_caps(
+        &self,
+        tx: &mut Transaction,
+        compiled: &Arc<Compiled>,
+        account: &str,
+        policy: PolicyIndex,
+    ) -> Option<Decision> {
         let now = self.clock.now().secs();
+        let has_allowed = !compiled.policies.settings(policy).always_allowed_recipients.is_empty();
         for cap in compiled.policies.domain_caps(account) {
-            if self.restrictions.is_restricted(&cap.account, now) {
+            let restricted = self.restrictions.is_restricted(&cap.account, now);
+            if restricted && !has_allowed {
                 info!(account = %account, domain = %cap.account, "MAIL FROM refused: domain restricted");
                 self.metrics.messages.outbound_refused.inc();
                 tx.domains.clear();
                 return Some(Decision::Refuse(Refusal::AccountRestricted));
             }
+            if restricted {
+                info!(account = %account, domain = %cap.account, "domain restricted: only the account's always-allowed recipients pass");
+                tx.restricted = true;
+            }
             let mut sub = Transaction::default();
             sub.account.push_str(&cap.account);
             sub.policy = cap.policy;
             sub.compiled = Some(compiled.clone());
+            sub.restricted = restricted;
             tx.domains.push(sub);
         }
         None
     }
 
+    /// Counts an always-allowed recipient under each domain cap of the transaction's account
+    /// where the cap has room: a domain cap never refuses such a recipient, and a full one is
+    /// not reached by it (the helpdesk stays in reach, and writing to it restricts nobody).
+    fn count_allowed_under_domains(&self, tx: &mut Transaction, compiled: &Compiled, hourly: LimitKind, n: u32) {
+        for sub in tx.domains.iter_mut() {
+            for _ in 0..n {
+                self.count_allowed(sub, compiled, hourly, false);
+            }
+        }
+    }
+
     /// Reserves a recipient for the account and then for each of its domain caps; a cap that
     /// refuses it (its limit reached, or the domain restricted by now) refuses the recipient,
     /// and what the account and the caps before it reserved for it is given back.
+    ///
+    /// An always-allowed recipient of the account is counted under the caps only where they
+    /// have room (see [`Engine::count_allowed_under_domains`]).
     #[cold]
-    fn reserve_with_domains(&self, tx: &mut Transaction, compiled: &Compiled, hourly: LimitKind) -> Decision {
-        let mut domains = std::mem::take(&mut tx.domains);
+    fn reserve_with_domains(
+        &self,
+        tx: &mut Transaction,
+        compiled: &Compiled,
+        hourly: LimitKind,
+        recipient: &[u8],
+    ) -> Decision {
         let before = tx.counted;
         let mut decision = self.reserve_recipient(tx, compiled, hourly, false);
+        if decision == Decision::Continue && always_allowed(compiled, tx.policy, recipient) {
+            self.count_allowed_under_domains(tx, compiled, hourly, 1);
+            self.count_recipient(hourly, true);
+            return decision;
+        }
+        let mut domains = std::mem::take(&mut tx.domains);
         if decision == Decision::Continue {
             for i in 0..domains.len() {
                 let sub = &mut domains[i];
@@ -551,8 +598,12 @@ impl Engine {
             // The MTA cannot refuse one recipient of a local message (it would defer the whole
             // message and submit it again): noted here, decided at the end of the message.
             tx.local_recipients[hourly as usize] += 1;
-            if tx.restricted && !always_allowed(compiled, tx.policy, facts.recipient) {
-                tx.local_disallowed = true;
+            if tx.restricted || !tx.domains.is_empty() {
+                if always_allowed(compiled, tx.policy, facts.recipient) {
+                    tx.local_allowed[hourly as usize] += 1;
+                } else if tx.restricted {
+                    tx.local_disallowed = true;
+                }
             }
             return Decision::Continue;
         }
@@ -565,7 +616,7 @@ impl Engine {
             return Decision::Refuse(Refusal::TooManyRecipients);
         }
         if !tx.domains.is_empty() {
-            return self.reserve_with_domains(tx, compiled, hourly);
+            return self.reserve_with_domains(tx, compiled, hourly, facts.recipient);
         }
         self.reserve_recipient(tx, compiled, hourly, true)
     }
@@ -589,6 +640,7 @@ impl Engine {
             return Decision::Refuse(Refusal::TooManyRecipients);
         }
         self.count_allowed(tx, compiled, hourly, true);
+        self.count_allowed_under_domains(tx, compiled, hourly, 1);
         Decision::Continue
     }
 
@@ -687,15 +739,32 @@ impl Engine {
             decision = self.reserve_local(sub, &compiled, counts, false);
         }
         tx.aggregate = aggregate;
-        for sub in tx.domains.iter_mut() {
-            if decision != Decision::Continue {
+        if decision != Decision::Continue || tx.domains.is_empty() {
+            return decision;
+        }
+        // Under the domain caps, the other recipients first (they may reach a cap), then the
+        // always-allowed ones where the caps still have room.
+        let allowed = tx.local_allowed;
+        let others = [0, 1].map(|i| counts[i].saturating_sub(allowed[i]));
+        let mut domains = std::mem::take(&mut tx.domains);
+        for sub in domains.iter_mut() {
+            if others == [0, 0] {
                 break;
             }
             decision = if sub.restricted {
                 Decision::Refuse(Refusal::AccountRestricted)
             } else {
-                self.reserve_local(sub, &compiled, counts, false)
+                self.reserve_local(sub, &compiled, others, false)
             };
+            if decision != Decision::Continue {
+                break;
+            }
+        }
+        tx.domains = domains;
+        if decision == Decision::Continue {
+            for hourly in [LimitKind::ExternalPerHour, LimitKind::InternalPerHour] {
+                self.count_allowed_under_domains(tx, &compiled, hourly, allowed[hourly as usize]);
+            }
         }
         decision
     }

@@ -117,6 +117,11 @@ impl CompiledPolicies {
         self.domains.iter().filter(move |d| domain.is_some_and(|a| is_same_or_subdomain(a, &d.domain)))
     }
 
+    /// Every domain cap of the configuration.
+    pub fn domain_cap_list(&self) -> &[DomainCapIndex] {
+        &self.domains
+    }
+
     /// Whether any domain cap is configured.
     pub fn has_domain_caps(&self) -> bool {
         !self.domains.is_empty()

@@ -104,8 +104,7 @@
       const detail = data && typeof data.error === 'string' ? data.error : response.statusText || 'request failed';
       throw new Error(detail + ' (HTTP ' + response.status + ')');
     }
-    // The server's clock: the panel's plot ends at the moment the counters were read.
-    return { status: response.status, data, date: response.headers.get('Date') };
+    return { status: response.status, data };
   }
 
   function handleFailure(err) {
@@ -429,10 +428,12 @@
     if (!account) return;
     const request = ++panelRequest;
     try {
-      const { data, date } = await api('GET', '/api/v1/senders/' + encodeURIComponent(account));
+      const { data } = await api('GET', '/api/v1/senders/' + encodeURIComponent(account));
       if (request !== panelRequest || opened !== account) return;
-      const server = date ? Date.parse(date) : NaN;
-      renderAccount(data || {}, Number.isNaN(server) ? Date.now() : server);
+      // The engine's clock when it read the counters: the plot ends there, whatever the
+      // browser's clock or a proxy's Date header say.
+      const asOf = data && typeof data.as_of === 'string' ? Date.parse(data.as_of) : NaN;
+      renderAccount(data || {}, Number.isNaN(asOf) ? Date.now() : asOf);
       el.accountError.hidden = true;
       el.accountError.textContent = '';
       el.accountBody.hidden = false;

@@ -61,6 +61,8 @@ pub struct SenderDetail {
     pub limits: Limits,
     pub restriction: Option<Restriction>,
     pub history: Vec<HistoryEntry>,
+    /// When the counters were read, by the engine's clock.
+    pub as_of: OffsetDateTime,
 }
 
 /// What `restrict_manually` did.
@@ -98,6 +100,26 @@ impl Engine {
         let policy = compiled.policies.select(account);
         let record = self.accounts.get(account).unwrap_or_default();
         compiled.counters_of(policy, &record, self.clock.now())
+    }
+
+    /// The recipients in use under each configured domain cap (for `/metrics`).
+    pub fn domain_usage(&self) -> Vec<crate::metrics::DomainUsage> {
+        let compiled = self.current.load();
+        let now = self.clock.now();
+        compiled
+            .policies
+            .domain_cap_list()
+            .iter()
+            .map(|cap| {
+                let record = self.accounts.get(&cap.account).unwrap_or_default();
+                let c = compiled.counters_of(cap.policy, &record, now);
+                crate::metrics::DomainUsage {
+                    domain: cap.domain.clone(),
+                    external_last_hour: (c.external_limit_per_hour > 0).then_some(c.external_last_hour),
+                    last_day: (c.limit_per_day > 0).then_some(c.last_day),
+                }
+            })
+            .collect()
     }
 
     /// The name of the policy that applies to an account.
@@ -140,6 +162,7 @@ impl Engine {
             },
             restriction,
             history,
+            as_of: now.datetime(),
         })
     }
 
@@ -224,6 +247,9 @@ impl Engine {
             let event = Event::restricted(&restriction, None, &compiled.config.notify.node_name, Some(by));
             if self.restrictions.restrict(restriction.clone(), by, Some(&event))? {
                 self.metrics.restricted("manual");
+                if let Some(domain) = account.strip_prefix('@') {
+                    self.metrics.domain_restricted(domain);
+                }
                 warn!(account, by, reason, "account restricted by an administrator");
                 self.events.emit(event);
                 let current = self.restrictions.get(account, now.secs()).unwrap_or(restriction);

@@ -51,6 +51,9 @@ impl Engine {
         }
         let cause = restriction.cause();
         self.metrics.restricted(cause);
+        if let Some(domain) = restriction.account.strip_prefix('@') {
+            self.metrics.domain_restricted(domain);
+        }
         if restriction.escalated {
             self.metrics.escalated(cause);
         }

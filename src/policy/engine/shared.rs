@@ -38,6 +38,19 @@ impl Transaction {
         true
     }
 
+    /// The `i`-th domain cap's domain turned out restricted (on another node) after MAIL FROM
+    /// let the account go on: as [`Transaction::continue_restricted`], and that cap then counts
+    /// the always-allowed recipients only, where it has room.
+    pub fn continue_restricted_in_domain(&mut self, i: usize) -> bool {
+        if !self.continue_restricted() {
+            return false;
+        }
+        if let Some(sub) = self.domains.get_mut(i) {
+            sub.restricted = true;
+        }
+        true
+    }
+
     /// Whether MAIL FROM let an outbound account go on (its recipients are counted).
     pub fn is_counted(&self) -> bool {
         self.compiled.is_some()
