@@ -301,16 +301,8 @@ pub async fn run(
         if let Ok(addr) = l.local_addr() {
             info!(listen = %addr, "admin API listening");
         }
-        let app = api::router(state);
-        let mut stop = shutdown.clone();
-        tokio::spawn(async move {
-            let served = axum::serve(l, app).with_graceful_shutdown(async move {
-                let _ = stop.wait_for(|s| *s).await;
-            });
-            if let Err(e) = served.await {
-                warn!("admin API stopped: {e}");
-            }
-        })
+        let metrics = state.engine.metrics().clone();
+        tokio::spawn(crate::admin::serve::serve(l, api::router(state), metrics, shutdown.clone()))
     });
     let cluster_tasks = match &services.cluster {
         Some((cluster, target)) => {

@@ -63,6 +63,9 @@ pub struct Metrics {
     pub milter_connections_open: Gauge,
     pub milter_connections: Counter,
     pub milter_connection_errors: Counter,
+    pub admin_connections_open: Gauge,
+    /// Admin API connections closed at once because `admin::serve::MAX_CONNECTIONS` were open.
+    pub admin_connections_refused: Counter,
     events_dropped: Counter,
     pub decision_seconds: Histogram,
     pub redis_up: Gauge,
@@ -140,6 +143,14 @@ impl Metrics {
             "milter_connection_errors",
             "Milter connections ended by an error (bad input, timeout)",
             milter_connection_errors.clone(),
+        );
+        let admin_connections_open = Gauge::default();
+        registry.register("admin_connections_open", "Admin API connections open now", admin_connections_open.clone());
+        let admin_connections_refused = Counter::default();
+        registry.register(
+            "admin_connections_refused",
+            "Admin API connections closed at once because the connection cap was reached",
+            admin_connections_refused.clone(),
         );
         let events_dropped = Counter::default();
         registry.register(
@@ -235,6 +246,8 @@ impl Metrics {
             milter_connections_open,
             milter_connections,
             milter_connection_errors,
+            admin_connections_open,
+            admin_connections_refused,
             events_dropped,
             decision_seconds,
             redis_up,
