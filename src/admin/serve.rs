@@ -85,12 +85,15 @@ pub async fn serve(listener: TcpListener, app: Router, metrics: Arc<Metrics>, mu
         let metrics = metrics.clone();
         metrics.admin_connections_open.inc();
         tasks.spawn(async move {
-            let mut conn = pin!(conn);
-            let served = tokio::select! {
-                r = conn.as_mut() => r,
-                () = stopped(&mut stop) => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
+            // The socket is closed at the end of this block, before the permit goes back.
+            let served = {
+                let mut conn = pin!(conn);
+                tokio::select! {
+                    r = conn.as_mut() => r,
+                    () = stopped(&mut stop) => {
+                        conn.as_mut().graceful_shutdown();
+                        conn.await
+                    }
                 }
             };
             if let Err(e) = served {
