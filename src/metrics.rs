@@ -63,6 +63,8 @@ pub struct Metrics {
     pub milter_connections_open: Gauge,
     pub milter_connections: Counter,
     pub milter_connection_errors: Counter,
+    /// Connections closed as soon as accepted because `max_connections` were open.
+    pub milter_connections_refused: Counter,
     events_dropped: Counter,
     pub decision_seconds: Histogram,
     pub redis_up: Gauge,
@@ -140,6 +142,12 @@ impl Metrics {
             "milter_connection_errors",
             "Milter connections ended by an error (bad input, timeout)",
             milter_connection_errors.clone(),
+        );
+        let milter_connections_refused = Counter::default();
+        registry.register(
+            "milter_connections_refused",
+            "Milter connections closed as soon as accepted because max_connections were open",
+            milter_connections_refused.clone(),
         );
         let events_dropped = Counter::default();
         registry.register(
@@ -235,6 +243,7 @@ impl Metrics {
             milter_connections_open,
             milter_connections,
             milter_connection_errors,
+            milter_connections_refused,
             events_dropped,
             decision_seconds,
             redis_up,
