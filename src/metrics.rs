@@ -63,6 +63,8 @@ pub struct Metrics {
     pub milter_connections_open: Gauge,
     pub milter_connections: Counter,
     pub milter_connection_errors: Counter,
+    /// Connections closed as soon as accepted because `max_connections` were open.
+    pub milter_connections_refused: Counter,
     pub admin_connections_open: Gauge,
     /// Admin API connections closed at once because `admin::serve::MAX_CONNECTIONS` were open.
     pub admin_connections_refused: Counter,
@@ -143,6 +145,12 @@ impl Metrics {
             "milter_connection_errors",
             "Milter connections ended by an error (bad input, timeout)",
             milter_connection_errors.clone(),
+        );
+        let milter_connections_refused = Counter::default();
+        registry.register(
+            "milter_connections_refused",
+            "Milter connections closed as soon as accepted because max_connections were open",
+            milter_connections_refused.clone(),
         );
         let admin_connections_open = Gauge::default();
         registry.register("admin_connections_open", "Admin API connections open now", admin_connections_open.clone());
@@ -246,6 +254,7 @@ impl Metrics {
             milter_connections_open,
             milter_connections,
             milter_connection_errors,
+            milter_connections_refused,
             admin_connections_open,
             admin_connections_refused,
             events_dropped,

@@ -210,27 +210,46 @@ async fn shutdown_stops_accepting_and_lets_the_message_in_flight_finish() {
     assert!(d.finished(Duration::from_secs(5)).await);
 }
 
-#[tokio::test]
-async fn max_connections_holds_further_connections_until_one_ends() {
-    let d = daemon_with("max_connections = 1\n").await;
-    let mut first = negotiated(&d).await;
-    let second = tokio::spawn({
-        let addr = d.addr;
-        async move {
-            let mut c = MtaClient::connect(addr).await.unwrap();
-            c.negotiate(POSTFIX_OFFER).await.map(|_| ())
-        }
-    });
-    // While the first is open, the second is not served.
-    let waited = tokio::time::timeout(Duration::from_millis(300), async {
-        while !second.is_finished() {
+/// Waits (bounded) until the filter counts `n` connections open; the tests run on one thread,
+/// where the count and the connection's slot are given back in the same step.
+async fn open_connections_reach(d: &TestDaemon, n: i64) -> bool {
+    let open = &d.services.engine.metrics().milter_connections_open;
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while open.get() != n {
             tokio::task::yield_now().await;
         }
     })
-    .await;
-    assert!(waited.is_err(), "second connection was served while the limit was reached");
+    .await
+    .is_ok()
+}
+
+#[tokio::test]
+async fn a_connection_over_max_connections_is_closed_at_once_and_counted() {
+    let d = daemon_with("max_connections = 2\n").await;
+    let refused = d.services.engine.metrics().milter_connections_refused.clone();
+    let mut first = negotiated(&d).await;
+    let mut second = negotiated(&d).await;
+    // The third is closed before any packet, not left waiting in the accept queue.
+    let mut third = MtaClient::connect(d.addr).await.unwrap();
+    assert!(third.closed_by_filter(Duration::from_secs(2)).await.unwrap(), "third connection left open");
+    assert_eq!(refused.get(), 1);
+    // An MTA that sends its offer at once gets no negotiation either.
+    let mut fourth = MtaClient::connect(d.addr).await.unwrap();
+    assert!(fourth.negotiate(POSTFIX_OFFER).await.is_err(), "fourth connection was negotiated");
+    assert_eq!(refused.get(), 2);
+    // The connections held meanwhile are served as before.
+    for c in [&mut first, &mut second] {
+        c.macros(b'M', &[("{auth_authen}", "alice@example.com")]).await.unwrap();
+        assert_eq!(c.mail_from("<alice@example.com>", &[]).await.unwrap().kind(), Some(b'c'));
+        assert_eq!(c.rcpt_to("<bob@example.com>").await.unwrap().kind(), Some(b'c'));
+        assert_eq!(c.message(&[("Subject", " hi")], b"x\r\n").await.unwrap().kind(), Some(b'c'));
+    }
+    // Once one ends, its slot serves a new connection.
     first.write(Command::Quit).await.unwrap();
-    let served = tokio::time::timeout(Duration::from_secs(5), second).await.expect("served after the first ended");
-    served.unwrap().expect("negotiation succeeded");
+    assert!(first.closed_by_filter(Duration::from_secs(2)).await.unwrap());
+    assert!(open_connections_reach(&d, 1).await, "the first connection's slot was not given back");
+    assert_serving(&d).await;
+    assert_eq!(refused.get(), 2);
+    drop(second);
     d.stop().await;
 }

@@ -1,5 +1,6 @@
-//! The accept loop: binds `inet:`/`unix:` sockets, caps concurrent connections, spawns one task
-//! per connection, and drains on shutdown (stop accepting, let messages in flight finish).
+//! The accept loop: binds `inet:`/`unix:` sockets, caps concurrent connections (closing those
+//! over the cap at once), spawns one task per connection, rate-limits its own warnings, and
+//! drains on shutdown (stop accepting, let messages in flight finish).
 
 use std::io;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
@@ -12,6 +13,7 @@ use arc_swap::ArcSwap;
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::connection::{self, Timeouts, Transport};
@@ -101,7 +103,20 @@ pub struct ServerSettings {
     pub local_submissions: bool,
 }
 
+/// At most one warning line of each kind (connections refused, accept failures) per this
+/// period; what happens in between is counted and reported in the next line.
+const WARN_PERIOD: Duration = Duration::from_secs(10);
+
 /// Serves milter connections until `shutdown` turns true, then drains.
+///
+/// A connection beyond `max_connections` is accepted and closed at once. Leaving it in the
+/// kernel's accept queue (what waiting for a free slot before `accept` did) gives the MTA
+/// nothing to act on: it waits for its own timeout while the SMTP client waits too. A close
+/// is a signal every MTA understands before any packet is exchanged, so Postfix applies its
+/// `milter_default_action` (and Sendmail its `F=` flags) immediately. Answering the
+/// negotiation with a refusal instead would need a task, a read under `io_timeout` and a
+/// reply per refused connection (the very resources the cap protects), and Postfix treats an
+/// unexpected reply to OPTNEG as it treats a closed connection anyway.
 pub async fn run<P: Policy>(
     listener: Listener,
     policy: Arc<P>,
@@ -112,18 +127,44 @@ pub async fn run<P: Policy>(
     let mut tasks = JoinSet::new();
     let ids = AtomicU64::new(0);
     let mut backoff = Duration::from_millis(10);
+    let mut refusals = Throttle::new(WARN_PERIOD);
+    let mut accept_failures = Throttle::new(WARN_PERIOD);
+    let mut last_accept_error = String::new();
+    let warn_refused = |n: u64| {
+        warn!(
+            refused = n,
+            max_connections = settings.max_connections,
+            "closed {n} milter connection(s) as soon as accepted since the last such line: \
+             max_connections ({}) are open",
+            settings.max_connections
+        );
+    };
+    let warn_accept_failed = |n: u64, last: &str, backoff: Duration| {
+        warn!(
+            failures = n,
+            "accepting a milter connection failed {n} time(s) since the last such line \
+             (last error: {last}); retrying in {backoff:?}"
+        );
+    };
     loop {
         while tasks.try_join_next().is_some() {}
         if *shutdown.borrow() {
             break;
         }
-        let permit = tokio::select! {
-            p = limit.clone().acquire_owned() => p.expect("the semaphore is never closed"),
-            _ = shutdown.wait_for(|stop| *stop) => break,
-        };
+        let report_at = earliest(refusals.due(), accept_failures.due());
         let accepted = tokio::select! {
             r = accept(&listener) => r,
             _ = shutdown.wait_for(|stop| *stop) => break,
+            () = sleep_until_some(report_at) => {
+                let now = Instant::now();
+                if let Some(n) = refusals.flush(now) {
+                    warn_refused(n);
+                }
+                if let Some(n) = accept_failures.flush(now) {
+                    warn_accept_failed(n, &last_accept_error, backoff);
+                }
+                continue;
+            }
         };
         let (stream, peer) = match accepted {
             Ok(pair) => {
@@ -132,11 +173,24 @@ pub async fn run<P: Policy>(
             }
             Err(e) => {
                 // Usually out of file descriptors: wait a little rather than spin.
-                warn!(error = %e, "accepting a milter connection failed; retrying in {backoff:?}");
+                last_accept_error = e.to_string();
+                if let Some(n) = accept_failures.record(Instant::now()) {
+                    warn_accept_failed(n, &last_accept_error, backoff);
+                }
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(1));
                 continue;
             }
+        };
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            // Counted before the close, so whoever sees the close also sees the count.
+            settings.metrics.milter_connections_refused.inc();
+            drop(stream);
+            debug!(peer, "milter connection over max_connections closed");
+            if let Some(n) = refusals.record(Instant::now()) {
+                warn_refused(n);
+            }
+            continue;
         };
         let id = ids.fetch_add(1, Ordering::Relaxed);
         let session = Session::new(policy.clone(), settings.replies.clone());
@@ -158,6 +212,14 @@ pub async fn run<P: Policy>(
             drop(permit);
         });
     }
+    // Whatever was counted since the last line is not lost at shutdown.
+    let now = Instant::now();
+    if let Some(n) = refusals.flush_all(now) {
+        warn_refused(n);
+    }
+    if let Some(n) = accept_failures.flush_all(now) {
+        warn_accept_failed(n, &last_accept_error, backoff);
+    }
     drop(listener);
     while tasks.try_join_next().is_some() {}
     if !tasks.is_empty() {
@@ -167,6 +229,66 @@ pub async fn run<P: Policy>(
     if drained.is_err() {
         warn!(connections = tasks.len(), "connections still busy after {DRAIN_LIMIT:?}; closing them");
         tasks.shutdown().await;
+    }
+}
+
+/// Counts a repeated event and says when a log line for it is due: the first at once, then at
+/// most one per period, carrying the count since the previous line. Time is passed in, so the
+/// tests need no clock.
+struct Throttle {
+    period: Duration,
+    last_line: Option<Instant>,
+    pending: u64,
+}
+
+impl Throttle {
+    fn new(period: Duration) -> Throttle {
+        Throttle { period, last_line: None, pending: 0 }
+    }
+
+    /// Counts one event; the count to log if a line is due now.
+    fn record(&mut self, now: Instant) -> Option<u64> {
+        self.pending += 1;
+        self.flush(now)
+    }
+
+    /// When the events counted since the last line must be written, if any are.
+    fn due(&self) -> Option<Instant> {
+        // The first event is written at once, so a pending count always follows a line.
+        self.last_line.filter(|_| self.pending > 0).map(|t| t + self.period)
+    }
+
+    /// The count to log if a line is due at `now` (then counting starts again).
+    fn flush(&mut self, now: Instant) -> Option<u64> {
+        let due = self.last_line.is_none_or(|t| now >= t + self.period);
+        if self.pending == 0 || !due {
+            return None;
+        }
+        self.flush_all(now)
+    }
+
+    /// The count not yet logged, whether a line is due or not.
+    fn flush_all(&mut self, now: Instant) -> Option<u64> {
+        if self.pending == 0 {
+            return None;
+        }
+        self.last_line = Some(now);
+        Some(std::mem::take(&mut self.pending))
+    }
+}
+
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Sleeps until `at`, or forever when there is nothing to wait for.
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -206,5 +328,54 @@ async fn serve_logged<T: Transport, P: Policy>(
             warn!(conn = id, peer, "milter connection ended: {e}");
             false
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PERIOD: Duration = Duration::from_secs(10);
+
+    #[test]
+    fn the_first_event_is_logged_at_once_then_one_line_per_period() {
+        let t0 = Instant::now();
+        let mut t = Throttle::new(PERIOD);
+        assert_eq!(t.due(), None);
+        assert_eq!(t.record(t0), Some(1));
+        // A burst inside the period: counted, not logged.
+        for i in 1..=1000 {
+            assert_eq!(t.record(t0 + Duration::from_millis(i)), None);
+        }
+        assert_eq!(t.due(), Some(t0 + PERIOD));
+        assert_eq!(t.flush(t0 + PERIOD - Duration::from_millis(1)), None);
+        assert_eq!(t.flush(t0 + PERIOD), Some(1000));
+        // Nothing since: nothing to write, nothing due.
+        assert_eq!(t.due(), None);
+        assert_eq!(t.flush(t0 + PERIOD * 5), None);
+        // Quiet for longer than a period: the next event is logged at once again.
+        assert_eq!(t.record(t0 + PERIOD * 5), Some(1));
+    }
+
+    #[test]
+    fn an_event_after_the_period_carries_the_count_since_the_last_line() {
+        let t0 = Instant::now();
+        let mut t = Throttle::new(PERIOD);
+        assert_eq!(t.record(t0), Some(1));
+        assert_eq!(t.record(t0 + Duration::from_secs(3)), None);
+        assert_eq!(t.record(t0 + Duration::from_secs(11)), Some(2));
+        assert_eq!(t.record(t0 + Duration::from_secs(12)), None);
+        assert_eq!(t.flush_all(t0 + Duration::from_secs(13)), Some(1));
+        assert_eq!(t.flush_all(t0 + Duration::from_secs(14)), None);
+    }
+
+    #[test]
+    fn earliest_of_two_optional_instants() {
+        let t0 = Instant::now();
+        let t1 = t0 + PERIOD;
+        assert_eq!(earliest(None, None), None);
+        assert_eq!(earliest(Some(t1), None), Some(t1));
+        assert_eq!(earliest(None, Some(t0)), Some(t0));
+        assert_eq!(earliest(Some(t1), Some(t0)), Some(t0));
     }
 }
