@@ -21,6 +21,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::metrics::Metrics;
+use crate::milter::server::Throttle;
 
 /// Admin connections open at once at most. The page refreshes over one or two keep-alive
 /// connections and the CLI opens one per command, so this leaves room for a dozen
@@ -40,20 +41,29 @@ const DRAIN_LIMIT: Duration = Duration::from_secs(5);
 /// requests in flight finish (closing idle keep-alive connections at once) and returns.
 pub async fn serve(listener: TcpListener, app: Router, metrics: Arc<Metrics>, mut shutdown: watch::Receiver<bool>) {
     let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let mut refusals = RefusalLog::default();
+    let mut refusals = Throttle::new(WARN_EVERY);
     let mut tasks = JoinSet::new();
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new()).header_read_timeout(HEAD_TIMEOUT).keep_alive(true);
+    let mut accept_failures = Throttle::new(WARN_EVERY);
+    let mut last_accept_error = String::new();
     let mut backoff = Duration::from_millis(10);
     loop {
         while tasks.try_join_next().is_some() {}
-        let report_at = refusals.next_report();
+        let report_at = match (refusals.due(), accept_failures.due()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         let accepted = tokio::select! {
             r = listener.accept() => r,
             _ = shutdown.wait_for(|stop| *stop) => break,
             () = sleep_until(report_at) => {
-                if let Some(n) = refusals.due(Instant::now()) {
+                let now = Instant::now();
+                if let Some(n) = refusals.flush(now) {
                     warn_refused(n);
+                }
+                if let Some(n) = accept_failures.flush(now) {
+                    warn_accept_failed(n, &last_accept_error);
                 }
                 continue;
             }
@@ -65,17 +75,22 @@ pub async fn serve(listener: TcpListener, app: Router, metrics: Arc<Metrics>, mu
             }
             Err(e) => {
                 // Usually out of file descriptors: wait a little rather than spin.
-                warn!(error = %e, "accepting an admin API connection failed; retrying in {backoff:?}");
+                last_accept_error = e.to_string();
+                if let Some(n) = accept_failures.record(Instant::now()) {
+                    warn_accept_failed(n, &last_accept_error);
+                }
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(1));
                 continue;
             }
         };
         let Ok(permit) = limit.clone().try_acquire_owned() else {
-            // Closed here and now: the descriptor goes back before the next accept.
-            drop(stream);
+            // Counted before the close, so whoever sees the close also sees the count; closed
+            // here and now, so the descriptor is back before the next accept.
             metrics.admin_connections_refused.inc();
-            if let Some(n) = refusals.refused(Instant::now()) {
+            drop(stream);
+            debug!(%peer, "admin API connection over the cap closed");
+            if let Some(n) = refusals.record(Instant::now()) {
                 warn_refused(n);
             }
             continue;
@@ -104,7 +119,7 @@ pub async fn serve(listener: TcpListener, app: Router, metrics: Arc<Metrics>, mu
         });
     }
     drop(listener);
-    if let Some(n) = refusals.flush() {
+    if let Some(n) = refusals.flush_all(Instant::now()) {
         warn_refused(n);
     }
     while tasks.try_join_next().is_some() {}
@@ -122,7 +137,15 @@ fn warn_refused(n: u64) {
     warn!(
         refused = n,
         cap = MAX_CONNECTIONS,
-        "admin API connections refused: {MAX_CONNECTIONS} already open (each closed at once)"
+        "closed {n} admin API connection(s) as soon as accepted since the last such line: \
+         {MAX_CONNECTIONS} are open"
+    );
+}
+
+fn warn_accept_failed(n: u64, last: &str) {
+    warn!(
+        failures = n,
+        "accepting an admin API connection failed {n} time(s) since the last such line (last error: {last})"
     );
 }
 
@@ -136,73 +159,5 @@ async fn sleep_until(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
-    }
-}
-
-/// Refusals counted between warnings: the first one of a quiet spell is reported at once, the
-/// rest together at most once per [`WARN_EVERY`], so a flood writes a line per period, not per
-/// connection.
-#[derive(Debug, Default)]
-struct RefusalLog {
-    /// When the last warning was written.
-    last: Option<Instant>,
-    /// Refusals since then, not yet reported.
-    pending: u64,
-}
-
-impl RefusalLog {
-    /// Counts one refusal at `now`; the number to report when a warning is due.
-    fn refused(&mut self, now: Instant) -> Option<u64> {
-        self.pending += 1;
-        self.due(now)
-    }
-
-    /// The number to report when refusals are pending and the last warning is old enough.
-    fn due(&mut self, now: Instant) -> Option<u64> {
-        let quiet = self.last.is_none_or(|last| now.duration_since(last) >= WARN_EVERY);
-        if self.pending == 0 || !quiet {
-            return None;
-        }
-        self.last = Some(now);
-        Some(std::mem::take(&mut self.pending))
-    }
-
-    /// When the pending refusals may be reported (none pending: never).
-    fn next_report(&self) -> Option<Instant> {
-        if self.pending == 0 {
-            return None;
-        }
-        Some(self.last.map_or_else(Instant::now, |last| last + WARN_EVERY))
-    }
-
-    /// What is pending, reported regardless of the period (at shutdown).
-    fn flush(&mut self) -> Option<u64> {
-        (self.pending > 0).then(|| std::mem::take(&mut self.pending))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_flood_of_refusals_is_one_warning_per_period_with_the_count() {
-        let t0 = Instant::now();
-        let mut log = RefusalLog::default();
-        assert_eq!(log.next_report(), None);
-        assert_eq!(log.refused(t0), Some(1), "the first refusal of a quiet spell is reported at once");
-        for i in 1..=500u64 {
-            assert_eq!(log.refused(t0 + Duration::from_millis(i)), None);
-        }
-        assert_eq!(log.next_report(), Some(t0 + WARN_EVERY));
-        assert_eq!(log.due(t0 + WARN_EVERY - Duration::from_millis(1)), None);
-        assert_eq!(log.due(t0 + WARN_EVERY), Some(500));
-        assert_eq!(log.next_report(), None, "nothing pending, nothing to wake for");
-        assert_eq!(log.due(t0 + WARN_EVERY * 5), None);
-        // After a quiet spell the next refusal is reported at once again.
-        assert_eq!(log.refused(t0 + WARN_EVERY * 5), Some(1));
-        assert_eq!(log.refused(t0 + WARN_EVERY * 5), None);
-        assert_eq!(log.flush(), Some(1));
-        assert_eq!(log.flush(), None);
     }
 }

@@ -234,32 +234,32 @@ pub async fn run<P: Policy>(
 
 /// Counts a repeated event and says when a log line for it is due: the first at once, then at
 /// most one per period, carrying the count since the previous line. Time is passed in, so the
-/// tests need no clock.
-struct Throttle {
+/// tests need no clock. The admin API's accept loop uses it too.
+pub(crate) struct Throttle {
     period: Duration,
     last_line: Option<Instant>,
     pending: u64,
 }
 
 impl Throttle {
-    fn new(period: Duration) -> Throttle {
+    pub(crate) fn new(period: Duration) -> Throttle {
         Throttle { period, last_line: None, pending: 0 }
     }
 
     /// Counts one event; the count to log if a line is due now.
-    fn record(&mut self, now: Instant) -> Option<u64> {
+    pub(crate) fn record(&mut self, now: Instant) -> Option<u64> {
         self.pending += 1;
         self.flush(now)
     }
 
     /// When the events counted since the last line must be written, if any are.
-    fn due(&self) -> Option<Instant> {
+    pub(crate) fn due(&self) -> Option<Instant> {
         // The first event is written at once, so a pending count always follows a line.
         self.last_line.filter(|_| self.pending > 0).map(|t| t + self.period)
     }
 
     /// The count to log if a line is due at `now` (then counting starts again).
-    fn flush(&mut self, now: Instant) -> Option<u64> {
+    pub(crate) fn flush(&mut self, now: Instant) -> Option<u64> {
         let due = self.last_line.is_none_or(|t| now >= t + self.period);
         if self.pending == 0 || !due {
             return None;
@@ -268,7 +268,7 @@ impl Throttle {
     }
 
     /// The count not yet logged, whether a line is due or not.
-    fn flush_all(&mut self, now: Instant) -> Option<u64> {
+    pub(crate) fn flush_all(&mut self, now: Instant) -> Option<u64> {
         if self.pending == 0 {
             return None;
         }
