@@ -32,7 +32,7 @@ pub const MAX_CONNECTIONS: usize = 64;
 /// request's head: a client that sends nothing, or dribbles its headers, is closed then. It is
 /// also the keep-alive idle time. (The body and the handler have the request's own deadline.)
 pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
-/// At most one warning about refused connections per this period.
+/// At most one warning of each kind (connections refused, accept failures) per this period.
 pub const WARN_EVERY: Duration = Duration::from_secs(10);
 /// How long shutdown waits for requests in flight.
 const DRAIN_LIMIT: Duration = Duration::from_secs(5);
