@@ -10,6 +10,7 @@ use std::fmt::Write;
 
 use super::plot::{self, AccountChart};
 use super::report::{AccountSummary, Report};
+use super::text::thousands;
 
 /// Text for HTML element content and attribute values.
 pub fn escape(text: &str) -> String {
@@ -40,19 +41,6 @@ tr.restricted td{background:#fdecea}.over{color:#b00020;font-weight:bold}\n\
 figure{margin:1em 0}figure svg{max-width:100%;height:auto;border:1px solid #eee}\n\
 figcaption{font-size:.85em;color:#555}.none{color:#777;font-style:italic}\n\
 </style></head><body>\n";
-
-/// `1234567` → `1,234,567`.
-fn thousands(n: u64) -> String {
-    let digits = n.to_string();
-    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
 
 /// A peak against its limit: `12 / 10 (120%)`, over the limit highlighted.
 fn share(peak: u32, limit: u32, percent: Option<u32>) -> String {
