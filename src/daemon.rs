@@ -19,7 +19,7 @@ use crate::metrics::Metrics;
 use crate::milter::connection::Timeouts;
 use crate::milter::server::{self, Listener, ServerSettings};
 use crate::notify::NotifierHandle;
-use crate::policy::clock::EngineClock;
+use crate::policy::clock::{EngineClock, steady};
 use crate::policy::engine::Engine;
 use crate::policy::events::{Event, EventSink};
 use crate::policy::restriction::{RestrictionStore, StoreError};
@@ -30,6 +30,8 @@ use crate::state::snapshot;
 const EVENT_QUEUE: usize = 10_000;
 /// How often idle account records are dropped.
 const EVICT_EVERY: Duration = Duration::from_secs(600);
+/// How often the engine's time is checked against the system clock.
+const CLOCK_FOLLOW_EVERY: Duration = Duration::from_secs(1);
 /// How long a starting node in cluster mode waits for its first connection to Redis.
 const CLUSTER_START_WAIT: Duration = Duration::from_secs(3);
 /// The counters snapshot inside `state.dir`.
@@ -293,6 +295,7 @@ pub async fn run(
             }
         }
     });
+    let clock_follower = follow_clock_steps(&services.engine);
     let delivery = config.delivery.postfix_log.clone().and_then(|log| {
         info!(file = %log.display(), "following the Postfix log for delivery outcomes");
         crate::delivery::spawn(services.engine.clone(), log, shutdown.clone())
@@ -335,6 +338,9 @@ pub async fn run(
     }
     let _ = shutdown.wait_for(|s| *s).await;
     evictor.abort();
+    if let Some(task) = clock_follower {
+        task.abort();
+    }
     if let Some(task) = delivery {
         task.abort();
     }
@@ -363,6 +369,36 @@ pub async fn run(
 }
 
 /// Until the notifier exists: every event goes to the log.
+/// Keeps the engine's time on a stepped system clock, gradually (`policy::clock::steady`),
+/// and says so in the log and the `clock_behind_seconds` gauge. Only for the system clock, and
+/// only once per process.
+fn follow_clock_steps(engine: &Arc<Engine>) -> Option<tokio::task::JoinHandle<()>> {
+    if !matches!(engine.clock(), EngineClock::System) {
+        return None;
+    }
+    let mut follower = steady::Follower::start()?;
+    let metrics = engine.metrics().clone();
+    Some(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(CLOCK_FOLLOW_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let t = follower.tick();
+            metrics.clock_behind_seconds.set(t.behind_nanos / 1_000_000_000);
+            if let Some(step) = t.stepped_nanos {
+                warn!(
+                    step_seconds = step / 1_000_000_000,
+                    behind_seconds = t.behind_nanos / 1_000_000_000,
+                    "the system clock was stepped; the filter's time follows it at a tenth of real speed, so that no restriction ends early and none is held long"
+                );
+            }
+            if t.caught_up {
+                info!("the filter's time has caught up with the system clock");
+            }
+        }
+    }))
+}
+
 async fn log_events(mut events: mpsc::Receiver<Event>) {
     while let Some(e) = events.recv().await {
         info!(event = e.kind.name(), account = %e.account, policy = %e.policy, "{}", e.reason);

@@ -60,6 +60,8 @@ pub struct Metrics {
     notifications: Family<Labels, Counter>,
     pub restrictions_active: Gauge,
     pub tracked_accounts: Gauge,
+    /// The system clock minus the filter's time, while the filter follows a clock step.
+    pub clock_behind_seconds: Gauge,
     pub milter_connections_open: Gauge,
     pub milter_connections: Counter,
     pub milter_connection_errors: Counter,
@@ -136,6 +138,12 @@ impl Metrics {
         registry.register("restrictions_active", "Restrictions in force", restrictions_active.clone());
         let tracked_accounts = Gauge::default();
         registry.register("tracked_accounts", "Accounts with live counters in memory", tracked_accounts.clone());
+        let clock_behind_seconds = Gauge::default();
+        registry.register(
+            "clock_behind_seconds",
+            "The system clock minus the filter's time: non-zero while a clock step is followed gradually",
+            clock_behind_seconds.clone(),
+        );
         let milter_connections_open = Gauge::default();
         registry.register("milter_connections_open", "Milter connections open now", milter_connections_open.clone());
         let milter_connections = Counter::default();
@@ -251,6 +259,7 @@ impl Metrics {
             notifications,
             restrictions_active,
             tracked_accounts,
+            clock_behind_seconds,
             milter_connections_open,
             milter_connections,
             milter_connection_errors,

@@ -10,8 +10,8 @@
 //! `now.duration_since(start)`, so every stored state is an absolute epoch timestamp.
 //!
 //! Wall time rather than a monotonic clock, because restrictions end at wall-clock instants
-//! (00:00 UTC) and counters survive restarts; an NTP step shifts the rolling windows by the same
-//! step, which is harmless at these time scales.
+//! (00:00 UTC) and counters survive restarts; but wall time that does not jump when the system
+//! clock is stepped: [`steady`] follows a step gradually.
 
 use std::ops::Add;
 use std::sync::Arc;
@@ -20,6 +20,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use governor::clock::{Clock, Reference};
 use governor::nanos::Nanos;
+
+pub mod steady;
 
 /// An instant of wall time, in nanoseconds since the Unix epoch: the engine's one type for
 /// time. Seconds (restrictions), hour and day numbers (notices, the day's grace) and governor's
@@ -93,7 +95,7 @@ impl Reference for Timestamp {
 /// The time source of the engine.
 #[derive(Debug, Clone)]
 pub enum EngineClock {
-    /// The system's wall clock.
+    /// The system's wall clock, followed gradually when it is stepped ([`steady`]).
     System,
     /// A clock that moves only when told to (tests).
     Manual(Arc<AtomicU64>),
@@ -123,7 +125,7 @@ impl EngineClock {
     /// The time now.
     pub fn now(&self) -> Timestamp {
         Timestamp(match self {
-            EngineClock::System => coarse_now_nanos(),
+            EngineClock::System => steady::now_nanos(),
             EngineClock::Manual(n) => n.load(Ordering::SeqCst),
         })
     }
@@ -140,33 +142,6 @@ impl Clock for At {
     }
 }
 
-/// The wall clock at the kernel's tick resolution (a few milliseconds), which is fine for
-/// limits counted per hour and day.
-///
-/// Why not `SystemTime::now`: a recipient reads the clock three times (the engine once,
-/// governor once per limit), and the precise clock's read costs more than the coarse one's,
-/// which is a plain read of a value the kernel keeps current.
-#[cfg(target_os = "linux")]
-fn coarse_now_nanos() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: `ts` is a valid, writable timespec; CLOCK_REALTIME_COARSE exists since Linux 2.6.32
-    // and a failure is handled below.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_REALTIME_COARSE, &mut ts) };
-    if rc != 0 || ts.tv_sec < 0 {
-        return precise_now_nanos();
-    }
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
-#[cfg(not(target_os = "linux"))]
-fn coarse_now_nanos() -> u64 {
-    precise_now_nanos()
-}
-
-fn precise_now_nanos() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos() as u64
-}
-
 /// UTC, RFC 3339, whole seconds: how a time is shown in the API, the notices and the log.
 pub fn rfc3339(t: time::OffsetDateTime) -> String {
     let t = t.to_offset(time::UtcOffset::UTC).replace_nanosecond(0).unwrap_or(t);
@@ -180,7 +155,7 @@ mod tests {
     #[test]
     fn the_system_clock_is_the_wall_clock() {
         let coarse = EngineClock::System.now().nanos();
-        let precise = precise_now_nanos();
+        let precise = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64;
         // The coarse clock lags the precise one by at most the kernel's tick (a few ms).
         assert!(coarse.abs_diff(precise) < 100_000_000, "{coarse} vs {precise}");
     }
