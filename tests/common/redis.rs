@@ -73,6 +73,17 @@ impl RedisServer {
         let _ = self.child.wait();
     }
 
+    /// Freezes the server (SIGSTOP): connections stay open, nothing is answered — a Redis
+    /// swapping or stuck, rather than gone.
+    pub fn freeze(&self) {
+        send_signal(self.child.id(), "STOP");
+    }
+
+    /// Lets a frozen server go on (SIGCONT).
+    pub fn thaw(&self) {
+        send_signal(self.child.id(), "CONT");
+    }
+
     /// Starts it again, empty, on the same port (after [`RedisServer::kill`]).
     pub fn restart(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(10);
