@@ -130,6 +130,7 @@ pub async fn run<P: Policy>(
     let mut refusals = Throttle::new(WARN_PERIOD);
     let mut accept_failures = Throttle::new(WARN_PERIOD);
     let mut last_accept_error = String::new();
+    let ended = Arc::new(std::sync::Mutex::new(EndedWithErrors::default()));
     let warn_refused = |n: u64| {
         warn!(
             refused = n,
@@ -151,7 +152,7 @@ pub async fn run<P: Policy>(
         if *shutdown.borrow() {
             break;
         }
-        let report_at = earliest(refusals.due(), accept_failures.due());
+        let report_at = earliest(earliest(refusals.due(), accept_failures.due()), lock(&ended).due());
         let accepted = tokio::select! {
             r = accept(&listener) => r,
             _ = shutdown.wait_for(|stop| *stop) => break,
@@ -163,6 +164,7 @@ pub async fn run<P: Policy>(
                 if let Some(n) = accept_failures.flush(now) {
                     warn_accept_failed(n, &last_accept_error, backoff);
                 }
+                lock(&ended).flush(now, false);
                 continue;
             }
         };
@@ -200,13 +202,15 @@ pub async fn run<P: Policy>(
         let metrics = settings.metrics.clone();
         metrics.milter_connections.inc();
         metrics.milter_connections_open.inc();
+        let ended = ended.clone();
         tasks.spawn(async move {
-            let ok = match stream {
+            let outcome = match stream {
                 Accepted::Tcp(s) => serve_logged(s, session, timeouts, shutdown, id, &peer).await,
                 Accepted::Unix(s) => serve_logged(s, session, timeouts, shutdown, id, &peer).await,
             };
-            if !ok {
+            if let Err(e) = outcome {
                 metrics.milter_connection_errors.inc();
+                lock(&ended).record(Instant::now(), id, &peer, e);
             }
             metrics.milter_connections_open.dec();
             drop(permit);
@@ -230,6 +234,8 @@ pub async fn run<P: Policy>(
         warn!(connections = tasks.len(), "connections still busy after {DRAIN_LIMIT:?}; closing them");
         tasks.shutdown().await;
     }
+    // Whatever was counted since the last line, including while draining, is not lost.
+    lock(&ended).flush(Instant::now(), true);
 }
 
 /// Counts a repeated event and says when a log line for it is due: the first at once, then at
@@ -310,6 +316,7 @@ async fn accept(listener: &Listener) -> io::Result<(Accepted, String)> {
     }
 }
 
+/// Serves one connection; its error, if it ended with one (logged by the caller, throttled).
 async fn serve_logged<T: Transport, P: Policy>(
     stream: T,
     session: Session<P>,
@@ -317,18 +324,72 @@ async fn serve_logged<T: Transport, P: Policy>(
     shutdown: watch::Receiver<bool>,
     id: u64,
     peer: &str,
-) -> bool {
+) -> Result<(), String> {
     debug!(conn = id, peer, "milter connection opened");
     match connection::serve(stream, session, timeouts, shutdown).await {
         Ok(()) => {
             debug!(conn = id, peer, "milter connection closed");
-            true
+            Ok(())
         }
         Err(e) => {
-            warn!(conn = id, peer, "milter connection ended: {e}");
-            false
+            debug!(conn = id, peer, "milter connection ended: {e}");
+            Err(e.to_string())
         }
     }
+}
+
+/// The warnings for connections that ended with an error (bad input, a vanished peer): the
+/// first at once with its detail, then at most one per [`WARN_PERIOD`] with the count since
+/// and the last one's detail — a flood of garbage connections writes a line every 10 s, not
+/// one per connection. Each connection's own line stays at debug level.
+struct EndedWithErrors {
+    throttle: Throttle,
+    /// The last error not yet written: connection id, peer, error.
+    last: Option<(u64, String, String)>,
+}
+
+impl Default for EndedWithErrors {
+    fn default() -> Self {
+        EndedWithErrors { throttle: Throttle::new(WARN_PERIOD), last: None }
+    }
+}
+
+impl EndedWithErrors {
+    fn record(&mut self, now: Instant, id: u64, peer: &str, error: String) {
+        self.last = Some((id, peer.to_owned(), error));
+        if let Some(n) = self.throttle.record(now) {
+            self.write(n);
+        }
+    }
+
+    fn due(&self) -> Option<Instant> {
+        self.throttle.due()
+    }
+
+    /// Writes what was counted if a line is due (or whatever is left, at `shutdown`).
+    fn flush(&mut self, now: Instant, shutdown: bool) {
+        let n = if shutdown { self.throttle.flush_all(now) } else { self.throttle.flush(now) };
+        if let Some(n) = n {
+            self.write(n);
+        }
+    }
+
+    fn write(&mut self, n: u64) {
+        let Some((id, peer, error)) = self.last.take() else { return };
+        if n == 1 {
+            warn!(conn = id, peer, "milter connection ended: {error}");
+        } else {
+            warn!(
+                connections = n,
+                "{n} milter connections ended with an error since the last such line; the last (conn {id}, {peer}): {error}"
+            );
+        }
+    }
+}
+
+/// The lock of the connection-error lines; a panic while holding it only loses a count.
+fn lock(m: &std::sync::Mutex<EndedWithErrors>) -> std::sync::MutexGuard<'_, EndedWithErrors> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[cfg(test)]
