@@ -7,9 +7,7 @@ use redis::Script;
 
 /// Adds a message's recipients: for each (field, n, interval) in ARGV after `now`,
 /// `tat = max(tat, now) + n·interval`; the hash expires when every limit is replenished.
-pub static COMMIT: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
+const COMMIT_LUA: &str = r"
 local now = tonumber(ARGV[1])
 local fields = {'e', 'i', 'd'}
 local tats = redis.call('HMGET', KEYS[1], 'e', 'i', 'd')
@@ -33,15 +31,13 @@ for k = 1, 3 do
 end
 redis.call('PEXPIRE', KEYS[1], math.floor((horizon - now) / 1000) + 1000)
 return 1
-",
-    )
-});
+";
+
+pub static COMMIT: LazyLock<Script> = LazyLock::new(|| Script::new(COMMIT_LUA));
 
 /// Raises TATs to at least the given values (field, tat pairs after `now`): what a node pushes
 /// after being apart.
-pub static RAISE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
+const RAISE_LUA: &str = r"
 local now = tonumber(ARGV[1])
 for i = 2, #ARGV, 2 do
   local cur = tonumber(redis.call('HGET', KEYS[1], ARGV[i]) or '0')
@@ -55,16 +51,14 @@ for _, v in ipairs(redis.call('HVALS', KEYS[1])) do
 end
 redis.call('PEXPIRE', KEYS[1], math.floor((horizon - now) / 1000) + 1000)
 return 1
-",
-    )
-});
+";
+
+pub static RAISE: LazyLock<Script> = LazyLock::new(|| Script::new(RAISE_LUA));
 
 /// Stores an event if it is newer than the one stored (later `at`, or equal `at` and greater
 /// node), then publishes it. ARGV: at, node, data, channel, ttl in ms (0 = keep). Returns 1
 /// when stored, 0 when an event at least as new was there.
-pub static PUBLISH: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
+const PUBLISH_LUA: &str = r"
 local at = tonumber(redis.call('HGET', KEYS[1], 'at') or '-1')
 local node = redis.call('HGET', KEYS[1], 'node') or ''
 local new_at = tonumber(ARGV[1])
@@ -75,9 +69,12 @@ if new_at > at or (new_at == at and ARGV[2] > node) then
   return 1
 end
 return 0
-",
-    )
-});
+";
+
+pub static PUBLISH: LazyLock<Script> = LazyLock::new(|| Script::new(PUBLISH_LUA));
+
+/// Every script's source, to load on one node of a cluster (`SCRIPT LOAD`).
+pub const SOURCES: [&str; 3] = [COMMIT_LUA, RAISE_LUA, PUBLISH_LUA];
 
 /// Every script, to load after connecting.
 pub fn all() -> [&'static Script; 3] {

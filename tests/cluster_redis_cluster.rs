@@ -1,0 +1,213 @@
+//! Cluster mode on a real Redis Cluster (3 masters, 3 replicas, all `redis-server` processes
+//! on 127.0.0.1 started by the test): two `outbound-guard` processes with
+//! `redis_url = "redis+cluster://…"`. Quota spent on one node counts on the other; a
+//! restriction on one refuses on the other within 1 s; a release on one holds on the other for
+//! the very next transaction; a master killed during load — both nodes keep deciding, and once
+//! its replica took over they reconcile: no acknowledged restriction is lost.
+#![cfg(feature = "real-peers")]
+
+mod common;
+
+use std::time::Duration;
+
+use common::binary::GuardProcess;
+use common::mta::{runtime, send};
+use common::redis::{RedisCluster, wait_until};
+
+/// External recipients per hour; `block` keeps a restriction until it is released.
+const LIMIT: usize = 4;
+
+fn node_config(name: &str, redis_url: &str) -> String {
+    format!(
+        "[organization]\nlocal_domains = [\"example.com\"]\n\
+         [state]\nbackend = \"redis\"\nredis_url = \"{redis_url}\"\n\
+         [notify]\nnode_name = \"{name}\"\n\
+         [policy.default]\nrecipient_limit_external_per_hour = {LIMIT}\naction_when_threshold_reached = \"block\"\n"
+    )
+}
+
+fn two_nodes(cluster: &RedisCluster) -> (GuardProcess, GuardProcess) {
+    let a = GuardProcess::start("", &node_config("node-a", &cluster.url()));
+    let b = GuardProcess::start("", &node_config("node-b", &cluster.url()));
+    (a, b)
+}
+
+/// Accounts `g` holds restricted now.
+fn restricted_on(g: &GuardProcess) -> Vec<String> {
+    let out = g.cli(&["restricted", "list", "--json"]);
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    list["restricted"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|r| r["account"].as_str().map(str::to_owned)).collect())
+        .unwrap_or_default()
+}
+
+/// The restriction reaches `g` within 1 s, and `g` then refuses the account at MAIL FROM.
+fn refuses_within_a_second(g: &GuardProcess, account: &str) {
+    assert!(
+        wait_until(Duration::from_secs(1), || restricted_on(g).contains(&account.to_owned())),
+        "{account}: the restriction did not reach the node within 1 s"
+    );
+    assert_eq!(runtime().block_on(send(g.milter_port, account, 1)), b"y", "{account} not refused");
+}
+
+fn exists(cluster: &RedisCluster, key: &str) -> bool {
+    ::redis::cmd("EXISTS").arg(key).query::<i64>(&mut cluster.connection()).unwrap_or(0) == 1
+}
+
+fn members_of_the_index(cluster: &RedisCluster) -> Vec<String> {
+    ::redis::cmd("SMEMBERS").arg("og:accounts").query(&mut cluster.connection()).unwrap_or_default()
+}
+
+#[test]
+fn quota_spent_on_one_node_counts_on_the_other_over_a_cluster() {
+    let cluster = RedisCluster::start();
+    let (a, b) = two_nodes(&cluster);
+    let rt = runtime();
+    // Accounts whose keys fall on different masters: every commit pipeline is split by slot.
+    for i in 0..6 {
+        let account = format!("alice{i}@example.com");
+        assert_eq!(rt.block_on(send(a.milter_port, &account, 3)), b"cccc");
+        assert!(wait_until(Duration::from_secs(5), || exists(&cluster, &format!("og:{{{account}}}:tat"))));
+        assert_eq!(rt.block_on(send(b.milter_port, &account, 2)), b"ccy", "{account}");
+        refuses_within_a_second(&a, &account);
+    }
+    let (status, log) = a.terminate();
+    assert!(status.success());
+    assert!(log.contains("redis reachable"), "{log}");
+}
+
+#[test]
+fn a_restriction_on_one_node_refuses_on_the_other_within_a_second_over_a_cluster() {
+    let cluster = RedisCluster::start();
+    let (a, b) = two_nodes(&cluster);
+    let rt = runtime();
+    assert_eq!(rt.block_on(send(a.milter_port, "bob@example.com", LIMIT + 1)), b"cccccy");
+    refuses_within_a_second(&b, "bob@example.com");
+    // A manual restriction on B holds on A for the next transaction.
+    assert!(b.cli(&["restricted", "add", "dora@example.com", "--reason", "phished"]).status.success());
+    assert_eq!(rt.block_on(send(a.milter_port, "dora@example.com", 1)), b"y");
+    // The events and the index of accounts are in the cluster.
+    assert!(exists(&cluster, "og:{dora@example.com}:ev"));
+    let index = members_of_the_index(&cluster);
+    assert!(index.contains(&"bob@example.com".to_owned()) && index.contains(&"dora@example.com".to_owned()));
+}
+
+#[test]
+fn a_release_on_one_node_holds_on_the_other_for_the_very_next_transaction_over_a_cluster() {
+    let cluster = RedisCluster::start();
+    let (a, b) = two_nodes(&cluster);
+    let rt = runtime();
+    for round in 0..3 {
+        let account = format!("carol{round}@example.com");
+        assert_eq!(rt.block_on(send(a.milter_port, &account, LIMIT + 1)), b"cccccy");
+        refuses_within_a_second(&b, &account);
+        let release = b.cli(&["restricted", "release", &account, "--reason", "password changed"]);
+        assert!(release.status.success(), "{}", String::from_utf8_lossy(&release.stderr));
+        // No wait: the very next transaction on A.
+        assert_eq!(rt.block_on(send(a.milter_port, &account, 1)), b"cc", "release of {account} not in force on A");
+    }
+    assert!(restricted_on(&a).is_empty());
+}
+
+/// Load on both nodes, one master killed: both keep deciding (every account restricted by its
+/// 5th recipient), and after the failover every restriction is on both nodes and in Redis.
+#[test]
+fn a_master_killed_mid_load_fails_over_and_the_nodes_reconcile() {
+    let mut cluster = RedisCluster::start();
+    let (a, b) = two_nodes(&cluster);
+    let rt = runtime();
+    assert_eq!(rt.block_on(send(a.milter_port, "erin@example.com", LIMIT + 1)), b"cccccy");
+    refuses_within_a_second(&b, "erin@example.com");
+
+    let (pa, pb) = (a.milter_port, b.milter_port);
+    let (started_tx, started_rx) = std::sync::mpsc::channel();
+    let load = std::thread::spawn(move || {
+        let rt = runtime();
+        let mut acknowledged = Vec::new();
+        for i in 0..60 {
+            let account = format!("load{i}@example.com");
+            let port = if i % 2 == 0 { pa } else { pb };
+            let codes = rt.block_on(send(port, &account, LIMIT + 1));
+            assert!(codes.iter().all(|c| b"cy".contains(c)), "{account}: {codes:?}");
+            if codes.last() == Some(&b'y') {
+                acknowledged.push(account);
+            }
+            if i == 10 {
+                let _ = started_tx.send(());
+            }
+        }
+        acknowledged
+    });
+    started_rx.recv_timeout(Duration::from_secs(30)).expect("load under way");
+    let master = cluster.a_master();
+    cluster.nodes[master].kill();
+    let acknowledged = load.join().expect("load thread");
+    assert_eq!(acknowledged.len(), 60, "the nodes kept deciding while a master was down");
+
+    // The replica takes over; the nodes reconcile what was decided meanwhile.
+    assert!(cluster.wait_ok(Duration::from_secs(30)), "no failover");
+    let all: Vec<String> = acknowledged.iter().cloned().chain(["erin@example.com".to_owned()]).collect();
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            let (on_a, on_b) = (restricted_on(&a), restricted_on(&b));
+            let index = members_of_the_index(&cluster);
+            all.iter().all(|x| on_a.contains(x) && on_b.contains(x) && index.contains(x))
+        }),
+        "restrictions made while a master was down were not reconciled:\nA {:?}\nB {:?}\nredis {:?}",
+        restricted_on(&a),
+        restricted_on(&b),
+        members_of_the_index(&cluster)
+    );
+    // And the link serves as before: a new restriction is shared within 1 s.
+    assert_eq!(rt.block_on(send(b.milter_port, "gina@example.com", LIMIT + 1)), b"cccccy");
+    refuses_within_a_second(&a, "gina@example.com");
+    // The killed node comes back as a replica; the cluster stays whole.
+    cluster.nodes[master].restart();
+    assert!(cluster.wait_ok(Duration::from_secs(30)), "the old master did not rejoin");
+}
+
+/// Slots move from one master to another while both nodes send: every message is decided, and
+/// the shared counters and restrictions keep working after the move (the client follows MOVED
+/// and ASK).
+#[test]
+fn a_reshard_during_load_keeps_the_counters_shared() {
+    let cluster = RedisCluster::start();
+    let (a, b) = two_nodes(&cluster);
+    let (pa, pb) = (a.milter_port, b.milter_port);
+    let load = std::thread::spawn(move || {
+        let rt = runtime();
+        for i in 0..60 {
+            let account = format!("move{i}@example.com");
+            let port = if i % 2 == 0 { pa } else { pb };
+            let codes = rt.block_on(send(port, &account, LIMIT + 1));
+            assert_eq!(codes, b"cccccy", "{account}");
+        }
+    });
+    let from = cluster.a_master();
+    let to = (0..cluster.nodes.len())
+        .find(|&i| {
+            i != from && common::redis::query_text(&cluster.nodes[i], &["INFO", "replication"]).contains("role:master")
+        })
+        .expect("a second master");
+    let out = cluster.reshard(from, to, 1000);
+    assert!(out.status.success(), "reshard: {}", String::from_utf8_lossy(&out.stdout));
+    load.join().expect("load thread");
+    assert!(cluster.wait_ok(Duration::from_secs(30)));
+    // After the move: quota spent on A counts on B for accounts all over the slots.
+    let rt = runtime();
+    for i in 0..6 {
+        let account = format!("after{i}@example.com");
+        assert_eq!(rt.block_on(send(a.milter_port, &account, 3)), b"cccc");
+        assert!(wait_until(Duration::from_secs(5), || exists(&cluster, &format!("og:{{{account}}}:tat"))));
+        assert_eq!(rt.block_on(send(b.milter_port, &account, 2)), b"ccy", "{account}");
+    }
+    // Restrictions made during the move are on both nodes.
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            let (on_a, on_b) = (restricted_on(&a), restricted_on(&b));
+            (0..60).map(|i| format!("move{i}@example.com")).all(|x| on_a.contains(&x) && on_b.contains(&x))
+        }),
+        "restrictions made during the reshard are missing on a node"
+    );
+}
