@@ -8,6 +8,9 @@
 
 mod common;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use common::binary::GuardProcess;
@@ -53,6 +56,26 @@ fn refuses_within_a_second(g: &GuardProcess, account: &str) {
 
 fn exists(cluster: &RedisCluster, key: &str) -> bool {
     ::redis::cmd("EXISTS").arg(key).query::<i64>(&mut cluster.connection()).unwrap_or(0) == 1
+}
+
+/// Sends messages of `LIMIT + 1` recipients, a new account each (`{prefix}{i}@example.com`),
+/// alternately to the two nodes, until `stop` (and at least `at_least`); every message must be
+/// decided (each account restricted by its last recipient). Returns the accounts.
+fn load(ports: (u16, u16), prefix: &'static str, at_least: usize, stop: Arc<AtomicBool>) -> JoinHandle<Vec<String>> {
+    std::thread::spawn(move || {
+        let rt = runtime();
+        let mut accounts = Vec::new();
+        for i in 0.. {
+            if i >= at_least && stop.load(Ordering::Acquire) {
+                break;
+            }
+            let account = format!("{prefix}{i}@example.com");
+            let port = if i % 2 == 0 { ports.0 } else { ports.1 };
+            assert_eq!(rt.block_on(send(port, &account, LIMIT + 1)), b"cccccy", "{account}");
+            accounts.push(account);
+        }
+        accounts
+    })
 }
 
 fn members_of_the_index(cluster: &RedisCluster) -> Vec<String> {
@@ -120,33 +143,20 @@ fn a_master_killed_mid_load_fails_over_and_the_nodes_reconcile() {
     assert_eq!(rt.block_on(send(a.milter_port, "erin@example.com", LIMIT + 1)), b"cccccy");
     refuses_within_a_second(&b, "erin@example.com");
 
-    let (pa, pb) = (a.milter_port, b.milter_port);
-    let (started_tx, started_rx) = std::sync::mpsc::channel();
-    let load = std::thread::spawn(move || {
-        let rt = runtime();
-        let mut acknowledged = Vec::new();
-        for i in 0..60 {
-            let account = format!("load{i}@example.com");
-            let port = if i % 2 == 0 { pa } else { pb };
-            let codes = rt.block_on(send(port, &account, LIMIT + 1));
-            assert!(codes.iter().all(|c| b"cy".contains(c)), "{account}: {codes:?}");
-            if codes.last() == Some(&b'y') {
-                acknowledged.push(account);
-            }
-            if i == 10 {
-                let _ = started_tx.send(());
-            }
-        }
-        acknowledged
-    });
-    started_rx.recv_timeout(Duration::from_secs(30)).expect("load under way");
+    // Load from before the kill until the replica took over: every message is decided.
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = load((a.milter_port, b.milter_port), "load", 10, stop.clone());
+    assert!(wait_until(Duration::from_secs(10), || exists(&cluster, "og:{load3@example.com}:ev")), "load under way");
     let master = cluster.a_master();
     cluster.nodes[master].kill();
-    let acknowledged = load.join().expect("load thread");
-    assert_eq!(acknowledged.len(), 60, "the nodes kept deciding while a master was down");
-
-    // The replica takes over; the nodes reconcile what was decided meanwhile.
     assert!(cluster.wait_ok(Duration::from_secs(30)), "no failover");
+    stop.store(true, Ordering::Release);
+    let acknowledged = load.join().expect("load thread: a message was not decided while a master was down");
+
+    // The nodes noticed and reconcile what was decided meanwhile.
+    let noticed =
+        |g: &GuardProcess| g.log().contains("redis unreachable") || g.log().contains("redis writes had failed");
+    assert!(noticed(&a) && noticed(&b), "the loss of a master went unnoticed:\n{}\n{}", a.log(), b.log());
     let all: Vec<String> = acknowledged.iter().cloned().chain(["erin@example.com".to_owned()]).collect();
     assert!(
         wait_until(Duration::from_secs(20), || {
@@ -174,16 +184,8 @@ fn a_master_killed_mid_load_fails_over_and_the_nodes_reconcile() {
 fn a_reshard_during_load_keeps_the_counters_shared() {
     let cluster = RedisCluster::start();
     let (a, b) = two_nodes(&cluster);
-    let (pa, pb) = (a.milter_port, b.milter_port);
-    let load = std::thread::spawn(move || {
-        let rt = runtime();
-        for i in 0..60 {
-            let account = format!("move{i}@example.com");
-            let port = if i % 2 == 0 { pa } else { pb };
-            let codes = rt.block_on(send(port, &account, LIMIT + 1));
-            assert_eq!(codes, b"cccccy", "{account}");
-        }
-    });
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = load((a.milter_port, b.milter_port), "move", 10, stop.clone());
     let from = cluster.a_master();
     let to = (0..cluster.nodes.len())
         .find(|&i| {
@@ -192,7 +194,8 @@ fn a_reshard_during_load_keeps_the_counters_shared() {
         .expect("a second master");
     let out = cluster.reshard(from, to, 1000);
     assert!(out.status.success(), "reshard: {}", String::from_utf8_lossy(&out.stdout));
-    load.join().expect("load thread");
+    stop.store(true, Ordering::Release);
+    let moved = load.join().expect("load thread: a message was not decided during the reshard");
     assert!(cluster.wait_ok(Duration::from_secs(30)));
     // After the move: quota spent on A counts on B for accounts all over the slots.
     let rt = runtime();
@@ -206,7 +209,7 @@ fn a_reshard_during_load_keeps_the_counters_shared() {
     assert!(
         wait_until(Duration::from_secs(20), || {
             let (on_a, on_b) = (restricted_on(&a), restricted_on(&b));
-            (0..60).map(|i| format!("move{i}@example.com")).all(|x| on_a.contains(&x) && on_b.contains(&x))
+            moved.iter().all(|x| on_a.contains(x) && on_b.contains(x))
         }),
         "restrictions made during the reshard are missing on a node"
     );

@@ -56,13 +56,18 @@ return 1
 pub static RAISE: LazyLock<Script> = LazyLock::new(|| Script::new(RAISE_LUA));
 
 /// Stores an event if it is newer than the one stored (later `at`, or equal `at` and greater
-/// node), then publishes it. ARGV: at, node, data, channel, ttl in ms (0 = keep). Returns 1
-/// when stored, 0 when an event at least as new was there.
+/// node), then publishes it. The same event (equal stamp) is published again: a node pushes
+/// an event Redis already has only when reconciliation did not find it, i.e. when the index
+/// entry was lost (on a cluster the index and the event are on different shards, and a
+/// failover may lose one write and not the other), and other nodes may not have it either.
+/// `PUBLISH` from a script is allowed on a cluster (a channel is no key) and reaches every node.
+/// ARGV: at, node, data, channel, ttl in ms (0 = keep). Returns 1 when stored (or published
+/// again), 0 when a newer event was there.
 const PUBLISH_LUA: &str = r"
 local at = tonumber(redis.call('HGET', KEYS[1], 'at') or '-1')
 local node = redis.call('HGET', KEYS[1], 'node') or ''
 local new_at = tonumber(ARGV[1])
-if new_at > at or (new_at == at and ARGV[2] > node) then
+if new_at > at or (new_at == at and ARGV[2] >= node) then
   redis.call('HSET', KEYS[1], 'at', ARGV[1], 'node', ARGV[2], 'data', ARGV[3])
   if tonumber(ARGV[5]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[5]) else redis.call('PERSIST', KEYS[1]) end
   redis.call('PUBLISH', ARGV[4], ARGV[3])
