@@ -44,6 +44,9 @@
 //!   touches are in one Redis Cluster slot; `og:accounts` and the channel are single names.
 //!   Redis Sentinel is supported by the URL (`redis+sentinel://`, [`crate::config::RedisUrl`]): the master is
 //!   asked of the sentinels at each (re)connection, so a failover is a reconnection.
+//! - **Redis Cluster** (`redis+cluster://`): the connection is a cluster client ([`conn`]),
+//!   which follows MOVED, ASK and failovers; what is sent for many accounts at once goes as one
+//!   pipeline per slot; the subscription is on one node and renewed with the link ([`link`]).
 //!
 //! Spam windows stay per node (a spam share is a ratio that N nodes each see the same way).
 
