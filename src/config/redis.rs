@@ -14,7 +14,7 @@
 //!   only database 0, so a path other than `/` or `/0` is an error rather than ignored.
 
 use redis::sentinel::SentinelNodeConnectionInfo;
-use redis::{Client, IntoConnectionInfo, RedisResult, TlsMode};
+use redis::{Client, IntoConnectionInfo, TlsMode};
 
 /// The schemes `state.redis_url` accepts.
 const SCHEMES: [&str; 8] = [
@@ -42,6 +42,8 @@ pub enum RedisUrlError {
     Scheme,
     #[error("is not a usable Redis URL: {0}")]
     Unusable(#[from] redis::RedisError),
+    #[error("is not a usable Redis Cluster URL: {0}")]
+    Cluster(String),
 }
 
 impl RedisUrl {
@@ -112,7 +114,7 @@ impl RedisTarget {
     ///
     /// # Errors
     /// When the URL is not one of the forms above.
-    fn parse(url: &str) -> RedisResult<RedisTarget> {
+    fn parse(url: &str) -> Result<RedisTarget, RedisUrlError> {
         let (tls, rest) = if let Some(r) = url.strip_prefix("redis+sentinel://") {
             (false, r)
         } else if let Some(r) = url.strip_prefix("rediss+sentinel://") {
@@ -142,7 +144,7 @@ impl RedisTarget {
         let sentinels: Vec<String> =
             hosts.split(',').filter(|h| !h.is_empty()).map(|h| format!("{scheme}://{h}")).collect();
         if sentinels.is_empty() {
-            return Err(invalid("no sentinel address"));
+            return Err(invalid("no sentinel address").into());
         }
         // The master's settings (user, password, db) in the crate's own URL reading.
         let master_url = match auth {
@@ -159,15 +161,15 @@ impl RedisTarget {
 }
 
 /// `[user:password@]host:port[,host:port…][/[0]]` of a cluster URL.
-fn parse_cluster(tls: bool, rest: &str) -> RedisResult<RedisTarget> {
-    let invalid = |what: String| redis::RedisError::from((redis::ErrorKind::InvalidClientConfig, "cluster URL", what));
+fn parse_cluster(tls: bool, rest: &str) -> Result<RedisTarget, RedisUrlError> {
+    let invalid = RedisUrlError::Cluster;
     let (auth, rest) = match rest.rsplit_once('@') {
         Some((auth, rest)) => (Some(auth), rest),
         None => (None, rest),
     };
     let (hosts, path) = rest.split_once('/').unwrap_or((rest, ""));
     if !matches!(path, "" | "0") {
-        return Err(invalid(format!("a Redis Cluster has only database 0, not /{path}")));
+        return Err(invalid(format!("a cluster has only database 0, not /{path}")));
     }
     let addresses: Vec<String> = hosts.split(',').filter(|h| !h.is_empty()).map(str::to_owned).collect();
     if addresses.is_empty() {
@@ -189,7 +191,7 @@ fn parse_cluster(tls: bool, rest: &str) -> RedisResult<RedisTarget> {
         })
         .collect();
     // The crate's own reading of each seed (and of the set: TLS for all or none).
-    redis::cluster::ClusterClient::new(nodes.iter().map(String::as_str))?;
+    redis::cluster::ClusterClient::new(nodes.iter().map(String::as_str)).map_err(|e| invalid(e.to_string()))?;
     Ok(RedisTarget::Cluster { nodes, addresses })
 }
 
@@ -232,7 +234,10 @@ mod tests {
         assert!(error("redis+cluster://10.0.0.1/").contains("\"10.0.0.1\" is not host:port"));
         assert!(error("redis+cluster://10.0.0.1:7000,10.0.0.2:x/").contains("10.0.0.2:x"));
         assert!(error("redis+cluster://:7000/").contains("is not host:port"));
-        assert!(error("redis+cluster://10.0.0.1:7000/2").contains("only database 0"));
+        assert_eq!(
+            error("redis+cluster://10.0.0.1:7000/2"),
+            "is not a usable Redis Cluster URL: a cluster has only database 0, not /2"
+        );
         assert!(error("redis+clusters://10.0.0.1:7000/").contains("redis+cluster://"));
     }
 }
