@@ -102,25 +102,13 @@ impl Batch {
         self
     }
 
-    /// The commands in `range` as one pipeline.
-    fn pipeline(&self, range: std::ops::Range<usize>) -> Pipeline {
-        let mut pipe = redis::pipe();
-        for (cmd, keep) in &self.cmds[range] {
-            pipe.add_command(cmd.clone());
-            if !keep {
-                pipe.ignore();
-            }
-        }
-        pipe
-    }
-
     /// Sends the batch. When Redis lost the scripts (restarted, flushed, a replica promoted),
     /// they are loaded and what failed is sent once more — over a cluster only the groups that
     /// failed, so that no other group's script runs twice.
-    pub(super) async fn query<T: FromRedisValue>(&self, conn: &mut Conn) -> RedisResult<T> {
+    pub(super) async fn query<T: FromRedisValue>(self, conn: &mut Conn) -> RedisResult<T> {
         match conn {
             Conn::Single(_) => {
-                let pipe = self.pipeline(0..self.cmds.len());
+                let pipe = pipeline(self.cmds);
                 match pipe.query_async(conn).await {
                     Err(e) if no_script(&e) => {
                         conn.load_scripts().await?;
@@ -130,14 +118,16 @@ impl Batch {
                 }
             }
             Conn::Cluster(_) => {
-                let ends = self.groups.iter().skip(1).map(|(start, _)| *start).chain([self.cmds.len()]);
-                let sent = self.groups.iter().zip(ends).map(|((start, key), end)| {
-                    let pipe = self.pipeline(*start..end);
+                let ends: Vec<usize> =
+                    self.groups.iter().skip(1).map(|(start, _)| *start).chain([self.cmds.len()]).collect();
+                let mut cmds = self.cmds.into_iter();
+                let sent = self.groups.into_iter().zip(ends).map(|((start, key), end)| {
+                    let pipe = pipeline(cmds.by_ref().take(end - start));
                     let mut conn = conn.clone();
                     async move {
                         match pipe.query_async::<Vec<Value>>(&mut conn).await {
                             Err(e) if no_script(&e) => {
-                                conn.load_scripts_for(key).await?;
+                                conn.load_scripts_for(&key).await?;
                                 pipe.query_async::<Vec<Value>>(&mut conn).await
                             }
                             other => other,
@@ -149,6 +139,18 @@ impl Batch {
             }
         }
     }
+}
+
+/// Commands as one pipeline.
+fn pipeline(cmds: impl IntoIterator<Item = (Cmd, bool)>) -> Pipeline {
+    let mut pipe = redis::pipe();
+    for (cmd, keep) in cmds {
+        pipe.add_command(cmd);
+        if !keep {
+            pipe.ignore();
+        }
+    }
+    pipe
 }
 
 fn no_script(e: &RedisError) -> bool {
