@@ -133,12 +133,30 @@ fn a_release_on_one_node_holds_on_the_other_for_the_very_next_transaction_over_a
     assert!(restricted_on(&a).is_empty());
 }
 
-/// Load on both nodes, one master killed: both keep deciding (every account restricted by its
-/// 5th recipient), and after the failover every restriction is on both nodes and in Redis.
+/// Subscribers of the events channel on one cluster node.
+fn subscribers(node: &common::redis::RedisServer) -> i64 {
+    let reply: Vec<::redis::Value> =
+        ::redis::cmd("PUBSUB").arg("NUMSUB").arg("og:events").query(&mut node.connection()).unwrap_or_default();
+    match reply.get(1) {
+        Some(::redis::Value::Int(n)) => *n,
+        _ => 0,
+    }
+}
+
+/// Load on both nodes, one master killed — the one both filter nodes subscribed on: both keep
+/// deciding (every account restricted by its 5th recipient), and after the failover every
+/// restriction is on both nodes and in Redis, and the broadcast works again (subscribed anew on
+/// another node).
 #[test]
 fn a_master_killed_mid_load_fails_over_and_the_nodes_reconcile() {
     let mut cluster = RedisCluster::start();
-    let (a, b) = two_nodes(&cluster);
+    let master = cluster.a_master();
+    let a = GuardProcess::start("", &node_config("node-a", &cluster.url_first(master)));
+    let b = GuardProcess::start("", &node_config("node-b", &cluster.url_first(master)));
+    assert!(
+        wait_until(Duration::from_secs(5), || subscribers(&cluster.nodes[master]) == 2),
+        "the filter nodes are not subscribed on the first seed"
+    );
     let rt = runtime();
     assert_eq!(rt.block_on(send(a.milter_port, "erin@example.com", LIMIT + 1)), b"cccccy");
     refuses_within_a_second(&b, "erin@example.com");
@@ -147,7 +165,6 @@ fn a_master_killed_mid_load_fails_over_and_the_nodes_reconcile() {
     let stop = Arc::new(AtomicBool::new(false));
     let load = load((a.milter_port, b.milter_port), "load", 10, stop.clone());
     assert!(wait_until(Duration::from_secs(10), || exists(&cluster, "og:{load3@example.com}:ev")), "load under way");
-    let master = cluster.a_master();
     cluster.nodes[master].kill();
     assert!(cluster.wait_ok(Duration::from_secs(30)), "no failover");
     stop.store(true, Ordering::Release);
@@ -168,6 +185,14 @@ fn a_master_killed_mid_load_fails_over_and_the_nodes_reconcile() {
         restricted_on(&a),
         restricted_on(&b),
         members_of_the_index(&cluster)
+    );
+    // Both subscribed anew, on another node.
+    let others = |i: &usize| *i != master;
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            (0..cluster.nodes.len()).filter(others).map(|i| subscribers(&cluster.nodes[i])).sum::<i64>() == 2
+        }),
+        "the filter nodes did not subscribe again"
     );
     // And the link serves as before: a new restriction is shared within 1 s.
     assert_eq!(rt.block_on(send(b.milter_port, "gina@example.com", LIMIT + 1)), b"cccccy");

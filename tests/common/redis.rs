@@ -201,7 +201,14 @@ impl RedisCluster {
 
     /// `redis+cluster://127.0.0.1:P1,…/` with every node as a seed.
     pub fn url(&self) -> String {
-        let seeds: Vec<String> = self.nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
+        self.url_first(0)
+    }
+
+    /// [`RedisCluster::url`] with node `first` as the first seed: the one a filter node
+    /// subscribes on while it answers.
+    pub fn url_first(&self, first: usize) -> String {
+        let order = std::iter::once(first).chain((0..self.nodes.len()).filter(|&i| i != first));
+        let seeds: Vec<String> = order.map(|i| format!("127.0.0.1:{}", self.nodes[i].port)).collect();
         format!("redis+cluster://{}/", seeds.join(","))
     }
 
