@@ -66,6 +66,15 @@ fn errors_name_file_line_key_and_value_and_exit_2() {
             ":3: state.redis_url = \"http://r:6379\": must be a redis://",
         ),
         (
+            "[state]\nbackend = \"redis\"\nredis_url = \"redis+cluster://r1:7000,r2/\"\n",
+            ":3: state.redis_url = \"redis+cluster://r1:7000,r2/\": is not a usable Redis Cluster URL: \"r2\" is not host:port",
+        ),
+        (
+            "[state]\nbackend = \"redis\"\nredis_url = \"redis+cluster://r1:7000/2\"\n",
+            ":3: state.redis_url = \"redis+cluster://r1:7000/2\": is not a usable Redis Cluster URL: a cluster has only \
+             database 0, not /2",
+        ),
+        (
             "[milter]\nlisten = \"inet:127.0.0.1:7357\"\nlocal_listen = \"inet:127.0.0.1:7357\"\n",
             ":3: milter.local_listen = \"inet:127.0.0.1:7357\": is milter.listen too",
         ),

@@ -44,9 +44,13 @@
 //!   touches are in one Redis Cluster slot; `og:accounts` and the channel are single names.
 //!   Redis Sentinel is supported by the URL (`redis+sentinel://`, [`crate::config::RedisUrl`]): the master is
 //!   asked of the sentinels at each (re)connection, so a failover is a reconnection.
+//! - **Redis Cluster** (`redis+cluster://`): the connection is a cluster client ([`conn`]),
+//!   which follows MOVED, ASK and failovers; what is sent for many accounts at once goes as one
+//!   pipeline per slot; the subscription is on one node and renewed with the link ([`link`]).
 //!
 //! Spam windows stay per node (a spam share is a ratio that N nodes each see the same way).
 
+mod conn;
 pub mod events;
 mod keys;
 mod link;
@@ -119,7 +123,7 @@ pub struct Cluster {
     durable: Arc<DurableRestrictions>,
     engine: OnceLock<Weak<Engine>>,
     up: AtomicBool,
-    conn: ArcSwapOption<redis::aio::MultiplexedConnection>,
+    conn: ArcSwapOption<conn::Conn>,
     /// The newest event this node made or applied, per account.
     known: DashMap<Box<str>, ClusterEvent, ahash::RandomState>,
     to_push: mpsc::UnboundedSender<(u64, ClusterEvent)>,
@@ -128,6 +132,8 @@ pub struct Cluster {
     commits: mpsc::Sender<Commit>,
     /// A request failed: the link checks the connection at once.
     trouble: Notify,
+    /// A write (event or commit) failed: the link reconciles even if the connection stayed.
+    unsent: AtomicBool,
     request_timeout: Duration,
     receivers: Mutex<Option<Receivers>>,
     /// Turns true when the first connection attempt ended (either way).
@@ -165,6 +171,7 @@ impl Cluster {
             pushed: watch::Sender::new(0),
             commits,
             trouble: Notify::new(),
+            unsent: AtomicBool::new(false),
             request_timeout: io_timeout.min(REQUEST_TIMEOUT_CAP),
             receivers: Mutex::new(Some(Receivers { to_push: push_rx, commits: commit_rx })),
             attempted: watch::Sender::new(false),
@@ -220,6 +227,13 @@ impl Cluster {
             }
         };
         let _ = tokio::time::timeout(limit, drained).await;
+    }
+
+    /// A write did not reach Redis: what it carried is in the local view, and the link pushes
+    /// it by reconciling (now if the connection still works, else after reconnecting).
+    fn write_failed(&self) {
+        self.unsent.store(true, Ordering::Release);
+        self.trouble.notify_one();
     }
 
     fn engine(&self) -> Option<Arc<Engine>> {

@@ -161,3 +161,123 @@ pub fn wait_until(limit: Duration, mut condition: impl FnMut() -> bool) -> bool 
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// A Redis Cluster of 3 masters with a replica each, every node a [`RedisServer`] with its own
+/// directory (its `nodes.conf` survives [`RedisServer::kill`] and [`RedisServer::restart`], so
+/// a restarted node rejoins). A short `cluster-node-timeout` makes a failover take seconds.
+pub struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
+}
+
+/// Milliseconds after which a silent node is failing and its replica takes over.
+pub const CLUSTER_NODE_TIMEOUT_MS: u64 = 1000;
+
+impl RedisCluster {
+    /// Starts six nodes and joins them with `redis-cli --cluster create`; returns once every
+    /// node says `cluster_state:ok` and every replica is in sync (at most 30 s).
+    pub fn start() -> RedisCluster {
+        let timeout = CLUSTER_NODE_TIMEOUT_MS.to_string();
+        let nodes: Vec<RedisServer> = (0..6)
+            .map(|_| {
+                // The cluster bus listens on a port of its own, by default port + 10000, which
+                // may be taken or beyond 65535: a free port picked like the other.
+                let bus = super::process::free_port().to_string();
+                RedisServer::start_with(&[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-port",
+                    &bus,
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-node-timeout",
+                    &timeout,
+                    // A replica fails over however long it was apart from its master.
+                    "--cluster-replica-validity-factor",
+                    "0",
+                ])
+            })
+            .collect();
+        let out = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)))
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .output()
+            .expect("run redis-cli (is redis-tools installed?)");
+        assert!(out.status.success(), "redis-cli --cluster create: {}", String::from_utf8_lossy(&out.stdout));
+        let cluster = RedisCluster { nodes };
+        assert!(cluster.wait_ok(Duration::from_secs(30)), "the cluster did not reach cluster_state:ok");
+        cluster
+    }
+
+    /// `redis+cluster://127.0.0.1:P1,…/` with every node as a seed.
+    pub fn url(&self) -> String {
+        self.url_first(0)
+    }
+
+    /// [`RedisCluster::url`] with node `first` as the first seed: the one a filter node
+    /// subscribes on while it answers.
+    pub fn url_first(&self, first: usize) -> String {
+        let order = std::iter::once(first).chain((0..self.nodes.len()).filter(|&i| i != first));
+        let seeds: Vec<String> = order.map(|i| format!("127.0.0.1:{}", self.nodes[i].port)).collect();
+        format!("redis+cluster://{}/", seeds.join(","))
+    }
+
+    /// Waits (at most `limit`) until every running node says `cluster_state:ok`, knows as
+    /// many masters with slots as there are (3) and every replica's link to its master is up.
+    pub fn wait_ok(&self, limit: Duration) -> bool {
+        wait_until(limit, || {
+            self.running().all(|n| {
+                let info = query_text(n, &["CLUSTER", "INFO"]);
+                let replication = query_text(n, &["INFO", "replication"]);
+                info.contains("cluster_state:ok")
+                    && info.contains("cluster_size:3")
+                    && (replication.contains("role:master") || replication.contains("master_link_status:up"))
+            })
+        })
+    }
+
+    /// The nodes that answer.
+    fn running(&self) -> impl Iterator<Item = &RedisServer> {
+        self.nodes.iter().filter(|n| tcp_listening(n.port))
+    }
+
+    /// Index in [`RedisCluster::nodes`] of a running master that holds slots.
+    pub fn a_master(&self) -> usize {
+        self.nodes
+            .iter()
+            .position(|n| tcp_listening(n.port) && query_text(n, &["INFO", "replication"]).contains("role:master"))
+            .expect("a running master")
+    }
+
+    /// A connection to the whole cluster (the client follows MOVED) for the test's own look.
+    pub fn connection(&self) -> ::redis::cluster::ClusterConnection {
+        let seeds: Vec<String> = self.running().map(|n| format!("redis://127.0.0.1:{}/", n.port)).collect();
+        ::redis::cluster::ClusterClient::new(seeds)
+            .expect("cluster client")
+            .get_connection()
+            .expect("connect to the test cluster")
+    }
+
+    /// Moves `slots` slots from one master to another with `redis-cli --cluster reshard`.
+    pub fn reshard(&self, from: usize, to: usize, slots: u32) -> std::process::Output {
+        let id = |i: usize| query_text(&self.nodes[i], &["CLUSTER", "MYID"]);
+        Command::new("redis-cli")
+            .args(["--cluster", "reshard", &format!("127.0.0.1:{}", self.nodes[from].port)])
+            .args(["--cluster-from", id(from).trim(), "--cluster-to", id(to).trim()])
+            .args(["--cluster-slots", &slots.to_string(), "--cluster-yes"])
+            .output()
+            .expect("run redis-cli")
+    }
+}
+
+/// A command's reply to one node as text ("" when it does not answer).
+pub fn query_text(node: &RedisServer, args: &[&str]) -> String {
+    let Ok(client) = ::redis::Client::open(node.url()) else { return String::new() };
+    let Ok(mut conn) = client.get_connection_with_timeout(Duration::from_secs(1)) else { return String::new() };
+    let mut cmd = ::redis::cmd(args[0]);
+    for a in &args[1..] {
+        cmd.arg(*a);
+    }
+    cmd.query::<String>(&mut conn).unwrap_or_default()
+}
