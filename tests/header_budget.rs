@@ -34,8 +34,14 @@ const BIG: usize = MAX_PACKET - 64;
 /// Keeping every header (as the filter did) grew RSS by ~200 MiB here.
 const RSS_GROWTH_MAX: u64 = 48 * 1024 * 1024;
 
-/// Loaded p99 may be this many times the unloaded p99 of the same test.
-const P99_FACTOR: f64 = 5.0;
+/// Loaded p50 and p99 may be this many times the unloaded ones of the same test.
+const FACTOR: f64 = 5.0;
+
+/// The unloaded p99 the factor applies to is at least this. The test's own heavy sender is a
+/// busy thread competing for the CPU with the filter's: on a shared two-core machine one busy
+/// thread alone adds 10–20 ms to the p99 of any thread there. Measured with the fair shares:
+/// loaded p99 2–5 ms; without them (a connection reading a megabyte per turn) 15–22 ms.
+const P99_FLOOR: Duration = Duration::from_millis(2);
 
 fn serial() -> MutexGuard<'static, ()> {
     static LOCK: Mutex<()> = Mutex::new(());
@@ -240,7 +246,7 @@ fn a_connection_pushing_huge_headers_does_not_starve_the_others_on_one_thread() 
     runtime().block_on(async {
         let mut clients = vec![client(addr).await, client(addr).await];
         legit_round(&mut clients, 50).await; // warm-up
-        let (unloaded_p50, unloaded) = percentiles(legit_round(&mut clients, 400).await);
+        let (unloaded_p50, unloaded) = percentiles(legit_round(&mut clients, 1000).await);
 
         // The heavy MTA connection, on a thread of its own as another process would be:
         // messages of 30 headers of 1 MiB until told to stop (at most 1,000 messages).
@@ -275,7 +281,7 @@ fn a_connection_pushing_huge_headers_does_not_starve_the_others_on_one_thread() 
         // The heavy connection is under way (two headers through) before the measurement.
         tokio::time::timeout(Duration::from_secs(30), under_way).await.expect("heavy sender starts").unwrap();
         let before = headers_sent.load(Ordering::Relaxed);
-        let (loaded_p50, loaded) = percentiles(legit_round(&mut clients, 400).await);
+        let (loaded_p50, loaded) = percentiles(legit_round(&mut clients, 1000).await);
         let during = headers_sent.load(Ordering::Relaxed) - before;
         stop.store(true, Ordering::Relaxed);
         heavy.join().expect("the heavy sender stops");
@@ -286,8 +292,13 @@ fn a_connection_pushing_huge_headers_does_not_starve_the_others_on_one_thread() 
         );
         assert!(during >= 10, "the heavy connection made progress during the measurement ({during} headers)");
         assert!(
-            loaded.as_secs_f64() <= P99_FACTOR * unloaded.as_secs_f64(),
-            "p99 under load {loaded:?} is over {P99_FACTOR}x the unloaded {unloaded:?}"
+            loaded_p50.as_secs_f64() <= FACTOR * unloaded_p50.as_secs_f64(),
+            "p50 under load {loaded_p50:?} is over {FACTOR}x the unloaded {unloaded_p50:?}"
+        );
+        let base = unloaded.max(P99_FLOOR);
+        assert!(
+            loaded.as_secs_f64() <= FACTOR * base.as_secs_f64(),
+            "p99 under load {loaded:?} is over {FACTOR}x the unloaded {unloaded:?} (at least {P99_FLOOR:?})"
         );
     });
     let _ = stop_filter.send(());

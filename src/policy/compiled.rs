@@ -64,7 +64,18 @@ impl Compiled {
         });
         let login_spread =
             policies.all().iter().any(|p| p.max_client_networks_per_hour > 0 || p.max_client_countries_per_day > 0);
-        Compiled { config, policies, limiters, exempt, local_submission_account, judge, header_names, spamd, rspamd, login_spread }
+        Compiled {
+            config,
+            policies,
+            limiters,
+            exempt,
+            local_submission_account,
+            judge,
+            header_names,
+            spamd,
+            rspamd,
+            login_spread,
+        }
     }
 
     /// Whether messages go to a scanner (spamd, rspamd) at end of message.

@@ -116,7 +116,9 @@ impl HeaderJudge {
     /// The names of the headers [`HeaderJudge::judge`] reads: what a session keeps of a
     /// message (see [`super::kept`]).
     pub fn names(&self) -> super::HeaderNames {
-        super::HeaderNames::new(BUILTINS.iter().map(|(name, _)| *name).chain(self.rules.iter().map(|r| r.header.as_str())))
+        super::HeaderNames::new(
+            BUILTINS.iter().map(|(name, _)| *name).chain(self.rules.iter().map(|r| r.header.as_str())),
+        )
     }
 
     /// The verdict of the headers, or `None` when no header any rule knows is present (or none
