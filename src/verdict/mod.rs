@@ -281,6 +281,17 @@ mod tests {
     }
 
     #[test]
+    fn headers_count_against_the_cap_and_are_skipped_once_it_is_full() {
+        let mut m = ScanMessage::new(16);
+        m.push_header(b"Received", &[b'a'; 64]);
+        assert_eq!(m.as_bytes().len(), 16, "a header fills the cap like body bytes do");
+        m.push_header(b"X-Huge", &[b'b'; 1024]);
+        assert_eq!(m.as_bytes(), b"Received: aaaaaa", "nothing past the cap is kept");
+        assert_eq!(m.total_len(), (8 + 2 + 64 + 2) + (6 + 2 + 1024 + 2));
+        assert!(m.is_truncated());
+    }
+
+    #[test]
     fn clip_stops_on_a_char_boundary() {
         let long = "é".repeat(DETAIL_MAX + 10);
         assert_eq!(clip(&long).chars().count(), DETAIL_MAX);
