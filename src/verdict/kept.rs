@@ -50,10 +50,6 @@ impl HeaderNames {
     pub fn slot(&self, name: &[u8]) -> Option<usize> {
         self.names.iter().position(|n| name.eq_ignore_ascii_case(n.as_bytes()))
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.names.is_empty()
-    }
 }
 
 /// The budget was crossed by the header just pushed.
