@@ -39,10 +39,10 @@ const FACTOR: f64 = 5.0;
 
 /// The unloaded p99 the factor applies to is at least this. The test's own heavy sender is a
 /// busy thread competing for the CPU with the filter's: on a shared two-core machine one busy
-/// thread alone adds 10–20 ms to the p99 of any thread there. Measured with the fair shares:
-/// loaded p99 2–7 ms; with a connection reading a megabyte per turn 15–22 ms; before any
-/// of this (every header kept, no turns) 460–520 ms.
-const P99_FLOOR: Duration = Duration::from_millis(2);
+/// thread alone adds 10–20 ms to the p99 of any thread there. Measured there (load average
+/// 4–6) with the fair shares: loaded p99 2–12 ms; with a connection reading a megabyte per
+/// turn 15–22 ms; before any of this (every header kept, no turns) 460–520 ms.
+const P99_FLOOR: Duration = Duration::from_millis(3);
 
 fn serial() -> MutexGuard<'static, ()> {
     static LOCK: Mutex<()> = Mutex::new(());
