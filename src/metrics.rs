@@ -67,6 +67,8 @@ pub struct Metrics {
     pub milter_connection_errors: Counter,
     /// Connections closed as soon as accepted because `max_connections` were open.
     pub milter_connections_refused: Counter,
+    /// Messages whose headers went over the per-message header budget (`verdict::kept`).
+    pub milter_header_budget_exceeded: Counter,
     pub admin_connections_open: Gauge,
     /// Admin API connections closed at once because `admin::serve::MAX_CONNECTIONS` were open.
     pub admin_connections_refused: Counter,
@@ -159,6 +161,12 @@ impl Metrics {
             "milter_connections_refused",
             "Milter connections closed as soon as accepted because max_connections were open",
             milter_connections_refused.clone(),
+        );
+        let milter_header_budget_exceeded = Counter::default();
+        registry.register(
+            "milter_header_budget_exceeded",
+            "Messages whose headers went over the per-message header budget (1 MiB); headers past it were not read",
+            milter_header_budget_exceeded.clone(),
         );
         let admin_connections_open = Gauge::default();
         registry.register("admin_connections_open", "Admin API connections open now", admin_connections_open.clone());
@@ -264,6 +272,7 @@ impl Metrics {
             milter_connections,
             milter_connection_errors,
             milter_connections_refused,
+            milter_header_budget_exceeded,
             admin_connections_open,
             admin_connections_refused,
             events_dropped,

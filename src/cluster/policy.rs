@@ -167,6 +167,10 @@ impl Policy for ClusterPolicy {
         self.engine.scans()
     }
 
+    fn header_names(&self) -> std::sync::Arc<crate::verdict::HeaderNames> {
+        self.engine.header_names()
+    }
+
     fn scan<'a>(&'a self, request: ScanRequest<'a>) -> impl std::future::Future<Output = Vec<Verdict>> + Send + 'a {
         self.engine.scan(request)
     }

@@ -195,7 +195,8 @@ pub async fn run<P: Policy>(
             continue;
         };
         let id = ids.fetch_add(1, Ordering::Relaxed);
-        let session = Session::new(policy.clone(), settings.replies.clone());
+        let session = Session::new(policy.clone(), settings.replies.clone())
+            .counting_header_budget(settings.metrics.milter_header_budget_exceeded.clone());
         let session = if settings.local_submissions { session.for_local_submissions() } else { session };
         let timeouts = settings.timeouts;
         let shutdown = shutdown.clone();

@@ -19,7 +19,9 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use prometheus_client::metrics::counter::Counter;
 use thiserror::Error;
+use tracing::warn;
 
 use super::command::{Command, CommandKind, printable};
 use super::macros::{Macro, Macros};
@@ -27,6 +29,8 @@ use super::negotiate::{self, Actions, Negotiated, NegotiationError};
 use super::reply::Reply;
 use crate::config::{InternalErrorAction, ReplyTexts};
 use crate::policy::{Decision, MailFacts, MessageFacts, Policy, RcptFacts, Refusal};
+use crate::verdict::KeptHeaders;
+use crate::verdict::kept::{HEADER_BUDGET, OverBudget};
 
 /// Where in a message the MTA is; only moves forward.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -134,14 +138,12 @@ pub const SPAM_TAG_HEADER: &[u8] = b"X-Outbound-Guard-Spam";
 /// Reason given to the MTA when a spam message is put on hold.
 pub const QUARANTINE_REASON: &[u8] = b"outbound-guard: outbound message judged spam";
 
-/// What the session keeps of the message in progress, for verdicts: the headers (when header
-/// verdicts or scanners are on) and the message bytes (when scanners are on). Buffers are
-/// reused across messages.
+/// What the session keeps of the message in progress, for verdicts: the headers the header
+/// verdict reads, bounded (see `verdict::kept`), and the first `max_scan_bytes` of the message
+/// when scanners are on. Buffers are reused across messages.
 #[derive(Default)]
 struct MessageBuffer {
-    header_bytes: Vec<u8>,
-    /// (name start, name end, value end) into `header_bytes`.
-    header_spans: Vec<(usize, usize, usize)>,
+    kept: KeptHeaders,
     scan: Option<crate::verdict::ScanMessage>,
     sender: String,
     recipients: Vec<String>,
@@ -149,8 +151,7 @@ struct MessageBuffer {
 
 impl MessageBuffer {
     fn clear(&mut self) {
-        self.header_bytes.clear();
-        self.header_spans.clear();
+        self.kept.clear();
         if let Some(s) = self.scan.as_mut() {
             s.clear();
         }
@@ -158,19 +159,13 @@ impl MessageBuffer {
         self.recipients.clear();
     }
 
-    fn push_header(&mut self, name: &[u8], value: &[u8]) {
-        let start = self.header_bytes.len();
-        self.header_bytes.extend_from_slice(name);
-        let name_end = self.header_bytes.len();
-        self.header_bytes.extend_from_slice(value);
-        self.header_spans.push((start, name_end, self.header_bytes.len()));
+    /// `Some` when this header took the message over its header budget.
+    fn push_header(&mut self, name: &[u8], value: &[u8]) -> Option<OverBudget> {
         if let Some(s) = self.scan.as_mut() {
+            // Counted against `max_scan_bytes` like the rest of the message.
             s.push_header(name, value);
         }
-    }
-
-    fn headers(&self) -> Vec<(&[u8], &[u8])> {
-        self.header_spans.iter().map(|&(a, b, c)| (&self.header_bytes[a..b], &self.header_bytes[b..c])).collect()
+        self.kept.push(name, value)
     }
 }
 
@@ -188,6 +183,8 @@ pub struct Session<P: Policy> {
     pending_mail: Option<Decision>,
     /// Whether this connection carries the MTA's local submissions (`milter.local_listen`).
     local_submissions: bool,
+    /// Counts messages over the header budget (`milter_header_budget_exceeded`).
+    over_budget: Option<Counter>,
 }
 
 impl<P: Policy> Session<P> {
@@ -203,7 +200,14 @@ impl<P: Policy> Session<P> {
             message: MessageBuffer::default(),
             pending_mail: None,
             local_submissions: false,
+            over_budget: None,
         }
+    }
+
+    /// Counts each message over the header budget in `counter`.
+    pub fn counting_header_budget(mut self, counter: Counter) -> Self {
+        self.over_budget = Some(counter);
+        self
     }
 
     /// The session of a connection on `milter.local_listen`: its transactions are local
@@ -239,6 +243,7 @@ impl<P: Policy> Session<P> {
         let reply = match command {
             Command::Negotiate(offer) => {
                 self.needs = self.policy.needs();
+                self.message.kept = KeptHeaders::new(self.policy.header_names());
                 if self.needs.body {
                     self.message.scan = Some(crate::verdict::ScanMessage::new(self.needs.max_scan_bytes));
                 }
@@ -284,8 +289,10 @@ impl<P: Policy> Session<P> {
                 Some(decision)
             }
             Command::Header { name, value } => {
-                if self.needs.headers {
-                    self.message.push_header(name, value);
+                if self.needs.headers
+                    && let Some(over) = self.message.push_header(name, value)
+                {
+                    self.header_budget_exceeded(over);
                 }
                 Some(Decision::Continue)
             }
@@ -372,7 +379,7 @@ impl<P: Policy> Session<P> {
     /// Ends the message in progress: the policy's outcome becomes modifications and the final
     /// reply.
     pub fn finish_message(&mut self, scanned: &[crate::verdict::Verdict], out: &mut Vec<u8>) {
-        let headers = self.message.headers();
+        let headers = self.message.kept.pairs();
         let facts = MessageFacts { queue_id: self.macros.get(Macro::QueueId), headers: &headers, scanned };
         let outcome = self.policy.end_of_message(&mut self.tx, &facts);
         drop(headers);
@@ -398,6 +405,25 @@ impl<P: Policy> Session<P> {
             }
         }
         self.replies.load().reply_for(outcome.decision).encode(out);
+    }
+
+    /// One line and one count per message over the header budget, saying whose message it is
+    /// and what happens to it.
+    fn header_budget_exceeded(&self, over: OverBudget) {
+        if let Some(counter) = &self.over_budget {
+            counter.inc();
+        }
+        // Rare (a megabyte of headers each time), so the lossy copies cost nothing that matters.
+        let text = |m| self.macros.get(m).map_or_else(|| "-".into(), String::from_utf8_lossy);
+        warn!(
+            login = %text(Macro::AuthAuthen),
+            queue_id = %text(Macro::QueueId),
+            seen = over.seen,
+            budget = HEADER_BUDGET,
+            "message headers went over the budget ({} bytes seen, budget {HEADER_BUDGET}): the \
+             headers after it are not read for the header verdict",
+            over.seen
+        );
     }
 
     fn expects_reply(&self, kind: CommandKind) -> bool {

@@ -12,7 +12,7 @@ use super::record::AccountRecord;
 use super::restriction::Counters;
 use super::rules::{CompiledPolicies, PolicyIndex};
 use crate::config::{Config, SpamMessageAction};
-use crate::verdict::{HeaderJudge, RspamdClient, SpamdClient};
+use crate::verdict::{HeaderJudge, HeaderNames, RspamdClient, SpamdClient};
 
 /// One configuration, compiled for deciding.
 pub struct Compiled {
@@ -24,6 +24,8 @@ pub struct Compiled {
     /// The aggregate account of local submissions, canonical; `None` when there is none.
     pub(super) local_submission_account: Option<String>,
     pub(super) judge: HeaderJudge,
+    /// The headers a session keeps for the judge: none when header verdicts are off.
+    pub(super) header_names: Arc<HeaderNames>,
     pub(super) spamd: Option<SpamdClient>,
     pub(super) rspamd: Option<RspamdClient>,
     /// Whether any policy has the login-spread signal on: without it, MAIL FROM pays one
@@ -51,6 +53,7 @@ impl Compiled {
             .as_deref()
             .and_then(|name| canonical(name.as_bytes(), strip).map(|c| c.into_owned()));
         let judge = HeaderJudge::new(&config.verdict);
+        let header_names = Arc::new(if config.verdict.headers { judge.names() } else { HeaderNames::default() });
         let spamd = SpamdClient::from_config(&config.verdict);
         // The URL was parsed with the configuration; what can still fail is the HTTP client's
         // TLS set-up, which leaves the other sources working.
@@ -61,12 +64,28 @@ impl Compiled {
         });
         let login_spread =
             policies.all().iter().any(|p| p.max_client_networks_per_hour > 0 || p.max_client_countries_per_day > 0);
-        Compiled { config, policies, limiters, exempt, local_submission_account, judge, spamd, rspamd, login_spread }
+        Compiled {
+            config,
+            policies,
+            limiters,
+            exempt,
+            local_submission_account,
+            judge,
+            header_names,
+            spamd,
+            rspamd,
+            login_spread,
+        }
     }
 
     /// Whether messages go to a scanner (spamd, rspamd) at end of message.
     pub fn scans(&self) -> bool {
         self.spamd.is_some() || self.rspamd.is_some()
+    }
+
+    /// The headers a session keeps of a message for the header verdict.
+    pub fn header_names(&self) -> Arc<HeaderNames> {
+        self.header_names.clone()
     }
 
     /// What the MTA must send and allow for this configuration.

@@ -909,6 +909,10 @@ impl Policy for Engine {
         self.current.load().scans()
     }
 
+    fn header_names(&self) -> Arc<crate::verdict::HeaderNames> {
+        self.current.load().header_names()
+    }
+
     fn scan<'a>(&'a self, request: ScanRequest<'a>) -> impl std::future::Future<Output = Vec<Verdict>> + Send + 'a {
         self.scan_message(request)
     }

@@ -61,7 +61,9 @@ pub struct RcptFacts<'a> {
 #[derive(Debug, Clone, Copy)]
 pub struct MessageFacts<'a> {
     pub queue_id: Option<&'a [u8]>,
-    /// The message's headers as received (name, value), when the policy asked for them.
+    /// The message's headers the policy reads (name, value): of each name in
+    /// [`Policy::header_names`] the last occurrence, cut to a bounded length; none past the
+    /// per-message header budget.
     pub headers: &'a [(&'a [u8], &'a [u8])],
     /// Verdicts of the scanners queried directly (spamd, rspamd), if any.
     pub scanned: &'a [Verdict],
@@ -88,7 +90,7 @@ impl MessageOutcome {
 
 /// What a scanner is asked, for [`Policy::scan`].
 pub use crate::verdict::ScanRequest;
-use crate::verdict::Verdict;
+use crate::verdict::{HeaderNames, Verdict};
 
 /// What to do with the transaction at this stage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,6 +128,12 @@ pub trait Policy: Send + Sync + 'static {
 
     /// Which stages and actions the MTA must offer for the current configuration.
     fn needs(&self) -> Needs;
+
+    /// The names of the headers [`Policy::end_of_message`] reads (in [`MessageFacts::headers`]);
+    /// a session keeps only those (see `verdict::kept`). None by default.
+    fn header_names(&self) -> std::sync::Arc<HeaderNames> {
+        std::sync::Arc::default()
+    }
 
     /// MAIL FROM: is this outbound mail of an account that may send?
     fn mail_from(&self, tx: &mut Self::Transaction, facts: &MailFacts<'_>) -> Decision;

@@ -113,6 +113,14 @@ impl HeaderJudge {
         HeaderJudge { rules }
     }
 
+    /// The names of the headers [`HeaderJudge::judge`] reads: what a session keeps of a
+    /// message (see [`super::kept`]).
+    pub fn names(&self) -> super::HeaderNames {
+        super::HeaderNames::new(
+            BUILTINS.iter().map(|(name, _)| *name).chain(self.rules.iter().map(|r| r.header.as_str())),
+        )
+    }
+
     /// The verdict of the headers, or `None` when no header any rule knows is present (or none
     /// of them has a value a rule can read).
     pub fn judge<'a, I>(&self, headers: I) -> Option<Verdict>

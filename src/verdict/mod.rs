@@ -27,6 +27,7 @@
 //! ever holding more than the cap.
 
 pub mod headers;
+pub mod kept;
 pub mod rspamd;
 pub mod spamd;
 
@@ -38,6 +39,7 @@ use std::time::Duration;
 use thiserror::Error;
 
 pub use headers::HeaderJudge;
+pub use kept::{HeaderNames, KeptHeaders};
 pub use rspamd::RspamdClient;
 pub use spamd::SpamdClient;
 
@@ -195,6 +197,12 @@ impl ScanMessage {
     /// Adds one header as the milter received it (`value` without the colon, possibly with a
     /// leading space and LF- or CRLF-folded continuation lines).
     pub fn push_header(&mut self, name: &[u8], value: &[u8]) {
+        if self.buf.len() >= self.cap {
+            // Already full: count the header without walking its lines, so a message of
+            // megabytes of headers costs no more than their length here.
+            self.total = self.total.saturating_add(name.len() + value.len() + 4);
+            return;
+        }
         self.push(name);
         self.push(b":");
         // "Name: value" as usual, but no trailing blank before a value that starts on the
@@ -228,7 +236,9 @@ impl ScanMessage {
         &self.buf
     }
 
-    /// The length of the whole message, including what was not kept.
+    /// The length of the whole message, including what was not kept (headers that came once
+    /// the cap was full are counted as `Name: value` CRLF, without the CRs their LF-folded
+    /// lines would get).
     pub fn total_len(&self) -> usize {
         self.total
     }
@@ -268,6 +278,17 @@ mod tests {
         assert!(m.is_truncated());
         m.clear();
         assert!(m.as_bytes().is_empty() && !m.is_truncated());
+    }
+
+    #[test]
+    fn headers_count_against_the_cap_and_are_skipped_once_it_is_full() {
+        let mut m = ScanMessage::new(16);
+        m.push_header(b"Received", &[b'a'; 64]);
+        assert_eq!(m.as_bytes().len(), 16, "a header fills the cap like body bytes do");
+        m.push_header(b"X-Huge", &[b'b'; 1024]);
+        assert_eq!(m.as_bytes(), b"Received: aaaaaa", "nothing past the cap is kept");
+        assert_eq!(m.total_len(), (8 + 2 + 64 + 2) + (6 + 2 + 1024 + 2));
+        assert!(m.is_truncated());
     }
 
     #[test]
