@@ -498,6 +498,28 @@ mod tests {
         assert_eq!(s.list(102).len(), 2);
     }
 
+    /// The `intact` seed of the `journal_replay` fuzz target is a state directory this store
+    /// wrote (two restrictions, one released, and their audit trail), in the target's input
+    /// layout; this keeps it in the current record format. `UPDATE_FUZZ_SEEDS=1` rewrites it.
+    #[test]
+    fn the_journal_fuzz_seed_is_what_the_store_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = DurableRestrictions::open(dir.path(), 100).unwrap();
+            s.restrict(restriction("alice@example.com", 100, None), "policy", None).unwrap();
+            s.restrict(restriction("bob@example.com", 110, Some(4_000_000_000)), "policy", None).unwrap();
+            s.release("alice@example.com", 120, "admin", "ok", None).unwrap();
+        }
+        let mut seed = std::fs::read(dir.path().join("restrictions.journal")).unwrap();
+        seed.extend_from_slice(b"\n=== audit.log ===\n");
+        seed.extend_from_slice(&std::fs::read(dir.path().join("audit.log")).unwrap());
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/journal_replay/intact");
+        if std::env::var_os("UPDATE_FUZZ_SEEDS").is_some() {
+            std::fs::write(&path, &seed).unwrap();
+        }
+        assert!(std::fs::read(&path).unwrap() == seed, "{} is stale: rerun with UPDATE_FUZZ_SEEDS=1", path.display());
+    }
+
     fn notice(account: &str, id: &str) -> Event {
         Event {
             id: id.into(),
