@@ -56,6 +56,49 @@ write("milter_stream", "session-abort-and-reuse", optneg + b"".join([
 ]) + message + pkt("Q"))
 write("milter_stream", "negotiate-old-version", pkt("O", struct.pack(">III", 2, 0x1F, 0x7F)) + pkt("Q"))
 
+# --- milter_session: several connections to one filter ---------------------------------------
+# A connection ends at QUIT or at a refused command; the next packet opens a new one.
+def mail(sender, login, rcpts, headers, queue_id=b"4ABC123"):
+    return b"".join(
+        [pkt("D", b"M" + cstr(b"{auth_authen}", login, b"i", queue_id)), pkt("M", cstr(sender))]
+        + [pkt("R", cstr(r)) for r in rcpts]
+        + [pkt("T")]
+        + [pkt("L", cstr(n, v)) for n, v in headers]
+        + [pkt("N"), pkt("B", b"body\r\n"), pkt("E")]
+    )
+
+spam = [(b"Subject", b" hi"), (b"X-Fuzz", b"spam, surely")]
+write("milter_session", "spam-tagged-then-quarantined", optneg + b"".join([
+    mail(b"<alice@example.com>", b"alice@example.com", [b"<bob@example.net>"], spam),
+    mail(b"<news@example.com>", b"news@example.com", [b"<a@customer.example>"], spam),
+]) + pkt("Q"))
+write("milter_session", "limit-reached-then-refused", optneg + b"".join(
+    mail(b"<alice@example.com>", b"alice@example.com", [b"<r%d@example.net>" % i for i in range(3)], [])
+    for _ in range(3)
+) + pkt("Q"))
+# Out of order, each ending its connection: MAIL before negotiation; BODY before MAIL; a second
+# end-of-message; then a connection that survives ABORT, QUIT_NC and macros everywhere.
+write("milter_session", "out-of-order-connections", b"".join([
+    pkt("M", cstr(b"<alice@example.com>")),
+    optneg + pkt("B", b"early"),
+    optneg + mail(b"<alice@example.com>", b"alice@example.com", [b"<bob@example.net>"], []) + pkt("E"),
+    optneg + pkt("D", b"C" + cstr(b"{client_addr}", b"10.1.2.3")) + pkt("M", cstr(b"<x@example.com>"))
+    + pkt("A") + pkt("K") + pkt("D", b"M" + cstr(b"i", b"Q1"))
+    + mail(b"<x@example.com>", b"", [b"<y@example.org>"], [(b"X-Fuzz", b"ham")]) + pkt("Q"),
+]))
+
+# --- journal_replay: a state directory's journal and audit trail ------------------------------
+# `intact` is written by the store itself (the unit test
+# the_journal_fuzz_seed_is_what_the_store_writes, UPDATE_FUZZ_SEEDS=1); the damaged ones are
+# cut from it: a flipped byte in a record and torn tails, and a fragment before whole records.
+marker = b"\n=== audit.log ===\n"
+with open(os.path.join(HERE, "journal_replay", "intact"), "rb") as f:
+    journal, audit = f.read().split(marker)
+broken = bytearray(journal)
+broken[journal.index(b"bob")] = ord("B")
+write("journal_replay", "damaged-middle-and-torn-tail", bytes(broken) + b"0badc0de {\"op\":\"rel" + marker + audit + b"1234")
+write("journal_replay", "fragment-then-record", b"0badc0de {\"op\":\"res" + journal + marker)
+
 # --- reply_decode: what a filter answers ----------------------------------------------------
 symbols = struct.pack(">I", 2) + b"{auth_authen} i\0" + struct.pack(">I", 5) + b"i\0"
 replies = [

@@ -72,6 +72,23 @@ impl Files {
 /// filter that runs for months neither grows it without bound nor replays years at start.
 const COMPACT_EVERY: usize = 10_000;
 
+/// What opening the store could not trust and left out; each line is also logged where it was
+/// found, and one summary line says how many.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Dropped {
+    /// Damaged lines of `restrictions.journal`: torn, failing their checksum, or not a
+    /// restrict/release record. The compaction at start rewrites the journal without them.
+    pub journal_records: usize,
+    /// Damaged lines of `audit.log`, a torn last entry (cut off) included.
+    pub audit_entries: usize,
+}
+
+impl Dropped {
+    pub fn any(&self) -> bool {
+        self.journal_records + self.audit_entries > 0
+    }
+}
+
 /// Restrictions that survive `kill -9` and power loss.
 pub struct DurableRestrictions {
     /// The state directory's lock, held for the life of the store (released when the file
@@ -84,6 +101,8 @@ pub struct DurableRestrictions {
     compact_every: usize,
     /// The notices of the changes recorded in the last week, until the notifier takes them.
     recent_notices: Mutex<Vec<Event>>,
+    /// What the load at open skipped as damaged.
+    dropped: Dropped,
 }
 
 /// The lock file in the state directory; it holds the owner's process id, for the error a
@@ -117,7 +136,9 @@ fn lock_dir(dir: &Path) -> Result<std::fs::File, StoreError> {
 
 impl DurableRestrictions {
     /// Opens (creating) the store in `dir`: replays and compacts the journal, loads the audit
-    /// trail. Damaged records are skipped with a log line.
+    /// trail. Damaged records are skipped with a log line each, counted in
+    /// [`DurableRestrictions::dropped_at_load`] and summed up in one more line: a damaged
+    /// journal loads what is intact and says what it dropped.
     ///
     /// # Errors
     /// When the directory or the files cannot be created, read or written.
@@ -135,7 +156,13 @@ impl DurableRestrictions {
         let audit = Journal::open(&audit_path)?;
         let history = HistoryIndex::open(&audit_path)?;
         let mut recent_notices = Vec::new();
-        for (span, entry) in journal::read_all_spans::<AuditEntry>(&audit_path)? {
+        let audit_read = journal::read_counted::<AuditEntry>(&audit_path)?;
+        let journal_read = journal::read_counted::<Record>(&journal_path)?;
+        let dropped = Dropped {
+            journal_records: journal_read.dropped,
+            audit_entries: audit_read.dropped + usize::from(audit.torn_bytes_cut() > 0),
+        };
+        for (span, entry) in audit_read.records {
             if let Some(notice) = entry.notice
                 && entry.at.unix_timestamp() > now_secs - NOTICES_REPLAYED_FOR_SECS
             {
@@ -144,7 +171,7 @@ impl DurableRestrictions {
             history.add(&entry.account, span);
         }
         let mut current: Vec<Restriction> = Vec::new();
-        for record in journal::read_all::<Record>(&journal_path)? {
+        for (_, record) in journal_read.records {
             match record {
                 Record::Restrict { restriction } => {
                     current.retain(|r| r.account != restriction.account);
@@ -161,7 +188,15 @@ impl DurableRestrictions {
             memory.insert_replayed(r);
         }
         let count = memory.list(now_secs).len();
-        info!(dir = %dir.display(), restrictions = count, "restrictions loaded");
+        if dropped.any() {
+            warn!(
+                dir = %dir.display(),
+                journal_records = dropped.journal_records,
+                audit_entries = dropped.audit_entries,
+                "damaged records dropped at load (each logged above); everything intact was loaded"
+            );
+        }
+        info!(dir = %dir.display(), restrictions = count, dropped = dropped.journal_records + dropped.audit_entries, "restrictions loaded");
         let files = Files { journal: Journal::open(&journal_path)?, audit, appended: 0 };
         journal::sync_dir(&journal_path)?;
         Ok(DurableRestrictions {
@@ -172,6 +207,7 @@ impl DurableRestrictions {
             dir: dir.to_owned(),
             compact_every: COMPACT_EVERY,
             recent_notices: Mutex::new(recent_notices),
+            dropped,
         })
     }
 
@@ -218,6 +254,11 @@ impl DurableRestrictions {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// What the load at open skipped as damaged (all zero for an intact state directory).
+    pub fn dropped_at_load(&self) -> Dropped {
+        self.dropped
     }
 
     fn files(&self) -> std::sync::MutexGuard<'_, Files> {
@@ -417,6 +458,66 @@ mod tests {
         drop(f);
         let s = DurableRestrictions::open(dir.path(), 100).unwrap();
         assert!(s.is_restricted("a@x", 100));
+        assert_eq!(s.dropped_at_load(), Dropped { journal_records: 1, audit_entries: 0 });
+    }
+
+    /// A journal damaged in the middle and at its end, and an audit trail with a torn last
+    /// entry: every intact record loads, the load counts what it dropped, and the next load
+    /// (after the compaction) finds nothing more to drop.
+    #[test]
+    fn a_damaged_journal_loads_what_is_intact_and_counts_what_it_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = DurableRestrictions::open(dir.path(), 100).unwrap();
+            assert_eq!(s.dropped_at_load(), Dropped::default());
+            for account in ["a@x", "b@x", "c@x"] {
+                s.restrict(restriction(account, 100, None), "policy", None).unwrap();
+            }
+        }
+        let path = dir.path().join("restrictions.journal");
+        let mut text = std::fs::read_to_string(&path).unwrap();
+        // b@x's record fails its checksum; garbage and a torn record follow.
+        let b = text.find("b@x").unwrap();
+        text.replace_range(b..b + 1, "B");
+        text.push_str("not a record\n1234abcd {\"op\":\"rel");
+        std::fs::write(&path, text).unwrap();
+        let audit = dir.path().join("audit.log");
+        let mut trail = std::fs::read(&audit).unwrap();
+        trail.extend_from_slice(b"0badc0de {\"torn");
+        std::fs::write(&audit, trail).unwrap();
+
+        let s = DurableRestrictions::open(dir.path(), 101).unwrap();
+        let mut kept: Vec<String> = s.list(101).into_iter().map(|r| r.account).collect();
+        kept.sort();
+        assert_eq!(kept, ["a@x", "c@x"]);
+        assert_eq!(s.dropped_at_load(), Dropped { journal_records: 3, audit_entries: 1 });
+        assert_eq!(s.latest_audit().len(), 3, "the intact audit entries are all kept");
+        drop(s);
+        let s = DurableRestrictions::open(dir.path(), 102).unwrap();
+        assert_eq!(s.dropped_at_load(), Dropped::default());
+        assert_eq!(s.list(102).len(), 2);
+    }
+
+    /// The `intact` seed of the `journal_replay` fuzz target is a state directory this store
+    /// wrote (two restrictions, one released, and their audit trail), in the target's input
+    /// layout; this keeps it in the current record format. `UPDATE_FUZZ_SEEDS=1` rewrites it.
+    #[test]
+    fn the_journal_fuzz_seed_is_what_the_store_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = DurableRestrictions::open(dir.path(), 100).unwrap();
+            s.restrict(restriction("alice@example.com", 100, None), "policy", None).unwrap();
+            s.restrict(restriction("bob@example.com", 110, Some(4_000_000_000)), "policy", None).unwrap();
+            s.release("alice@example.com", 120, "admin", "ok", None).unwrap();
+        }
+        let mut seed = std::fs::read(dir.path().join("restrictions.journal")).unwrap();
+        seed.extend_from_slice(b"\n=== audit.log ===\n");
+        seed.extend_from_slice(&std::fs::read(dir.path().join("audit.log")).unwrap());
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/journal_replay/intact");
+        if std::env::var_os("UPDATE_FUZZ_SEEDS").is_some() {
+            std::fs::write(&path, &seed).unwrap();
+        }
+        assert!(std::fs::read(&path).unwrap() == seed, "{} is stale: rerun with UPDATE_FUZZ_SEEDS=1", path.display());
     }
 
     fn notice(account: &str, id: &str) -> Event {

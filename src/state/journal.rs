@@ -27,6 +27,8 @@ pub struct Journal {
     end: u64,
     /// A failed append or roll-back left bytes after `end` that are still to be cut off.
     dirty: bool,
+    /// Bytes of a torn last record cut off when the journal was opened (0: none).
+    torn_cut: u64,
 }
 
 pub(crate) fn frame(json: &str) -> String {
@@ -50,9 +52,15 @@ impl Journal {
     /// When the file cannot be opened, or its torn tail cannot be cut.
     pub fn open(path: &Path) -> io::Result<Journal> {
         let file = OpenOptions::new().create(true).read(true).append(true).open(path)?;
-        cut_torn_tail(&file, path)?;
+        let torn_cut = cut_torn_tail(&file, path)?;
         let end = file.metadata()?.len();
-        Ok(Journal { path: path.to_owned(), file, end, dirty: false })
+        Ok(Journal { path: path.to_owned(), file, end, dirty: false, torn_cut })
+    }
+
+    /// Bytes of a torn last record that [`Journal::open`] cut off (0 when the file ended with
+    /// a whole record): a record lost, for a load to report.
+    pub fn torn_bytes_cut(&self) -> u64 {
+        self.torn_cut
     }
 
     /// Appends one record and waits until it is on disk.
@@ -127,13 +135,14 @@ impl Journal {
     }
 }
 
-/// Truncates `file` after its last complete line, if anything follows it.
-fn cut_torn_tail(file: &File, path: &Path) -> io::Result<()> {
+/// Truncates `file` after its last complete line, if anything follows it; returns how many
+/// bytes it cut.
+fn cut_torn_tail(file: &File, path: &Path) -> io::Result<u64> {
     use std::os::unix::fs::FileExt;
     let len = file.metadata()?.len();
     let mut last = [0u8; 1];
     if len == 0 || (file.read_exact_at(&mut last, len - 1).is_ok() && last[0] == b'\n') {
-        return Ok(());
+        return Ok(0);
     }
     // Backwards a block at a time to the last newline; a torn record is one short line.
     let mut block = [0u8; 4096];
@@ -152,7 +161,8 @@ fn cut_torn_tail(file: &File, path: &Path) -> io::Result<()> {
     };
     warn!(file = %path.display(), bytes = len - keep, "torn last record cut off (the process stopped while writing it)");
     file.set_len(keep)?;
-    file.sync_data()
+    file.sync_data()?;
+    Ok(len - keep)
 }
 
 /// Where one record's frame (`CRC32HEX JSON`, without the newline) lies in a journal file:
@@ -177,11 +187,30 @@ pub fn read_all<T: DeserializeOwned>(path: &Path) -> io::Result<Vec<T>> {
 /// # Errors
 /// Only when the file exists but cannot be read at all.
 pub fn read_all_spans<T: DeserializeOwned>(path: &Path) -> io::Result<Vec<(Span, T)>> {
+    Ok(read_counted(path)?.records)
+}
+
+/// What [`read_counted`] found in a journal: the records it trusts, and how many lines it
+/// could not (each also logged), so a caller can say what a damaged journal lost.
+#[derive(Debug)]
+pub struct ReadOutcome<T> {
+    pub records: Vec<(Span, T)>,
+    /// Lines skipped: torn, failing their checksum, or not a record of this type. A line whose
+    /// fragment was skipped but whose record after it was kept is not counted.
+    pub dropped: usize,
+}
+
+/// [`read_all_spans`] that also counts the lines it skipped.
+///
+/// # Errors
+/// Only when the file exists but cannot be read at all.
+pub fn read_counted<T: DeserializeOwned>(path: &Path) -> io::Result<ReadOutcome<T>> {
     let file = match File::open(path) {
         Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(ReadOutcome { records: Vec::new(), dropped: 0 }),
         Err(e) => return Err(e),
     };
+    let mut dropped = 0usize;
     let mut reader = BufReader::new(file);
     let mut records = Vec::new();
     let mut raw = Vec::new();
@@ -207,6 +236,7 @@ pub fn read_all_spans<T: DeserializeOwned>(path: &Path) -> io::Result<Vec<(Span,
         match parsed {
             Some(record) if complete => records.push((span(line), record)),
             _ if !complete => {
+                dropped += 1;
                 warn!(file = %path.display(), line = number, "torn last record skipped (the process stopped while writing it)")
             }
             _ => match after_fragment::<T>(line) {
@@ -215,12 +245,13 @@ pub fn read_all_spans<T: DeserializeOwned>(path: &Path) -> io::Result<Vec<(Span,
                     records.push((span(text), record));
                 }
                 None => {
+                    dropped += 1;
                     warn!(file = %path.display(), line = number, "corrupt record skipped (checksum or format mismatch)")
                 }
             },
         }
     }
-    Ok(records)
+    Ok(ReadOutcome { records, dropped })
 }
 
 /// Reads the one record at `span` of `file` (from [`read_all_spans`] or
