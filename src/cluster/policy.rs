@@ -77,7 +77,18 @@ impl Policy for ClusterPolicy {
 
     fn prepares(&self, tx: &ClusterTransaction, decision: Decision) -> bool {
         let shared = match decision {
-            Decision::Continue => tx.inner.is_counted(),
+            // Decided here, not in `prepare`, when no read is needed: the session then answers
+            // MAIL FROM at once, on its synchronous path, as with the memory backend.
+            Decision::Continue if tx.inner.is_counted() => {
+                let now = self.engine.clock().now();
+                let reads = self.needs_read(&tx.inner, now)
+                    || tx.inner.aggregate().is_some_and(|sub| self.needs_read(sub, now))
+                    || tx.inner.domains().iter().any(|sub| self.needs_read(sub, now));
+                if !reads {
+                    self.engine.metrics().redis_reads_skipped.inc();
+                }
+                reads
+            }
             Decision::Refuse(Refusal::AccountRestricted) => tx.refused.is_some(),
             _ => false,
         };
