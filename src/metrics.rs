@@ -77,6 +77,11 @@ pub struct Metrics {
     pub redis_up: Gauge,
     /// Messages decided on the local view alone in cluster mode (Redis unreachable or slow).
     pub redis_local_decisions: Counter,
+    /// Outbound messages whose MAIL FROM read the shared state from Redis (redis backend).
+    pub redis_reads_done: Counter,
+    /// Outbound messages whose MAIL FROM skipped that read: every account of the message was
+    /// read moments before, is not restricted here and is far from its limits.
+    pub redis_reads_skipped: Counter,
     redis_errors: Family<Labels, Counter>,
     notifications_pending: Family<Labels, Gauge>,
     delivery_outcomes: Family<Labels, Counter>,
@@ -221,7 +226,15 @@ impl Metrics {
         let redis_up = Gauge::default();
         let redis_local_decisions = Counter::default();
         let redis_errors = Family::<Labels, Counter>::default();
+        let redis_reads = Family::<Labels, Counter>::default();
+        let redis_reads_done = counter(&redis_reads, &[("outcome", "read")]);
+        let redis_reads_skipped = counter(&redis_reads, &[("outcome", "skipped")]);
         if cluster {
+            registry.register(
+                "redis_mail_reads",
+                "Outbound messages by whether MAIL FROM read the account's shared state from Redis or skipped it (read moments before, far from any limit, not restricted; redis backend)",
+                redis_reads,
+            );
             registry.register(
                 "redis_up",
                 "1 when the shared Redis state is reachable (redis backend only)",
@@ -279,6 +292,8 @@ impl Metrics {
             decision_seconds,
             redis_up,
             redis_local_decisions,
+            redis_reads_done,
+            redis_reads_skipped,
             redis_errors,
             notifications_pending,
             delivery_outcomes,

@@ -70,7 +70,7 @@ fn a_restriction_notifies_the_administrators_through_the_same_postfix() {
     let expected = "outbound_guard_notifications_total{channel=\"email\",outcome=\"delivered\"} 1";
     let deadline = std::time::Instant::now() + WAIT;
     let metrics = loop {
-        let text = scrape_metrics(&guard);
+        let text = guard.metrics();
         if text.contains(expected) || std::time::Instant::now() > deadline {
             break text;
         }
@@ -84,24 +84,6 @@ fn a_restriction_notifies_the_administrators_through_the_same_postfix() {
     );
     let (status, log) = guard.terminate();
     assert!(status.success(), "{log}");
-}
-
-/// `GET /metrics` from the filter's admin listener (open without a token), over plain HTTP/1.0.
-fn scrape_metrics(guard: &GuardProcess) -> String {
-    use std::io::{Read, Write};
-    let config = std::fs::read_to_string(guard.config_path()).unwrap();
-    let admin = config
-        .split("[admin]")
-        .nth(1)
-        .and_then(|section| section.lines().find_map(|l| l.trim().strip_prefix("listen = ")))
-        .map(|v| v.trim_matches('"').to_owned())
-        .expect("the admin listener in the test configuration");
-    let mut stream = std::net::TcpStream::connect(&admin).expect("connect to the admin API");
-    stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    assert!(response.starts_with("HTTP/1.0 200") || response.starts_with("HTTP/1.1 200"), "{response}");
-    response
 }
 
 /// The relay an administrator points `notify.smtp` at is often a submission service: TLS

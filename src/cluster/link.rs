@@ -207,6 +207,7 @@ async fn serve(
                 None => return "the subscription connection closed".into(),
             },
             _ = health.tick() => {
+                cluster.prune_reads();
                 if let Err(e) = check(cluster, &mut conn).await {
                     return e;
                 }

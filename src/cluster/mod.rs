@@ -11,7 +11,12 @@
 //!   (`HMGET og:{account}:tat e i d` + `HGET og:{account}:ev data`) brings the account's shared
 //!   GCRA state; each local TAT becomes the later of the two (a max, never a sum, so what this
 //!   node already spent is not counted twice). RCPT TO then decides locally as with the memory
-//!   backend. When the transaction ends, the recipients it counted are committed by a
+//!   backend. The read is skipped where it cannot change a decision ([`fresh`],
+//!   [`ClusterPolicy`]): every account of the message read here less than
+//!   [`fresh::FRESH_FOR`] ago, none restricted here, all far from their limits — so a steady
+//!   sender costs about one read a second rather than one per message, while a restricted
+//!   account or one near a limit is still read at every message. When the transaction ends,
+//!   the recipients it counted are committed by a
 //!   server-side script — `tat = max(tat, now) + n·T` per limit, atomic, with an expiry when
 //!   the limit is fully replenished — sent by a background task that pipelines the commits of
 //!   many messages; the milter never waits for it. TATs are stored in microseconds since the
@@ -52,6 +57,7 @@
 
 mod conn;
 pub mod events;
+mod fresh;
 mod keys;
 mod link;
 pub mod policy;
@@ -126,6 +132,8 @@ pub struct Cluster {
     conn: ArcSwapOption<conn::Conn>,
     /// The newest event this node made or applied, per account.
     known: DashMap<Box<str>, ClusterEvent, ahash::RandomState>,
+    /// When each account active right now was last read (MAIL FROM skips fresh reads).
+    reads: fresh::ReadTimes,
     to_push: mpsc::UnboundedSender<(u64, ClusterEvent)>,
     push_seq: AtomicU64,
     pushed: watch::Sender<u64>,
@@ -166,6 +174,7 @@ impl Cluster {
             up: AtomicBool::new(false),
             conn: ArcSwapOption::empty(),
             known: DashMap::default(),
+            reads: fresh::ReadTimes::default(),
             to_push,
             push_seq: AtomicU64::new(0),
             pushed: watch::Sender::new(0),
@@ -232,6 +241,7 @@ impl Cluster {
     /// A write did not reach Redis: what it carried is in the local view, and the link pushes
     /// it by reconciling (now if the connection still works, else after reconnecting).
     fn write_failed(&self) {
+        self.reads.clear();
         self.unsent.store(true, Ordering::Release);
         self.trouble.notify_one();
     }
@@ -243,6 +253,8 @@ impl Cluster {
     fn set_up(&self, up: bool) {
         self.up.store(up, Ordering::Release);
         self.metrics.redis_up.set(i64::from(up));
+        // Down, or up again after a reconciliation: what was read before may be stale.
+        self.reads.clear();
         if !up {
             self.conn.store(None);
         }
@@ -461,6 +473,21 @@ impl Cluster {
         }
         let event = data.and_then(|d| events::decode(&d));
         Ok(Fetched { tats, event })
+    }
+
+    /// Whether `account` was read within [`fresh::FRESH_FOR`] before `now_ns`.
+    pub(crate) fn read_recently(&self, account: &str, now_ns: u64) -> bool {
+        self.reads.is_fresh(account, now_ns)
+    }
+
+    /// `account` was read; `at_ns` is when the read was sent.
+    pub(crate) fn note_read(&self, account: &str, at_ns: u64) {
+        self.reads.note(account, at_ns);
+    }
+
+    /// Drops the reads too old to stand in for anything (at every health check).
+    pub(crate) fn prune_reads(&self) {
+        self.reads.prune(self.clock.now().nanos());
     }
 
     /// Queues a transaction's recipients for the shared counters (never waits).

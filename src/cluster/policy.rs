@@ -77,7 +77,18 @@ impl Policy for ClusterPolicy {
 
     fn prepares(&self, tx: &ClusterTransaction, decision: Decision) -> bool {
         let shared = match decision {
-            Decision::Continue => tx.inner.is_counted(),
+            // Decided here, not in `prepare`, when no read is needed: the session then answers
+            // MAIL FROM at once, on its synchronous path, as with the memory backend.
+            Decision::Continue if tx.inner.is_counted() => {
+                let now = self.engine.clock().now();
+                let reads = self.needs_read(&tx.inner, now)
+                    || tx.inner.aggregate().is_some_and(|sub| self.needs_read(sub, now))
+                    || tx.inner.domains().iter().any(|sub| self.needs_read(sub, now));
+                if !reads {
+                    self.engine.metrics().redis_reads_skipped.inc();
+                }
+                reads
+            }
             Decision::Refuse(Refusal::AccountRestricted) => tx.refused.is_some(),
             _ => false,
         };
@@ -90,13 +101,38 @@ impl Policy for ClusterPolicy {
 
     async fn prepare(&self, tx: &mut ClusterTransaction, decision: Decision) -> Decision {
         let Some(account) = tx.inner.account().map(str::to_owned) else { return decision };
+        let now = self.engine.clock().now();
+        // Which accounts to read (`ClusterPolicy::needs_read`): an account refused as restricted
+        // here is always read, with its sub-accounts, so that a release made elsewhere lifts it.
+        let refused = tx.refused.is_some();
+        let read_main = refused || self.needs_read(&tx.inner, now);
         // A local submission also counts under the aggregate account, and an account of a
         // capped domain under each cap: the reads go out together, so the message still waits
         // for one round trip (the caps of one account are read one after another; there is
         // usually one).
-        let aggregate = tx.inner.aggregate().and_then(Transaction::account).map(str::to_owned);
-        let domains: Vec<String> =
-            tx.inner.domains().iter().filter_map(Transaction::account).map(str::to_owned).collect();
+        let aggregate = tx
+            .inner
+            .aggregate()
+            .filter(|sub| refused || self.needs_read(sub, now))
+            .and_then(Transaction::account)
+            .map(str::to_owned);
+        let domains: Vec<Option<String>> = tx
+            .inner
+            .domains()
+            .iter()
+            .map(|sub| sub.account().filter(|_| refused || self.needs_read(sub, now)).map(str::to_owned))
+            .collect();
+        if !read_main && aggregate.is_none() && domains.iter().all(Option::is_none) {
+            self.engine.metrics().redis_reads_skipped.inc();
+            return decision;
+        }
+        self.engine.metrics().redis_reads_done.inc();
+        let fetch_main = async {
+            match read_main {
+                true => Some(self.cluster.fetch(&account).await),
+                false => None,
+            }
+        };
         let fetch_aggregate = async {
             match &aggregate {
                 Some(aggregate) => Some(self.cluster.fetch(aggregate).await),
@@ -106,23 +142,32 @@ impl Policy for ClusterPolicy {
         let fetch_domains = async {
             let mut fetched = Vec::with_capacity(domains.len());
             for domain in &domains {
-                fetched.push(self.cluster.fetch(domain).await);
+                fetched.push(match domain {
+                    Some(domain) => Some(self.cluster.fetch(domain).await),
+                    None => None,
+                });
             }
             fetched
         };
-        let (fetched, fetched_aggregate, fetched_domains) =
-            tokio::join!(self.cluster.fetch(&account), fetch_aggregate, fetch_domains);
+        let (fetched, fetched_aggregate, fetched_domains) = tokio::join!(fetch_main, fetch_aggregate, fetch_domains);
         let fetched = match fetched {
-            Ok(f) => f,
-            Err(e) => {
+            Some(Ok(f)) => {
+                self.cluster.note_read(&account, now.nanos());
+                Some(f)
+            }
+            Some(Err(e)) => {
                 self.cluster.decided_locally(&e);
                 return decision;
             }
+            None => None,
         };
         // Nothing below awaits: once the answer is here, the step completes.
-        if let Some(event) = fetched.event {
-            self.cluster.apply_remote(event);
-        }
+        let tats = fetched.map(|fetched| {
+            if let Some(event) = fetched.event {
+                self.cluster.apply_remote(event);
+            }
+            fetched.tats
+        });
         let restricted = self.engine.restrictions().is_restricted(&account, self.engine.clock().now().secs());
         let decision = match decision {
             Decision::Refuse(Refusal::AccountRestricted) if !restricted => match tx.refused.take() {
@@ -139,17 +184,20 @@ impl Policy for ClusterPolicy {
         if decision != Decision::Continue {
             return decision;
         }
-        self.engine.merge_shared_tats(&tx.inner, fetched.tats);
+        if let Some(tats) = tats {
+            self.engine.merge_shared_tats(&tx.inner, tats);
+        }
         if let Some(sub) = tx.inner.aggregate()
             && let Some(fetched) = fetched_aggregate
         {
-            let decision = self.merge_sub_fetched(sub, fetched);
+            let decision = self.merge_sub_fetched(sub, fetched, now.nanos());
             if decision != Decision::Continue {
                 return decision;
             }
         }
         for (i, fetched) in fetched_domains.into_iter().enumerate() {
-            let decision = self.merge_sub_fetched(&tx.inner.domains()[i], fetched);
+            let Some(fetched) = fetched else { continue };
+            let decision = self.merge_sub_fetched(&tx.inner.domains()[i], fetched, now.nanos());
             // A domain restricted on another node leaves its accounts their always-allowed
             // recipients, as one restricted here does (`Engine::mail_from`).
             if decision != Decision::Continue && !tx.inner.continue_restricted_in_domain(i) {
@@ -196,6 +244,24 @@ impl Policy for ClusterPolicy {
 }
 
 impl ClusterPolicy {
+    /// Whether MAIL FROM must read `tx`'s account from Redis before the message goes on. The
+    /// read is skipped only where it cannot change a decision that matters:
+    /// - never read on this node, or not within [`super::fresh::FRESH_FOR`]: read (so a
+    ///   restriction made elsewhere holds here within that bound even if its broadcast was lost
+    ///   on the way — normally the broadcast brings it within milliseconds);
+    /// - restricted in the local view: read, so that a release made on another node holds for
+    ///   the very next transaction;
+    /// - near a limit in the local view ([`Engine::near_limit`]): read, so that what the other
+    ///   nodes spent a moment ago counts where it can decide;
+    /// - otherwise the local view decides: what other nodes spent since the last read (less than
+    ///   a second ago) cannot bring the account to a limit it is this far from.
+    fn needs_read(&self, tx: &Transaction, now: crate::policy::clock::Timestamp) -> bool {
+        let Some(account) = tx.account() else { return false };
+        !self.cluster.read_recently(account, now.nanos())
+            || self.engine.restrictions().is_restricted(account, now.secs())
+            || self.engine.near_limit(tx, now)
+    }
+
     /// Queues what a delivered transaction spent for the shared counters.
     fn commit(&self, tx: &Transaction) {
         let counted = tx.counted();
@@ -212,10 +278,21 @@ impl ClusterPolicy {
     /// cap's `@domain` — as the cluster knows it: restricted on another node, the message is
     /// refused at MAIL FROM as it would be there; otherwise its local record is raised to what
     /// every node has spent.
-    /// [`ClusterPolicy::merge_sub`], or the local decision when the read failed.
-    fn merge_sub_fetched(&self, sub: &Transaction, fetched: Result<super::Fetched, super::ClusterError>) -> Decision {
+    /// [`ClusterPolicy::merge_sub`], or the local decision when the read failed. `read_at_ns`
+    /// is when the read was sent.
+    fn merge_sub_fetched(
+        &self,
+        sub: &Transaction,
+        fetched: Result<super::Fetched, super::ClusterError>,
+        read_at_ns: u64,
+    ) -> Decision {
         match fetched {
-            Ok(shared) => self.merge_sub(sub, shared),
+            Ok(shared) => {
+                if let Some(account) = sub.account() {
+                    self.cluster.note_read(account, read_at_ns);
+                }
+                self.merge_sub(sub, shared)
+            }
             Err(e) => {
                 self.cluster.decided_locally(&e);
                 Decision::Continue

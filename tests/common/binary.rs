@@ -97,6 +97,24 @@ impl GuardProcess {
         p
     }
 
+    /// `GET /metrics` from the filter's admin listener (open without a token), over HTTP/1.0.
+    pub fn metrics(&self) -> String {
+        use std::io::{Read, Write};
+        let config = std::fs::read_to_string(self.config_path()).expect("read the config");
+        let admin = config
+            .split("[admin]")
+            .nth(1)
+            .and_then(|section| section.lines().find_map(|l| l.trim().strip_prefix("listen = ")))
+            .map(|v| v.trim_matches('"').to_owned())
+            .expect("the admin listener in the test configuration");
+        let mut stream = std::net::TcpStream::connect(&admin).expect("connect to the admin API");
+        stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").expect("send the request");
+        let mut response = String::new();
+        stream.read_to_string(&mut response).expect("read the response");
+        assert!(response.starts_with("HTTP/1.0 200") || response.starts_with("HTTP/1.1 200"), "{response}");
+        response
+    }
+
     pub fn config_path(&self) -> PathBuf {
         self.dir.path().join("plugin.toml")
     }

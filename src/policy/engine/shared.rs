@@ -5,8 +5,14 @@
 //! the decisions themselves stay synchronous and local — cluster mode only moves the local
 //! records closer to what every node together has spent.
 
+use super::super::clock::Timestamp;
 use super::super::limits::LimitKind;
 use super::{Engine, Transaction};
+
+/// Share of a limit in use from which an account is near it ([`Engine::near_limit`]), percent.
+const NEAR_PERCENT: u64 = 80;
+/// Recipients left under a limit at or below which an account is near it, whatever the share.
+const NEAR_LEFT: u32 = 10;
 
 impl Transaction {
     /// The account of the transaction, once MAIL FROM named one (also when it was refused).
@@ -93,6 +99,21 @@ impl Engine {
         }
     }
 
+    /// Whether the account's local record is near one of its limits at `now`: 80 % or more of
+    /// it used, or at most [`NEAR_LEFT`] recipients left. Cluster mode reads the shared state
+    /// for such an account at every message (`ClusterPolicy`): there what other nodes spent a
+    /// moment ago can decide; further from every limit it cannot, and a recent read stands.
+    pub fn near_limit(&self, tx: &Transaction, now: Timestamp) -> bool {
+        let Some(compiled) = &tx.compiled else { return false };
+        let record = self.accounts.record_mut(&tx.account, tx.policy);
+        LimitKind::ALL.into_iter().any(|kind| match compiled.limiters.usage(tx.policy, &record, kind, now) {
+            Some((used, limit)) => {
+                u64::from(used) * 100 >= u64::from(limit) * NEAR_PERCENT || limit.saturating_sub(used) <= NEAR_LEFT
+            }
+            None => false,
+        })
+    }
+
     /// Another node's administrator released `account`: the day's grace applies here too.
     pub fn note_released_elsewhere(&self, account: &str) {
         let now = self.clock.now();
@@ -108,5 +129,59 @@ impl Engine {
             .filter(|e| e.tat.iter().any(|&t| t > now.nanos()))
             .map(|e| (e.key().to_string(), e.tat))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::sync::Arc;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use crate::config::Config;
+    use crate::metrics::Metrics;
+    use crate::policy::clock::EngineClock;
+    use crate::policy::engine::{Engine, Transaction};
+    use crate::policy::events::EventSink;
+    use crate::policy::{Decision, MailFacts, Policy, RcptFacts};
+    use crate::state::memory::MemoryRestrictions;
+
+    fn engine(limit: u32) -> Engine {
+        let policy = format!(
+            "[organization]\nlocal_domains = [\"example.com\"]\n\
+             [policy.default]\nrecipient_limit_external_per_hour = {limit}\n"
+        );
+        let config = Arc::new(Config::parse(&Path::new(".").join("plugin.toml"), &policy).unwrap());
+        let (sink, _events) = EventSink::channel(64);
+        let clock = EngineClock::manual(UNIX_EPOCH + Duration::from_secs(1_795_300_000));
+        Engine::new(config, Arc::new(MemoryRestrictions::default()), sink, clock, Arc::new(Metrics::new()))
+    }
+
+    /// After `used` external recipients of one account: whether its next MAIL FROM is near a limit.
+    fn near_after(limit: u32, used: u32) -> bool {
+        let engine = engine(limit);
+        let facts = MailFacts {
+            sender: b"fay@example.com",
+            auth_login: Some(b"fay@example.com"),
+            client_addr: None,
+            queue_id: None,
+            local_submission: false,
+        };
+        let mut tx = Transaction::default();
+        assert_eq!(engine.mail_from(&mut tx, &facts), Decision::Continue);
+        for i in 0..used {
+            let recipient = format!("r{i}@example.net");
+            assert_eq!(engine.rcpt_to(&mut tx, &RcptFacts { recipient: recipient.as_bytes() }), Decision::Continue);
+        }
+        engine.near_limit(&tx, engine.clock().now())
+    }
+
+    #[test]
+    fn near_a_limit_is_80_percent_used_or_10_recipients_left() {
+        assert!(!near_after(100, 79));
+        assert!(near_after(100, 80), "80 % used");
+        assert!(!near_after(20, 9));
+        assert!(near_after(20, 10), "10 left");
+        assert!(near_after(4, 0), "a limit of 10 or less is always near");
     }
 }
