@@ -11,48 +11,12 @@ use std::time::Duration;
 
 use common::binary::GuardProcess;
 use common::mta::{runtime, send, send_local};
+use common::nodes::{node_config, refuses_within_a_second, restricted_on, two_nodes};
 use common::process::free_port;
 use common::redis::{RedisServer, wait_until};
 
 /// External recipients per hour; `block` keeps a restriction until it is released.
 const LIMIT: usize = 4;
-
-fn node_config(name: &str, redis_url: &str) -> String {
-    format!(
-        "[organization]\nlocal_domains = [\"example.com\"]\n\
-         [state]\nbackend = \"redis\"\nredis_url = \"{redis_url}\"\n\
-         [notify]\nnode_name = \"{name}\"\n\
-         [policy.default]\nrecipient_limit_external_per_hour = {LIMIT}\naction_when_threshold_reached = \"block\"\n"
-    )
-}
-
-/// Two nodes on one Redis.
-fn two_nodes(redis: &RedisServer) -> (GuardProcess, GuardProcess) {
-    let a = GuardProcess::start("", &node_config("node-a", &redis.url()));
-    let b = GuardProcess::start("", &node_config("node-b", &redis.url()));
-    (a, b)
-}
-
-/// Accounts `g` holds restricted now.
-fn restricted_on(g: &GuardProcess) -> Vec<String> {
-    let out = g.cli(&["restricted", "list", "--json"]);
-    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    list["restricted"]
-        .as_array()
-        .map(|a| a.iter().filter_map(|r| r["account"].as_str().map(str::to_owned)).collect())
-        .unwrap_or_default()
-}
-
-/// A restriction made elsewhere reaches `g` within 1 s (docs/cluster.md, "What each node does"),
-/// and `g` then refuses the account at MAIL FROM. (The restriction is shared after the MTA heard
-/// 5xx, never before.)
-fn refuses_within_a_second(g: &GuardProcess, account: &str) {
-    assert!(
-        wait_until(Duration::from_secs(1), || restricted_on(g).contains(&account.to_owned())),
-        "{account}: the restriction did not reach the node within 1 s"
-    );
-    assert_eq!(runtime().block_on(send(g.milter_port, account, 1)), b"y", "{account} not refused");
-}
 
 fn shared_tat_exists(redis: &RedisServer, account: &str) -> bool {
     let mut conn = redis.connection();
@@ -62,7 +26,7 @@ fn shared_tat_exists(redis: &RedisServer, account: &str) -> bool {
 #[test]
 fn quota_spent_on_one_node_counts_on_the_other() {
     let redis = RedisServer::start();
-    let (a, b) = two_nodes(&redis);
+    let (a, b) = two_nodes(&redis.url(), LIMIT);
     let rt = runtime();
     assert_eq!(rt.block_on(send(a.milter_port, "alice@example.com", 3)), b"cccc");
     // A's commit is sent in the background once its transaction ended.
@@ -82,7 +46,7 @@ fn quota_spent_on_one_node_counts_on_the_other() {
 #[test]
 fn an_aborted_message_spends_nothing_on_the_other_node() {
     let redis = RedisServer::start();
-    let (a, b) = two_nodes(&redis);
+    let (a, b) = two_nodes(&redis.url(), LIMIT);
     let rt = runtime();
     rt.block_on(async {
         use outbound_guard::milter::client::{MtaClient, POSTFIX_OFFER};
@@ -113,7 +77,7 @@ fn local_submissions_on_two_nodes_share_the_aggregate_limit() {
         let local_port = free_port();
         let g = GuardProcess::start(
             &format!("local_listen = \"inet:127.0.0.1:{local_port}\""),
-            &node_config(name, &redis.url()),
+            &node_config(name, &redis.url(), LIMIT),
         );
         (g, local_port)
     };
@@ -138,8 +102,8 @@ fn a_domain_cap_is_shared_by_two_nodes() {
     let redis = RedisServer::start();
     let cap = "[[policy.domain]]\ndomain = \"customer.example\"\nrecipient_limit_external_per_hour = 3\n\
                action = \"block\"\n";
-    let a = GuardProcess::start("", &format!("{}{cap}", node_config("node-a", &redis.url())));
-    let b = GuardProcess::start("", &format!("{}{cap}", node_config("node-b", &redis.url())));
+    let a = GuardProcess::start("", &format!("{}{cap}", node_config("node-a", &redis.url(), LIMIT)));
+    let b = GuardProcess::start("", &format!("{}{cap}", node_config("node-b", &redis.url(), LIMIT)));
     let rt = runtime();
     assert_eq!(rt.block_on(send(a.milter_port, "alice@customer.example", 2)), b"ccc");
     assert!(wait_until(Duration::from_secs(5), || shared_tat_exists(&redis, "@customer.example")));
@@ -156,7 +120,7 @@ fn a_domain_cap_is_shared_by_two_nodes() {
 #[test]
 fn a_restriction_on_one_node_refuses_on_the_other_within_a_second() {
     let redis = RedisServer::start();
-    let (a, b) = two_nodes(&redis);
+    let (a, b) = two_nodes(&redis.url(), LIMIT);
     let rt = runtime();
     assert_eq!(rt.block_on(send(a.milter_port, "bob@example.com", LIMIT + 1)), b"cccccy");
     // The broadcast reaches B's local copy (what MAIL FROM reads) within 1 s.
@@ -175,7 +139,7 @@ fn a_restriction_on_one_node_refuses_on_the_other_within_a_second() {
 #[test]
 fn a_release_on_one_node_holds_on_the_other_for_the_very_next_transaction() {
     let redis = RedisServer::start();
-    let (a, b) = two_nodes(&redis);
+    let (a, b) = two_nodes(&redis.url(), LIMIT);
     let rt = runtime();
     for round in 0..3 {
         let account = format!("carol{round}@example.com");
@@ -192,7 +156,7 @@ fn a_release_on_one_node_holds_on_the_other_for_the_very_next_transaction() {
 #[test]
 fn redis_killed_mid_load_and_restarted_empty_loses_nothing_acknowledged() {
     let mut redis = RedisServer::start();
-    let (a, b) = two_nodes(&redis);
+    let (a, b) = two_nodes(&redis.url(), LIMIT);
     let rt = runtime();
     // Before: one restriction made on A, known to both.
     assert_eq!(rt.block_on(send(a.milter_port, "erin@example.com", LIMIT + 1)), b"cccccy");
@@ -267,11 +231,12 @@ fn nodes_share_a_restriction(a: &GuardProcess, b: &GuardProcess, account: &str) 
 fn a_password_in_the_url_is_used_and_a_wrong_one_leaves_the_node_deciding_alone() {
     let redis = RedisServer::start_with(&["--requirepass", "s3cret"]);
     let url = format!("redis://:s3cret@127.0.0.1:{}/0", redis.port);
-    let a = GuardProcess::start("", &node_config("node-a", &url));
-    let b = GuardProcess::start("", &node_config("node-b", &url));
+    let a = GuardProcess::start("", &node_config("node-a", &url, LIMIT));
+    let b = GuardProcess::start("", &node_config("node-b", &url, LIMIT));
     nodes_share_a_restriction(&a, &b, "hugo@example.com");
 
-    let wrong = GuardProcess::start("", &node_config("node-c", &format!("redis://:nope@127.0.0.1:{}/0", redis.port)));
+    let wrong =
+        GuardProcess::start("", &node_config("node-c", &format!("redis://:nope@127.0.0.1:{}/0", redis.port), LIMIT));
     let rt = runtime();
     // Not restricted in its own view, so it accepts: the documented leniency while apart.
     assert_eq!(rt.block_on(send(wrong.milter_port, "hugo@example.com", 1)), b"cc");
@@ -304,12 +269,12 @@ fn rediss_urls_speak_tls_verified_against_the_system_roots() {
     // rustls reads the roots from SSL_CERT_FILE when it is set: here, only the test CA.
     let ca = file("ca.pem");
     let env = [("SSL_CERT_FILE", ca.as_str())];
-    let a = GuardProcess::start_with_env(common::process::free_port(), "", &node_config("node-a", &url), &env);
-    let b = GuardProcess::start_with_env(common::process::free_port(), "", &node_config("node-b", &url), &env);
+    let a = GuardProcess::start_with_env(common::process::free_port(), "", &node_config("node-a", &url, LIMIT), &env);
+    let b = GuardProcess::start_with_env(common::process::free_port(), "", &node_config("node-b", &url, LIMIT), &env);
     nodes_share_a_restriction(&a, &b, "ines@example.com");
 
     // Without the CA among its roots, a node refuses the server's certificate.
-    let untrusting = GuardProcess::start("", &node_config("node-c", &url));
+    let untrusting = GuardProcess::start("", &node_config("node-c", &url, LIMIT));
     let (status, log) = untrusting.terminate();
     assert!(status.success());
     assert!(log.contains("redis unreachable"), "{log}");
@@ -322,8 +287,8 @@ fn sentinel_urls_find_the_master() {
     let redis = RedisServer::start();
     let sentinel = RedisServer::sentinel(&redis, "outbound");
     let url = format!("redis+sentinel://127.0.0.1:{}/outbound/0", sentinel.port);
-    let a = GuardProcess::start("", &node_config("node-a", &url));
-    let b = GuardProcess::start("", &node_config("node-b", &url));
+    let a = GuardProcess::start("", &node_config("node-a", &url, LIMIT));
+    let b = GuardProcess::start("", &node_config("node-b", &url, LIMIT));
     nodes_share_a_restriction(&a, &b, "jon@example.com");
     // The events are in the master the sentinel names.
     let mut conn = redis.connection();
@@ -363,8 +328,8 @@ fn a_sentinel_failover_is_one_reconnection() {
     );
 
     let url = format!("redis+sentinel://127.0.0.1:{}/outbound/0", sentinel.port);
-    let a = GuardProcess::start("", &node_config("node-a", &url));
-    let b = GuardProcess::start("", &node_config("node-b", &url));
+    let a = GuardProcess::start("", &node_config("node-a", &url, LIMIT));
+    let b = GuardProcess::start("", &node_config("node-b", &url, LIMIT));
     nodes_share_a_restriction(&a, &b, "kim@example.com");
 
     master.kill();
@@ -411,8 +376,9 @@ fn flatten(v: ::redis::Value) -> Vec<String> {
 fn a_restriction_from_another_node_still_lets_the_account_reach_the_helpdesk() {
     use outbound_guard::milter::client::{MtaClient, POSTFIX_OFFER};
     let redis = RedisServer::start();
-    let config =
-        |name: &str| node_config(name, &redis.url()) + "always_allowed_recipients = [\"helpdesk@example.net\"]\n";
+    let config = |name: &str| {
+        node_config(name, &redis.url(), LIMIT) + "always_allowed_recipients = [\"helpdesk@example.net\"]\n"
+    };
     let a = GuardProcess::start("", &config("node-a"));
     let b = GuardProcess::start("", &config("node-b"));
     let rt = runtime();

@@ -15,44 +15,11 @@ use std::time::Duration;
 
 use common::binary::GuardProcess;
 use common::mta::{runtime, send};
+use common::nodes::{node_config, refuses_within_a_second, restricted_on, two_nodes};
 use common::redis::{RedisCluster, wait_until};
 
 /// External recipients per hour; `block` keeps a restriction until it is released.
 const LIMIT: usize = 4;
-
-fn node_config(name: &str, redis_url: &str) -> String {
-    format!(
-        "[organization]\nlocal_domains = [\"example.com\"]\n\
-         [state]\nbackend = \"redis\"\nredis_url = \"{redis_url}\"\n\
-         [notify]\nnode_name = \"{name}\"\n\
-         [policy.default]\nrecipient_limit_external_per_hour = {LIMIT}\naction_when_threshold_reached = \"block\"\n"
-    )
-}
-
-fn two_nodes(cluster: &RedisCluster) -> (GuardProcess, GuardProcess) {
-    let a = GuardProcess::start("", &node_config("node-a", &cluster.url()));
-    let b = GuardProcess::start("", &node_config("node-b", &cluster.url()));
-    (a, b)
-}
-
-/// Accounts `g` holds restricted now.
-fn restricted_on(g: &GuardProcess) -> Vec<String> {
-    let out = g.cli(&["restricted", "list", "--json"]);
-    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    list["restricted"]
-        .as_array()
-        .map(|a| a.iter().filter_map(|r| r["account"].as_str().map(str::to_owned)).collect())
-        .unwrap_or_default()
-}
-
-/// The restriction reaches `g` within 1 s, and `g` then refuses the account at MAIL FROM.
-fn refuses_within_a_second(g: &GuardProcess, account: &str) {
-    assert!(
-        wait_until(Duration::from_secs(1), || restricted_on(g).contains(&account.to_owned())),
-        "{account}: the restriction did not reach the node within 1 s"
-    );
-    assert_eq!(runtime().block_on(send(g.milter_port, account, 1)), b"y", "{account} not refused");
-}
 
 fn exists(cluster: &RedisCluster, key: &str) -> bool {
     ::redis::cmd("EXISTS").arg(key).query::<i64>(&mut cluster.connection()).unwrap_or(0) == 1
@@ -85,7 +52,7 @@ fn members_of_the_index(cluster: &RedisCluster) -> Vec<String> {
 #[test]
 fn quota_spent_on_one_node_counts_on_the_other_over_a_cluster() {
     let cluster = RedisCluster::start();
-    let (a, b) = two_nodes(&cluster);
+    let (a, b) = two_nodes(&cluster.url(), LIMIT);
     let rt = runtime();
     // Accounts whose keys fall on different masters: every commit pipeline is split by slot.
     for i in 0..6 {
@@ -103,7 +70,7 @@ fn quota_spent_on_one_node_counts_on_the_other_over_a_cluster() {
 #[test]
 fn a_restriction_on_one_node_refuses_on_the_other_within_a_second_over_a_cluster() {
     let cluster = RedisCluster::start();
-    let (a, b) = two_nodes(&cluster);
+    let (a, b) = two_nodes(&cluster.url(), LIMIT);
     let rt = runtime();
     assert_eq!(rt.block_on(send(a.milter_port, "bob@example.com", LIMIT + 1)), b"cccccy");
     refuses_within_a_second(&b, "bob@example.com");
@@ -119,7 +86,7 @@ fn a_restriction_on_one_node_refuses_on_the_other_within_a_second_over_a_cluster
 #[test]
 fn a_release_on_one_node_holds_on_the_other_for_the_very_next_transaction_over_a_cluster() {
     let cluster = RedisCluster::start();
-    let (a, b) = two_nodes(&cluster);
+    let (a, b) = two_nodes(&cluster.url(), LIMIT);
     let rt = runtime();
     for round in 0..3 {
         let account = format!("carol{round}@example.com");
@@ -151,8 +118,8 @@ fn subscribers(node: &common::redis::RedisServer) -> i64 {
 fn a_master_killed_mid_load_fails_over_and_the_nodes_reconcile() {
     let mut cluster = RedisCluster::start();
     let master = cluster.a_master();
-    let a = GuardProcess::start("", &node_config("node-a", &cluster.url_first(master)));
-    let b = GuardProcess::start("", &node_config("node-b", &cluster.url_first(master)));
+    let a = GuardProcess::start("", &node_config("node-a", &cluster.url_first(master), LIMIT));
+    let b = GuardProcess::start("", &node_config("node-b", &cluster.url_first(master), LIMIT));
     assert!(
         wait_until(Duration::from_secs(5), || subscribers(&cluster.nodes[master]) == 2),
         "the filter nodes are not subscribed on the first seed"
@@ -208,7 +175,7 @@ fn a_master_killed_mid_load_fails_over_and_the_nodes_reconcile() {
 #[test]
 fn a_reshard_during_load_keeps_the_counters_shared() {
     let cluster = RedisCluster::start();
-    let (a, b) = two_nodes(&cluster);
+    let (a, b) = two_nodes(&cluster.url(), LIMIT);
     let stop = Arc::new(AtomicBool::new(false));
     let load = load((a.milter_port, b.milter_port), "move", 10, stop.clone());
     let from = cluster.a_master();

@@ -62,20 +62,6 @@ fn timed_send(g: &GuardProcess, account: &str, n: usize) -> (String, Duration) {
     (String::from_utf8(letters).unwrap(), started.elapsed())
 }
 
-/// The value of a metric line (`name{labels}` or `name`) on the filter's admin port.
-fn metric(g: &GuardProcess, series: &str) -> Option<f64> {
-    let config = std::fs::read_to_string(g.config_path()).ok()?;
-    let port = config
-        .lines()
-        .filter(|l| !l.contains("inet:"))
-        .find_map(|l| l.strip_prefix("listen = \"127.0.0.1:"))?
-        .trim_end_matches('"')
-        .to_owned();
-    let body = runtime()
-        .block_on(async { reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await.ok()?.text().await.ok() })?;
-    body.lines().find_map(|l| l.strip_prefix(&format!("outbound_guard_{series} "))).and_then(|v| v.trim().parse().ok())
-}
-
 #[test]
 fn a_frozen_redis_costs_each_transaction_at_most_its_timeout_and_limits_still_hold() {
     let redis = RedisServer::start();
@@ -85,7 +71,7 @@ fn a_frozen_redis_costs_each_transaction_at_most_its_timeout_and_limits_still_ho
         redis.url()
     );
     let g = GuardProcess::start("io_timeout = \"1s\"", &config);
-    assert!(wait_until(Duration::from_secs(10), || metric(&g, "redis_up") == Some(1.0)), "redis never up");
+    assert!(wait_until(Duration::from_secs(10), || g.metric("redis_up") == Some(1.0)), "redis never up");
     assert_eq!(timed_send(&g, "before@example.com", 1).0, "cc");
 
     redis.freeze();
@@ -97,7 +83,7 @@ fn a_frozen_redis_costs_each_transaction_at_most_its_timeout_and_limits_still_ho
         slowest = slowest.max(took);
     }
     assert!(slowest < Duration::from_millis(1500), "a transaction took {slowest:?} with Redis frozen");
-    assert!(wait_until(Duration::from_secs(5), || metric(&g, "redis_up") == Some(0.0)), "redis_up still 1");
+    assert!(wait_until(Duration::from_secs(5), || g.metric("redis_up") == Some(0.0)), "redis_up still 1");
     // Decided on the node's own view: the limit still restricts.
     let (letters, took) = timed_send(&g, "loud@example.com", LIMIT + 1);
     assert_eq!(letters, "ccccy", "the limit while Redis is frozen");
@@ -106,7 +92,7 @@ fn a_frozen_redis_costs_each_transaction_at_most_its_timeout_and_limits_still_ho
 
     // Thawed: the link comes back and the restriction made meanwhile reaches Redis.
     redis.thaw();
-    assert!(wait_until(Duration::from_secs(15), || metric(&g, "redis_up") == Some(1.0)), "redis_up never back");
+    assert!(wait_until(Duration::from_secs(15), || g.metric("redis_up") == Some(1.0)), "redis_up never back");
     let mut conn = redis.connection();
     assert!(
         wait_until(Duration::from_secs(5), || {
@@ -146,7 +132,7 @@ fn a_silent_spamd_never_holds_a_message_past_the_verdict_timeout() {
     }
     assert!(spamd.connections() >= 1, "spamd was never asked");
     assert!(
-        metric(&g, "verdicts_total{source=\"spamd\",result=\"error\"}").unwrap_or(0.0) >= 3.0,
+        g.metric("verdicts_total{source=\"spamd\",result=\"error\"}").unwrap_or(0.0) >= 3.0,
         "scanner failures not counted"
     );
     let (status, log) = g.terminate();

@@ -115,6 +115,13 @@ impl GuardProcess {
         response
     }
 
+    /// The value of one series of `/metrics` (`name` or `name{labels}`, without the
+    /// `outbound_guard_` prefix), if it is there.
+    pub fn metric(&self, series: &str) -> Option<f64> {
+        let series = format!("outbound_guard_{series} ");
+        self.metrics().lines().find_map(|l| l.strip_prefix(series.as_str())).and_then(|v| v.trim().parse().ok())
+    }
+
     pub fn config_path(&self) -> PathBuf {
         self.dir.path().join("plugin.toml")
     }

@@ -9,6 +9,7 @@ pub mod daemon;
 pub mod messages;
 pub mod mmdb;
 pub mod mta;
+pub mod nodes;
 pub mod notify_peers;
 pub mod postfix;
 pub mod postfix_alternate_dirs;
