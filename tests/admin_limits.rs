@@ -1,7 +1,8 @@
 //! The admin port's bounds against an in-process filter, with raw TCP clients: a connection
 //! that sends nothing and one that dribbles its request head are closed at the head deadline,
-//! connections over the cap are closed at once and counted, and the milter keeps accepting and
-//! negotiating while the admin port is full. Tokio's time is paused, so the 10 s deadlines
+//! a client that stops reading its answers is closed at the write deadline, connections over
+//! the cap are closed at once and counted, and the milter keeps accepting and negotiating while
+//! the admin port is full. Tokio's time is paused, so the 10 s deadlines
 //! pass without waiting for them.
 
 mod common;
@@ -9,7 +10,7 @@ mod common;
 use std::time::Duration;
 
 use common::daemon::TestDaemon;
-use outbound_guard::admin::serve::{HEAD_TIMEOUT, MAX_CONNECTIONS};
+use outbound_guard::admin::serve::{HEAD_TIMEOUT, MAX_CONNECTIONS, WRITE_TIMEOUT};
 use outbound_guard::milter::client::{MtaClient, POSTFIX_OFFER};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -106,6 +107,46 @@ async fn a_dribbled_request_head_is_closed_at_the_deadline() {
     assert!(sent < head.len(), "the whole head got through");
     let elapsed = start.elapsed();
     assert!(elapsed >= HEAD_TIMEOUT && elapsed <= HEAD_TIMEOUT + Duration::from_secs(2) + SLACK, "{elapsed:?}");
+    d.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_client_that_stops_reading_is_closed_at_the_write_deadline() {
+    let d = TestDaemon::start(POLICY).await;
+    let metrics = d.services.engine.metrics().clone();
+    // Far more answers than the two sockets' buffers hold, asked for at once and never read:
+    // the server's writes stop making progress.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(d.admin_addr).await.unwrap();
+    let (_unread, mut asks) = stream.into_split();
+    let requests = b"GET /metrics HTTP/1.1\r\nHost: admin\r\n\r\n".repeat(5000);
+    let writer = tokio::spawn(async move {
+        // The server stops reading once it cannot write; what is left is never sent.
+        let _ = asks.write_all(&requests).await;
+        asks
+    });
+    let accepted = Instant::now();
+    while metrics.admin_connections_open.get() == 0 {
+        assert!(accepted.elapsed() < SLACK, "the connection was never taken");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let start = Instant::now();
+    let mut stalled_for = None;
+    while start.elapsed() <= WRITE_TIMEOUT + HEAD_TIMEOUT + SLACK {
+        if metrics.admin_connections_open.get() == 0 {
+            stalled_for = Some(start.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let stalled_for = stalled_for.expect("a connection whose answers are not read stays open");
+    assert!(stalled_for >= WRITE_TIMEOUT, "closed before the write deadline: {stalled_for:?}");
+    writer.abort();
+
+    // Its slot is free: the API answers the next client.
+    let resp = reqwest::get(format!("{}/healthz", d.admin_url())).await.expect("admin API reachable");
+    assert_eq!(resp.status(), reqwest::StatusCode::OK);
     d.stop().await;
 }
 

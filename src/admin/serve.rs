@@ -1,5 +1,6 @@
 //! The admin API's accept loop: at most [`MAX_CONNECTIONS`] connections at once, a deadline
-//! for every request head ([`HEAD_TIMEOUT`]), and a drain on shutdown.
+//! for every request head ([`HEAD_TIMEOUT`]) and for every stalled write ([`WRITE_TIMEOUT`]),
+//! and a drain on shutdown.
 //!
 //! `axum::serve` has neither knob, and an admin port without them can hold every file
 //! descriptor of the process, which the milter then cannot accept with. So a connection over
@@ -18,6 +19,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
+use tokio_io_timeout::TimeoutStream;
 use tracing::{debug, info, warn};
 
 use crate::metrics::Metrics;
@@ -32,6 +34,11 @@ pub const MAX_CONNECTIONS: usize = 64;
 /// request's head: a client that sends nothing, or dribbles its headers, is closed then. It is
 /// also the keep-alive idle time. (The body and the handler have the request's own deadline.)
 pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a write may make no progress: a client that asks and then stops reading (its
+/// receive window full) is closed then, so it cannot hold one of the [`MAX_CONNECTIONS`]
+/// slots for as long as it likes. Progress of any size starts the period again, so a slow
+/// reader that keeps reading is served to the end.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// At most one warning of each kind (connections refused, accept failures) per this period.
 pub const WARN_EVERY: Duration = Duration::from_secs(10);
 /// How long shutdown waits for requests in flight.
@@ -95,7 +102,10 @@ pub async fn serve(listener: TcpListener, app: Router, metrics: Arc<Metrics>, mu
             }
             continue;
         };
-        let conn = http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
+        let mut stream = TimeoutStream::new(stream);
+        stream.set_write_timeout(Some(WRITE_TIMEOUT));
+        // Boxed: hyper wants an `Unpin` connection, and the timer inside is not.
+        let conn = http.serve_connection(TokioIo::new(Box::pin(stream)), TowerToHyperService::new(app.clone()));
         let mut stop = shutdown.clone();
         let metrics = metrics.clone();
         metrics.admin_connections_open.inc();
