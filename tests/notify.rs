@@ -571,3 +571,33 @@ async fn an_account_without_an_address_gets_no_notice_of_its_own() {
     assert_eq!(stats.email.delivered, 4);
     assert!(relay.drain().is_empty());
 }
+
+/// A burst: many accounts restricted at once (a compromised domain) while a relay takes
+/// everything. Every notice arrives, each exactly once, and the notifier keeps up: it writes
+/// the burst to the spool and marks deliveries done in groups, one directory sync per group
+/// rather than per notice. Prints the rate (`--nocapture`).
+#[tokio::test]
+async fn a_burst_of_restrictions_is_delivered_whole_and_once() {
+    const BURST: usize = 300;
+    let (mut relay, _dir, n) = notifier_with_relay().await;
+    let start = std::time::Instant::now();
+    let sender = n.events.clone();
+    let feed = tokio::spawn(async move {
+        for i in 0..BURST {
+            sender.send(restricted(&format!("user{i}@example.com"))).await.unwrap();
+        }
+    });
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..BURST {
+        let m = relay.message(WAIT).await;
+        let msg = MessageParser::default().parse(&m.data[..]).unwrap();
+        let subject = msg.subject().unwrap_or_default().to_owned();
+        assert!(seen.insert(subject.clone()), "sent twice: {subject}");
+    }
+    feed.await.unwrap();
+    let elapsed = start.elapsed();
+    println!("{BURST} notices in {elapsed:?}: {:.0} a second", BURST as f64 / elapsed.as_secs_f64());
+    let stats = n.handle.join().await;
+    assert_eq!((stats.email.delivered, stats.email.pending), (BURST as u64, 0), "{stats:?}");
+    assert!(relay.drain().is_empty(), "nothing more arrives");
+}

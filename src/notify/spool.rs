@@ -132,6 +132,39 @@ impl Spool {
     /// # Errors
     /// [`NotifyError::Spool`] when it cannot be written.
     pub fn write(&self, entry: &Entry) -> Result<(), NotifyError> {
+        match self.write_all(std::slice::from_ref(entry)).pop() {
+            Some((_, e)) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Writes (or rewrites) `entries` durably: each file synced and renamed into place, then
+    /// one sync of the directory for all the renames. Returns the ones that failed, by id.
+    pub fn write_all(&self, entries: &[Entry]) -> Vec<(String, NotifyError)> {
+        let mut failed = Vec::new();
+        let mut renamed = Vec::with_capacity(entries.len());
+        for entry in entries {
+            match self.write_file(entry) {
+                Ok(()) => renamed.push(&entry.id),
+                Err(e) => failed.push((entry.id.clone(), e)),
+            }
+        }
+        if !renamed.is_empty()
+            && let Err(source) = sync_dir(&self.dir)
+        {
+            // None of the renames is known to be durable.
+            let kind = source.kind();
+            failed.extend(
+                renamed
+                    .into_iter()
+                    .map(|id| (id.clone(), NotifyError::Spool { path: self.dir.clone(), source: kind.into() })),
+            );
+        }
+        failed
+    }
+
+    /// `entry`'s file, synced and renamed into place (the directory not yet synced).
+    fn write_file(&self, entry: &Entry) -> Result<(), NotifyError> {
         let path = self.path_of(&entry.id);
         let tmp = self.dir.join(format!(".tmp-{}", entry.id));
         let io = |source| NotifyError::Spool { path: path.clone(), source };
@@ -140,8 +173,7 @@ impl Spool {
         f.write_all(&bytes).map_err(io)?;
         f.sync_all().map_err(io)?;
         drop(f);
-        fs::rename(&tmp, &path).map_err(io)?;
-        sync_dir(&self.dir).map_err(io)
+        fs::rename(&tmp, &path).map_err(io)
     }
 
     /// Marks `id` delivered: the rename is atomic, so after a crash the notice is either
@@ -150,6 +182,38 @@ impl Spool {
     /// # Errors
     /// [`NotifyError::Spool`] when the rename fails.
     pub fn complete(&self, id: &str) -> Result<(), NotifyError> {
+        match self.complete_all(&[id.to_owned()]).pop() {
+            Some((_, e)) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Marks each of `ids` delivered, then syncs both directories once for all of them.
+    /// Returns the ones that failed, by id.
+    pub fn complete_all(&self, ids: &[String]) -> Vec<(String, NotifyError)> {
+        let mut failed = Vec::new();
+        let mut moved = Vec::with_capacity(ids.len());
+        for id in ids {
+            match self.move_to_done(id) {
+                Ok(()) => moved.push(id),
+                Err(e) => failed.push((id.clone(), e)),
+            }
+        }
+        if !moved.is_empty()
+            && let Err(source) = sync_dir(&self.done_dir()).and_then(|()| sync_dir(&self.dir))
+        {
+            let kind = source.kind();
+            failed.extend(
+                moved
+                    .into_iter()
+                    .map(|id| (id.clone(), NotifyError::Spool { path: self.path_of(id), source: kind.into() })),
+            );
+        }
+        failed
+    }
+
+    /// Renames `id`'s file into `done/` (the directories not yet synced).
+    fn move_to_done(&self, id: &str) -> Result<(), NotifyError> {
         let from = self.path_of(id);
         let to = self.done_dir().join(id);
         let io = |source| NotifyError::Spool { path: from.clone(), source };
@@ -164,8 +228,7 @@ impl Spool {
         }
         // Touch, so pruning counts from delivery rather than from the last write.
         let _ = File::options().write(true).open(&to).and_then(|f| f.set_modified(SystemTime::now()));
-        sync_dir(&self.done_dir()).map_err(io)?;
-        sync_dir(&self.dir).map_err(io)
+        Ok(())
     }
 
     /// Drops a pending entry without delivering it.
