@@ -212,7 +212,9 @@ impl Replay {
         // What became of it, for the bounce signal: the lines seen so far, and the later ones
         // by its queue ID.
         if self.bounces {
-            self.outcomes.accepted(Accepted { queue_id: m.queue_id.clone(), account: account.clone() }, m.received);
+            let window = self.engine.bounce_thresholds(&account).window;
+            self.outcomes
+                .accepted(Accepted { queue_id: m.queue_id.clone(), account: account.clone(), window }, m.received);
             for d in &m.deliveries {
                 let to = recipients.get(d.recipient as usize).map_or("", |r| r.as_str());
                 self.judge_outcome(&account, m.queue_id.as_str(), d.at, to, d.dsn.as_str(), d.status);

@@ -22,11 +22,13 @@ use crate::policy::restriction::Restriction;
 /// The restriction cause and metrics reason of the bounce signal.
 pub const CAUSE: &str = "bounces";
 
-/// A message the filter accepted at end of message: the MTA's queue ID and the account.
+/// A message the filter accepted at end of message: the MTA's queue ID, the account and its
+/// policy's `bounce_window` then (the follower sizes a new account's counts by it).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Accepted {
     pub queue_id: CompactString,
     pub account: CompactString,
+    pub window: Duration,
 }
 
 /// The sending end of the engine's hand-over to the delivery follower.
@@ -100,8 +102,12 @@ impl Engine {
         let Some(id) = queue_id.and_then(|q| std::str::from_utf8(q).ok()).filter(|q| !q.is_empty()) else {
             return;
         };
-        let accepted =
-            Accepted { queue_id: CompactString::from(id), account: CompactString::from(tx.account.as_str()) };
+        let Some(compiled) = tx.compiled.as_ref() else { return };
+        let accepted = Accepted {
+            queue_id: CompactString::from(id),
+            account: CompactString::from(tx.account.as_str()),
+            window: compiled.policies.settings(tx.policy).bounce_window,
+        };
         if tap.tx.try_send(accepted).is_err() && tap.dropped.fetch_add(1, Ordering::Relaxed) == 0 {
             warn!("delivery follower not keeping up; outcomes of some accepted messages are not followed");
         }
