@@ -4,11 +4,10 @@
 //!
 //! Kept apart from [`super::accounts::AccountTable`] on purpose: most accounts never have it
 //! (only authenticated mail under a policy with the signal on is noted), and the 64-byte
-//! account slot stays as it is for everyone. Each tracked account holds a fixed set of slots,
-//! one network (or country) more than the highest limit in force allows ([`Layout`]), so its
-//! memory is bounded whatever a botnet does: a new network takes a free slot, or one that aged
-//! out, or the oldest. [`LoginTable::evict_idle`] drops accounts with nothing seen in the last
-//! day.
+//! account slot stays as it is for everyone. An account holds at most one network (or country)
+//! more than the highest limit in force allows ([`Layout`]), so its memory is bounded whatever
+//! a botnet does: a new network takes a free slot, or one that aged out, or the oldest.
+//! [`LoginTable::evict_idle`] drops accounts with nothing seen in the last day.
 //!
 //! # Memory
 //!
@@ -17,9 +16,12 @@
 //! collide, about 3 chances in 10^8 among a million accounts), the minute of its last message,
 //! the hour of its last alert, then per network slot 4 bytes and a 1-byte minute stamp, per
 //! country slot a 2-byte code and a 1-byte hour stamp: `14 + 5 × networks + 3 × countries`
-//! bytes, 48 under limits of 4 networks and 2 countries, 92 under the highest (11 and 5).
-//! Entries sit in fixed chunks ([`CHUNK`] entries each, so the table grows without doubling),
-//! found through a 4-byte-per-bucket index of 32 shards, each behind its own lock.
+//! bytes. Entries come in three size classes: room for 2 networks and 1 country (27 bytes),
+//! then 5 and 3 (48), then the layout's all (92 under the highest limits, 11 and 5); an entry
+//! moves up when a message finds no slot for its place, so most accounts, seen from a place or
+//! two, pay for two. Each class keeps its entries in fixed chunks ([`CHUNK`] entries each, so
+//! the table grows without doubling), found through a 4-byte-per-bucket index of 32 shards,
+//! each behind its own lock; a place given up by a move is taken by the next new account.
 //!
 //! A network is its IPv4 /24 exactly, or a 32-bit hash of its IPv6 /48: two /48s of one
 //! account whose hashes collide count as one, an undercount by one in rare cases, never a
@@ -326,6 +328,22 @@ impl LoginEntry<'_> {
         spread
     }
 
+    /// Whether a message from `network` (and `country`) at `minute` would find no slot for
+    /// it (networks, countries), after the slots that aged out are freed.
+    fn lacks(&mut self, network: Network, country: Option<CountryCode>, minute: u32) -> (bool, bool) {
+        self.sweep(minute.max(self.last_minute()));
+        let l = self.layout;
+        let key = network.key();
+        let networks = l.networks > 0 && (0..l.networks).all(|i| self.network(i) != key && self.network(i) != FREE);
+        let countries = match country {
+            Some(CountryCode(code)) if l.countries > 0 => {
+                (0..l.countries).all(|i| self.country(i) != code && self.country(i) != NO_COUNTRY)
+            }
+            _ => false,
+        };
+        (networks, countries)
+    }
+
     /// The networks of the last hour as of the last message, oldest first: an IPv4 /24 by its
     /// name, an IPv6 /48 by its name while the shard remembers it.
     pub fn recent_networks(&self) -> Vec<String> {
@@ -380,29 +398,57 @@ impl LoginEntry<'_> {
     }
 }
 
-/// Entries per chunk of a shard: the slack of a partly filled chunk is at most this many
-/// entries per shard (32 × 1,024 × 48 bytes in all, 1.6 MB).
+/// Entries per chunk of a slab: the slack of a partly filled chunk is at most this many
+/// entries per class and shard.
 pub const CHUNK: usize = 1024;
 
 /// Shards of the table, each behind its own lock.
 const SHARDS: usize = 32;
 
-/// Entries a shard can hold: a bucket of the index keeps an entry's number in 24 bits.
-const MAX_ENTRIES: usize = (1 << 24) - 2;
+/// Size classes: an entry starts with room for 2 networks and 1 country and moves to the next
+/// class when a message needs a slot it lacks: 5 networks and 3 countries, then all the
+/// layout's. An account seen from one place pays for two, not for twelve.
+const CLASSES: usize = 3;
+const CLASS_NETWORKS: [usize; CLASSES] = [2, 5, usize::MAX];
+const CLASS_COUNTRIES: [usize; CLASSES] = [1, 3, usize::MAX];
 
-/// One shard: its entries in chunks, and the index that finds them by the account's hash.
-struct Shard {
-    layout: Layout,
-    chunks: Vec<Box<[u8]>>,
-    len: usize,
-    /// Open addressing, linear probing: 0 is an empty bucket, else the entry's number plus one
-    /// in the low 24 bits and 8 more bits of the account's hash above, compared first.
-    index: Vec<u32>,
-    names: Names,
+impl Layout {
+    /// The slots of size class `k` under this layout.
+    fn class(self, k: usize) -> Layout {
+        Layout { networks: self.networks.min(CLASS_NETWORKS[k]), countries: self.countries.min(CLASS_COUNTRIES[k]) }
+    }
+
+    /// Bytes per entry in each size class, smallest first.
+    pub fn class_bytes(self) -> [usize; CLASSES] {
+        [0, 1, 2].map(|k| self.class(k).bytes())
+    }
+}
+
+/// Bits of an index bucket for an entry's number (plus one) within its class.
+const NUMBER_BITS: u32 = 22;
+
+/// Entries a class of a shard can hold.
+const MAX_ENTRIES: usize = (1 << NUMBER_BITS) - 2;
+
+/// Where an entry is: its size class and its number there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Place {
+    class: usize,
+    n: usize,
 }
 
 fn tag(key: u64) -> u32 {
     ((key >> 8) & 0xff) as u32
+}
+
+/// An index bucket: 8 more bits of the account's hash, compared first, the class in 2 bits,
+/// the entry's number plus one below (so never 0, the empty bucket).
+fn bucket_value(key: u64, p: Place) -> u32 {
+    (tag(key) << 24) | ((p.class as u32) << NUMBER_BITS) | (p.n as u32 + 1)
+}
+
+fn place_of(v: u32) -> Place {
+    Place { class: ((v >> NUMBER_BITS) & 3) as usize, n: (v & ((1 << NUMBER_BITS) - 1)) as usize - 1 }
 }
 
 /// The home bucket of `key` among `buckets`: the product's high half, so that any number of
@@ -411,26 +457,58 @@ fn home(key: u64, buckets: usize) -> usize {
     ((u128::from(key) * buckets as u128) >> 64) as usize
 }
 
-impl Shard {
-    fn new(layout: Layout) -> Shard {
-        Shard { layout, chunks: Vec::new(), len: 0, index: Vec::new(), names: Names::default() }
+/// Copies the entry `from` (of layout `fl`) into `to` (of layout `tl`), keeping the most
+/// recent places that fit.
+fn convert(from: &[u8], fl: Layout, to: &mut [u8], tl: Layout) {
+    let minute = u32::from_le_bytes([from[8], from[9], from[10], from[11]]);
+    let mut networks: Vec<(u32, u32, u8)> = (0..fl.networks)
+        .map(|i| (u32::from_le_bytes(from[fl.network_at(i)..][..4].try_into().unwrap_or([0xff; 4])), i))
+        .filter(|(key, _)| *key != FREE)
+        .map(|(key, i)| (age(minute, from[fl.network_stamp_at(i)]), key, from[fl.network_stamp_at(i)]))
+        .collect();
+    networks.sort_by_key(|(age, ..)| *age);
+    let mut countries: Vec<(u32, [u8; 2], u8)> = (0..fl.countries)
+        .map(|i| ([from[fl.country_at(i)], from[fl.country_at(i) + 1]], i))
+        .filter(|(code, _)| *code != NO_COUNTRY)
+        .map(|(code, i)| (age(minute / 60, from[fl.country_stamp_at(i)]), code, from[fl.country_stamp_at(i)]))
+        .collect();
+    countries.sort_by_key(|(age, ..)| *age);
+    to[..HEADER].copy_from_slice(&from[..HEADER]);
+    for i in 0..tl.networks {
+        let (key, stamp) = networks.get(i).map_or((FREE, 0), |&(_, key, stamp)| (key, stamp));
+        to[tl.network_at(i)..][..4].copy_from_slice(&key.to_le_bytes());
+        to[tl.network_stamp_at(i)] = stamp;
+    }
+    for i in 0..tl.countries {
+        let (code, stamp) = countries.get(i).map_or((NO_COUNTRY, 0), |&(_, code, stamp)| (code, stamp));
+        to[tl.country_at(i)..][..2].copy_from_slice(&code);
+        to[tl.country_stamp_at(i)] = stamp;
+    }
+}
+
+/// The entries of one size class of a shard, in fixed chunks.
+struct Slab {
+    layout: Layout,
+    chunks: Vec<Box<[u8]>>,
+    len: usize,
+    /// Entries given up by accounts that moved to a larger class (their last minute is 0),
+    /// taken first by new ones.
+    free: Vec<u32>,
+}
+
+impl Slab {
+    fn new(layout: Layout) -> Slab {
+        Slab { layout, chunks: Vec::new(), len: 0, free: Vec::new() }
     }
 
     fn bytes(&self, n: usize) -> &[u8] {
         let stride = self.layout.bytes();
-        let at = n % CHUNK * stride;
-        &self.chunks[n / CHUNK][at..at + stride]
+        &self.chunks[n / CHUNK][n % CHUNK * stride..][..stride]
     }
 
     fn bytes_mut(&mut self, n: usize) -> &mut [u8] {
         let stride = self.layout.bytes();
-        let at = n % CHUNK * stride;
-        &mut self.chunks[n / CHUNK][at..at + stride]
-    }
-
-    fn entry(&mut self, n: usize) -> LoginEntry<'_> {
-        let (layout, stride, at) = (self.layout, self.layout.bytes(), n % CHUNK * self.layout.bytes());
-        LoginEntry { bytes: &mut self.chunks[n / CHUNK][at..at + stride], layout, names: &mut self.names }
+        &mut self.chunks[n / CHUNK][n % CHUNK * stride..][..stride]
     }
 
     fn key_of(&self, n: usize) -> u64 {
@@ -443,7 +521,101 @@ impl Shard {
         u32::from_le_bytes([b[8], b[9], b[10], b[11]])
     }
 
-    fn find(&self, key: u64) -> Option<usize> {
+    /// Room for one more entry: a free one, or a new one at the end; `None` when full.
+    fn take(&mut self) -> Option<usize> {
+        if let Some(n) = self.free.pop() {
+            return Some(n as usize);
+        }
+        if self.len >= MAX_ENTRIES {
+            return None;
+        }
+        if self.len == self.chunks.len() * CHUNK {
+            self.chunks.push(vec![0; CHUNK * self.layout.bytes()].into_boxed_slice());
+        }
+        self.len += 1;
+        Some(self.len - 1)
+    }
+
+    fn give_back(&mut self, n: usize) {
+        self.bytes_mut(n)[8..12].fill(0);
+        self.free.push(n as u32);
+    }
+
+    /// Rewrites every entry for `layout`.
+    fn relayout(&mut self, layout: Layout) {
+        let old = std::mem::replace(self, Slab::new(layout));
+        self.len = old.len;
+        self.free = old.free.clone();
+        self.chunks =
+            (0..old.len.div_ceil(CHUNK)).map(|_| vec![0; CHUNK * layout.bytes()].into_boxed_slice()).collect();
+        for n in 0..old.len {
+            convert(old.bytes(n), old.layout, self.bytes_mut(n), layout);
+        }
+    }
+
+    /// Drops the entries with nothing seen within the last day of `minute` and the free
+    /// ones, moving the others down so that the chunks they leave go back; returns how many
+    /// entries in use were dropped.
+    fn evict_idle(&mut self, minute: u32) -> usize {
+        let idle_after = COUNTRY_WINDOW_HOURS * 60;
+        let (mut kept, mut dropped) = (0, 0);
+        let mut buf = [0u8; 128];
+        for n in 0..self.len {
+            let last = self.last_minute_of(n);
+            if minute.saturating_sub(last) >= idle_after {
+                dropped += usize::from(last != 0);
+                continue;
+            }
+            if kept != n {
+                let stride = self.layout.bytes();
+                buf[..stride].copy_from_slice(self.bytes(n));
+                self.bytes_mut(kept).copy_from_slice(&buf[..stride]);
+            }
+            kept += 1;
+        }
+        self.len = kept;
+        self.free = Vec::new();
+        self.chunks.truncate(kept.div_ceil(CHUNK));
+        self.chunks.shrink_to_fit();
+        dropped
+    }
+}
+
+/// One shard: its entries in size classes, and the index that finds them by the account's
+/// hash.
+struct Shard {
+    layout: Layout,
+    slabs: [Slab; CLASSES],
+    /// Entries in use, over all classes.
+    entries: usize,
+    /// Open addressing, linear probing; see [`bucket_value`].
+    index: Vec<u32>,
+    names: Names,
+}
+
+impl Shard {
+    fn new(layout: Layout) -> Shard {
+        Shard {
+            layout,
+            slabs: [0, 1, 2].map(|k| Slab::new(layout.class(k))),
+            entries: 0,
+            index: Vec::new(),
+            names: Names::default(),
+        }
+    }
+
+    fn entry(&mut self, p: Place) -> LoginEntry<'_> {
+        let slab = &mut self.slabs[p.class];
+        let layout = slab.layout;
+        LoginEntry { bytes: slab.bytes_mut(p.n), layout, names: &mut self.names }
+    }
+
+    fn key_at(&self, p: Place) -> u64 {
+        self.slabs[p.class].key_of(p.n)
+    }
+
+    /// The entry of `key` and its index bucket.
+    fn find(&self, key: u64) -> Option<(Place, usize)> {
         if self.index.is_empty() {
             return None;
         }
@@ -454,114 +626,100 @@ impl Shard {
             if v == 0 {
                 return None;
             }
-            let n = (v & 0x00ff_ffff) as usize - 1;
-            if v >> 24 == tag && self.key_of(n) == key {
-                return Some(n);
+            if v >> 24 == tag && self.key_at(place_of(v)) == key {
+                return Some((place_of(v), b));
             }
             b = if b + 1 == buckets { 0 } else { b + 1 };
         }
     }
 
-    fn place(&mut self, key: u64, n: usize) {
+    /// Puts `key`'s entry at `p` in the index; returns its bucket.
+    fn place(&mut self, key: u64, p: Place) -> usize {
         let buckets = self.index.len();
         let mut b = home(key, buckets);
         while self.index[b] != 0 {
             b = if b + 1 == buckets { 0 } else { b + 1 };
         }
-        self.index[b] = (tag(key) << 24) | (n as u32 + 1);
+        self.index[b] = bucket_value(key, p);
+        b
     }
 
-    /// Rebuilds the index for the entries there are, with room for `room` more.
+    /// Rebuilds the index with `buckets` buckets for the entries in use.
     fn reindex(&mut self, buckets: usize) {
         self.index = vec![0; buckets.max(16)];
-        for n in 0..self.len {
-            self.place(self.key_of(n), n);
+        for class in 0..CLASSES {
+            for n in 0..self.slabs[class].len {
+                if self.slabs[class].last_minute_of(n) != 0 {
+                    let p = Place { class, n };
+                    self.place(self.key_at(p), p);
+                }
+            }
         }
     }
 
-    /// A new entry for `key` at `minute`; `None` when the shard is full.
-    fn insert(&mut self, key: u64, minute: u32) -> Option<usize> {
-        if self.len >= MAX_ENTRIES {
-            return None;
-        }
+    /// A new entry for `key` at `minute`, in the smallest class; `None` when it is full.
+    fn insert(&mut self, key: u64, minute: u32) -> Option<(Place, usize)> {
         // At most 7/8 full; grown by half.
-        if (self.len + 1) * 8 > self.index.len() * 7 {
+        if (self.entries + 1) * 8 > self.index.len() * 7 {
             let buckets = (self.index.len() * 3 / 2).max(64);
             self.reindex(buckets);
         }
-        if self.len == self.chunks.len() * CHUNK {
-            self.chunks.push(vec![0; CHUNK * self.layout.bytes()].into_boxed_slice());
+        let p = Place { class: 0, n: self.slabs[0].take()? };
+        self.entry(p).init(key, minute);
+        self.entries += 1;
+        Some((p, self.place(key, p)))
+    }
+
+    /// Moves the entry at `p` (in index bucket `bucket`) to a larger class when the message
+    /// from `network` and `country` at `minute` needs a slot it lacks; returns where it is.
+    fn make_room(
+        &mut self,
+        (p, bucket): (Place, usize),
+        network: Network,
+        country: Option<CountryCode>,
+        minute: u32,
+    ) -> Place {
+        let (networks, countries) = self.entry(p).lacks(network, country, minute);
+        if !networks && !countries {
+            return p;
         }
-        let n = self.len;
-        self.len += 1;
-        self.entry(n).init(key, minute);
-        self.place(key, n);
-        Some(n)
+        let now = self.slabs[p.class].layout;
+        let Some(class) = (p.class + 1..CLASSES).find(|&k| {
+            let l = self.slabs[k].layout;
+            (networks && l.networks > now.networks) || (countries && l.countries > now.countries)
+        }) else {
+            return p;
+        };
+        let Some(n) = self.slabs[class].take() else {
+            return p;
+        };
+        let mut buf = [0u8; 128];
+        let stride = now.bytes();
+        buf[..stride].copy_from_slice(self.slabs[p.class].bytes(p.n));
+        let to = self.slabs[class].layout;
+        convert(&buf[..stride], now, self.slabs[class].bytes_mut(n), to);
+        self.slabs[p.class].give_back(p.n);
+        let moved = Place { class, n };
+        self.index[bucket] = bucket_value(self.key_at(moved), moved);
+        moved
     }
 
     /// Rewrites every entry for `layout`, keeping the most recent places that fit.
     fn relayout(&mut self, layout: Layout) {
-        let mut old = std::mem::replace(self, Shard::new(layout));
-        self.index = std::mem::take(&mut old.index);
-        self.names = std::mem::take(&mut old.names);
-        self.len = old.len;
-        self.chunks =
-            (0..old.len.div_ceil(CHUNK)).map(|_| vec![0; CHUNK * layout.bytes()].into_boxed_slice()).collect();
-        let (ol, nl) = (old.layout, layout);
-        for n in 0..old.len {
-            let from = old.bytes(n);
-            let minute = u32::from_le_bytes([from[8], from[9], from[10], from[11]]);
-            let mut networks: Vec<(u32, u32, u8)> = (0..ol.networks)
-                .map(|i| (u32::from_le_bytes(from[ol.network_at(i)..][..4].try_into().unwrap_or([0xff; 4])), i))
-                .filter(|(key, _)| *key != FREE)
-                .map(|(key, i)| (age(minute, from[ol.network_stamp_at(i)]), key, from[ol.network_stamp_at(i)]))
-                .collect();
-            networks.sort_by_key(|(age, ..)| *age);
-            let mut countries: Vec<(u32, [u8; 2], u8)> = (0..ol.countries)
-                .map(|i| ([from[ol.country_at(i)], from[ol.country_at(i) + 1]], i))
-                .filter(|(code, _)| *code != NO_COUNTRY)
-                .map(|(code, i)| (age(minute / 60, from[ol.country_stamp_at(i)]), code, from[ol.country_stamp_at(i)]))
-                .collect();
-            countries.sort_by_key(|(age, ..)| *age);
-            let header: [u8; HEADER] = from[..HEADER].try_into().unwrap_or([0; HEADER]);
-            let to = self.bytes_mut(n);
-            to[..HEADER].copy_from_slice(&header);
-            for i in 0..nl.networks {
-                let (key, stamp) = networks.get(i).map_or((FREE, 0), |&(_, key, stamp)| (key, stamp));
-                to[nl.network_at(i)..][..4].copy_from_slice(&key.to_le_bytes());
-                to[nl.network_stamp_at(i)] = stamp;
-            }
-            for i in 0..nl.countries {
-                let (code, stamp) = countries.get(i).map_or((NO_COUNTRY, 0), |&(_, code, stamp)| (code, stamp));
-                to[nl.country_at(i)..][..2].copy_from_slice(&code);
-                to[nl.country_stamp_at(i)] = stamp;
+        self.layout = layout;
+        for (k, slab) in self.slabs.iter_mut().enumerate() {
+            if slab.layout != layout.class(k) {
+                slab.relayout(layout.class(k));
             }
         }
     }
 
-    /// Drops the entries with nothing seen within the last day of `minute`, moving the others
-    /// down so that the chunks they leave go back; returns how many.
+    /// Drops the entries with nothing seen within the last day of `minute`; returns how many.
     fn evict_idle(&mut self, minute: u32) -> usize {
-        let idle_after = COUNTRY_WINDOW_HOURS * 60;
-        let mut kept = 0;
-        for n in 0..self.len {
-            if minute.saturating_sub(self.last_minute_of(n)) >= idle_after {
-                continue;
-            }
-            if kept != n {
-                let from = self.bytes(n).to_vec();
-                self.bytes_mut(kept).copy_from_slice(&from);
-            }
-            kept += 1;
-        }
-        let dropped = self.len - kept;
-        if dropped > 0 {
-            self.len = kept;
-            self.chunks.truncate(kept.div_ceil(CHUNK));
-            self.chunks.shrink_to_fit();
-            // Room for a third more before the index grows again.
-            self.reindex(kept * 4 / 3 * 8 / 7 + 1);
-        }
+        let dropped: usize = self.slabs.iter_mut().map(|s| s.evict_idle(minute)).sum();
+        self.entries -= dropped;
+        // Room for a third more before the index grows again.
+        self.reindex(self.entries * 4 / 3 * 8 / 7 + 1);
         dropped
     }
 }
@@ -614,11 +772,12 @@ impl LoginTable {
         let key = self.key(account);
         let minute = now / 60;
         let mut shard = self.shard(key);
-        let n = match shard.find(key) {
-            Some(n) => n,
+        let found = match shard.find(key) {
+            Some(found) => found,
             None => shard.insert(key, minute)?,
         };
-        let mut entry = shard.entry(n);
+        let p = shard.make_room(found, network, country, minute);
+        let mut entry = shard.entry(p);
         let spread = entry.note(network, country, minute);
         over(spread, &mut entry)
     }
@@ -647,7 +806,7 @@ impl LoginTable {
 
     /// Accounts tracked.
     pub fn len(&self) -> usize {
-        self.shards.iter().map(|s| s.lock().unwrap_or_else(PoisonError::into_inner).len).sum()
+        self.shards.iter().map(|s| s.lock().unwrap_or_else(PoisonError::into_inner).entries).sum()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -696,6 +855,7 @@ mod tests {
     #[test]
     fn an_entry_is_sized_to_the_limits_in_force() {
         assert_eq!(Layout::for_limits(4, 2).bytes(), 48, "the cautious start: 5 networks, 3 countries");
+        assert_eq!(Layout::for_limits(1, 0).bytes(), 24, "2 networks");
         assert_eq!(Layout::for_limits(11, 5).bytes(), 92, "the highest limits: 12 networks, 6 countries");
         assert_eq!(Layout::for_limits(4, 0).bytes(), 14 + 25, "no countries counted");
         assert_eq!(Layout::for_limits(99, 99), Layout::for_limits(11, 5), "capped as the configuration is");
@@ -866,6 +1026,75 @@ mod tests {
         let (networks, _) = recent(&table, a, T + 180);
         assert_eq!(networks.len(), 3);
         assert!(networks.contains(&"an IPv6 /48 no longer named".to_owned()), "{networks:?}");
+    }
+
+    /// The size class of `account`'s entry.
+    fn class(table: &LoginTable, account: &str) -> usize {
+        let key = table.key(account);
+        table.shard(key).find(key).expect("tracked").0.class
+    }
+
+    #[test]
+    fn an_entry_moves_to_a_larger_class_only_when_it_needs_a_slot() {
+        let table = LoginTable::new(Layout::for_limits(11, 5));
+        assert_eq!(table.layout().class_bytes(), [27, 48, 92]);
+        assert_eq!(Layout::for_limits(4, 2).class_bytes(), [27, 48, 48], "no class above the limits");
+        let a = "a@example.com";
+        note(&table, a, net("10.0.0.1"), SE, T);
+        assert_eq!(note(&table, a, net("10.0.1.1"), SE, T + 60), Spread { networks: 2, countries: 1 });
+        assert_eq!(class(&table, a), 0, "two networks, one country");
+        assert_eq!(note(&table, a, net("10.0.1.1"), DE, T + 120), Spread { networks: 2, countries: 2 });
+        assert_eq!(class(&table, a), 1, "a second country");
+        for i in 2..5u32 {
+            assert_eq!(note(&table, a, net(&format!("10.0.{i}.1")), None, T + 180).networks, i + 1);
+        }
+        assert_eq!(class(&table, a), 1, "five networks");
+        assert_eq!(note(&table, a, net("10.0.5.1"), None, T + 240), Spread { networks: 6, countries: 2 });
+        assert_eq!(class(&table, a), 2, "a sixth network");
+        let (networks, countries) = recent(&table, a, T + 300);
+        assert_eq!(networks[..2], ["10.0.0.0/24".to_owned(), "10.0.1.0/24".to_owned()], "moved with it: {networks:?}");
+        assert_eq!(networks.len(), 7);
+        assert_eq!(countries, [CountryCode(*b"SE"), CountryCode(*b"DE")]);
+        // An account whose old places aged out has room again: it stays where it is.
+        let b = "b@example.com";
+        note(&table, b, net("10.0.0.1"), SE, T);
+        note(&table, b, net("10.0.1.1"), SE, T);
+        assert_eq!(note(&table, b, net("10.0.2.1"), SE, T + 3600).networks, 1);
+        assert_eq!(class(&table, b), 0);
+    }
+
+    #[test]
+    fn a_place_given_up_is_taken_by_the_next_account_and_eviction_closes_the_gaps() {
+        let mut shard = Shard::new(Layout::for_limits(11, 5));
+        let minute = T / 60;
+        shard.insert(1, minute).unwrap();
+        for i in 0..3u8 {
+            let network = net(&format!("10.0.{i}.1"));
+            let p = shard.make_room(shard.find(1).unwrap(), network, None, minute);
+            shard.entry(p).note(network, None, minute);
+        }
+        assert_eq!(shard.find(1).unwrap().0, Place { class: 1, n: 0 });
+        assert_eq!(shard.slabs[0].free, [0]);
+        assert_eq!(shard.insert(2, minute).unwrap().0, Place { class: 0, n: 0 }, "the place given up");
+        assert_eq!((shard.slabs[0].len, shard.entries), (1, 2));
+        // Another move leaves a gap at the start of class 0, which eviction closes.
+        shard.insert(3, minute).unwrap();
+        for i in 0..3u8 {
+            let network = net(&format!("10.0.{i}.1"));
+            let p = shard.make_room(shard.find(2).unwrap(), network, None, minute);
+            shard.entry(p).note(network, None, minute);
+        }
+        assert_eq!(shard.slabs[0].free, [0]);
+        assert_eq!(shard.evict_idle(minute), 0);
+        assert!(shard.slabs[0].free.is_empty());
+        assert_eq!((shard.slabs[0].len, shard.slabs[1].len, shard.entries), (1, 2, 3));
+        for key in 1..=3 {
+            assert!(shard.find(key).is_some(), "{key}");
+        }
+        assert_eq!(shard.find(3).unwrap().0, Place { class: 0, n: 0 });
+        assert_eq!(shard.evict_idle(minute + 24 * 60), 3);
+        assert_eq!(shard.entries, 0);
+        assert!(shard.slabs.iter().all(|s| s.len == 0 && s.chunks.is_empty()));
     }
 
     #[test]
