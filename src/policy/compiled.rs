@@ -8,6 +8,7 @@ use super::Needs;
 use super::account::canonical;
 use super::clock::Timestamp;
 use super::limits::Limiters;
+use super::logins::Layout;
 use super::record::AccountRecord;
 use super::restriction::Counters;
 use super::rules::{CompiledPolicies, PolicyIndex};
@@ -31,6 +32,9 @@ pub struct Compiled {
     /// Whether any policy has the login-spread signal on: without it, MAIL FROM pays one
     /// branch for it.
     pub(super) login_spread: bool,
+    /// The slots of each account's login-spread entry: for the highest limits of any policy
+    /// (no country slots without a country database).
+    pub(super) login_layout: Layout,
 }
 
 impl Compiled {
@@ -64,6 +68,11 @@ impl Compiled {
         });
         let login_spread =
             policies.all().iter().any(|p| p.max_client_networks_per_hour > 0 || p.max_client_countries_per_day > 0);
+        let highest = |limit: fn(&crate::config::PolicySettings) -> u32| policies.all().iter().map(limit).max();
+        let login_layout = Layout::for_limits(
+            highest(|p| p.max_client_networks_per_hour).unwrap_or(0),
+            if config.geoip.is_some() { highest(|p| p.max_client_countries_per_day).unwrap_or(0) } else { 0 },
+        );
         Compiled {
             config,
             policies,
@@ -75,6 +84,7 @@ impl Compiled {
             spamd,
             rspamd,
             login_spread,
+            login_layout,
         }
     }
 

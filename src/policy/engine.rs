@@ -113,11 +113,12 @@ impl Engine {
         clock: EngineClock,
         metrics: Arc<Metrics>,
     ) -> Engine {
+        let compiled = Compiled::new(config);
         Engine {
             metrics,
-            current: ArcSwap::from_pointee(Compiled::new(config)),
+            logins: LoginTable::new(compiled.login_layout),
+            current: ArcSwap::from_pointee(compiled),
             accounts: AccountTable::default(),
-            logins: LoginTable::default(),
             restrictions,
             events,
             clock,
@@ -153,6 +154,8 @@ impl Engine {
         let old = self.current.load_full();
         let new = Compiled::new(config);
         self.accounts.convert_for_reload(&old.policies, &new.policies, self.clock.now());
+        // Before the new limits are in force: a raised limit finds its slots there.
+        self.logins.set_layout(new.login_layout);
         self.current.store(Arc::new(new));
     }
 

@@ -58,7 +58,7 @@ impl Engine {
             if !over(spread.networks, max_networks) && !over(spread.countries, max_countries) {
                 return None;
             }
-            let reason = spread_reason(spread, settings, entry, at);
+            let reason = spread_reason(spread, settings, entry);
             let alert_due =
                 settings.login_spread_action == LimitAction::Alert && entry.first_alert_this_hour(now.hour());
             if settings.login_spread_action != LimitAction::Alert {
@@ -121,11 +121,11 @@ impl Engine {
 }
 
 /// The reason of a login-spread restriction or alert: what was counted, and the limits.
-fn spread_reason(spread: Spread, settings: &PolicySettings, entry: &LoginEntry, now: u32) -> String {
+fn spread_reason(spread: Spread, settings: &PolicySettings, entry: &LoginEntry<'_>) -> String {
     let mut parts = Vec::new();
     let max = settings.max_client_networks_per_hour;
     if max > 0 && spread.networks > max {
-        let list: Vec<String> = entry.recent_networks(now).iter().map(Network::to_string).collect();
+        let list = entry.recent_networks();
         parts.push(format!(
             "sent from {} client networks within an hour ({}; limit {max})",
             spread.networks,
@@ -134,7 +134,7 @@ fn spread_reason(spread: Spread, settings: &PolicySettings, entry: &LoginEntry, 
     }
     let max = settings.max_client_countries_per_day;
     if max > 0 && spread.countries > max {
-        let list: Vec<String> = entry.recent_countries(now).iter().map(CountryCode::to_string).collect();
+        let list: Vec<String> = entry.recent_countries().iter().map(CountryCode::to_string).collect();
         parts.push(format!("sent from {} countries within a day ({}; limit {max})", spread.countries, list.join(", ")));
     }
     format!("authenticated login {}", parts.join(", and "))
@@ -314,7 +314,7 @@ mod tests {
         for client in ["192.0.2.1", "198.51.100.1", "203.0.113.1"] {
             assert_eq!(from(&engine, "alice@example.com", client), Decision::Continue, "off by default");
         }
-        assert!(engine.logins.get("alice@example.com").is_none(), "nothing kept for an account with it off");
+        assert!(!engine.logins.contains("alice@example.com"), "nothing kept for an account with it off");
         assert_eq!(from(&engine, "bob@example.com", "192.0.2.1"), Decision::Continue);
         assert_eq!(from(&engine, "bob@example.com", "198.51.100.1"), REFUSED);
         assert_eq!(restricted(&engine, "bob@example.com").unwrap().policy, "travellers");
@@ -355,6 +355,70 @@ mod tests {
         assert_eq!(from(&engine, bob, "198.51.100.1"), Decision::Continue);
         engine.clock().advance(Duration::from_secs(24 * 3600));
         assert_eq!(from(&engine, bob, "203.0.113.1"), Decision::Continue);
+    }
+
+    #[test]
+    fn the_highest_limits_work_eleven_networks_and_five_countries() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = mmdb::documentation_countries();
+        db.insert("192.0.3.0/24", "NO");
+        db.write(&dir.path().join("countries.mmdb"));
+        let (engine, _events) = engine_in(
+            dir.path(),
+            "[geoip]\ndatabase = \"countries.mmdb\"\n[policy.default]\nmax_client_networks_per_hour = 11\n\
+             max_client_countries_per_day = 5\n",
+        );
+        assert_eq!((engine.logins.layout().networks(), engine.logins.layout().countries()), (12, 6));
+        // Eleven networks, five of them in five countries, pass; the twelfth network restricts.
+        let alice = "alice@example.com";
+        let countries = ["192.0.2.1", "198.51.100.1", "203.0.113.1", "2001:db8:1::1", "2001:db8:2::1"];
+        let elsewhere: Vec<String> = (0..6).map(|i| format!("100.64.{i}.1")).collect();
+        for client in countries.iter().copied().chain(elsewhere.iter().map(String::as_str)) {
+            assert_eq!(from(&engine, alice, client), Decision::Continue, "{client}");
+        }
+        assert_eq!(from(&engine, alice, "100.64.6.1"), REFUSED, "the twelfth network");
+        let r = restricted(&engine, alice).unwrap();
+        assert!(r.reason.contains("12 client networks within an hour (192.0.2.0/24, "), "{}", r.reason);
+        assert!(r.reason.contains("2001:db8:2::/48, 100.64.0.0/24"), "{}", r.reason);
+        assert!(!r.reason.contains("countries"), "five countries are within the limit: {}", r.reason);
+        // Five countries pass; the sixth restricts.
+        let bob = "bob@example.com";
+        for client in countries {
+            assert_eq!(from(&engine, bob, client), Decision::Continue, "{client}");
+        }
+        assert_eq!(from(&engine, bob, "192.0.3.1"), REFUSED, "a sixth country");
+        let r = restricted(&engine, bob).unwrap();
+        assert!(r.reason.contains("6 countries within a day (SE, DE, US, NL, DK, NO; limit 5)"), "{}", r.reason);
+    }
+
+    #[test]
+    fn a_reload_that_raises_the_limit_keeps_what_was_counted() {
+        let (engine, _events) = engine("[policy.default]\nmax_client_networks_per_hour = 2\n");
+        assert_eq!(engine.logins.layout().networks(), 3);
+        let alice = "alice@example.com";
+        assert_eq!(from(&engine, alice, "192.0.2.1"), Decision::Continue);
+        assert_eq!(from(&engine, alice, "198.51.100.1"), Decision::Continue);
+        let raised = format!("{ORG}[policy.default]\nmax_client_networks_per_hour = 11\n");
+        engine.reload(Arc::new(Config::parse(Path::new("plugin.toml"), &raised).unwrap()));
+        assert_eq!(engine.logins.layout().networks(), 12);
+        for i in 3..=11 {
+            assert_eq!(from(&engine, alice, &format!("100.64.{i}.1")), Decision::Continue, "network {i}");
+        }
+        assert_eq!(from(&engine, alice, "203.0.113.1"), REFUSED, "the twelfth, counting the two from before");
+        let r = restricted(&engine, alice).unwrap();
+        assert!(
+            r.reason.contains("12 client networks within an hour (192.0.2.0/24, 198.51.100.0/24, "),
+            "{}",
+            r.reason
+        );
+        // Lowered again: the slots follow, and the limit of 2 holds at once.
+        let lowered = format!("{ORG}[policy.default]\nmax_client_networks_per_hour = 2\n");
+        engine.reload(Arc::new(Config::parse(Path::new("plugin.toml"), &lowered).unwrap()));
+        assert_eq!(engine.logins.layout().networks(), 3);
+        let bob = "bob@example.com";
+        assert_eq!(from(&engine, bob, "192.0.2.1"), Decision::Continue);
+        assert_eq!(from(&engine, bob, "198.51.100.1"), Decision::Continue);
+        assert_eq!(from(&engine, bob, "203.0.113.1"), REFUSED);
     }
 
     #[test]
