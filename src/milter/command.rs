@@ -203,9 +203,23 @@ impl<'a> NulStrings<'a> {
 
     /// The strings, without their terminators.
     pub fn iter(&self) -> impl Iterator<Item = &'a [u8]> + 'a {
-        let raw = self.0;
-        let body = raw.strip_suffix(&[0]).unwrap_or(raw);
-        body.split(|&b| b == 0).take(if raw.is_empty() { 0 } else { usize::MAX })
+        // Each string ends at its NUL (the list ends with one, see `new`), found word at a
+        // time as in `cstr` below; a byte-by-byte split was most of what a macro packet cost.
+        let mut rest = self.0;
+        std::iter::from_fn(move || {
+            if rest.is_empty() {
+                return None;
+            }
+            let (item, after) = match std::ffi::CStr::from_bytes_until_nul(rest) {
+                Ok(found) => {
+                    let end = found.count_bytes();
+                    (&rest[..end], &rest[end + 1..])
+                }
+                Err(_) => (rest, &rest[rest.len()..]),
+            };
+            rest = after;
+            Some(item)
+        })
     }
 
     /// Consecutive pairs, as macro `name, value` lists are sent.
@@ -452,6 +466,17 @@ mod tests {
         let Command::MailFrom(env) = cmd else { panic!("{cmd:?}") };
         assert_eq!(env.bare_address(), b"a@example.com");
         assert_eq!(env.esmtp_args.iter().collect::<Vec<_>>(), vec![&b"SIZE=100"[..], b"BODY=8BITMIME"]);
+    }
+
+    #[test]
+    fn nul_strings_split_at_each_terminator_empty_strings_included() {
+        let items = |raw: &'static [u8]| NulStrings::new(raw).unwrap().iter().collect::<Vec<_>>();
+        assert!(items(b"").is_empty());
+        assert_eq!(items(b"\0"), vec![&b""[..]]);
+        assert_eq!(items(b"a\0\0"), vec![&b"a"[..], b""]);
+        assert_eq!(items(b"{auth_authen}\0alice\0i\0\0"), vec![&b"{auth_authen}"[..], b"alice", b"i", b""]);
+        let pairs = NulStrings::new(b"i\0ABC\0j\0").unwrap().pairs().collect::<Vec<_>>();
+        assert_eq!(pairs, vec![(&b"i"[..], &b"ABC"[..]), (b"j", b"")]);
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::time::Duration;
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
-use tokio::time::{Instant, timeout, timeout_at};
+use tokio::time::{Instant, timeout};
 
 use super::command::{Command, CommandError};
 use super::frame::{self, FrameError};
@@ -107,7 +107,7 @@ pub async fn serve<T: Transport, P: Policy>(
     mut stream: T,
     mut session: Session<P>,
     timeouts: Timeouts,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) -> Result<(), ConnectionError> {
     let mut buf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
     let mut start = 0usize;
@@ -118,6 +118,18 @@ pub async fn serve<T: Transport, P: Policy>(
     let mut unacknowledged = false;
     // Bytes read since this task last let the others run.
     let mut since_yield = 0usize;
+    // One timer and one shutdown wait for the whole connection, moved or re-polled at each
+    // read: a fresh `timeout_at` and `changed()` per read registered and removed a timer and a
+    // waiter every time, about 4,000 instructions a message.
+    let timer = tokio::time::sleep(timeouts.idle);
+    tokio::pin!(timer);
+    let mut stop_signal = shutdown.clone();
+    let stop = async move {
+        // A dropped sender ends the wait too; it is only ever dropped at exit.
+        let _ = stop_signal.wait_for(|stop| *stop).await;
+    };
+    tokio::pin!(stop);
+    let mut stop_seen = false;
     loop {
         // Every complete packet in the buffer first.
         while let Some((frame, used)) = frame::decode(&buf[start..])? {
@@ -174,17 +186,29 @@ pub async fn serve<T: Transport, P: Policy>(
         }
         // At most one fair share per read (see FAIR_SHARE).
         let mut limited = (&mut stream).take(FAIR_SHARE as u64);
-        let read = if waiting_for_command {
-            let deadline = Instant::now() + timeouts.idle;
-            tokio::select! {
-                r = timeout_at(deadline, limited.read_buf(&mut buf)) => r.map_err(|_| ConnectionError::Idle(timeouts.idle))?,
-                _ = shutdown.changed(), if !*shutdown.borrow() => continue,
-            }
+        let deadline = if waiting_for_command {
+            Instant::now() + timeouts.idle
         } else {
-            let deadline = *packet_deadline.get_or_insert_with(|| Instant::now() + timeouts.io);
-            timeout_at(deadline, limited.read_buf(&mut buf))
-                .await
-                .map_err(|_| ConnectionError::PacketTimeout(timeouts.io))?
+            *packet_deadline.get_or_insert_with(|| Instant::now() + timeouts.io)
+        };
+        if timer.deadline() != deadline {
+            // A later deadline only updates the registered timer in place.
+            timer.as_mut().reset(deadline);
+        }
+        let read = tokio::select! {
+            biased;
+            r = limited.read_buf(&mut buf) => r,
+            () = &mut timer => {
+                return Err(if waiting_for_command {
+                    ConnectionError::Idle(timeouts.idle)
+                } else {
+                    ConnectionError::PacketTimeout(timeouts.io)
+                });
+            }
+            () = &mut stop, if waiting_for_command && !stop_seen => {
+                stop_seen = true;
+                continue;
+            }
         };
         match read.map_err(ConnectionError::Read)? {
             0 if buf.is_empty() => return Ok(()),

@@ -54,12 +54,22 @@ impl Macro {
     }
 }
 
-/// Current macro values of one connection.
+/// Current macro values of one connection: the values back to back in one buffer, so a
+/// connection allocates once for them, not once per macro (with a connection per message, as
+/// Postfix opens them, that was eight allocations a message).
 #[derive(Debug, Default)]
 pub struct Macros {
-    values: [Option<Vec<u8>>; COUNT],
-    present: [bool; COUNT],
+    bytes: Vec<u8>,
+    /// Where each present value lies in `bytes`: start and length.
+    spans: [Option<(u32, u32)>; COUNT],
 }
+
+/// Room reserved for the values at the first `D` packet: what an ordinary transaction sends.
+const INITIAL_BYTES: usize = 256;
+/// Replaced values are left behind in the buffer until it holds this much more than the live
+/// ones; then the live values are copied together (amortised: each copy follows as many bytes
+/// appended).
+const SLACK: usize = 1024;
 
 impl Macros {
     /// Applies a `D` packet for `stage`.
@@ -67,12 +77,46 @@ impl Macros {
         self.forget_stage(stage);
         for (name, value) in pairs {
             if let Some(m) = Macro::from_name(name) {
-                let slot = self.values[m as usize].get_or_insert_with(Vec::new);
-                slot.clear();
-                slot.extend_from_slice(value);
-                self.present[m as usize] = true;
+                self.set(m, value);
             }
         }
+    }
+
+    fn set(&mut self, m: Macro, value: &[u8]) {
+        if self.bytes.capacity() == 0 {
+            self.bytes.reserve(INITIAL_BYTES.max(value.len()));
+        }
+        if self.bytes.len() > SLACK + 2 * self.live() {
+            self.compact();
+        }
+        let (Ok(start), Ok(len)) = (u32::try_from(self.bytes.len()), u32::try_from(value.len())) else {
+            // Four gigabytes of macros cannot arrive in packets of at most a few megabytes.
+            self.spans[m as usize] = None;
+            return;
+        };
+        self.bytes.extend_from_slice(value);
+        self.spans[m as usize] = Some((start, len));
+    }
+
+    /// Bytes of the values present.
+    fn live(&self) -> usize {
+        self.spans.iter().flatten().map(|&(_, len)| len as usize).sum()
+    }
+
+    /// Copies the present values together at the start of the buffer.
+    fn compact(&mut self) {
+        let mut order: [usize; COUNT] = std::array::from_fn(|i| i);
+        order.sort_unstable_by_key(|&i| self.spans[i].map_or(u32::MAX, |(start, _)| start));
+        let mut end = 0usize;
+        for i in order {
+            let Some((start, len)) = self.spans[i] else { break };
+            let (start, len) = (start as usize, len as usize);
+            // Values in ascending order move down only, so none overwrites one not yet moved.
+            self.bytes.copy_within(start..start + len, end);
+            self.spans[i] = Some((end as u32, len as u32));
+            end += len;
+        }
+        self.bytes.truncate(end);
     }
 
     /// Forgets the values owned by `stage` and by the stages after it within a transaction.
@@ -84,24 +128,29 @@ impl Macros {
             Some(K::RcptTo) => &[K::RcptTo],
             _ => &[],
         };
+        if forget.is_empty() {
+            return;
+        }
         for m in ALL {
             if forget.contains(&m.owner()) {
-                self.present[m as usize] = false;
+                self.spans[m as usize] = None;
             }
+        }
+        if self.spans.iter().all(Option::is_none) {
+            self.bytes.clear();
         }
     }
 
     /// Forgets everything (a new SMTP session on the same connection).
     pub fn clear(&mut self) {
-        self.present = [false; COUNT];
+        self.spans = [None; COUNT];
+        self.bytes.clear();
     }
 
     /// The value of `m`, if the MTA sent it and it is not empty.
     pub fn get(&self, m: Macro) -> Option<&[u8]> {
-        if !self.present[m as usize] {
-            return None;
-        }
-        self.values[m as usize].as_deref().filter(|v| !v.is_empty())
+        let (start, len) = self.spans[m as usize]?;
+        self.bytes.get(start as usize..start as usize + len as usize).filter(|v| !v.is_empty())
     }
 }
 
@@ -148,6 +197,28 @@ mod tests {
         let mut m = Macros::default();
         m.apply(b'M', pairs(&[(b"{auth_authen}", b""), (b"{other}", b"x")]));
         assert_eq!(m.get(Macro::AuthAuthen), None);
+    }
+
+    #[test]
+    fn values_replaced_many_times_keep_the_buffer_bounded_and_the_others_intact() {
+        let mut m = Macros::default();
+        m.apply(b'C', pairs(&[(b"{client_addr}", b"192.0.2.1")]));
+        m.apply(b'M', pairs(&[(b"{auth_authen}", b"alice"), (b"i", b"ABC")]));
+        for n in 0..10_000u32 {
+            let rcpt = format!("rcpt{n}@example.com");
+            m.apply(b'R', pairs(&[(b"{rcpt_addr}", rcpt.as_bytes())]));
+            assert_eq!(m.get(Macro::RcptAddr), Some(rcpt.as_bytes()));
+        }
+        assert!(m.bytes.len() <= SLACK + 2 * m.live() + 64, "buffer grew to {}", m.bytes.len());
+        assert_eq!(m.get(Macro::ClientAddr), Some(&b"192.0.2.1"[..]));
+        assert_eq!(m.get(Macro::AuthAuthen), Some(&b"alice"[..]));
+        assert_eq!(m.get(Macro::QueueId), Some(&b"ABC"[..]));
+        // A value longer than the room first reserved.
+        let long = vec![b'x'; 5000];
+        m.apply(b'M', pairs(&[(b"{auth_authen}", &long[..])]));
+        assert_eq!(m.get(Macro::AuthAuthen), Some(&long[..]));
+        assert_eq!(m.get(Macro::QueueId), None);
+        assert_eq!(m.get(Macro::ClientAddr), Some(&b"192.0.2.1"[..]));
     }
 
     #[test]
