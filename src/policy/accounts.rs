@@ -12,7 +12,7 @@ use dashmap::mapref::multiple::RefMulti;
 use dashmap::mapref::one::RefMut;
 
 use super::clock::Timestamp;
-use super::limits::{self, LimitKind};
+use super::limits;
 use super::record::AccountRecord;
 use super::rules::{CompiledPolicies, PolicyIndex};
 
@@ -58,18 +58,6 @@ impl AccountTable {
     /// Every tracked account with its record, locked a shard at a time.
     pub fn iter(&self) -> impl Iterator<Item = RefMulti<'_, CompactString, AccountRecord>> + '_ {
         self.map.iter()
-    }
-
-    /// The accounts with recipients in use against an hourly limit at `now` (a TAT after it):
-    /// their name, those TATs and their policy, copied out a shard at a time so that the
-    /// sampler (`policy::hourly`) holds a shard's lock only to read it.
-    pub fn hourly_in_use(&self, now: Timestamp) -> Vec<(CompactString, [u64; 2], PolicyIndex)> {
-        let hourly = [LimitKind::ExternalPerHour as usize, LimitKind::InternalPerHour as usize];
-        self.map
-            .iter()
-            .filter(|e| hourly.iter().any(|&k| e.tat[k] > now.nanos()))
-            .map(|e| (e.key().clone(), hourly.map(|k| e.tat[k]), e.policy))
-            .collect()
     }
 
     /// Every tracked account's record, copied (for the snapshot).
@@ -122,7 +110,7 @@ mod tests {
     use super::*;
     use crate::config::builtin_default_policy;
     use crate::policy::clock::EngineClock;
-    use crate::policy::limits::Limiters;
+    use crate::policy::limits::{LimitKind, Limiters};
 
     #[test]
     fn idle_records_are_evicted() {

@@ -195,7 +195,15 @@ impl Engine {
     pub fn sample_hourly(&self) -> hourly::Pass {
         let compiled = self.current.load();
         let now = self.clock.now();
-        let in_use = self.accounts.hourly_in_use(now);
+        // Copied out (name, hourly TATs, policy) while a shard is read-locked; worked out and
+        // written after, with no shard locked. Only accounts with something in use are copied.
+        let hourly = [LimitKind::ExternalPerHour as usize, LimitKind::InternalPerHour as usize];
+        let in_use: Vec<(CompactString, [u64; 2], PolicyIndex)> = self
+            .accounts
+            .iter()
+            .filter(|e| hourly.iter().any(|&k| e.tat[k] > now.nanos()))
+            .map(|e| (e.key().clone(), hourly.map(|k| e.tat[k]), e.policy))
+            .collect();
         let samples = in_use.into_iter().map(|(account, tat, policy)| {
             let record = AccountRecord { tat: [tat[0], tat[1], 0], policy, ..AccountRecord::default() };
             let used = |kind| compiled.limiters.usage(policy, &record, kind, now).map_or(0, |(used, _)| used);
