@@ -295,6 +295,23 @@ pub async fn run(
             }
         }
     });
+    let sampler = tokio::spawn({
+        let engine = services.engine.clone();
+        async move {
+            let mut tick = tokio::time::interval(crate::policy::hourly::SAMPLE_EVERY);
+            // A late pass is a gap: the series says so (`policy::hourly`) rather than catching up.
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                // The walk reads every shard of the account table: off the runtime's workers.
+                let engine = engine.clone();
+                match tokio::task::spawn_blocking(move || engine.sample_hourly()).await {
+                    Ok(pass) => tracing::debug!(?pass, "per-hour series sampled"),
+                    Err(e) => warn!("per-hour sampler: {e}"),
+                }
+            }
+        }
+    });
     let clock_follower = follow_clock_steps(&services.engine);
     let delivery = config.delivery.postfix_log.clone().and_then(|log| {
         info!(file = %log.display(), "following the Postfix log for delivery outcomes");
@@ -338,6 +355,7 @@ pub async fn run(
     }
     let _ = shutdown.wait_for(|s| *s).await;
     evictor.abort();
+    sampler.abort();
     if let Some(task) = clock_follower {
         task.abort();
     }

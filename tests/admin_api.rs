@@ -398,6 +398,55 @@ async fn the_web_page_and_its_assets_are_served_without_a_token_under_a_strict_p
     d.stop().await;
 }
 
+/// `GET /api/v1/senders/{account}` carries the per-hour series: the 23 whole hours before
+/// `as_of`, each the highest sample of the recipients in use against each hourly limit, `null`
+/// for the hours the sampler did not see whole (here: before the filter started, and the hour
+/// it started in). Sampled on the test's clock, a minute at a time, as the daemon would.
+#[tokio::test]
+async fn senders_show_the_recorded_hours() {
+    const HOURLY: &str = "[milter]\nlisten = \"inet:127.0.0.1:0\"\n\
+        [organization]\nlocal_domains = [\"example.com\"]\n\
+        [policy.default]\nrecipient_limit_external_per_hour = 2\nrecipient_limit_internal_per_hour = 10\n";
+    let d = TestDaemon::start(HOURLY).await;
+    let engine = d.services.admin_state(d.token.clone()).engine;
+    let minutes = |n: u32| {
+        for _ in 0..n {
+            d.clock.advance(std::time::Duration::from_secs(60));
+            engine.sample_hourly();
+        }
+    };
+    minutes(70); // 11:10
+    let mut c = client(&d).await;
+    assert_eq!(mail(&mut c, "dan@example.com").await, b'c');
+    for to in ["x@example.net", "y@example.net", "team@example.com"] {
+        c.rcpt_to(to).await.unwrap();
+    }
+    c.message(&[("Subject", "x")], b"x\r\n").await.unwrap();
+    minutes(111); // 13:01
+    // Nothing in use any more: the record goes with the idle ones, the series stays and
+    // keeps the account known.
+    assert!(engine.evict_idle() >= 1);
+    assert!(engine.accounts().get("dan@example.com").is_none());
+    let (status, one) = call(&d, Method::GET, "/api/v1/senders/dan@example.com", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(one["as_of"], "2026-11-22T13:01:00Z");
+    assert_eq!((&one["hourly"]["measure"], &one["hourly"]["sample_seconds"]), (&json!("peak_in_use"), &json!(60)));
+    let hours = one["hourly"]["hours"].as_array().unwrap();
+    assert_eq!(hours.len(), 23);
+    assert_eq!(hours[0]["start"], "2026-11-21T14:00:00Z");
+    assert_eq!(hours[20], json!({"start": "2026-11-22T10:00:00Z", "external": null, "internal": null}), "start hour");
+    // 11:10: 2 external of 2 and 1 internal; by 12:00 one external has come back.
+    assert_eq!(hours[21], json!({"start": "2026-11-22T11:00:00Z", "external": 2, "internal": 1}));
+    assert_eq!(hours[22], json!({"start": "2026-11-22T12:00:00Z", "external": 1, "internal": 0}));
+    assert!(hours[..20].iter().all(|h| h["external"].is_null() && h["internal"].is_null()), "{hours:?}");
+    // An account the filter counts but never saw in use: 0 where it sampled.
+    engine.restrict_manually("erin@example.com", "x", None, "admin").unwrap();
+    let (_, erin) = call(&d, Method::GET, "/api/v1/senders/erin@example.com", None).await;
+    assert_eq!(erin["hourly"]["hours"][22], json!({"start": "2026-11-22T12:00:00Z", "external": 0, "internal": 0}));
+    drop(c);
+    d.stop().await;
+}
+
 /// `GET /api/v1/senders/{account}` has exactly the documented keys and history entries, for a
 /// restricted account and a released one; a second `POST` replaces the reason and `until`
 /// (200, `"replaced": true`) and the history records it; 404 only for an unknown account.
@@ -409,7 +458,7 @@ async fn an_accounts_history_outlives_its_restriction_and_records_a_replacement(
     assert_eq!(status, StatusCode::OK);
     let mut keys: Vec<_> = one.as_object().unwrap().keys().cloned().collect();
     keys.sort();
-    assert_eq!(keys, ["account", "as_of", "counters", "history", "limits", "policy", "restriction"]);
+    assert_eq!(keys, ["account", "as_of", "counters", "history", "hourly", "limits", "policy", "restriction"]);
     // When the counters were read, by the engine's clock (the test's), not the wall clock.
     assert_eq!(one["as_of"], "2026-11-22T10:00:00Z");
     assert_eq!(one["restriction"]["reason"], shown_reason(&d).await);

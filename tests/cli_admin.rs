@@ -264,7 +264,7 @@ fn senders_show_keeps_the_history_of_released_accounts_across_restarts() {
     assert_eq!(code, Some(0));
     let mut keys: Vec<_> = bob.as_object().unwrap().keys().cloned().collect();
     keys.sort();
-    assert_eq!(keys, ["account", "as_of", "counters", "history", "limits", "policy", "restriction"]);
+    assert_eq!(keys, ["account", "as_of", "counters", "history", "hourly", "limits", "policy", "restriction"]);
     let as_of =
         time::OffsetDateTime::parse(bob["as_of"].as_str().unwrap(), &time::format_description::well_known::Rfc3339);
     let read = as_of.expect("as_of is RFC 3339").unix_timestamp();
@@ -313,6 +313,15 @@ fn senders_show_keeps_the_history_of_released_accounts_across_restarts() {
         let text = stdout(&g.cli(&["senders", "show", "bob@example.com"]));
         assert!(text.contains("State:     may send"), "{text}");
         assert!(text.contains("released    by tester (cli): new laptop"), "{text}");
+        // The per-hour series starts empty with each process: no whole hour seen yet.
+        let hours = bob["hourly"]["hours"].as_array().unwrap();
+        assert_eq!(hours.len(), 23);
+        assert!(hours.iter().all(|h| h["external"].is_null() && h["internal"].is_null()), "{hours:?}");
+        assert!(text.contains("Per hour:  highest in use, external/internal"), "{text}");
+        assert!(
+            text.lines().any(|l| l.trim_start().starts_with(|c: char| c.is_ascii_digit()) && l.ends_with("h -")),
+            "{text}"
+        );
     };
     check_bob(&g);
 

@@ -418,3 +418,76 @@ async fn an_administrator_opens_an_accounts_history_and_counters() {
     drop(browser);
     d.stop().await;
 }
+
+/// The plot draws what the filter recorded: each whole hour the sampler saw from start to end
+/// as bars of its highest sample of recipients in use (external, internal), reaching the limit
+/// line when the account used its whole limit; the hours before as one "not recorded" block;
+/// the current hour as what is in use now. Sampled on the test's clock, a minute at a time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_plot_draws_the_recorded_hours() {
+    const HOURLY: &str = "[milter]\nlisten = \"inet:127.0.0.1:0\"\n\
+        [organization]\nlocal_domains = [\"example.com\"]\n\
+        [policy.default]\nrecipient_limit_external_per_hour = 2\nrecipient_limit_internal_per_hour = 10\n\
+        recipient_limit_per_day = 200\n";
+    let d = TestDaemon::start(HOURLY).await;
+    let engine = d.services.admin_state(d.token.clone()).engine;
+    let minutes = |n: u32| {
+        for _ in 0..n {
+            d.clock.advance(std::time::Duration::from_secs(60));
+            engine.sample_hourly();
+        }
+    };
+    minutes(70); // 11:10: two external recipients of two, one internal
+    send(&d, "dan@example.com", &["x@example.net", "y@example.net", "team@example.com"]).await;
+    minutes(111); // 13:01
+
+    let browser = Browser::start(1280, 1150).await;
+    browser.goto(&format!("{}/", d.admin_url())).await;
+    browser.wait_for("the token form", "!document.getElementById('login').hidden").await;
+    browser.type_into("#token", &d.token).await;
+    browser.click("#login-form button[type=submit]").await;
+    // Nothing in use by now, so not among the busiest: the search looks it up.
+    browser.type_into("#search", "dan@example.com").await;
+    browser.wait_for("the look-up", "document.getElementById('search-hits').innerText.includes('Look up')").await;
+    browser.click_found("the look-up", &open_control("#search-hits"), json!(["dan@example.com"])).await;
+    browser.wait_for("dan's panel", &panel_of("dan@example.com", 0)).await;
+    let plot = browser
+        .execute(
+            "const svg = document.querySelector('#account-plot svg'); \
+             const limit = svg.querySelector('line[data-limit=external]'); \
+             return { bars: Array.from(svg.querySelectorAll('rect[data-hour]')) \
+                 .map(r => [r.dataset.hour, r.dataset.series, r.dataset.value]), \
+               top: Array.from(svg.querySelectorAll('rect[data-hour]')) \
+                 .filter(r => r.dataset.value === '2').map(r => Number(r.getAttribute('y'))), \
+               limitY: Number(limit.getAttribute('y1')), \
+               unknown: Array.from(svg.querySelectorAll('rect.plot-unknown')).map(r => r.dataset.unknown), \
+               label: svg.getAttribute('aria-label'), text: svg.textContent };",
+            json!([]),
+        )
+        .await;
+    assert_eq!(
+        plot["bars"],
+        json!([
+            ["2026-11-22T11:00:00Z", "external", "2"],
+            ["2026-11-22T11:00:00Z", "internal", "1"],
+            ["2026-11-22T12:00:00Z", "external", "1"],
+            ["2026-11-22T12:00:00Z", "internal", "0"],
+            ["now", "external", "0"],
+            ["now", "internal", "0"]
+        ]),
+        "{plot}"
+    );
+    let top = plot["top"].as_array().unwrap();
+    assert_eq!(top.len(), 1, "{plot}");
+    assert!(
+        (top[0].as_f64().unwrap() - plot["limitY"].as_f64().unwrap()).abs() < 0.01,
+        "11:00 reaches the limit: {plot}"
+    );
+    assert_eq!(plot["unknown"], json!(["21"]), "14:00 the day before to 10:59, one block: {plot}");
+    assert!(plot["text"].as_str().unwrap().contains("not recorded"), "{plot}");
+    assert!(plot["label"].as_str().unwrap().contains("2 recorded"), "{plot}");
+    let errors = browser.console().await;
+    assert!(severe(&errors).is_empty(), "console errors: {errors:#?}");
+    drop(browser);
+    d.stop().await;
+}

@@ -24,6 +24,7 @@ use tower_http::timeout::TimeoutLayer;
 
 use super::token;
 use crate::policy::engine::{Engine, ManualRestriction};
+use crate::policy::hourly::HourSample;
 use crate::policy::restriction::Restriction;
 
 /// Largest request body accepted.
@@ -326,7 +327,24 @@ async fn show_sender(State(state): State<AdminState>, Path(raw): Path<String>) -
         "restriction": d.restriction.as_ref().map_or(Value::Null, restriction_json),
         "history": d.history,
         "as_of": crate::policy::clock::rfc3339(d.as_of),
+        "hourly": hourly_json(&d.hourly),
     })))
+}
+
+/// The per-hour series as `GET /api/v1/senders/{account}` gives it (README, "HTTP API and web
+/// page"): what each figure is, how often it was sampled, and the whole hours, oldest first,
+/// `null` where not recorded.
+fn hourly_json(hours: &[HourSample]) -> Value {
+    let figure = |h: &HourSample, i: usize| h.in_use.map_or(Value::Null, |v| json!(v[i]));
+    json!({
+        "measure": "peak_in_use",
+        "sample_seconds": crate::policy::hourly::SAMPLE_EVERY.as_secs(),
+        "hours": hours.iter().map(|h| json!({
+            "start": crate::policy::clock::rfc3339(h.start.datetime()),
+            "external": figure(h, 0),
+            "internal": figure(h, 1),
+        })).collect::<Vec<_>>(),
+    })
 }
 
 async fn reload(State(state): State<AdminState>) -> Result<Json<Value>, ApiError> {

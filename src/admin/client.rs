@@ -261,8 +261,34 @@ pub fn render_sender(s: &Value) -> String {
             writeln!(out, "State:     restricted since {} ({}), {until}", text(&r["created_at"]), text(&r["source"]));
         let _ = writeln!(out, "Reason:    {}", text(&r["reason"]));
     }
+    render_hourly(&mut out, &s["hourly"]);
     render_history(&mut out, &s["history"]);
     out
+}
+
+/// The per-hour series of `senders show`: each whole hour's highest sample of the recipients in
+/// use against the external / internal hourly limit, oldest first, `-` where not recorded;
+/// nothing when the answer has no series (an older filter).
+fn render_hourly(out: &mut String, hourly: &Value) {
+    let Some(hours) = hourly["hours"].as_array().filter(|h| !h.is_empty()) else { return };
+    let every = hourly["sample_seconds"].as_u64().unwrap_or(60);
+    let _ = writeln!(
+        out,
+        "Per hour:  highest in use, external/internal, sampled every {every} s (UTC, oldest first, - not recorded):"
+    );
+    let cells: Vec<String> = hours
+        .iter()
+        .map(|h| {
+            let hour = h["start"].as_str().and_then(|s| s.get(11..13)).unwrap_or("??");
+            match (h["external"].as_u64(), h["internal"].as_u64()) {
+                (Some(e), Some(i)) => format!("{hour}h {e}/{i}"),
+                _ => format!("{hour}h -"),
+            }
+        })
+        .collect();
+    for row in cells.chunks(8) {
+        let _ = writeln!(out, "  {}", row.iter().map(|c| format!("{c:<10}")).collect::<String>().trim_end());
+    }
 }
 
 /// `senders top` as a table.
@@ -298,6 +324,26 @@ mod tests {
         assert_eq!(path_segment("alice+x@example.com"), "alice+x@example.com");
         assert_eq!(path_segment("\"john doe\"@example.com"), "%22john%20doe%22@example.com");
         assert_eq!(query_value("a+b c"), "a%2Bb%20c");
+    }
+
+    #[test]
+    fn the_per_hour_series_reads_oldest_first_with_gaps_marked() {
+        let mut hours: Vec<Value> = (1..=23)
+            .map(|h| json!({"start": format!("2026-11-22T{:02}:00:00Z", h % 24), "external": null, "internal": null}))
+            .collect();
+        hours[21] = json!({"start": "2026-11-22T22:00:00Z", "external": 38, "internal": 1});
+        hours[22] = json!({"start": "2026-11-22T23:00:00Z", "external": 0, "internal": 7});
+        let s = json!({"account": "a@x", "policy": "default", "counters": {}, "limits": {}, "restriction": null,
+            "history": [], "hourly": {"measure": "peak_in_use", "sample_seconds": 60, "hours": hours}});
+        let text = render_sender(&s);
+        assert!(text.contains("Per hour:  highest in use, external/internal, sampled every 60 s"), "{text}");
+        let lines: Vec<&str> = text.lines().skip_while(|l| !l.starts_with("Per hour")).skip(1).take(3).collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        assert!(lines[0].starts_with("  01h -"), "{text}");
+        assert!(lines[2].ends_with("22h 38/1  23h 0/7"), "{text}");
+        // An answer without a series (an older filter) prints no such line.
+        let old = json!({"account": "a@x", "counters": {}, "limits": {}, "restriction": null, "history": []});
+        assert!(!render_sender(&old).contains("Per hour"));
     }
 
     #[test]

@@ -22,6 +22,7 @@ use super::accounts::AccountTable;
 use super::clock::{EngineClock, Timestamp};
 use super::compiled::Compiled;
 use super::events::{Event, EventKind, EventSink};
+use super::hourly::{self, HourlyTable};
 use super::limits::LimitKind;
 use super::logins::LoginTable;
 use super::record::{AccountRecord, HourlyNotice};
@@ -95,6 +96,9 @@ pub struct Engine {
     clock: EngineClock,
     /// Set when a delivery follower listens (`[delivery] postfix_log`).
     delivery: std::sync::OnceLock<bounces::DeliveryTap>,
+    /// Per-hour series of the accounts' recipients in use, written by the sampler
+    /// ([`Engine::sample_hourly`]), never by a decision.
+    hourly: HourlyTable,
 }
 
 /// One decision in this many is timed for `decision_seconds` (see [`Engine::timed`]).
@@ -123,6 +127,7 @@ impl Engine {
             events,
             clock,
             delivery: std::sync::OnceLock::new(),
+            hourly: HourlyTable::default(),
         }
     }
 
@@ -185,6 +190,39 @@ impl Engine {
     pub fn evict_idle(&self) -> usize {
         self.logins.evict_idle(login_spread::secs(self.clock.now()));
         self.accounts.evict_idle(self.clock.now())
+    }
+
+    /// One pass of the per-hour sampler (`policy::hourly`): every account's recipients in use
+    /// against its hourly limits now, into its series. Off the decision path: the daemon calls
+    /// it every [`hourly::SAMPLE_EVERY`]; a decision never waits for more than one shard's read.
+    pub fn sample_hourly(&self) -> hourly::Pass {
+        let compiled = self.current.load();
+        let now = self.clock.now();
+        // Copied out (name, hourly TATs, policy) while a shard is read-locked; worked out and
+        // written after, with no shard locked. Only accounts with something in use are copied.
+        let hourly = [LimitKind::ExternalPerHour as usize, LimitKind::InternalPerHour as usize];
+        let in_use: Vec<(CompactString, [u64; 2], PolicyIndex)> = self
+            .accounts
+            .iter()
+            .filter(|e| hourly.iter().any(|&k| e.tat[k] > now.nanos()))
+            .map(|e| (e.key().clone(), hourly.map(|k| e.tat[k]), e.policy))
+            .collect();
+        let samples = in_use.into_iter().map(|(account, tat, policy)| {
+            let record = AccountRecord { tat: [tat[0], tat[1], 0], policy, ..AccountRecord::default() };
+            let used = |kind| compiled.limiters.usage(policy, &record, kind, now).map_or(0, |(used, _)| used);
+            (account, [used(LimitKind::ExternalPerHour), used(LimitKind::InternalPerHour)])
+        });
+        self.hourly.record(now, samples)
+    }
+
+    /// The account's per-hour series over the whole hours before the current one.
+    pub fn hourly_series(&self, account: &str) -> Vec<hourly::HourSample> {
+        self.hourly.series(account, self.clock.now())
+    }
+
+    /// Accounts the per-hour series holds.
+    pub fn hourly_accounts(&self) -> usize {
+        self.hourly.len()
     }
 }
 

@@ -10,6 +10,7 @@ pub mod clock;
 pub mod compiled;
 pub mod engine;
 pub mod events;
+pub mod hourly;
 pub mod limits;
 pub mod logins;
 pub mod record;

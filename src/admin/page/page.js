@@ -325,43 +325,74 @@
 
   const HOUR_MS = 3600 * 1000;
 
-  // Recipients per hour over the 24 h before `now` against the hourly limits. The filter keeps
-  // no per-hour record (README, "HTTP API and web page"): only the current hour is known, so
-  // the earlier hours are drawn as "not recorded", never as zero. History entries of the 24 h
-  // are marked on the time axis.
+  // The last 24 clock hours (UTC) up to `now` against the hourly limits. Each whole hour is the
+  // highest sample of the recipients the account had in use against each limit (`d.hourly`,
+  // README "HTTP API and web page"); an hour the filter did not record is drawn as such, never
+  // as zero. The current hour, at the right, is what is in use now. History entries of the
+  // window are marked on the time axis.
   function plot(d, now) {
     const c = d.counters || {};
     const W = 480, H = 190, L = 36, R = 110, T = 12, B = 28;
     const pw = W - L - R, ph = H - T - B, slot = pw / 24;
+    const hourStart = Math.floor(now / HOUR_MS) * HOUR_MS;
+    const from = hourStart - 23 * HOUR_MS;
     const series = [
       { key: 'external', label: 'External', used: c.external_last_hour || 0, limit: c.external_limit_per_hour || 0 },
       { key: 'internal', label: 'Internal', used: c.internal_last_hour || 0, limit: c.internal_limit_per_hour || 0 },
     ];
-    const top = Math.max(1, ...series.map((s) => Math.max(s.used, s.limit))) * 1.15;
+    // The 23 whole hours, oldest first: null where not recorded.
+    const hours = Array.from({ length: 23 }, () => null);
+    const given = d.hourly && Array.isArray(d.hourly.hours) ? d.hourly.hours : [];
+    for (const h of given) {
+      const i = Math.round((Date.parse(h.start) - from) / HOUR_MS);
+      const ok = (v) => typeof v === 'number' && v >= 0;
+      if (i >= 0 && i < 23 && ok(h.external) && ok(h.internal)) hours[i] = { start: h.start, external: h.external, internal: h.internal };
+    }
+    const every = d.hourly && d.hourly.sample_seconds ? Math.round(d.hourly.sample_seconds / 60) : 1;
+    const peak = Math.max(0, ...hours.filter(Boolean).flatMap((h) => [h.external, h.internal]));
+    const top = Math.max(1, peak, ...series.map((s) => Math.max(s.used, s.limit))) * 1.15;
     const y = (v) => T + ph - (v / top) * ph;
-    const x = (ms) => L + ((ms - (now - 24 * HOUR_MS)) / (24 * HOUR_MS)) * pw;
+    const x = (ms) => L + ((ms - from) / (24 * HOUR_MS)) * pw;
+    const recorded = hours.filter(Boolean).length;
     const words = series.map((s) => s.label + ' ' + s.used + (s.limit > 0 ? ' of ' + s.limit : ' (no limit)'));
     const root = svg('svg', { viewBox: '0 0 ' + W + ' ' + H, class: 'plot', role: 'img',
-      'aria-label': 'Recipients in the current hour: ' + words.join(', ') + '. Earlier hours are not recorded.' });
-    root.append(svg('rect', { x: L, y: T, width: pw - slot, height: ph, class: 'plot-unknown' },
-      [svgTitle('Hours before the current one: not recorded')]));
-    root.append(svgText(L + (pw - slot) / 2, T + ph / 2, 'earlier hours not recorded', 'plot-note', 'middle'));
+      'aria-label': 'Recipients in use now: ' + words.join(', ') + '. Of the 23 hours before, ' + recorded +
+        ' recorded (highest sample of recipients in use per hour), ' + (23 - recorded) + ' not recorded.' });
+    // Runs of hours not recorded, each one grey block.
+    for (let i = 0; i < 23;) {
+      if (hours[i]) { i++; continue; }
+      let j = i;
+      while (j < 23 && !hours[j]) j++;
+      root.append(svg('rect', { x: L + i * slot, y: T, width: (j - i) * slot, height: ph, class: 'plot-unknown',
+        'data-unknown': j - i }, [svgTitle(utc(new Date(from + i * HOUR_MS).toISOString()) + ' to ' +
+        utc(new Date(from + j * HOUR_MS).toISOString()) + ': not recorded')]));
+      if (j - i >= 6) root.append(svgText(L + ((i + j) / 2) * slot, T + ph / 2, 'not recorded', 'plot-note', 'middle'));
+      i = j;
+    }
     root.append(svg('line', { x1: L, y1: T + ph, x2: L + pw, y2: T + ph, class: 'plot-axis' }));
     root.append(svg('line', { x1: L, y1: T, x2: L, y2: T + ph, class: 'plot-axis' }));
     root.append(svgText(L - 4, y(0) + 4, '0', 'plot-label', 'end'));
     root.append(svgText(L - 4, T + 8, String(Math.round(top)), 'plot-label', 'end'));
-    for (const h of [24, 18, 12, 6]) {
-      root.append(svgText(x(now - h * HOUR_MS), H - 8, '−' + h + ' h', 'plot-label', 'middle'));
+    for (const h of [23, 17, 11, 5]) {
+      const at = hourStart - h * HOUR_MS;
+      root.append(svgText(x(at), H - 8, new Date(at).toISOString().slice(11, 16), 'plot-label', 'middle'));
     }
     root.append(svgText(L + pw, H - 8, 'now', 'plot-label', 'end'));
-    // The current hour: a bar per class, side by side in the last slot.
+    // A bar per class, side by side in each hour's slot.
     const bw = slot / 2 - 1;
-    series.forEach((s, i) => {
-      const bx = L + pw - slot + 1 + i * (bw + 1);
-      root.append(svg('rect', { x: bx, y: y(s.used), width: bw, height: Math.max(0, y(0) - y(s.used)),
-        class: 'plot-bar ' + s.key, 'data-series': s.key }, [svgTitle(s.label + ' recipients in the last hour: ' +
-        s.used + (s.limit > 0 ? ' of ' + s.limit : ' (no limit)'))]));
+    const bar = (i, s, value, hour, title) => root.append(svg('rect', { x: L + i * slot + 1 + (s.key === 'internal' ? bw + 1 : 0),
+      y: y(value), width: bw, height: Math.max(0, y(0) - y(value)), class: 'plot-bar ' + s.key,
+      'data-series': s.key, 'data-hour': hour, 'data-value': value }, [svgTitle(title)]));
+    const against = (s, v) => v + (s.limit > 0 ? ' of ' + s.limit : ' (no limit)');
+    hours.forEach((h, i) => {
+      if (!h) return;
+      for (const s of series) {
+        bar(i, s, h[s.key], h.start, s.label + ', ' + utc(h.start).slice(11, 16) + '–' +
+          utc(new Date(Date.parse(h.start) + HOUR_MS).toISOString()).slice(11, 16) + ' UTC: at most ' + against(s, h[s.key]) +
+          ' in use (highest of the samples taken every ' + every + ' min)');
+      }
     });
+    for (const s of series) bar(23, s, s.used, 'now', s.label + ' recipients in use now: ' + against(s, s.used));
     // The hourly limits, each with its value; a limit of 0 is none and has no line.
     const limits = series.filter((s) => s.limit > 0);
     limits.forEach((s, i) => {
@@ -376,7 +407,7 @@
     // What happened to the account within the window.
     for (const e of Array.isArray(d.history) ? d.history : []) {
       const at = Date.parse(e.at);
-      if (Number.isNaN(at) || at < now - 24 * HOUR_MS || at > now) continue;
+      if (Number.isNaN(at) || at < from || at > now) continue;
       const ex = x(at);
       root.append(svg('line', { x1: ex, y1: T, x2: ex, y2: T + ph, class: 'plot-event ' + e.action, 'data-action': e.action },
         [svgTitle(e.action + ' ' + utc(e.at) + ' by ' + e.by + (e.reason ? ': ' + e.reason : ''))]));

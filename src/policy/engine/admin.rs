@@ -9,6 +9,7 @@ use tracing::{info, warn};
 use super::Engine;
 use crate::policy::account::canonical;
 use crate::policy::events::Event;
+use crate::policy::hourly::HourSample;
 use crate::policy::restriction::{AuditAction, AuditEntry, Counters, Restriction, StoreError};
 
 /// An account's live counters as the API shows them.
@@ -61,6 +62,9 @@ pub struct SenderDetail {
     pub limits: Limits,
     pub restriction: Option<Restriction>,
     pub history: Vec<HistoryEntry>,
+    /// The whole hours before `as_of`'s, oldest first: the highest sample of the recipients in
+    /// use against each hourly limit (`policy::hourly`), or not recorded.
+    pub hourly: Vec<HourSample>,
     /// When the counters were read, by the engine's clock.
     pub as_of: OffsetDateTime,
 }
@@ -134,7 +138,8 @@ impl Engine {
     }
 
     /// Counters, limits, policy, restriction and history of an account the filter knows: one
-    /// it counts, one restricted, or one with a history (released, or restricted and expired);
+    /// it counts, one restricted, one with a history (released, or restricted and expired), or
+    /// one the per-hour series still holds (its record dropped as idle);
     /// `None` for any other.
     pub fn sender_detail(&self, account: &str) -> Option<SenderDetail> {
         let compiled = self.current.load();
@@ -142,7 +147,7 @@ impl Engine {
         let restriction = self.restrictions.get(account, now.secs());
         let record = self.accounts.get(account);
         let history = self.history(account);
-        if record.is_none() && restriction.is_none() && history.is_empty() {
+        if record.is_none() && restriction.is_none() && history.is_empty() && !self.hourly.holds(account) {
             return None;
         }
         let policy = compiled.policies.select(account);
@@ -162,6 +167,7 @@ impl Engine {
             },
             restriction,
             history,
+            hourly: self.hourly.series(account, now),
             as_of: now.datetime(),
         })
     }
